@@ -1,0 +1,43 @@
+# The operator's and CI's entry points. Each target installs what it needs first.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+# Debian packages the tests and the demo run for real: sipp, kamailio, espeak-ng, sox.
+DEB_PEERS := sip-tester kamailio espeak-ng sox libsndfile1
+PEER_CMDS := sipp kamailio espeak-ng sox
+
+.PHONY: install deps test lint demo bench clean
+
+install: deps $(STAMP)
+
+# apt-get only when a peer is missing, so a box that has them needs no network.
+deps:
+	@missing=""; for c in $(PEER_CMDS); do command -v $$c >/dev/null 2>&1 || missing="$$missing $$c"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian peers (missing:$$missing)"; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get update && apt-get install -y --no-install-recommends $(DEB_PEERS) python3-venv; \
+	fi
+
+$(STAMP): pyproject.toml
+	@[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	@touch $(STAMP)
+
+test: install
+	$(BIN)/pytest -q -p no:cacheprovider
+
+lint: install
+	$(BIN)/ruff check sipclient tests bench
+	$(BIN)/mypy sipclient
+
+demo: install
+	$(BIN)/sipclient demo
+
+bench: install
+	$(BIN)/python bench/server_leases.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

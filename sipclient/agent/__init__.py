@@ -1,0 +1,1 @@
+"""The daemon's asyncio side: transport, user agents, calls, control loop."""

@@ -1,0 +1,1 @@
+"""Verdicts from signalling, tones and announcements."""

@@ -1,0 +1,352 @@
+"""YAML -> typed, frozen, validated settings.
+
+Two files, two schemas: the daemon reads `config.example.yaml`'s keys
+(`DaemonConfig`), the server `server.example.yaml`'s (`ServerConfig`). Every
+key has a default, so an empty file is a valid config. An unknown key, a value
+of the wrong type or an impossible one (port 70000, `rtp.ports: 5000-4000`)
+raises `ConfigError` whose message starts with the dotted key, e.g.
+``rtp.ports: expected "LOW-HIGH" with LOW <= HIGH, got '5000-4000'``.
+
+The schema is the dataclasses themselves: a field's type says how its YAML
+value is read, a `check` in the field's metadata says which values are
+possible. Nested dataclasses are nested YAML mappings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used; the message names the key."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(f"{key}: {problem}" if key else problem)
+        self.key = key
+        self.problem = problem
+
+
+@dataclass(frozen=True)
+class HostPort:
+    """A "host:port" value; IPv6 hosts are written "[::1]:5060"."""
+
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str, *, allow_zero: bool = False) -> HostPort:
+        text = text.strip()
+        if text.startswith("["):
+            host, sep, rest = text[1:].partition("]")
+            if not sep or not rest.startswith(":"):
+                raise ValueError(f'expected "[v6addr]:port", got {text!r}')
+            port_text = rest[1:]
+        else:
+            host, sep, port_text = text.rpartition(":")
+            if not sep or not host:
+                raise ValueError(f'expected "host:port", got {text!r}')
+        if not port_text.isdigit():
+            raise ValueError(f"port must be a number, got {text!r}")
+        port = int(port_text)
+        if not (0 if allow_zero else 1) <= port <= 65535:
+            low = 0 if allow_zero else 1
+            raise ValueError(f"port must be {low}..65535, got {port}")
+        return cls(host, port)
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class PortRange:
+    """An inclusive "LOW-HIGH" UDP port range, e.g. "20000-20999"."""
+
+    low: int
+    high: int
+
+    @classmethod
+    def parse(cls, text: str) -> PortRange:
+        low_text, sep, high_text = text.strip().partition("-")
+        if not sep or not low_text.strip().isdigit() or not high_text.strip().isdigit():
+            raise ValueError(f'expected "LOW-HIGH", got {text!r}')
+        low, high = int(low_text), int(high_text)
+        if not 1 <= low <= high <= 65535:
+            raise ValueError(f'expected "LOW-HIGH" with 1 <= LOW <= HIGH <= 65535, got {text!r}')
+        return cls(low, high)
+
+    def __len__(self) -> int:
+        return self.high - self.low + 1
+
+    def __str__(self) -> str:
+        return f"{self.low}-{self.high}"
+
+
+def _check(predicate: Callable[[Any], bool], expected: str) -> dict[str, Any]:
+    return {"check": (predicate, expected)}
+
+
+def _positive() -> dict[str, Any]:
+    return _check(lambda v: v > 0, "a number > 0")
+
+
+def _non_negative() -> dict[str, Any]:
+    return _check(lambda v: v >= 0, "a number >= 0")
+
+
+def _one_of(*choices: str) -> dict[str, Any]:
+    return _check(lambda v: v in choices, "one of " + ", ".join(choices))
+
+
+_LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+# --------------------------------------------------------------------- daemon
+
+
+@dataclass(frozen=True)
+class ServerLink:
+    url: str = "http://127.0.0.1:8000"
+    timeout: float = field(default=10.0, metadata=_positive())
+    """Seconds one HTTP call to the server may take."""
+
+
+@dataclass(frozen=True)
+class PbxSettings:
+    host: HostPort = HostPort("127.0.0.1", 5060)
+    transport: str = field(default="udp", metadata=_one_of("udp", "tcp"))
+    domain: str = ""
+    """SIP domain of the accounts; empty means the host part of `pbx.host`."""
+
+
+@dataclass(frozen=True)
+class SipSettings:
+    bind: HostPort = field(default=HostPort("0.0.0.0", 0), metadata={"allow_zero": True})
+    socket_per_extension: bool = False
+    register_expires: int = field(default=300, metadata=_check(lambda v: v >= 30, "an int >= 30"))
+    ring_timeout: float = field(default=60.0, metadata=_positive())
+    """Seconds to let a number ring with no verdict before CANCEL (-> no_answer)."""
+    t1: float = field(default=0.5, metadata=_positive())
+    user_agent: str = "sipclient/0.1"
+
+
+@dataclass(frozen=True)
+class RtpSettings:
+    ports: PortRange = PortRange(20000, 20999)
+    no_rtp_wait: float = field(default=3.0, metadata=_positive())
+    """Seconds after a 183 with SDP and no RTP before signalling alone decides."""
+
+
+@dataclass(frozen=True)
+class RecordingSettings:
+    dir: Path = Path("/var/lib/sipclient/recordings")
+    max_seconds: float = field(default=60.0, metadata=_positive())
+    max_bytes: int = field(default=2_000_000, metadata=_positive())
+    keep: bool = False
+    """Keep the local WAV after a successful upload."""
+
+
+@dataclass(frozen=True)
+class SpoolSettings:
+    dir: Path = Path("/var/lib/sipclient/spool")
+
+
+@dataclass(frozen=True)
+class HeartbeatSettings:
+    interval: float = field(default=10.0, metadata=_positive())
+
+
+@dataclass(frozen=True)
+class DialplanSettings:
+    poll_min: float = field(default=0.5, metadata=_positive())
+    poll_max: float = field(default=5.0, metadata=_positive())
+
+
+@dataclass(frozen=True)
+class ClassifySettings:
+    templates: Path | None = None
+    """Folder of the template library; none means the library shipped with the package."""
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    level: str = field(default="info", metadata=_one_of(*_LOG_LEVELS))
+    format: str = field(default="auto", metadata=_one_of("auto", "json", "console"))
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    server: ServerLink = ServerLink()
+    threads: int = field(default=8, metadata=_check(lambda v: 1 <= v <= 1000, "1..1000"))
+    pbx: PbxSettings = PbxSettings()
+    sip: SipSettings = SipSettings()
+    rtp: RtpSettings = RtpSettings()
+    recordings: RecordingSettings = RecordingSettings()
+    spool: SpoolSettings = SpoolSettings()
+    heartbeat: HeartbeatSettings = HeartbeatSettings()
+    dialplan: DialplanSettings = DialplanSettings()
+    classify: ClassifySettings = ClassifySettings()
+    log: LogSettings = LogSettings()
+
+
+# --------------------------------------------------------------------- server
+
+
+@dataclass(frozen=True)
+class LeaseSettings:
+    client_timeout: float = field(default=60.0, metadata=_positive())
+    """Seconds without heartbeat or status after which a client loses its leases."""
+    number_timeout: float = field(default=600.0, metadata=_positive())
+    """Seconds a handed-out number may stay unfinished before it is free again."""
+    sweep_interval: float = field(default=5.0, metadata=_positive())
+
+
+@dataclass(frozen=True)
+class CallbackSettings:
+    tries: int = field(default=10, metadata=_positive())
+    backoff_initial: float = field(default=2.0, metadata=_positive())
+    backoff_max: float = field(default=600.0, metadata=_positive())
+    timeout: float = field(default=10.0, metadata=_positive())
+
+
+@dataclass(frozen=True)
+class RetrySettings:
+    max_tries: int = field(default=3, metadata=_positive())
+    """How often a number with a transient outcome is dialled before it is final."""
+
+
+@dataclass(frozen=True)
+class ServerRecordingSettings:
+    dir: Path = Path("/var/lib/sipclient-server/recordings")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    listen: HostPort = HostPort("127.0.0.1", 8000)
+    database: str = "sqlite:////var/lib/sipclient-server/sipclient.db"
+    recordings: ServerRecordingSettings = ServerRecordingSettings()
+    leases: LeaseSettings = LeaseSettings()
+    callbacks: CallbackSettings = CallbackSettings()
+    retries: RetrySettings = RetrySettings()
+    max_body: int = field(default=8 * 1024 * 1024, metadata=_positive())
+    """Largest request body accepted, bytes (a bigger one answers 413)."""
+    classify: ClassifySettings = ClassifySettings()
+    log: LogSettings = LogSettings()
+
+    def __post_init__(self) -> None:
+        if not (
+            self.database.startswith("sqlite:///") or self.database.startswith("postgresql://")
+        ):
+            raise ConfigError(
+                "database", f"expected sqlite:///PATH or postgresql://..., got {self.database!r}"
+            )
+
+
+# --------------------------------------------------------------------- loader
+
+T = TypeVar("T")
+
+
+def _convert(key: str, value: Any, typ: Any, meta: Mapping[str, Any]) -> Any:
+    origin = typing.get_origin(typ)
+    if origin in (types.UnionType, typing.Union):
+        args = [a for a in typing.get_args(typ) if a is not type(None)]
+        if value is None:
+            return None
+        return _convert(key, value, args[0], meta)
+    if typ is HostPort:
+        if not isinstance(value, str):
+            raise ConfigError(key, f'expected "host:port", got {value!r}')
+        try:
+            return HostPort.parse(value, allow_zero=bool(meta.get("allow_zero")))
+        except ValueError as exc:
+            raise ConfigError(key, str(exc)) from None
+    if typ is PortRange:
+        try:
+            return PortRange.parse(str(value))
+        except ValueError as exc:
+            raise ConfigError(key, str(exc)) from None
+    if dataclasses.is_dataclass(typ) and isinstance(typ, type):
+        if value is None:
+            value = {}
+        if not isinstance(value, Mapping):
+            raise ConfigError(key, f"expected a mapping, got {type(value).__name__}")
+        return _build(typ, value, key)
+    if typ is Path:
+        if not isinstance(value, str) or not value:
+            raise ConfigError(key, f"expected a path, got {value!r}")
+        return Path(value)
+    if typ is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(key, f"expected true or false, got {value!r}")
+        return value
+    if typ is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(key, f"expected an integer, got {value!r}")
+        return value
+    if typ is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(key, f"expected a number, got {value!r}")
+        return float(value)
+    if typ is str:
+        if not isinstance(value, str):
+            raise ConfigError(key, f"expected a string, got {value!r}")
+        return value
+    raise ConfigError(key, f"unsupported type {typ!r}")  # a schema bug, not a user's
+
+
+def _build(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    for name in data:
+        if name not in fields:
+            where = f"{prefix}.{name}" if prefix else str(name)
+            known = ", ".join(sorted(fields))
+            raise ConfigError(where, f"unknown key (known here: {known})")
+    kwargs: dict[str, Any] = {}
+    for name, f in fields.items():
+        if name not in data:
+            continue
+        key = f"{prefix}.{name}" if prefix else name
+        value = _convert(key, data[name], hints[name], f.metadata)
+        check = f.metadata.get("check")
+        if check is not None and value is not None and not check[0](value):
+            raise ConfigError(key, f"expected {check[1]}, got {data[name]!r}")
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def parse_config(cls: type[T], text: str, *, source: str = "<config>") -> T:
+    """Parse YAML text into `cls` (DaemonConfig or ServerConfig)."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError("", f"{source}: not valid YAML: {exc}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ConfigError("", f"{source}: expected a mapping of keys at the top")
+    return _build(cls, data)
+
+
+def load_config(cls: type[T], path: Path | str | None) -> T:
+    """Read a config file; None gives the defaults."""
+    if path is None:
+        return cls()
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError("", f"cannot read config {path}: {exc.strerror}") from None
+    return parse_config(cls, text, source=str(path))
+
+
+def sqlite_path(database_url: str) -> Path:
+    """The file of a `sqlite:///path` URL (`sqlite:////abs` or `sqlite:///rel`)."""
+    return Path(database_url.removeprefix("sqlite:///"))

@@ -1,0 +1,63 @@
+"""structlog set-up: JSON lines when stdout is not a tty (journald), readable when it is.
+
+Context that every line of a call must carry (clientId, extension, phone,
+call_id) is bound with `structlog.contextvars.bound_contextvars(...)` around
+the call, so lower layers need not pass it along. Secrets never reach a line:
+any key named like a password is replaced before rendering, and digest
+`Authorization` values are cut to their scheme.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import MutableMapping
+from typing import Any
+
+import structlog
+
+_SECRET_KEYS = ("password", "pwd", "passwd", "secret", "authorization", "proxy_authorization")
+REDACTED = "***"
+
+
+def redact_secrets(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """structlog processor: no password or digest response is ever written."""
+    for key in list(event_dict):
+        if any(s in key.lower() for s in _SECRET_KEYS):
+            event_dict[key] = REDACTED
+    return event_dict
+
+
+def configure(level: str = "info", fmt: str = "auto") -> None:
+    """Configure structlog and stdlib logging for the whole process."""
+    numeric = logging.getLevelName(level.upper())
+    if not isinstance(numeric, int):
+        numeric = logging.INFO
+    as_json = fmt == "json" or (fmt == "auto" and not sys.stdout.isatty())
+    renderer: Any = (
+        structlog.processors.JSONRenderer(ensure_ascii=False)
+        if as_json
+        else structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty())
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=False),
+            redact_secrets,
+            structlog.processors.StackInfoRenderer(),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stdout),
+        cache_logger_on_first_use=False,
+    )
+    logging.basicConfig(level=max(numeric, logging.WARNING), stream=sys.stderr)
+
+
+def get_logger(name: str) -> Any:
+    """A structlog logger tagged with the module name."""
+    return structlog.get_logger(name).bind(logger=name)

@@ -1,0 +1,1 @@
+"""RTP receive and recording."""

@@ -1,0 +1,1 @@
+"""The SIP protocol, sans-IO: no sockets, no asyncio, no clock reads."""

@@ -1,0 +1,77 @@
+"""config.py: defaults, example files, and errors that name the key."""
+
+from pathlib import Path
+
+import pytest
+
+from sipclient.config import (
+    ConfigError,
+    DaemonConfig,
+    HostPort,
+    PortRange,
+    ServerConfig,
+    load_config,
+    parse_config,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_example_files_equal_the_defaults() -> None:
+    assert load_config(DaemonConfig, ROOT / "config.example.yaml") == DaemonConfig()
+    assert load_config(ServerConfig, ROOT / "server.example.yaml") == ServerConfig()
+
+
+def test_values_are_typed() -> None:
+    cfg = parse_config(
+        DaemonConfig, "pbx: {host: '[::1]:5070', transport: tcp}\nrtp: {ports: 30000-30009}\n"
+    )
+    assert cfg.pbx.host == HostPort("::1", 5070)
+    assert str(cfg.pbx.host) == "[::1]:5070"
+    assert cfg.rtp.ports == PortRange(30000, 30009)
+    assert len(cfg.rtp.ports) == 10
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("pbx: {host: '127.0.0.1:70000'}", "pbx.host"),
+        ("rtp: {ports: 5000-4000}", "rtp.ports"),
+        ("threads: many", "threads"),
+        ("threads: 0", "threads"),
+        ("pbx: {transport: sctp}", "pbx.transport"),
+        ("sip: {colour: blue}", "sip.colour"),
+        ("bogus: 1", "bogus"),
+        ("server: 3", "server"),
+        ("sip: {ring_timeout: -1}", "sip.ring_timeout"),
+        ("sip: {socket_per_extension: 'yes'}", "sip.socket_per_extension"),
+    ],
+)
+def test_daemon_errors_name_the_key(text: str, key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(DaemonConfig, text)
+    assert info.value.key == key
+    assert str(info.value).startswith(key + ":")
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("listen: localhost", "listen"),
+        ("database: mysql://x", "database"),
+        ("callbacks: {tries: 0}", "callbacks.tries"),
+    ],
+)
+def test_server_errors_name_the_key(text: str, key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(ServerConfig, text)
+    assert info.value.key == key
+
+
+def test_not_yaml_is_a_config_error(tmp_path: Path) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text("a: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(DaemonConfig, f)
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(DaemonConfig, tmp_path / "missing.yaml")
