@@ -1,0 +1,325 @@
+"""aiohttp client of the 001 control API (PROTOCOL.md), the uploader and the status reporter.
+
+Errors are sorted into what the daemon does about them:
+
+- `ServerUnavailable`: no answer, a timeout, an HTTP 5xx or a body that is not
+  the envelope. Try again later; nothing is dropped.
+- `UnknownClient`: the server does not know our clientId (HTTP 404, or a 404
+  `code`). The daemon calls /notify again and starts over with the new id.
+- `Refused`: any other non-200 `code`. Final for that request (e.g. an upload
+  for a number that is already finished answers 409).
+
+`Uploader` drains the spool in order, one entry at a time, and deletes an
+entry only after the server accepted it; a refused entry moves to
+``refused/`` beside the spool for a person to look at. `StatusReporter`
+keeps the latest state of each extension and sends it when it can, so a
+server that was down for a minute receives one /status per extension, not a
+backlog.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from sipclient.agent.spool import Spool, SpoolEntry
+from sipclient.logs import get_logger
+
+log = get_logger(__name__)
+
+
+class ControlError(Exception):
+    """A 001 call that did not succeed."""
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class ServerUnavailable(ControlError):
+    """No usable answer: try again later."""
+
+
+class UnknownClient(ControlError):
+    """The server does not know this clientId: /notify again."""
+
+
+class Refused(ControlError):
+    """The server answered a definitive non-200 code."""
+
+
+@dataclass(frozen=True)
+class Account:
+    """One leased extension (`host`, `transport`, `domain` are the (ext) fields)."""
+
+    extension: str
+    password: str
+    host: str | None = None
+    transport: str | None = None
+    domain: str | None = None
+
+
+@dataclass(frozen=True)
+class DialplanItem:
+    """One number to dial now on one extension."""
+
+    extension: str
+    phone: str
+    dialplan_id: str | None = None
+
+
+class ControlClient:
+    """The 001 API. One instance per daemon; close it with `close()`."""
+
+    def __init__(self, base_url: str, *, timeout: float = 10.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._session: aiohttp.ClientSession | None = None
+
+    async def close(self) -> None:
+        """Close the HTTP session."""
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(timeout=self._timeout)
+        return self._session
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, str] | None = None,
+        data: aiohttp.FormData | None = None,
+    ) -> dict[str, Any]:
+        url = self.base_url + path
+        try:
+            async with self._http().request(method, url, params=params, data=data) as resp:
+                status = resp.status
+                try:
+                    body = await resp.json(content_type=None)
+                except ValueError:
+                    body = None
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise ServerUnavailable(f"{method} {path}: {type(exc).__name__}: {exc}") from None
+        if not isinstance(body, dict) or not isinstance(body.get("code"), int):
+            if status == 404:
+                raise UnknownClient(f"{method} {path}: HTTP 404", 404)
+            raise ServerUnavailable(f"{method} {path}: HTTP {status}, not the envelope")
+        code: int = body["code"]
+        if code == 200:
+            data_obj = body.get("data")
+            return data_obj if isinstance(data_obj, dict) else {}
+        message = f"{method} {path}: code {code}: {body.get('msg')}"
+        if code == 404 or status == 404:
+            raise UnknownClient(message, code)
+        if status >= 500 or code >= 500:
+            raise ServerUnavailable(message, code)
+        raise Refused(message, code)
+
+    async def notify(self) -> str:
+        """Register this daemon; its clientId."""
+        data = await self._call("GET", "/notify")
+        client_id = data.get("clientId")
+        if client_id in (None, ""):
+            raise ServerUnavailable("/notify: no clientId in the answer")
+        return str(client_id)
+
+    async def accounts(self, client_id: str, threads: int) -> list[Account]:
+        """Lease up to `threads` extension accounts."""
+        data = await self._call(
+            "GET", f"/accounts/{client_id}", params={"threadsNum": str(threads)}
+        )
+        out = []
+        for a in data.get("accounts") or []:
+            if not isinstance(a, dict) or not a.get("extensionNum"):
+                log.warning("account_ignored", reason="no extensionNum", account=str(a)[:200])
+                continue
+            out.append(
+                Account(
+                    extension=str(a["extensionNum"]),
+                    password=str(a.get("password") or ""),
+                    host=str(a["host"]) if a.get("host") else None,
+                    transport=str(a["transport"]).lower() if a.get("transport") else None,
+                    domain=str(a["domain"]) if a.get("domain") else None,
+                )
+            )
+        return out
+
+    async def dialplan(self, client_id: str) -> list[DialplanItem]:
+        """Numbers to dial now; an empty list means nothing to do."""
+        data = await self._call("GET", f"/dialplan/{client_id}")
+        out = []
+        for d in data.get("dialplans") or []:
+            if not isinstance(d, dict) or not d.get("extensionNum") or not d.get("phoneNum"):
+                log.warning("dialplan_ignored", reason="incomplete", item=str(d)[:200])
+                continue
+            dp_id = d.get("dialplanId")
+            out.append(
+                DialplanItem(
+                    str(d["extensionNum"]),
+                    str(d["phoneNum"]),
+                    None if dp_id is None else str(dp_id),
+                )
+            )
+        return out
+
+    async def heartbeat(self, client_id: str) -> None:
+        """Liveness."""
+        await self._call("POST", f"/heartbeat/{client_id}")
+
+    async def status(self, client_id: str, status: str, extension: str, phone: str = "") -> None:
+        """State change of one extension."""
+        params = {"status": status, "extensionNum": extension, "phoneNum": phone}
+        await self._call("GET", f"/status/{client_id}", params=params)
+
+    async def upload(self, client_id: str, entry: SpoolEntry) -> None:
+        """POST /dial_wav with the entry's WAV and fields."""
+        form = aiohttp.FormData()
+        for key, value in entry.fields.items():
+            form.add_field(key, value)
+        with open(entry.wav, "rb") as fh:
+            wav = fh.read()
+        form.add_field("file_name", wav, filename=entry.wav.name, content_type="audio/wav")
+        await self._call("POST", f"/dial_wav/{client_id}", data=form)
+
+
+async def _retry_forever(
+    step: Callable[[], Awaitable[bool]], wake: asyncio.Event, low: float, high: float
+) -> None:
+    """Run `step` whenever woken; while it reports unfinished work, retry with back-off."""
+    delay = low
+    while True:
+        wake.clear()
+        if await step():
+            delay = low
+            await wake.wait()
+        else:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), timeout=delay)
+            delay = min(delay * 2, high)
+
+
+class Uploader:
+    """Drains the spool to the server in order; wake it with `kick()`."""
+
+    def __init__(
+        self,
+        client: ControlClient,
+        spool: Spool,
+        client_id: Callable[[], str | None],
+        *,
+        retry_min: float = 0.5,
+        retry_max: float = 30.0,
+    ) -> None:
+        self.client = client
+        self.spool = spool
+        self._client_id = client_id
+        self._wake = asyncio.Event()
+        self._retry_min = retry_min
+        self._retry_max = retry_max
+        self.uploaded = 0
+        self.refused = 0
+        self.on_unknown_client: Callable[[], None] | None = None
+
+    def kick(self) -> None:
+        """Something was spooled, or the server may be back."""
+        self._wake.set()
+
+    async def drain_once(self) -> bool:
+        """Upload what is spooled; True when the spool is empty afterwards."""
+        for entry in list(self.spool.entries()):
+            client_id = self._client_id()
+            if client_id is None:
+                return False
+            try:
+                await self.client.upload(client_id, entry)
+            except UnknownClient:
+                if self.on_unknown_client is not None:
+                    self.on_unknown_client()
+                return False
+            except ServerUnavailable as exc:
+                log.info("upload_deferred", reason=str(exc), spooled=len(self.spool))
+                return False
+            except Refused as exc:
+                self.refused += 1
+                log.warning("upload_refused", reason=str(exc), seq=entry.seq, **entry.fields)
+                refused = self.spool.folder / "refused"
+                refused.mkdir(exist_ok=True)
+                for f in (entry.wav, entry.meta):
+                    if f.exists():
+                        os.replace(f, refused / f.name)
+                continue
+            self.spool.remove(entry)
+            self.uploaded += 1
+            log.info("uploaded", seq=entry.seq, phone=entry.fields.get("phone"))
+        return True
+
+    async def run(self) -> None:
+        """Forever: drain, and back off while the server is away."""
+        await _retry_forever(self.drain_once, self._wake, self._retry_min, self._retry_max)
+
+
+class StatusReporter:
+    """The latest /status of each extension, delivered when the server can take it."""
+
+    def __init__(
+        self,
+        client: ControlClient,
+        client_id: Callable[[], str | None],
+        *,
+        retry_min: float = 0.5,
+        retry_max: float = 30.0,
+    ) -> None:
+        self.client = client
+        self._client_id = client_id
+        self._pending: dict[str, tuple[str, str]] = {}
+        self._wake = asyncio.Event()
+        self._retry_min = retry_min
+        self._retry_max = retry_max
+        self.sent = 0
+        self.on_unknown_client: Callable[[], None] | None = None
+
+    def report(self, extension: str, status: str, phone: str = "") -> None:
+        """Queue a state; an older unsent state of the same extension is replaced."""
+        self._pending[extension] = (status, phone)
+        self._wake.set()
+
+    @property
+    def pending(self) -> int:
+        """States not yet delivered."""
+        return len(self._pending)
+
+    async def flush(self) -> bool:
+        """Send what is pending; True when everything went."""
+        for extension, (status, phone) in list(self._pending.items()):
+            client_id = self._client_id()
+            if client_id is None:
+                return False
+            try:
+                await self.client.status(client_id, status, extension, phone)
+            except UnknownClient:
+                if self.on_unknown_client is not None:
+                    self.on_unknown_client()
+                return False
+            except ServerUnavailable:
+                return False
+            except Refused as exc:
+                log.warning("status_refused", extension=extension, status=status, reason=str(exc))
+            if self._pending.get(extension) == (status, phone):
+                del self._pending[extension]
+            self.sent += 1
+        return True
+
+    async def run(self) -> None:
+        """Forever: deliver states, backing off while the server is away."""
+        await _retry_forever(self.flush, self._wake, self._retry_min, self._retry_max)

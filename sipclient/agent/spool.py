@@ -1,0 +1,105 @@
+"""The upload spool: every recording goes to disk before it goes to the server.
+
+An entry is two files in `spool.dir`, written atomically (temp name, fsync,
+rename): ``<seq>.wav`` and ``<seq>.json`` (the upload's form fields). The JSON
+is renamed last, so an entry exists only once both are whole; a WAV without
+its JSON is debris of a crash mid-write and is removed at start. `seq` is a
+zero-padded nanosecond time plus a counter, so entries replay in the order
+they were made, across restarts. An entry is deleted only after the server
+accepted it (or refused it for good, e.g. the number was already finished);
+an entry that cannot be read is moved to ``bad/``, never deleted.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class SpoolEntry:
+    """One upload waiting for the server."""
+
+    seq: str
+    wav: Path
+    meta: Path
+    fields: dict[str, str]
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+class Spool:
+    """A folder of uploads in the order they were made."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.bad = folder / "bad"
+        folder.mkdir(parents=True, exist_ok=True)
+        self._counter = itertools.count()
+        self._clean_debris()
+
+    def _clean_debris(self) -> None:
+        for tmp in self.folder.glob(".*.tmp"):
+            tmp.unlink(missing_ok=True)
+        for wav in self.folder.glob("*.wav"):
+            if not wav.with_suffix(".json").exists():
+                wav.unlink(missing_ok=True)
+
+    def put(self, wav_source: Path | bytes, fields: dict[str, Any]) -> SpoolEntry:
+        """Store one upload; `wav_source` is a file (moved in) or the WAV bytes."""
+        seq = f"{time.time_ns():020d}-{next(self._counter):06d}"
+        wav = self.folder / f"{seq}.wav"
+        meta = self.folder / f"{seq}.json"
+        if isinstance(wav_source, bytes):
+            _write_atomic(wav, wav_source)
+        else:
+            tmp = wav.with_name(f".{wav.name}.tmp")
+            shutil.copyfile(wav_source, tmp)
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp, wav)
+        clean = {k: "" if v is None else str(v) for k, v in fields.items()}
+        _write_atomic(meta, json.dumps(clean, ensure_ascii=False).encode())
+        return SpoolEntry(seq, wav, meta, clean)
+
+    def entries(self) -> Iterator[SpoolEntry]:
+        """Whole entries, oldest first; unreadable ones are moved to bad/."""
+        for meta in sorted(self.folder.glob("*.json")):
+            wav = meta.with_suffix(".wav")
+            try:
+                fields = json.loads(meta.read_text(encoding="utf-8"))
+                if not isinstance(fields, dict) or not wav.exists():
+                    raise ValueError("incomplete entry")
+            except (OSError, ValueError):
+                self.quarantine(meta)
+                continue
+            yield SpoolEntry(meta.stem, wav, meta, {str(k): str(v) for k, v in fields.items()})
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self.folder.glob("*.json"))
+
+    def remove(self, entry: SpoolEntry) -> None:
+        """Forget an entry the server has accepted (WAV first: no orphan JSON)."""
+        entry.wav.unlink(missing_ok=True)
+        entry.meta.unlink(missing_ok=True)
+
+    def quarantine(self, meta: Path) -> None:
+        """Keep a broken entry aside for a person to look at."""
+        self.bad.mkdir(exist_ok=True)
+        for f in (meta, meta.with_suffix(".wav")):
+            if f.exists():
+                os.replace(f, self.bad / f.name)
