@@ -59,5 +59,10 @@ def configure(level: str = "info", fmt: str = "auto") -> None:
 
 
 def get_logger(name: str) -> Any:
-    """A structlog logger tagged with the module name."""
-    return structlog.get_logger(name).bind(logger=name)
+    """A structlog logger tagged with the module name.
+
+    Stays lazy (no `.bind()` here): modules take their logger at import time,
+    before `configure()` has run, and a bound logger would keep the default
+    configuration forever.
+    """
+    return structlog.get_logger(name, module=name)

@@ -1,0 +1,177 @@
+"""The far end's audio of one call -> a WAV file, bounded in time and size.
+
+8 kHz mono 16-bit PCM WAV written with soundfile, from the first RTP packet
+(media time 0) to the end of the call. Frames arrive already gap-filled by
+the RTP stream, so the WAV's length is the call's media time; a frame that
+starts later than the recording's end is padded with silence anyway, and an
+overlapping one trimmed, so the file's time stays right whatever the feeder.
+
+Bounds: `max_seconds` and `max_bytes` (whole file, header included); past
+either, samples are dropped and the result says `truncated` and which bound.
+A call with no media still gets a WAV, with zero frames.
+
+Atomic: samples go to a hidden temporary file beside the target
+(``.NAME.part``), which `close()` flushes, fsyncs and renames onto the final
+name; a crash leaves at most a ``.part`` file, never a half WAV under the
+final name (the spool only ever sees complete files). Samples are buffered
+in memory and written about once a second, so the event loop only touches
+the disk rarely; `close()` does the fsync: run it in a thread
+(`asyncio.to_thread(recorder.close)`) when many calls end at once.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from sipclient.config import RecordingSettings
+from sipclient.media.frames import SAMPLE_RATE, AudioFrame, Pcm
+
+WAV_HEADER_BYTES = 44
+"""Size of the canonical PCM WAV header libsndfile writes for PCM_16."""
+
+
+@dataclass(frozen=True)
+class RecordingResult:
+    """What `Recorder.close` wrote.
+
+    `truncated` says samples were dropped at a bound, `bound` which one
+    ("max_seconds" or "max_bytes").
+    """
+
+    path: Path
+    frames: int
+    truncated: bool = False
+    bound: str | None = None
+
+    @property
+    def seconds(self) -> float:
+        """Duration of the WAV."""
+        return self.frames / SAMPLE_RATE
+
+
+def temp_path_for(path: Path) -> Path:
+    """Where a recording bound for `path` is written until it is complete."""
+    return path.with_name(f".{path.name}.part")
+
+
+class Recorder:
+    """Writes one call's frames to `path`; use as a sink (`feed` or call it)."""
+
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        max_seconds: float = 60.0,
+        max_bytes: int = 2_000_000,
+        buffer_seconds: float = 1.0,
+    ) -> None:
+        self.path = Path(path)
+        self.temp_path = temp_path_for(self.path)
+        by_time = int(max_seconds * SAMPLE_RATE)
+        by_size = max(0, (max_bytes - WAV_HEADER_BYTES) // 2)
+        self.max_frames = min(by_time, by_size)
+        self._bound = "max_seconds" if by_time <= by_size else "max_bytes"
+        self._buffer_frames = max(1, int(buffer_seconds * SAMPLE_RATE))
+        self._pending: list[Pcm] = []
+        self._pending_frames = 0
+        self._written = 0  # frames accepted (written or pending)
+        self._truncated: str | None = None
+        self._file: sf.SoundFile | None = None
+        self._result: RecordingResult | None = None
+
+    @classmethod
+    def from_settings(cls, settings: RecordingSettings, path: Path | str) -> Recorder:
+        """A recorder bounded by config `recordings.max_seconds` / `max_bytes`."""
+        return cls(path, max_seconds=settings.max_seconds, max_bytes=settings.max_bytes)
+
+    @property
+    def frames(self) -> int:
+        """Frames accepted so far."""
+        return self._written
+
+    @property
+    def full(self) -> bool:
+        """Whether a bound was reached (further samples are dropped)."""
+        return self._truncated is not None
+
+    def __call__(self, frame: AudioFrame) -> None:
+        self.feed(frame)
+
+    def feed(self, frame: AudioFrame) -> None:
+        """Append one frame, placed at its media time."""
+        if self._result is not None:
+            raise RuntimeError(f"recording {self.path} is already closed")
+        pcm = frame.pcm
+        if frame.start > self._written:
+            self._append(np.zeros(frame.start - self._written, dtype=np.int16))
+        elif frame.start < self._written:
+            pcm = pcm[self._written - frame.start :]
+        if len(pcm):
+            self._append(pcm)
+
+    def close(self) -> RecordingResult:
+        """Write the rest, fsync, rename onto `path`; idempotent."""
+        if self._result is not None:
+            return self._result
+        self._flush()
+        if self._file is None:
+            self._file = self._open()  # no media: a zero-frame WAV
+        self._file.close()
+        fd = os.open(self.temp_path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(self.temp_path, self.path)
+        self._result = RecordingResult(
+            self.path, self._written, self._truncated is not None, self._truncated
+        )
+        return self._result
+
+    def abort(self) -> None:
+        """Drop the recording: close and delete the temporary file."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        self.temp_path.unlink(missing_ok=True)
+        self._result = RecordingResult(self.path, 0, self._truncated is not None, self._truncated)
+
+    # ------------------------------------------------------------ internals
+
+    def _append(self, pcm: Pcm) -> None:
+        room = self.max_frames - self._written
+        if len(pcm) > room:
+            pcm = pcm[: max(room, 0)]
+            self._truncated = self._truncated or self._bound
+        if not len(pcm):
+            return
+        self._pending.append(pcm)
+        self._pending_frames += len(pcm)
+        self._written += len(pcm)
+        if self._pending_frames >= self._buffer_frames:
+            self._flush()
+
+    def _open(self) -> sf.SoundFile:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        return sf.SoundFile(
+            self.temp_path,
+            mode="w",
+            samplerate=SAMPLE_RATE,
+            channels=1,
+            subtype="PCM_16",
+            format="WAV",
+        )
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        if self._file is None:
+            self._file = self._open()
+        self._file.write(np.concatenate(self._pending))
+        self._pending.clear()
+        self._pending_frames = 0

@@ -1,0 +1,505 @@
+"""The receive side of one call's RTP, sans-IO: datagrams in, audio frames out.
+
+`RtpStream.receive(data, addr, now)` takes one UDP datagram with its source
+address and the current time and returns the `AudioFrame`s that became ready;
+`next_deadline()` / `handle_timer(now)` release packets held behind a gap
+once waiting longer is pointless; `finish(now)` drains everything at the end
+of the call. No sockets, no clock: `rtp.RtpReceiver` is the asyncio adapter,
+and tests drive this class with explicit times.
+
+What it does to each datagram, in order:
+
+1. the test hook drops a seeded-random fraction (`drop_fraction`);
+2. RTCP, non-RTP, wrong version, truncated and empty-payload packets, and
+   payload types not negotiated are counted as garbage and dropped
+   (RTP parsed with aiortc's `RtpPacket.parse`);
+3. the source address must be the latched one (see *Latching*);
+4. a new SSRC starts a new stream that continues in time where the old one
+   stopped (by arrival time), never back at zero;
+5. packets are put in sequence order (16-bit sequence numbers extended to
+   64 bits across wrap) in a window of `window` packets: duplicates and
+   packets older than what was already played are counted and dropped, a
+   gap is declared lost when `window` packets wait behind it or the oldest
+   waited `max_hold` seconds;
+6. RFC 4733 telephone-event and comfort noise (PT 13) keep their sequence
+   slot but produce no audio; the silence they stand for is filled from the
+   next audio packet's timestamp;
+7. audio is decoded to 8 kHz and placed by RTP timestamp; a gap in
+   timestamps (loss, DTX, events) is filled with silence so media time is
+   call time. A timestamp jump the arrival times do not support (an SBC
+   restarting its timestamps, a bogus value) re-bases the stream on arrival
+   time instead of inserting minutes of silence.
+
+Latching (symmetric RTP). Before the first packet is accepted we latch to:
+
+- a packet from the address in the SDP answer, or from its IP with another
+  port (NAT or an SBC that rewrites the port): at once;
+- a packet from any other address (carriers' media servers often send from
+  an address the SDP does not name): after `probation` packets from it in a
+  row with consecutive sequence numbers and one SSRC (RFC 3550's
+  MIN_SEQUENTIAL idea). Those probation packets are played, not lost.
+
+Once latched, packets from other addresses are counted as `foreign` and
+dropped: stray packets of an earlier call on a reused port, spoofing. Two
+ways to move: `set_remote()` with a new SDP address (a new 183/200 SDP)
+unlatches, and if the latched source has been silent for `relatch_idle`
+seconds another source may win the probation (an announcement server handing
+over to a ringback server without new SDP).
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from aiortc.rtp import RtpPacket
+
+from sipclient.media.decoders import STATIC_PAYLOAD_TYPES, Decoder, make_decoder
+from sipclient.media.frames import SAMPLE_RATE, AudioFrame, silence
+
+Addr = tuple[str, int]
+
+COMFORT_NOISE_PT = 13
+_SEQ_MOD = 1 << 16
+_TS_MOD = 1 << 32
+_RESTART_SEQ_JUMP = 1000
+"""A sequence jump beyond this many packets is a sender restart, not loss."""
+
+
+@dataclass(frozen=True)
+class MediaFormat:
+    """What the SDP answer negotiated for the far end's media.
+
+    `codec` is "PCMU", "PCMA" or "G722" on `payload_type`; `telephone_event`
+    the RFC 4733 payload type if one was negotiated. The static payload types
+    0, 8 and 9 are decoded as PCMU, PCMA and G722 even if not negotiated
+    (a carrier that switches codec mid-call still gets recorded).
+    """
+
+    codec: str = "PCMU"
+    payload_type: int = 0
+    telephone_event: int | None = None
+
+    def kind_of(self, payload_type: int) -> str | None:
+        """Codec name, "event", "cn", or None for a payload type we do not take."""
+        if payload_type == self.payload_type:
+            return self.codec.upper()
+        if self.telephone_event is not None and payload_type == self.telephone_event:
+            return "event"
+        if payload_type == COMFORT_NOISE_PT:
+            return "cn"
+        return STATIC_PAYLOAD_TYPES.get(payload_type)
+
+
+@dataclass
+class RtpStats:
+    """Counters of one call's receive side.
+
+    `packets` and `bytes` count RTP packets accepted from the media source
+    (header included); everything else refused is in `garbage` (of which
+    `rtcp` and `unknown_pt`), `foreign` (wrong source once latched) or
+    `test_dropped`. `lost` counts sequence slots never received, `late`
+    packets that came after their slot was played or declared lost,
+    `filled_ms` the silence inserted for gaps.
+    """
+
+    packets: int = 0
+    bytes: int = 0
+    audio_packets: int = 0
+    lost: int = 0
+    duplicates: int = 0
+    reordered: int = 0
+    late: int = 0
+    garbage: int = 0
+    rtcp: int = 0
+    unknown_pt: int = 0
+    foreign: int = 0
+    events: int = 0
+    comfort_noise: int = 0
+    ssrc_changes: int = 0
+    rebased: int = 0
+    relatches: int = 0
+    test_dropped: int = 0
+    filled_samples: int = 0
+    samples: int = 0
+    latched: Addr | None = None
+
+    @property
+    def filled_ms(self) -> int:
+        """Silence inserted for gaps, milliseconds."""
+        return self.filled_samples * 1000 // SAMPLE_RATE
+
+    @property
+    def media_ms(self) -> int:
+        """Length of the audio produced so far (heard + filled), milliseconds."""
+        return self.samples * 1000 // SAMPLE_RATE
+
+    def as_dict(self) -> dict[str, Any]:
+        """A flat dict for logs and the upload."""
+        out = asdict(self)
+        out["latched"] = f"{self.latched[0]}:{self.latched[1]}" if self.latched else None
+        out["filled_ms"] = self.filled_ms
+        out["media_ms"] = self.media_ms
+        return out
+
+
+@dataclass(slots=True)
+class _Packet:
+    seq: int  # extended (unwrapped) sequence number
+    timestamp: int
+    kind: str
+    payload: bytes
+    arrival: float
+
+
+@dataclass
+class _Candidate:
+    """A source we have not latched to yet, on probation."""
+
+    addr: Addr
+    ssrc: int
+    last_seq: int
+    packets: list[tuple[RtpPacket, int, float]] = field(default_factory=list)
+
+
+def _norm(addr: Any) -> Addr:
+    # asyncio gives IPv6 sources as 4-tuples; only host and port matter here.
+    return (str(addr[0]), int(addr[1]))
+
+
+def _is_rtcp(data: bytes) -> bool:
+    # RFC 5761 section 4: RTCP packet types 192..223 sit where RTP would have
+    # marker=1 and payload type 64..95, which RTP never uses for audio.
+    return len(data) >= 2 and 192 <= data[1] <= 223
+
+
+class RtpStream:
+    """One call's RTP receive state; see the module docstring."""
+
+    def __init__(
+        self,
+        fmt: MediaFormat,
+        remote: Addr | None = None,
+        *,
+        window: int = 5,
+        max_hold: float = 0.1,
+        probation: int = 2,
+        relatch_idle: float = 1.0,
+        jitter_tolerance: float = 0.04,
+        drop_fraction: float = 0.0,
+        drop_seed: int = 0,
+        g722_native_8k: bool = False,
+    ) -> None:
+        if window < 1:
+            raise ValueError("window must be >= 1")
+        self.fmt = fmt
+        self.remote = _norm(remote) if remote else None
+        self.window = window
+        self.max_hold = max_hold
+        self.probation = max(1, probation)
+        self.relatch_idle = relatch_idle
+        self._tolerance = int(jitter_tolerance * SAMPLE_RATE)
+        self.drop_fraction = drop_fraction
+        self._rng = random.Random(drop_seed)
+        self._g722_native_8k = g722_native_8k
+        self.stats = RtpStats()
+
+        self._latched: Addr | None = None
+        self._latched_at_seen = 0.0
+        self._candidate: _Candidate | None = None
+
+        # Current stream (one SSRC).
+        self._ssrc: int | None = None
+        self._old_ssrcs: deque[int] = deque(maxlen=8)
+        self._decoders: dict[str, Decoder] = {}
+        self._next: int = 0  # next extended sequence number to play
+        self._highest: int = 0
+        self._buf: dict[int, _Packet] = {}
+        self._played: deque[int] = deque(maxlen=64)
+        self._played_set: set[int] = set()
+        self._ts_last: int = 0  # extended timestamp of the last packet seen
+        self._ts_base: int = 0
+        self._offset: int = 0  # output sample index of the stream's ts_base
+
+        # Output position (all streams).
+        self._end = 0
+        self._last_audio_arrival: float | None = None
+        self._last_audio_len = 0
+        self._started = False
+
+    # ------------------------------------------------------------ public API
+
+    @property
+    def latched(self) -> Addr | None:
+        """The source address packets are accepted from, once latched."""
+        return self._latched
+
+    @property
+    def started(self) -> bool:
+        """Whether any audio has been produced (media time 0 is the first packet)."""
+        return self._started
+
+    def set_remote(self, remote: Addr | None) -> None:
+        """A new SDP address for the far end; a different one unlatches."""
+        new = _norm(remote) if remote else None
+        if new != self.remote:
+            self.remote = new
+            self._latched = None
+            self.stats.latched = None
+            self._candidate = None
+
+    def receive(self, data: bytes, addr: Any, now: float) -> list[AudioFrame]:
+        """Take one datagram from `addr` at time `now`; return frames now ready."""
+        if self.drop_fraction and self._rng.random() < self.drop_fraction:
+            self.stats.test_dropped += 1
+            return []
+        if _is_rtcp(data):
+            self.stats.rtcp += 1
+            self.stats.garbage += 1
+            return []
+        try:
+            packet = RtpPacket.parse(data)
+        except ValueError:
+            self.stats.garbage += 1
+            return []
+        if not packet.payload:
+            self.stats.garbage += 1
+            return []
+        if self.fmt.kind_of(packet.payload_type) is None:
+            self.stats.unknown_pt += 1
+            self.stats.garbage += 1
+            return []
+        source = _norm(addr)
+        out: list[AudioFrame] = []
+        if self._latched is not None and source == self._latched:
+            self._latched_at_seen = now
+            self._accept(packet, len(data), now, out)
+            return out
+        if self._latched is None and self.remote is not None and source[0] == self.remote[0]:
+            self._latch(source, now)
+            self._accept(packet, len(data), now, out)
+            return out
+        if self._latched is not None and now - self._latched_at_seen < self.relatch_idle:
+            self.stats.foreign += 1
+            return out
+        self._probe(source, packet, len(data), now, out)
+        return out
+
+    def next_deadline(self) -> float | None:
+        """When `handle_timer` should run next (absolute time), or None."""
+        if not self._buf:
+            return None
+        return min(p.arrival for p in self._buf.values()) + self.max_hold
+
+    def handle_timer(self, now: float) -> list[AudioFrame]:
+        """Give up waiting for packets missing ahead of ones held too long."""
+        out: list[AudioFrame] = []
+        while self._buf and min(p.arrival for p in self._buf.values()) + self.max_hold <= now:
+            self._skip_gap(out)
+            self._drain(out)
+        return out
+
+    def finish(self, now: float | None = None) -> list[AudioFrame]:
+        """End of call: play everything held; with `now`, pad silence to the call's end.
+
+        The padding makes the recording last from the first packet to the
+        end of the call when the far end stopped sending before it hung up.
+        """
+        out: list[AudioFrame] = []
+        if self._candidate is not None:
+            self.stats.foreign += len(self._candidate.packets)
+            self._candidate = None
+        while self._buf:
+            self._skip_gap(out)
+            self._drain(out)
+        if now is not None and self._last_audio_arrival is not None:
+            gap = self._arrival_gap(now)
+            if gap > 0:
+                self._fill(gap, out)
+            self._last_audio_arrival, self._last_audio_len = now, 0  # pad only once
+        return out
+
+    # ------------------------------------------------------------ latching
+
+    def _latch(self, source: Addr, now: float) -> None:
+        if self.stats.latched is not None or self.stats.packets:
+            self.stats.relatches += 1
+        if self._candidate is not None and self._candidate.addr != source:
+            self.stats.foreign += len(self._candidate.packets)
+        self._latched = source
+        self._latched_at_seen = now
+        self.stats.latched = source
+        self._candidate = None
+
+    def _probe(
+        self, source: Addr, packet: RtpPacket, size: int, now: float, out: list[AudioFrame]
+    ) -> None:
+        cand = self._candidate
+        if (
+            cand is not None
+            and cand.addr == source
+            and cand.ssrc == packet.ssrc
+            and packet.sequence_number == (cand.last_seq + 1) % _SEQ_MOD
+        ):
+            cand.packets.append((packet, size, now))
+            cand.last_seq = packet.sequence_number
+        else:
+            if cand is not None:
+                self.stats.foreign += len(cand.packets)
+            cand = _Candidate(source, packet.ssrc, packet.sequence_number, [(packet, size, now)])
+            self._candidate = cand
+        if len(cand.packets) >= self.probation:
+            self._latch(source, now)
+            for held, held_size, arrival in cand.packets:
+                self._accept(held, held_size, arrival, out)
+
+    # ------------------------------------------------------------ ordering
+
+    def _accept(self, packet: RtpPacket, size: int, now: float, out: list[AudioFrame]) -> None:
+        stats = self.stats
+        if packet.ssrc != self._ssrc:
+            if packet.ssrc in self._old_ssrcs:
+                stats.late += 1
+                return
+            self._new_stream(packet, now, out)
+        stats.packets += 1
+        stats.bytes += size
+        kind = self.fmt.kind_of(packet.payload_type) or ""
+        seq = self._extend_seq(packet.sequence_number)
+        if abs(seq - self._next) > _RESTART_SEQ_JUMP:
+            # The sender restarted its numbering without a new SSRC.
+            while self._buf:
+                self._skip_gap(out)
+                self._drain(out)
+            self._next = self._highest = seq
+            self._played.clear()
+            self._played_set.clear()
+        if seq < self._next:
+            if seq in self._played_set:
+                stats.duplicates += 1
+            else:
+                stats.late += 1
+            return
+        if seq in self._buf:
+            stats.duplicates += 1
+            return
+        if seq < self._highest:
+            stats.reordered += 1
+        self._highest = max(self._highest, seq)
+        self._buf[seq] = _Packet(seq, packet.timestamp, kind, packet.payload, now)
+        self._drain(out)
+        while len(self._buf) > self.window:
+            self._skip_gap(out)
+            self._drain(out)
+
+    def _new_stream(self, packet: RtpPacket, now: float, out: list[AudioFrame]) -> None:
+        if self._ssrc is not None:
+            self.stats.ssrc_changes += 1
+            while self._buf:
+                self._skip_gap(out)
+                self._drain(out)
+            self._old_ssrcs.append(self._ssrc)
+        self._ssrc = packet.ssrc
+        self._decoders = {}
+        self._next = self._highest = packet.sequence_number
+        self._played.clear()
+        self._played_set.clear()
+        self._ts_last = self._ts_base = packet.timestamp
+        # Continue in time: where the last stream ended plus the silence
+        # that arrival times show between the two.
+        self._offset = self._end + (self._arrival_gap(now) if self._started else 0)
+
+    def _extend_seq(self, seq16: int) -> int:
+        delta = (seq16 - self._highest) % _SEQ_MOD
+        if delta >= _SEQ_MOD // 2:
+            delta -= _SEQ_MOD
+        return self._highest + delta
+
+    def _extend_ts(self, ts32: int) -> int:
+        delta = (ts32 - self._ts_last) % _TS_MOD
+        if delta >= _TS_MOD // 2:
+            delta -= _TS_MOD
+        return self._ts_last + delta
+
+    def _drain(self, out: list[AudioFrame]) -> None:
+        while self._next in self._buf:
+            packet = self._buf.pop(self._next)
+            self._play(packet, out)
+            self._mark_played(self._next)
+            self._next += 1
+
+    def _skip_gap(self, out: list[AudioFrame]) -> None:
+        """Declare the sequence numbers before the oldest held packet lost."""
+        if not self._buf:
+            return
+        first = min(self._buf)
+        self.stats.lost += first - self._next
+        self._next = first
+
+    def _mark_played(self, seq: int) -> None:
+        if len(self._played) == self._played.maxlen:
+            self._played_set.discard(self._played[0])
+        self._played.append(seq)
+        self._played_set.add(seq)
+
+    # ------------------------------------------------------------ timing + decode
+
+    def _arrival_gap(self, now: float) -> int:
+        """Samples of silence the arrival clock shows since the last audio ended."""
+        if self._last_audio_arrival is None:
+            return 0
+        gap = round((now - self._last_audio_arrival) * SAMPLE_RATE) - self._last_audio_len
+        return gap if gap > self._tolerance else 0
+
+    def _play(self, packet: _Packet, out: list[AudioFrame]) -> None:
+        ts = self._extend_ts(packet.timestamp)
+        self._ts_last = ts
+        if packet.kind == "event":
+            self.stats.events += 1
+            return
+        if packet.kind == "cn":
+            self.stats.comfort_noise += 1
+            return
+        decoder = self._decoders.get(packet.kind)
+        if decoder is None:
+            decoder = self._decoders[packet.kind] = make_decoder(
+                packet.kind, g722_native_8k=self._g722_native_8k
+            )
+        try:
+            pcm = decoder.decode(packet.payload)
+        except Exception:
+            # A codec library refusing a payload is the peer's garbage, not our crash.
+            self.stats.garbage += 1
+            return
+        position = self._offset + (ts - self._ts_base)
+        gap = position - self._end
+        plausible = self._arrival_gap(packet.arrival) + SAMPLE_RATE  # 1 s slack
+        if self._started and (gap > plausible or gap < -SAMPLE_RATE):
+            # Timestamps the arrival clock does not support: re-base on arrival.
+            self.stats.rebased += 1
+            self._offset += self._end + self._arrival_gap(packet.arrival) - position
+            position = self._offset + (ts - self._ts_base)
+            gap = position - self._end
+        if gap < 0:
+            if -gap >= len(pcm):
+                self.stats.late += 1
+                return
+            pcm = pcm[-gap:]
+            gap = 0
+        if gap > 0:
+            self._fill(gap, out)
+        self._started = True
+        self.stats.audio_packets += 1
+        out.append(AudioFrame(self._end, pcm))
+        self._end += len(pcm)
+        self.stats.samples += len(pcm)
+        self._last_audio_arrival = packet.arrival
+        self._last_audio_len = len(pcm)
+
+    def _fill(self, samples: int, out: list[AudioFrame]) -> None:
+        out.append(AudioFrame(self._end, silence(samples), filled=True))
+        self._end += samples
+        self.stats.samples += samples
+        self.stats.filled_samples += samples

@@ -1,0 +1,29 @@
+"""logs.py: a logger taken before configure() obeys it; secrets never reach a line."""
+
+import json
+
+import pytest
+
+from sipclient import logs
+
+early = logs.get_logger("early.module")  # taken at import time, like every module does
+
+
+def test_configure_applies_to_loggers_taken_earlier(capsys: pytest.CaptureFixture[str]) -> None:
+    logs.configure("warning", "json")
+    early.info("hidden")
+    early.warning("shown", extension="1001")
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [x["event"] for x in lines] == ["shown"]
+    assert lines[0]["module"] == "early.module"
+    assert lines[0]["extension"] == "1001"
+
+
+def test_passwords_are_redacted(capsys: pytest.CaptureFixture[str]) -> None:
+    logs.configure("info", "json")
+    early.info("account", extension="1001", password="s3cret", Authorization="Digest x")
+    out = capsys.readouterr().out
+    assert "s3cret" not in out and "Digest x" not in out
+    line = json.loads(out)
+    assert line["password"] == logs.REDACTED
+    assert line["Authorization"] == logs.REDACTED
