@@ -1,0 +1,249 @@
+"""`sipclient dial NUMBER --account EXT:PASSWORD@HOST:PORT [--record F.wav]`.
+
+One call by hand, as an operator tests a line: register (unless
+`--no-register`), dial, wait for the end of the call (the far end's final
+response, our CANCEL at `--ring-timeout`, Timer B), un-register, and print
+the outcome as ONE JSON object on stdout (logs go to stderr):
+
+    {"number": "...", "verdict": "empty", "confidence": 0.95,
+     "sip_code": 404, "reason": "Not Found", "q850_cause": 1,
+     "timings": {"invite_at": 1795426160.636, "first_provisional_ms": 2,
+                 "ringing_ms": null, "early_media_ms": 4, "answer_ms": null,
+                 "duration_ms": 309},
+     "evidence": {...}, "signalling": {...}, "media": {...}, "recording": {...}}
+
+Exit status: 0 when the call went through its life, whatever the verdict;
+1 on a runtime failure (cannot open the socket, cannot register); 2 on a
+malformed `--account` or `--bind`.
+
+`--record F.wav`: the far end's audio from the first RTP packet to the end
+of the call, 8 kHz mono 16-bit (a zero-frame WAV when no media came), on a
+port of `rtp.ports`. Ctrl-C (SIGINT) or SIGTERM hangs up (CANCEL or BYE)
+and still prints the outcome.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from sipclient.agent.call import Call, CallOutcome, MediaInfo
+from sipclient.agent.transport import SipStack, open_stack
+from sipclient.agent.useragent import Account, UserAgent
+from sipclient.classify.signalling import from_signalling
+from sipclient.classify.verdicts import Decision, Verdict
+from sipclient.config import DaemonConfig, HostPort
+from sipclient.logs import configure, get_logger
+from sipclient.media.ports import PortLease, PortPool, PortsExhausted
+from sipclient.media.recorder import Recorder
+from sipclient.media.rtp import RtpReceiver
+from sipclient.media.stream import MediaFormat
+
+log = get_logger(__name__)
+
+EXIT_OK = 0
+EXIT_RUNTIME = 1
+EXIT_USAGE = 2
+
+
+def decide(outcome: CallOutcome) -> Decision:
+    """The verdict of a call from its signalling.
+
+    One rule is added to the classifier's: a CANCEL at our ring timeout after
+    a 180 means the number rang until the limit (`no_answer`), not that we
+    hung up on purpose (which the classifier calls `ringing`).
+    """
+    if (
+        outcome.cancel_reason == "ring timeout"
+        and outcome.ringing
+        and not outcome.answered
+        and outcome.sip_code in (None, 487)
+    ):
+        return Decision(
+            Verdict.NO_ANSWER,
+            0.8,
+            {"kind": "signalling", "rule": "ring-timeout", "sip_code": outcome.sip_code},
+        )
+    return from_signalling(outcome.signalling())
+
+
+def timings(outcome: CallOutcome) -> dict[str, Any]:
+    """Milliseconds from the INVITE to each moment of the call."""
+    t = outcome.times
+    return {
+        "invite_at": t.invite,
+        "first_provisional_ms": t.ms_between("invite", "first_provisional"),
+        "ringing_ms": t.ms_between("invite", "ringing"),
+        "early_media_ms": t.ms_between("invite", "early_media"),
+        "answer_ms": t.ms_between("invite", "answer"),
+        "duration_ms": t.ms_between("invite", "end"),
+        "ended_at": t.end,
+    }
+
+
+def outcome_json(
+    outcome: CallOutcome, decision: Decision, recording: dict[str, Any]
+) -> dict[str, Any]:
+    """The one JSON object `dial` prints."""
+    verdict = decision.as_json()
+    media = outcome.as_json()["media"]
+    return {
+        "number": outcome.number,
+        "verdict": verdict["verdict"],
+        "confidence": verdict["confidence"],
+        "transient": verdict["transient"],
+        "sip_code": outcome.sip_code,
+        "reason": outcome.reason,
+        "q850_cause": outcome.q850_cause,
+        "timings": timings(outcome),
+        "evidence": verdict["evidence"],
+        "signalling": {
+            "ringing": outcome.ringing,
+            "early_media": outcome.early_media,
+            "answered": outcome.answered,
+            "cancelled_by_us": outcome.cancelled_by_us,
+            "cancel_reason": outcome.cancel_reason,
+            "ended_by": outcome.ended_by,
+            "local_code": outcome.local_code,
+        },
+        "media": media,
+        "recording": recording,
+        "call_id": outcome.call_id,
+    }
+
+
+def _print(obj: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+
+
+class _Media:
+    """The RTP side of `--record` (or just a bound port for the offer without it)."""
+
+    def __init__(self, config: DaemonConfig, host: str, record: Path | None) -> None:
+        self.record = record
+        self.pool = PortPool(config.rtp.ports, host)
+        self.lease: PortLease = self.pool.allocate()
+        self.recorder = Recorder.from_settings(config.recordings, record) if record else None
+        self.receiver: RtpReceiver | None = None
+        self._opening: asyncio.Task[None] | None = None
+
+    @property
+    def local(self) -> tuple[str, int]:
+        return (self.lease.host, self.lease.port)
+
+    def started(self, info: MediaInfo) -> None:
+        if self.recorder is None or info.codec is None or info.payload_type is None:
+            return
+        fmt = MediaFormat(info.codec, info.payload_type, info.telephone_event)
+        recorder = self.recorder
+
+        async def open_receiver() -> None:
+            self.receiver = await RtpReceiver.open(self.lease, fmt, info.remote_addr, recorder)
+
+        self._opening = asyncio.get_running_loop().create_task(open_receiver())
+
+    async def close(self) -> dict[str, Any]:
+        if self._opening is not None:
+            try:
+                await self._opening
+            except OSError as exc:
+                log.warning("rtp_open_failed", error=str(exc))
+        stats: dict[str, Any] | None = None
+        if self.receiver is not None:
+            stats = (await self.receiver.close()).as_dict()
+        else:
+            self.lease.release()
+        if self.recorder is None:
+            return {"path": None, "note": "no --record given"}
+        result = self.recorder.close()
+        return {
+            "path": str(result.path),
+            "seconds": round(result.seconds, 3),
+            "truncated": result.truncated,
+            "rtp": stats,
+        }
+
+
+async def _dial(args: argparse.Namespace, config: DaemonConfig, account: Account) -> int:
+    bind = HostPort.parse(args.bind, allow_zero=True)
+    remote = (account.host.host, account.host.port)
+    try:
+        stack: SipStack = await open_stack(
+            transport=account.transport,
+            bind=bind,
+            remote=remote,
+            t1=config.sip.t1,
+            user_agent=config.sip.user_agent,
+        )
+    except OSError as exc:
+        _print({"error": f"cannot open SIP {account.transport} socket: {exc}", "verdict": None})
+        return EXIT_RUNTIME
+    ua = UserAgent(
+        stack, account, expires=config.sip.register_expires, user_agent=config.sip.user_agent
+    )
+    registered = False
+    try:
+        if not args.no_register:
+            registered = await ua.register(timeout=max(5.0, 64 * config.sip.t1 + 1))
+            if not registered:
+                _print(
+                    {
+                        "error": f"cannot register {account.extension} at {account.host}: "
+                        f"{ua.reason or 'no answer'}",
+                        "sip_code": ua.last_status,
+                        "verdict": None,
+                    }
+                )
+                return EXIT_RUNTIME
+        try:
+            media = _Media(config, stack.ep.local[0], args.record)
+        except PortsExhausted as exc:
+            _print({"error": str(exc), "verdict": None})
+            return EXIT_RUNTIME
+        call: Call = ua.call(
+            args.number,
+            local_rtp=media.local,
+            ring_timeout=args.ring_timeout,
+            on_early_media=media.started,
+        )
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, call.hangup)
+        try:
+            await call.start()
+            outcome = await call.ended()
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+        recording = await media.close()
+        _print(outcome_json(outcome, decide(outcome), recording))
+        return EXIT_OK
+    finally:
+        if registered:
+            await ua.stop(timeout=max(2.0, 64 * config.sip.t1))
+        await stack.close()
+
+
+def dial_main(args: argparse.Namespace, config: DaemonConfig) -> int:
+    """Entry point of `sipclient dial` (see the module docstring)."""
+    configure(config.log.level, "json" if config.log.format == "json" else "console")
+    # stdout carries the one JSON object: every log line goes to stderr
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=sys.stderr))
+    try:
+        account = Account.parse(args.account, transport=args.transport)
+        HostPort.parse(args.bind, allow_zero=True)
+    except ValueError as exc:
+        print(f"sipclient dial: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        return asyncio.run(_dial(args, config, account))
+    except KeyboardInterrupt:
+        return EXIT_RUNTIME

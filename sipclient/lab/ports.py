@@ -1,0 +1,59 @@
+"""Free loopback ports chosen at run time, and waiting for a peer to listen."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port free for both UDP and TCP on `host` right now (the kernel picks it).
+
+    There is a small window before the caller binds it; the lab retries a start
+    that fails to bind.
+    """
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.bind((host, 0))
+            port = int(udp.getsockname()[1])
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+                try:
+                    tcp.bind((host, port))
+                except OSError:
+                    continue
+            return port
+    raise OSError("no free UDP+TCP port on " + host)
+
+
+def sip_options_ok(host: str, port: int, *, timeout: float = 0.2) -> bool:
+    """Send one OPTIONS over UDP and say whether any SIP response came back."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind((host, 0))
+        sock.settimeout(timeout)
+        local = sock.getsockname()[1]
+        msg = (
+            f"OPTIONS sip:{host}:{port} SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP {host}:{local};branch=z9hG4bK-probe{time.monotonic_ns()}\r\n"
+            "Max-Forwards: 70\r\n"
+            f"From: <sip:probe@{host}>;tag=probe\r\n"
+            f"To: <sip:{host}:{port}>\r\n"
+            f"Call-ID: probe-{time.monotonic_ns()}@{host}\r\n"
+            "CSeq: 1 OPTIONS\r\n"
+            "Content-Length: 0\r\n\r\n"
+        )
+        try:
+            sock.sendto(msg.encode(), (host, port))
+            data, _ = sock.recvfrom(65535)
+        except OSError:
+            return False
+        return data.startswith(b"SIP/2.0 ")
+
+
+def udp_port_bound(host: str, port: int) -> bool:
+    """Whether some process has bound UDP `host:port` (binding it ourselves fails)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+        return False

@@ -1,0 +1,513 @@
+"""One outbound call as a UAC INVITE session (RFC 3261 §13, §9.1, §15), sans-IO.
+
+    session = InviteSession(endpoint, SessionSpec(...), now=now)
+    session.start(now)                 # INVITE (with our SDP offer) goes out
+    ... endpoint.receive(...) / handle_timer(...) ...
+    session.cancel(now)                # CANCEL (deferred until a provisional came)
+    session.hangup(now)                # BYE after answer, CANCEL before
+
+Events (frozen dataclasses, named as facts; drained with the endpoint's
+`next_event()` as `(session, event)`):
+
+- `InviteSent(at, branch, cseq)` each INVITE put on the wire (again after a
+  401/407 challenge, with credentials);
+- `ProvisionalReceived(at, status, reason, sdp, to_tag, q850)` each 1xx
+  (100 included); `sdp` is the body when it is one;
+- `Answered(at, status, reason, sdp, to_tag)` the first 2xx (ACKed at once;
+  it is followed by a BYE when we had already cancelled: a 2xx that crossed
+  our CANCEL);
+- `CancelSent(at)`, `ByeSent(at)`;
+- `SessionEnded(at, status, reason, q850, cancelled_by_us, ended_by)` once,
+  last: `status` is the INVITE's final code (None when none came, e.g.
+  Timer B gives `status=408`, `local=True`), `ended_by` is one of
+  "remote" (final >= 300 or the far end's BYE), "local" (our BYE or CANCEL),
+  "timeout" (Timer B, no answer to CANCEL/BYE), "auth" (credentials refused).
+
+Rules kept here: CANCEL only once a provisional arrived (§9.1; asked before,
+it is remembered and sent on the first 1xx, or the call simply ends if a
+final comes first); early dialogs per To tag (forking), confirmed by the
+first 2xx, every other 2xx ACKed and BYEd; 2xx retransmissions re-ACKed;
+the ring timeout CANCELs at `ring_timeout` after the INVITE; the Q.850 cause
+of a Reason header in any response is kept (the latest wins).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from sipclient.sip.auth import AuthError, DigestClient, DigestCredentials
+from sipclient.sip.endpoint import Addr, ClientTransaction, Endpoint, uri_addr
+from sipclient.sip.message import (
+    URI,
+    Address,
+    ParseError,
+    Request,
+    Response,
+    make_call_id,
+    make_response,
+    make_tag,
+)
+from sipclient.sip.reason import q850_cause
+from sipclient.sip.transaction import make_cancel
+
+
+class SessionState(StrEnum):
+    IDLE = "idle"
+    CALLING = "calling"  # INVITE sent, nothing back yet
+    PROCEEDING = "proceeding"  # a provisional came
+    ANSWERED = "answered"  # 2xx came and was ACKed
+    ENDING = "ending"  # BYE or CANCEL out, waiting
+    ENDED = "ended"
+
+
+@dataclass(frozen=True)
+class InviteSent:
+    at: float
+    branch: str
+    cseq: int
+
+
+@dataclass(frozen=True)
+class ProvisionalReceived:
+    at: float
+    status: int
+    reason: str
+    sdp: bytes | None
+    to_tag: str | None
+    q850: int | None
+
+
+@dataclass(frozen=True)
+class Answered:
+    at: float
+    status: int
+    reason: str
+    sdp: bytes | None
+    to_tag: str | None
+
+
+@dataclass(frozen=True)
+class CancelSent:
+    at: float
+    why: str
+
+
+@dataclass(frozen=True)
+class ByeSent:
+    at: float
+
+
+@dataclass(frozen=True)
+class SessionEnded:
+    at: float
+    status: int | None
+    reason: str
+    q850: int | None
+    cancelled_by_us: bool
+    ended_by: str
+    local: bool = False
+    """True when `status` was made up here (408 after Timer B), not received."""
+
+
+@dataclass(frozen=True)
+class SessionSpec:
+    """Who calls whom, through where, offering what."""
+
+    target: URI
+    """Request-URI, e.g. sip:4041234@pbx.example."""
+    from_uri: URI
+    """Our AOR (sip:1001@pbx.example)."""
+    proxy: Addr
+    """Where the INVITE goes (the PBX), host:port."""
+    credentials: DigestCredentials | None = None
+    sdp_offer: bytes = b""
+    ring_timeout: float | None = None
+    """Seconds after the INVITE until we CANCEL; None for no limit."""
+    user_agent: str = "sipclient"
+    display_name: str = ""
+
+
+@dataclass
+class _Leg:
+    """An early or confirmed dialog with one far end (one To tag)."""
+
+    remote_tag: str
+    remote_target: URI
+    route_set: list[str] = field(default_factory=list)
+    remote_uri_hdr: str = ""
+
+
+def _is_sdp(resp: Response) -> bool:
+    ctype = resp.headers.get("Content-Type") or ""
+    return bool(resp.body) and ctype.split(";")[0].strip().lower() == "application/sdp"
+
+
+class InviteSession:
+    """One outbound INVITE and the dialog it makes; see the module docstring."""
+
+    def __init__(self, endpoint: Endpoint, spec: SessionSpec) -> None:
+        self.endpoint = endpoint
+        self.spec = spec
+        self.call_id = make_call_id(endpoint.rng, endpoint.local[0])
+        self.local_tag = make_tag(endpoint.rng)
+        self.state = SessionState.IDLE
+        self.cseq = 0
+        self.final_status: int | None = None
+        self.final_reason = ""
+        self.q850: int | None = None
+        self.cancelled_by_us = False
+        self._auth = DigestClient(spec.credentials, endpoint.rng) if spec.credentials else None
+        self._invite_tx: ClientTransaction | None = None
+        self._invite: Request | None = None
+        self._legs: dict[str, _Leg] = {}
+        self._confirmed: _Leg | None = None
+        self._acks: dict[str, Request] = {}  # remote tag -> ACK sent for its 2xx
+        self._cancel_wanted: str | None = None  # why, when not sent yet
+        self._cancel_sent = False
+        self._got_provisional = False
+        self._ring_at: float | None = None
+        self._give_up_at: float | None = None  # no final after CANCEL / no BYE answer
+        self._ending_why = ""
+
+    # ------------------------------------------------------------------ API
+
+    @property
+    def ended(self) -> bool:
+        return self.state is SessionState.ENDED
+
+    def start(self, now: float) -> None:
+        """Send the INVITE."""
+        if self.state is not SessionState.IDLE:
+            raise RuntimeError("session already started")
+        self.endpoint.add_usage(self)
+        if self.spec.ring_timeout is not None:
+            self._ring_at = now + self.spec.ring_timeout
+        self._send_invite(now)
+        self.endpoint.touch(self)
+
+    def cancel(self, now: float, why: str = "cancelled") -> None:
+        """Give up before an answer: CANCEL now if a provisional came, else when one does."""
+        if self.state in (SessionState.ENDED, SessionState.ENDING, SessionState.ANSWERED):
+            if self.state is SessionState.ANSWERED:
+                self.hangup(now)
+            return
+        self.cancelled_by_us = True
+        if self._got_provisional:
+            self._send_cancel(now, why)
+        else:
+            self._cancel_wanted = why
+        self.endpoint.touch(self)
+
+    def hangup(self, now: float) -> None:
+        """End the call whatever its state: BYE after an answer, CANCEL before."""
+        if self.state is SessionState.ANSWERED:
+            self._send_bye(now)
+            self.endpoint.touch(self)
+        elif self.state in (SessionState.CALLING, SessionState.PROCEEDING):
+            self.cancel(now, "hangup")
+
+    # ----------------------------------------------------------- requests out
+
+    def _base_request(self, method: str, uri: URI, cseq: int, branch: str) -> Request:
+        req = Request(method, uri)
+        req.headers.add("Via", self.endpoint.via(branch))
+        req.headers.add("Max-Forwards", "70")
+        from_addr = Address(display=self.spec.display_name or None, uri=self.spec.from_uri)
+        req.headers.add("From", str(from_addr.with_tag(self.local_tag)))
+        req.headers.add("To", str(Address(display=None, uri=self.spec.target)))
+        req.headers.add("Call-ID", self.call_id)
+        req.headers.add("CSeq", f"{cseq} {method}")
+        return req
+
+    def _contact(self) -> str:
+        user = self.spec.from_uri.user or "sipclient"
+        transport = ";transport=tcp" if self.endpoint.transport == "tcp" else ""
+        return f"<sip:{user}@{self.endpoint.contact_host_port}{transport}>"
+
+    def _send_invite(self, now: float) -> None:
+        self.cseq += 1
+        branch = self.endpoint.new_branch()
+        req = self._base_request("INVITE", self.spec.target, self.cseq, branch)
+        req.headers.add("Contact", self._contact())
+        req.headers.add("Allow", "INVITE, ACK, CANCEL, BYE, OPTIONS, NOTIFY")
+        req.headers.add("User-Agent", self.spec.user_agent)
+        if self.spec.sdp_offer:
+            req.headers.add("Content-Type", "application/sdp")
+            req.body = self.spec.sdp_offer
+        if self._auth is not None:
+            self._auth.sign(req)
+        self._invite = req
+        self.state = SessionState.CALLING
+        self._got_provisional = False
+        self._invite_tx = self.endpoint.start_transaction(req, self.spec.proxy, self, now)
+        self.endpoint.emit(self, InviteSent(now, branch, self.cseq))
+
+    def _send_cancel(self, now: float, why: str) -> None:
+        if self._cancel_sent or self._invite is None:
+            return
+        self._cancel_sent = True
+        self._cancel_wanted = None
+        req = make_cancel(self._invite)  # same branch, Request-URI, CSeq number (§9.1)
+        req.headers.add("User-Agent", self.spec.user_agent)
+        self.endpoint.start_transaction(req, self.spec.proxy, self, now)
+        self.state = SessionState.ENDING
+        self._ending_why = why
+        # §9.1: no final response 64*T1 after the CANCEL -> consider the INVITE done
+        self._give_up_at = now + 64 * self.endpoint.t1
+        self.endpoint.emit(self, CancelSent(now, why))
+
+    def _in_dialog(self, method: str, leg: _Leg, cseq: int, branch: str) -> Request:
+        req = Request(method, leg.remote_target)
+        req.headers.add("Via", self.endpoint.via(branch))
+        req.headers.add("Max-Forwards", "70")
+        assert self._invite is not None
+        req.headers.add("From", self._invite.headers.get("From") or "")
+        to = Address.parse(self._invite.headers.get("To") or "").with_tag(leg.remote_tag)
+        req.headers.add("To", str(to))
+        req.headers.add("Call-ID", self.call_id)
+        req.headers.add("CSeq", f"{cseq} {method}")
+        for route in leg.route_set:
+            req.headers.add("Route", route)
+        return req
+
+    def _leg_dest(self, leg: _Leg) -> Addr:
+        if leg.route_set:
+            try:
+                first = Address.parse(leg.route_set[0]).uri
+            except ParseError:
+                return self.spec.proxy
+            return uri_addr(first, self.spec.proxy)
+        return uri_addr(leg.remote_target, self.spec.proxy)
+
+    def _ack_2xx(self, leg: _Leg, resp: Response) -> None:
+        ack = self._in_dialog("ACK", leg, resp.cseq.seq, self.endpoint.new_branch())
+        if self._auth is not None:
+            self._auth.sign(ack)
+        self._acks[leg.remote_tag] = ack
+        self.endpoint.send_stateless(ack, self._leg_dest(leg))
+
+    def _bye(self, leg: _Leg, now: float) -> None:
+        self.cseq += 1
+        bye = self._in_dialog("BYE", leg, self.cseq, self.endpoint.new_branch())
+        bye.headers.add("User-Agent", self.spec.user_agent)
+        if self._auth is not None:
+            self._auth.sign(bye)
+        self.endpoint.start_transaction(bye, self._leg_dest(leg), self, now)
+
+    def _send_bye(self, now: float) -> None:
+        if self._confirmed is None or self.state is SessionState.ENDING:
+            return
+        self.state = SessionState.ENDING
+        self._ending_why = "bye"
+        self._bye(self._confirmed, now)
+        self._give_up_at = now + 64 * self.endpoint.t1
+        self.endpoint.emit(self, ByeSent(now))
+
+    # ----------------------------------------------------------- responses in
+
+    def on_response(self, tx: ClientTransaction, response: Response, now: float) -> None:
+        if self.state is SessionState.ENDED:
+            if tx.method == "INVITE" and 200 <= response.status < 300:
+                self._stray_2xx(response, now)
+            return
+        cause = q850_cause(response.headers)
+        if cause is not None:
+            self.q850 = cause
+        if tx.method == "INVITE":
+            if tx is self._invite_tx:
+                self._on_invite_response(response, now)
+            elif 200 <= response.status < 300:
+                self._stray_2xx(response, now)
+        elif tx.method == "BYE" and response.status >= 200:
+            self._end(now, "local")
+        # CANCEL responses carry nothing we act on: the INVITE's 487 ends the call
+
+    def on_timeout(self, tx: ClientTransaction, now: float) -> None:
+        if self.state is SessionState.ENDED:
+            return
+        if tx is self._invite_tx:
+            # Timer B: nothing answered at all
+            self.final_status = 408
+            self.final_reason = "No response (Timer B)"
+            self._end(now, "timeout", local=True)
+        elif tx.method == "BYE":
+            self._end(now, "timeout")
+
+    def on_stray_response(self, response: Response, addr: Addr, now: float) -> None:
+        try:
+            is_invite_2xx = response.cseq.method == "INVITE" and 200 <= response.status < 300
+        except ParseError:
+            return
+        if is_invite_2xx:
+            self._stray_2xx(response, now)
+
+    def _stray_2xx(self, response: Response, now: float) -> None:
+        """A 2xx after the INVITE transaction ended: a retransmission or another fork."""
+        tag = response.to.tag or ""
+        ack = self._acks.get(tag)
+        if ack is not None:
+            leg = self._legs.get(tag)
+            dest = self._leg_dest(leg) if leg else self.spec.proxy
+            self.endpoint.send_stateless(ack, dest)
+            return
+        leg = self._leg_from(response)
+        if leg is None:
+            return
+        self._ack_2xx(leg, response)
+        self._bye(leg, now)  # a second fork answered: we want one call
+
+    def _leg_from(self, resp: Response) -> _Leg | None:
+        tag = resp.to.tag
+        if not tag:
+            return None
+        leg = self._legs.get(tag)
+        contacts = resp.contacts
+        target = contacts[0].uri if contacts else None
+        if leg is None:
+            if target is None:
+                target = self.spec.target
+            routes = list(reversed(resp.headers.get_all("Record-Route")))
+            leg = _Leg(remote_tag=tag, remote_target=target, route_set=routes)
+            self._legs[tag] = leg
+        elif target is not None:
+            leg.remote_target = target  # target refresh by a later response
+        if 200 <= resp.status < 300:
+            # the route set is fixed by the 2xx (§12.1.2)
+            leg.route_set = list(reversed(resp.headers.get_all("Record-Route")))
+        return leg
+
+    def _on_invite_response(self, resp: Response, now: float) -> None:
+        status = resp.status
+        reason = resp.reason or ""
+        if status < 200:
+            self._got_provisional = True
+            if self.state is SessionState.CALLING:
+                self.state = SessionState.PROCEEDING
+            leg = self._leg_from(resp) if status > 100 else None
+            sdp = resp.body if _is_sdp(resp) else None
+            tag = leg.remote_tag if leg else None
+            self.endpoint.emit(
+                self, ProvisionalReceived(now, status, reason, sdp, tag, q850_cause(resp.headers))
+            )
+            if self._cancel_wanted is not None:
+                self._send_cancel(now, self._cancel_wanted)
+            return
+        if 200 <= status < 300:
+            self._on_2xx(resp, now)
+            return
+        self.final_status = status
+        self.final_reason = reason
+        if status in (401, 407) and self._auth is not None and self._may_retry_auth():
+            try:
+                self._auth.handle_challenge(resp)
+            except AuthError:
+                self._end(now, "auth")
+                return
+            # the challenge is not the call's outcome: the retry's final response will be
+            self.final_status = None
+            self.final_reason = ""
+            self._send_invite(now)
+            return
+        self._end(now, "local" if self.cancelled_by_us and status == 487 else "remote")
+
+    def _may_retry_auth(self) -> bool:
+        # a CANCEL asked before the challenge: do not start a new INVITE
+        return self._cancel_wanted is None and not self._cancel_sent
+
+    def _on_2xx(self, resp: Response, now: float) -> None:
+        ack = self._acks.get(resp.to.tag or "")
+        if ack is not None:
+            # a retransmission of a 2xx we ACKed: the same ACK again (§13.2.2.4)
+            leg = self._legs.get(resp.to.tag or "")
+            self.endpoint.send_stateless(ack, self._leg_dest(leg) if leg else self.spec.proxy)
+            return
+        leg = self._leg_from(resp)
+        if leg is None:
+            # a 2xx without a To tag is broken; we cannot ACK it into a dialog
+            self.final_status = resp.status
+            self.final_reason = resp.reason or ""
+            self._end(now, "remote")
+            return
+        self._ack_2xx(leg, resp)
+        if self._confirmed is not None:
+            self._bye(leg, now)  # another fork answered too
+            return
+        self._confirmed = leg
+        self.final_status = resp.status
+        self.final_reason = resp.reason or ""
+        sdp = resp.body if _is_sdp(resp) else None
+        crossed = self.cancelled_by_us
+        self.state = SessionState.ANSWERED
+        self.endpoint.emit(self, Answered(now, resp.status, resp.reason or "", sdp, leg.remote_tag))
+        if crossed:
+            # our CANCEL crossed this 2xx (§9.1 / §15): the call exists, end it
+            self._send_bye(now)
+
+    # ----------------------------------------------------------- requests in
+
+    def on_request(self, request: Request, addr: Addr, now: float) -> Response | None:
+        method = request.method
+        if method == "ACK":
+            return None
+        tag = request.from_.tag or ""
+        known = tag in self._legs
+        if not known or request.to.tag != self.local_tag:
+            return make_response(request, 481)
+        if method == "BYE":
+            resp = make_response(request, 200)
+            if self.state is not SessionState.ENDED:
+                self._end(now, "remote")
+            return resp
+        if method in ("OPTIONS", "NOTIFY", "INFO"):
+            return make_response(request, 200)
+        if method in ("INVITE", "UPDATE"):
+            # we keep the session as negotiated (RFC 3261 §14.2: 488 keeps the old one)
+            resp = make_response(request, 488, "Not Acceptable Here")
+            resp.headers.add("Warning", '399 sipclient "session changes are not supported"')
+            return resp
+        resp = make_response(request, 405)
+        resp.headers.add("Allow", "ACK, BYE, OPTIONS, NOTIFY, INFO")
+        return resp
+
+    # ----------------------------------------------------------- timers
+
+    def get_timer(self) -> float | None:
+        times = [t for t in (self._ring_at, self._give_up_at) if t is not None]
+        return min(times) if times else None
+
+    def handle_timer(self, now: float) -> None:
+        if self._ring_at is not None and now >= self._ring_at:
+            self._ring_at = None
+            if self.state in (SessionState.CALLING, SessionState.PROCEEDING):
+                self.cancel(now, "ring timeout")
+        if self._give_up_at is not None and now >= self._give_up_at:
+            self._give_up_at = None
+            if self.state is SessionState.ENDING:
+                self._end(now, "timeout")
+
+    # ----------------------------------------------------------- end
+
+    def _end(self, now: float, ended_by: str, *, local: bool = False) -> None:
+        if self.state is SessionState.ENDED:
+            return
+        self.state = SessionState.ENDED
+        self._ring_at = None
+        self._give_up_at = None
+        self._cancel_wanted = None
+        self.endpoint.emit(
+            self,
+            SessionEnded(
+                at=now,
+                status=self.final_status,
+                reason=self.final_reason,
+                q850=self.q850,
+                cancelled_by_us=self.cancelled_by_us,
+                ended_by=ended_by,
+                local=local,
+            ),
+        )
+
+    def close(self) -> None:
+        """Forget the session in the endpoint (after its end was read)."""
+        self.endpoint.remove_usage(self)

@@ -1,0 +1,378 @@
+"""The user agent against real peers: sipp (as registrar or far end) and kamailio.
+
+Every assertion about what we sent is checked in sipp's -trace_msg file,
+i.e. on the wire as the peer saw it, not only in our own outcome.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+import pytest
+
+from sipclient.agent.call import Call, CallOutcome
+from sipclient.agent.transport import SipStack, open_stack
+from sipclient.agent.useragent import Account, UserAgent
+from sipclient.classify.signalling import from_signalling
+from sipclient.classify.verdicts import Verdict
+from sipclient.config import HostPort
+from sipclient.lab.kamailio import Kamailio, Route
+from sipclient.lab.sipp import Sipp, TracedMessage
+
+from .conftest import EXTENSIONS
+
+pytestmark = pytest.mark.peers
+
+T1 = 0.05  # Timer B = 3.2 s
+RTP = ("127.0.0.1", 40000)
+
+
+@asynccontextmanager
+async def agent(
+    port: int, *, ext: str = "1001", password: str | None = None, transport: str = "udp"
+) -> AsyncIterator[tuple[SipStack, UserAgent]]:
+    stack = await open_stack(
+        transport=transport,
+        bind=HostPort("127.0.0.1", 0),
+        remote=("127.0.0.1", port),
+        t1=T1,
+    )
+    pw = EXTENSIONS.get(ext, "x") if password is None else password
+    ua = UserAgent(stack, Account(ext, pw, HostPort("127.0.0.1", port), transport), expires=60)
+    try:
+        yield stack, ua
+    finally:
+        await stack.close()
+
+
+async def dial(
+    ua: UserAgent,
+    number: str,
+    *,
+    cancel_on: int | None = None,
+    hangup_after_answer: float | None = None,
+    ring_timeout: float | None = None,
+    cancel_at_once: bool = False,
+    timeout: float = 10.0,
+) -> tuple[Call, CallOutcome]:
+    call_box: list[Call] = []
+
+    def on_provisional(status: int) -> None:
+        if cancel_on is not None and status == cancel_on:
+            call_box[0].cancel()
+
+    call = ua.call(number, local_rtp=RTP, ring_timeout=ring_timeout, on_provisional=on_provisional)
+    call_box.append(call)
+    await call.start()
+    if cancel_at_once:
+        call.cancel()
+    if hangup_after_answer is not None:
+        for _ in range(int(timeout / 0.02)):
+            if call.outcome.answered or call.done:
+                break
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(hangup_after_answer)
+        call.hangup()
+    outcome = await asyncio.wait_for(call.ended(), timeout)
+    return call, outcome
+
+
+def lines(msgs: list[TracedMessage]) -> list[tuple[str, str | int | None]]:
+    return [(m.direction, m.method or m.status) for m in msgs]
+
+
+# ------------------------------------------------------------------ registration
+
+
+async def test_register_answers_401_refreshes_and_unregisters(
+    sipp_uas: Callable[..., Sipp],
+) -> None:
+    registrar = sipp_uas("uas_register_auth.xml")
+    async with agent(registrar.port, password="secret1001") as (_, ua):
+        assert await ua.register(5)
+        assert ua.state == "registered" and ua.reason == ""
+        # the registrar granted 4 s: the refresh comes at 2 s
+        refreshed = await registrar.wait_for_async("REGISTER", count=3, timeout=6)
+        assert len(refreshed) == 3
+        await ua.stop()
+        assert ua.state == "unregistered"
+    await registrar.wait_for_async("REGISTER", count=4)
+    regs = [m for m in registrar.messages() if m.method == "REGISTER"]
+    assert len(regs) == 4
+    assert regs[0].header("Authorization") is None
+    assert all(m.header("Authorization") for m in regs[1:])
+    assert [m.header("Expires") for m in regs] == ["60", "60", "60", "0"]
+    assert len({m.header("Call-ID") for m in regs}) == 1
+    assert [int((m.header("CSeq") or "0").split()[0]) for m in regs] == [1, 2, 3, 4]
+    # the digest is right (computed here independently, RFC 2617 qop=auth)
+    auth = regs[1].header("Authorization") or ""
+    params = dict(re.findall(r'(\w+)="?([^",]+)"?', auth))
+    md5 = lambda s: hashlib.md5(s.encode()).hexdigest()  # noqa: E731
+    ha1 = md5("1001:lab.invalid:secret1001")
+    ha2 = md5(f"REGISTER:{params['uri']}")
+    expected = md5(f"{ha1}:{params['nonce']}:{params['nc']}:{params['cnonce']}:auth:{ha2}")
+    assert params["response"] == expected
+    assert params["nc"] == "00000001"
+    assert (
+        dict(re.findall(r'(\w+)="?([^",]+)"?', regs[2].header("Authorization") or ""))["nc"]
+        == "00000002"
+    )
+
+
+async def test_register_423_takes_min_expires(sipp_uas: Callable[..., Sipp]) -> None:
+    registrar = sipp_uas("uas_register_423.xml")
+    async with agent(registrar.port) as (_, ua):
+        assert await ua.register(5)
+        assert ua.registration.expires == 3600
+        await ua.stop()
+    await registrar.wait_for_async("REGISTER", count=3)
+    regs = [m for m in registrar.messages() if m.method == "REGISTER"]
+    assert [m.header("Expires") for m in regs] == ["60", "3600", "0"]
+
+
+async def test_register_with_kamailio_and_a_wrong_password(
+    kamailio_for: Callable[..., Kamailio],
+) -> None:
+    kam = kamailio_for()
+    async with agent(kam.port) as (_, ua):
+        assert await ua.register(5)
+        await ua.stop()
+    async with agent(kam.port, password="wrong") as (_, ua):
+        assert not await ua.register(5)
+        assert ua.state == "unregistered"
+        assert ua.reason == "authentication refused"
+        assert ua.last_status == 401
+
+
+async def test_register_and_call_over_tcp(
+    sipp_uas: Callable[..., Sipp], kamailio_for: Callable[..., Kamailio]
+) -> None:
+    uas = sipp_uas("uas_486.xml")
+    kam = kamailio_for([Route("486", "127.0.0.1", uas.port)])
+    async with agent(kam.port, transport="tcp") as (stack, ua):
+        assert await ua.register(5)
+        _, out = await dial(ua, "4861234")
+        await ua.stop()
+        assert stack.ep.transport == "tcp"
+    assert out.sip_code == 486
+    await uas.wait_for_async("ACK")
+    assert lines(uas.messages())[-1] == ("received", "ACK")
+
+
+# ------------------------------------------------------------------ calls via kamailio
+
+
+async def test_183_with_sdp_then_404_through_kamailio(
+    sipp_uas: Callable[..., Sipp], kamailio_for: Callable[..., Kamailio]
+) -> None:
+    uas = sipp_uas("uas_183_404.xml")
+    kam = kamailio_for([Route("404", "127.0.0.1", uas.port)])
+    started: list[object] = []
+    async with agent(kam.port) as (_, ua):
+        assert await ua.register(5)
+        call = ua.call("4045550000", local_rtp=RTP, on_early_media=started.append)
+        await call.start()
+        out = await asyncio.wait_for(call.ended(), 10)
+        await ua.stop()
+    assert (out.sip_code, out.q850_cause, out.early_media, out.ringing) == (404, 1, True, False)
+    assert out.media is not None and out.media.codec == "PCMU"
+    assert out.media.remote_addr == ("127.0.0.1", uas.media_port)
+    assert started == [out.media]
+    t = out.times
+    assert t.invite and t.first_provisional and t.early_media and t.end
+    assert t.invite <= t.first_provisional <= t.early_media <= t.end
+    assert from_signalling(out.signalling()).verdict is Verdict.EMPTY
+    await uas.wait_for_async("ACK")
+    far = uas.messages()
+    assert lines(far) == [
+        ("received", "INVITE"),
+        ("sent", 100),
+        ("sent", 183),
+        ("sent", 404),
+        ("received", "ACK"),
+    ]
+    invite = far[0]
+    assert invite.header("Record-Route")
+    assert b"m=audio 40000 RTP/AVP 0 8 9 101" in invite.text.encode() or (
+        "m=audio 40000" in invite.text
+    )
+
+
+async def test_183_without_sdp_carries_the_cause(
+    sipp_uas: Callable[..., Sipp], kamailio_for: Callable[..., Kamailio]
+) -> None:
+    uas = sipp_uas("uas_183_reason_404.xml")
+    kam = kamailio_for([Route("404", "127.0.0.1", uas.port)])
+    async with agent(kam.port) as (_, ua):
+        _, out = await dial(ua, "4045550001")  # unregistered calls are allowed by the lab
+    assert out.sip_code == 404 and out.q850_cause == 1
+    assert out.media is None
+    assert out.early_media is True  # a 183, even without SDP
+
+
+async def test_486_busy_through_kamailio(
+    sipp_uas: Callable[..., Sipp], kamailio_for: Callable[..., Kamailio]
+) -> None:
+    uas = sipp_uas("uas_486.xml")
+    kam = kamailio_for([Route("486", "127.0.0.1", uas.port)])
+    async with agent(kam.port) as (_, ua):
+        _, out = await dial(ua, "4861234")
+    assert (out.sip_code, out.q850_cause) == (486, 17)
+    assert from_signalling(out.signalling()).verdict is Verdict.BUSY
+
+
+async def test_503_is_500_through_kamailio_but_503_direct(
+    sipp_uas: Callable[..., Sipp], kamailio_for: Callable[..., Kamailio]
+) -> None:
+    uas = sipp_uas("uas_503.xml")
+    kam = kamailio_for([Route("503", "127.0.0.1", uas.port)])
+    async with agent(kam.port) as (_, ua):
+        _, proxied = await dial(ua, "5031234")
+    # an RFC 3261 proxy turns a downstream 503 into 500 (§16.7) and kamailio drops Reason
+    assert proxied.sip_code == 500
+    direct_uas = sipp_uas("uas_503.xml")
+    async with agent(direct_uas.port) as (_, ua):
+        _, direct = await dial(ua, "5031234")
+    assert (direct.sip_code, direct.q850_cause) == (503, 34)
+    assert from_signalling(direct.signalling()).transient
+
+
+async def test_invite_answers_the_407_challenge_with_an_ack(
+    sipp_uas: Callable[..., Sipp], kamailio_for: Callable[..., Kamailio]
+) -> None:
+    uas = sipp_uas("uas_486.xml")
+    kam = kamailio_for([Route("486", "127.0.0.1", uas.port)])
+    async with agent(kam.port, password="wrong") as (_, ua):
+        _, refused = await dial(ua, "4861234")
+    assert refused.sip_code == 407 and refused.ended_by == "auth"
+    assert uas.messages() == []  # kamailio never let it through
+    async with agent(kam.port) as (_, ua):
+        _, ok = await dial(ua, "4861234")
+    assert ok.sip_code == 486
+    invite = next(m for m in uas.messages() if m.method == "INVITE")
+    assert invite.header("CSeq") == "2 INVITE"  # the retry after the 407
+
+
+async def test_200_then_our_bye_through_kamailio(
+    sipp_uas: Callable[..., Sipp], kamailio_for: Callable[..., Kamailio]
+) -> None:
+    uas = sipp_uas("uas_200_bye.xml")
+    kam = kamailio_for([Route("200", "127.0.0.1", uas.port)])
+    async with agent(kam.port) as (_, ua):
+        _, out = await dial(ua, "2001234", hangup_after_answer=0.1)
+    assert out.answered and out.sip_code == 200 and out.ended_by == "local"
+    assert out.times.answer is not None and out.times.ringing is not None
+    assert from_signalling(out.signalling()).verdict is Verdict.ANSWERED
+    far = await uas.wait_for_async("SIP/2.0 200", count=2)
+    assert len(far) == 2
+    got = lines(uas.messages())
+    assert got[-3:] == [("received", "ACK"), ("received", "BYE"), ("sent", 200)]
+    invite = next(m for m in uas.messages() if m.method == "INVITE")
+    bye = next(m for m in uas.messages() if m.method == "BYE")
+    invite_cseq = int((invite.header("CSeq") or "0").split()[0])
+    assert bye.header("CSeq") == f"{invite_cseq + 1} BYE"
+    assert bye.header("Route") is None  # kamailio consumed its own Route entry
+
+
+async def test_ring_timeout_cancels_through_kamailio(
+    sipp_uas: Callable[..., Sipp], kamailio_for: Callable[..., Kamailio]
+) -> None:
+    uas = sipp_uas("uas_180_cancel.xml")
+    kam = kamailio_for([Route("180", "127.0.0.1", uas.port)])
+    async with agent(kam.port) as (_, ua):
+        _, out = await dial(ua, "1801234", ring_timeout=0.5)
+    assert (out.sip_code, out.cancelled_by_us, out.ringing) == (487, True, True)
+    assert out.cancel_reason == "ring timeout"
+    assert from_signalling(out.signalling()).verdict is Verdict.RINGING
+    await uas.wait_for_async("ACK")
+    got = lines(uas.messages())
+    assert got.index(("sent", 180)) < got.index(("received", "CANCEL"))
+    assert got[-1] == ("received", "ACK")
+
+
+async def test_200_crossing_our_cancel_gets_ack_then_bye(
+    sipp_uas: Callable[..., Sipp], kamailio_for: Callable[..., Kamailio]
+) -> None:
+    uas = sipp_uas("uas_200_crosses_cancel.xml")
+    kam = kamailio_for([Route("200", "127.0.0.1", uas.port)])
+    async with agent(kam.port) as (_, ua):
+        _, out = await dial(ua, "2001234", cancel_on=180)
+    assert out.answered and out.cancelled_by_us and out.sip_code == 200
+    got = lines(await uas.wait_for_async("SIP/2.0 200", count=3))
+    assert len(got) == 3, uas.errors()
+    got = lines(uas.messages())
+    cancel_at = got.index(("received", "CANCEL"))
+    assert got[cancel_at:] == [
+        ("received", "CANCEL"),
+        ("sent", 200),  # the 200 of the CANCEL
+        ("sent", 200),  # the 200 of the INVITE, crossing our CANCEL
+        ("received", "ACK"),
+        ("received", "BYE"),
+        ("sent", 200),
+    ]
+
+
+# ------------------------------------------------------------------ calls straight to sipp
+
+
+async def test_cancel_after_180_and_ack_of_the_487(sipp_uas: Callable[..., Sipp]) -> None:
+    uas = sipp_uas("uas_180_cancel.xml")
+    async with agent(uas.port) as (_, ua):
+        _, out = await dial(ua, "1801234", cancel_on=180)
+    assert (out.sip_code, out.cancelled_by_us) == (487, True)
+    await uas.wait_for_async("ACK")
+    far = uas.messages()
+    assert lines(far) == [
+        ("received", "INVITE"),
+        ("sent", 180),
+        ("received", "CANCEL"),
+        ("sent", 200),
+        ("sent", 487),
+        ("received", "ACK"),
+    ]
+    invite, cancel, ack = far[0], far[2], far[5]
+    assert invite.branch == cancel.branch == ack.branch  # §9.1 and §17.1.1.3
+    assert cancel.header("CSeq") == "1 CANCEL" and ack.header("CSeq") == "1 ACK"
+    assert "tag=" in (ack.header("To") or "")
+
+
+async def test_cancel_asked_before_any_provisional_waits_for_one(
+    sipp_uas: Callable[..., Sipp],
+) -> None:
+    uas = sipp_uas("uas_180_cancel.xml")
+    async with agent(uas.port) as (_, ua):
+        _, out = await dial(ua, "1801234", cancel_at_once=True)
+    assert out.sip_code == 487
+    await uas.wait_for_async("ACK")
+    got = lines(uas.messages())
+    assert got.index(("sent", 180)) < got.index(("received", "CANCEL"))
+
+
+async def test_first_invite_ignored_retransmission_gets_through(
+    sipp_uas: Callable[..., Sipp],
+) -> None:
+    uas = sipp_uas("uas_drop_first.xml")
+    async with agent(uas.port) as (_, ua):
+        _, out = await dial(ua, "4041234")
+    assert out.sip_code == 404 and out.ringing
+    invites = [m for m in uas.messages() if m.method == "INVITE"]
+    # Timer A: T1, 2*T1, 4*T1 ... while sipp sat on it for 400 ms
+    assert len(invites) >= 3
+    assert len({m.branch for m in invites}) == 1
+    assert len({m.text for m in invites}) == 1
+
+
+async def test_nothing_answers_timer_b(sipp_uas: Callable[..., Sipp]) -> None:
+    uas = sipp_uas("uas_silent.xml")
+    async with agent(uas.port) as (_, ua):
+        _, out = await dial(ua, "9991234", timeout=10)
+    assert (out.sip_code, out.local_code, out.ended_by) == (408, True, "timeout")
+    await uas.wait_for_async("INVITE", count=7, timeout=2)
+    invites = [m for m in uas.messages() if m.method == "INVITE"]
+    # sends at 0, T1, 3T1, 7T1, 15T1, 31T1, 63T1 before Timer B at 64*T1
+    assert len(invites) == 7
+    assert len({m.branch for m in invites}) == 1

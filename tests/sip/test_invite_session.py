@@ -1,0 +1,296 @@
+"""The INVITE session usage with explicit time: every rule of sipclient.sip.invite."""
+
+from __future__ import annotations
+
+import pytest
+
+from sipclient.sip.auth import DigestCredentials
+from sipclient.sip.endpoint import Endpoint
+from sipclient.sip.invite import (
+    Answered,
+    ByeSent,
+    CancelSent,
+    InviteSent,
+    InviteSession,
+    ProvisionalReceived,
+    SessionEnded,
+    SessionSpec,
+)
+from sipclient.sip.message import URI, Request, make_response
+
+from .usage_harness import PBX, SDP_ANSWER, T1, answer, endpoint, events, requests, sent
+
+CHALLENGE = ("Proxy-Authenticate", 'Digest realm="pbx", nonce="n1", algorithm=MD5')
+RR = ("Record-Route", "<sip:10.0.0.2:5060;lr>")
+CONTACT = ("Contact", "<sip:far@10.0.0.3:5070>")
+
+
+def new_session(
+    ep: Endpoint, *, credentials: bool = False, ring_timeout: float | None = None
+) -> InviteSession:
+    spec = SessionSpec(
+        target=URI.parse("sip:4045550000@pbx"),
+        from_uri=URI.parse("sip:1001@pbx"),
+        proxy=PBX,
+        credentials=DigestCredentials("1001", "pw") if credentials else None,
+        sdp_offer=b"v=0\r\n",
+        ring_timeout=ring_timeout,
+    )
+    return InviteSession(ep, spec)
+
+
+def start(ep: Endpoint, **kw: object) -> tuple[InviteSession, Request]:
+    session = new_session(ep, **kw)  # type: ignore[arg-type]
+    session.start(0.0)
+    (invite,) = requests(ep)
+    assert invite.method == "INVITE"
+    return session, invite
+
+
+def ended(evs: list[object]) -> SessionEnded:
+    last = evs[-1]
+    assert isinstance(last, SessionEnded), evs
+    assert sum(isinstance(e, SessionEnded) for e in evs) == 1
+    return last
+
+
+def test_invite_carries_offer_contact_and_is_retransmitted_on_timer_a() -> None:
+    ep = endpoint()
+    _, invite = start(ep)
+    assert invite.body == b"v=0\r\n" and invite.headers.get("Content-Type") == "application/sdp"
+    assert invite.headers.get("Contact") == "<sip:1001@10.0.0.1:5062>"
+    assert invite.top_via.branch and invite.top_via.has_rport
+    assert invite.cseq.seq == 1
+    assert ep.get_timer() == pytest.approx(T1)
+    ep.handle_timer(T1)
+    (again,) = requests(ep)
+    assert again.serialize() == invite.serialize()
+    assert ep.get_timer() == pytest.approx(3 * T1)
+
+
+def test_183_sdp_reason_then_404_is_acked_with_the_invite_branch() -> None:
+    ep = endpoint()
+    _, invite = start(ep)
+    reason = ("Reason", 'Q.850;cause=1;text="Unallocated number"')
+    answer(ep, invite, 183, 0.2, headers=[CONTACT, reason], body=SDP_ANSWER)
+    answer(ep, invite, 404, 0.5)
+    (ack,) = requests(ep)
+    assert ack.method == "ACK" and ack.top_via.branch == invite.top_via.branch
+    assert ack.to.tag == "far1"
+    evs = events(ep)
+    assert isinstance(evs[0], InviteSent)
+    prov = evs[1]
+    assert isinstance(prov, ProvisionalReceived)
+    assert (prov.status, prov.q850, prov.sdp, prov.to_tag) == (183, 1, SDP_ANSWER, "far1")
+    end = ended(evs)
+    assert (end.status, end.q850, end.ended_by, end.cancelled_by_us) == (404, 1, "remote", False)
+
+
+def test_reason_in_a_183_without_sdp_is_kept_when_the_final_has_none() -> None:
+    ep = endpoint()
+    _, invite = start(ep)
+    answer(ep, invite, 183, 0.1, headers=[("Reason", "Q.850;cause=17")])
+    answer(ep, invite, 480, 0.2)
+    end = ended(events(ep))
+    assert (end.status, end.q850) == (480, 17)
+
+
+def test_cancel_waits_for_a_provisional_then_487_ends_it() -> None:
+    ep = endpoint()
+    session, invite = start(ep)
+    session.cancel(0.01)
+    assert requests(ep) == []  # §9.1: no CANCEL before a provisional
+    answer(ep, invite, 100, 0.05)
+    (cancel,) = requests(ep)
+    assert cancel.method == "CANCEL"
+    assert cancel.top_via.branch == invite.top_via.branch
+    assert cancel.cseq.seq == invite.cseq.seq and cancel.uri == invite.uri
+    assert cancel.to.tag is None
+    answer(ep, cancel, 200, 0.06)
+    answer(ep, invite, 487, 0.07)
+    (ack,) = requests(ep)
+    assert ack.method == "ACK"
+    evs = events(ep)
+    assert any(isinstance(e, CancelSent) for e in evs)
+    end = ended(evs)
+    assert (end.status, end.cancelled_by_us, end.ended_by) == (487, True, "local")
+
+
+def test_cancel_asked_but_a_final_comes_first_sends_no_cancel() -> None:
+    ep = endpoint()
+    session, invite = start(ep)
+    session.cancel(0.01)
+    answer(ep, invite, 486, 0.02)
+    assert [r.method for r in requests(ep)] == ["ACK"]
+    assert ended(events(ep)).status == 486
+
+
+def test_407_is_acked_and_the_invite_retried_with_credentials() -> None:
+    ep = endpoint()
+    _, invite = start(ep, credentials=True)
+    answer(ep, invite, 407, 0.1, headers=[CHALLENGE])
+    ack, retry = requests(ep)
+    assert ack.method == "ACK" and ack.top_via.branch == invite.top_via.branch
+    assert retry.method == "INVITE" and retry.cseq.seq == 2
+    assert retry.top_via.branch != invite.top_via.branch
+    assert (retry.headers.get("Proxy-Authorization") or "").startswith("Digest ")
+    assert retry.call_id == invite.call_id and retry.from_.tag == invite.from_.tag
+    answer(ep, retry, 407, 0.2, headers=[CHALLENGE])  # same nonce again: wrong password
+    end = ended(events(ep))
+    assert (end.status, end.ended_by) == (407, "auth")
+
+
+def test_answer_is_acked_through_the_route_set_and_bye_ends_it() -> None:
+    ep = endpoint()
+    session, invite = start(ep)
+    answer(ep, invite, 180, 0.1, headers=[RR, CONTACT])
+    ok = answer(ep, invite, 200, 0.5, headers=[RR, CONTACT], body=SDP_ANSWER)
+    ((ack, ack_to),) = sent(ep)
+    assert isinstance(ack, Request) and ack.method == "ACK"
+    assert str(ack.uri) == "sip:far@10.0.0.3:5070"  # the remote target
+    assert ack.headers.get_all("Route") == ["<sip:10.0.0.2:5060;lr>"]
+    assert ack_to == ("10.0.0.2", 5060)  # the first route, not the target
+    assert ack.cseq.seq == 1 and ack.top_via.branch != invite.top_via.branch
+    # a retransmitted 200 gets the same ACK again, and no BYE
+    ep.receive(ok.serialize(), PBX, 0.6)
+    ((again, _),) = sent(ep)
+    assert again.serialize() == ack.serialize()
+    evs = events(ep)
+    assert isinstance(evs[-1], Answered) and evs[-1].sdp == SDP_ANSWER
+    session.hangup(1.0)
+    (bye,) = requests(ep)
+    assert bye.method == "BYE" and bye.cseq.seq == 2 and bye.to.tag == "far1"
+    assert isinstance(events(ep)[0], ByeSent)
+    answer(ep, bye, 200, 1.1)
+    end = ended(events(ep))
+    assert (end.status, end.ended_by, end.cancelled_by_us) == (200, "local", False)
+
+
+def test_a_second_fork_answering_gets_ack_and_bye() -> None:
+    ep = endpoint()
+    _, invite = start(ep)
+    answer(ep, invite, 183, 0.1, tag="a", headers=[CONTACT])
+    answer(ep, invite, 200, 0.2, tag="b", headers=[CONTACT])
+    (ack_b,) = requests(ep)
+    answer(ep, invite, 200, 0.3, tag="a", headers=[CONTACT])
+    ack_a, bye_a = requests(ep)
+    assert (ack_b.method, ack_b.to.tag) == ("ACK", "b")
+    assert (ack_a.method, ack_a.to.tag, bye_a.method, bye_a.to.tag) == ("ACK", "a", "BYE", "a")
+    answered = [e for e in events(ep) if isinstance(e, Answered)]
+    assert [a.to_tag for a in answered] == ["b"]
+
+
+def test_200_crossing_our_cancel_is_acked_then_byed() -> None:
+    ep = endpoint()
+    session, invite = start(ep)
+    answer(ep, invite, 180, 0.1, headers=[CONTACT])
+    session.cancel(0.2)
+    (cancel,) = requests(ep)
+    answer(ep, invite, 200, 0.25, headers=[CONTACT])
+    ack, bye = requests(ep)
+    assert (ack.method, bye.method) == ("ACK", "BYE")
+    answer(ep, cancel, 200, 0.26)
+    answer(ep, bye, 200, 0.3)
+    evs = events(ep)
+    assert any(isinstance(e, Answered) for e in evs)
+    end = ended(evs)
+    assert (end.status, end.cancelled_by_us, end.ended_by) == (200, True, "local")
+
+
+def test_timer_b_ends_a_call_nothing_answers_with_a_local_408() -> None:
+    ep = endpoint()
+    start(ep)
+    times = []
+    seen: list[object] = []
+    while (at := ep.get_timer()) is not None and at < 100:
+        ep.handle_timer(at)
+        times.append(round(at / T1, 6))
+        seen += events(ep)
+        if any(isinstance(e, SessionEnded) for e in seen):
+            break
+    assert times[:6] == [1, 3, 7, 15, 31, 63]
+    assert times[-1] == 64
+    end = ended(seen)
+    assert (end.status, end.local, end.ended_by) == (408, True, "timeout")
+
+
+def test_ring_timeout_cancels_at_the_limit() -> None:
+    ep = endpoint()
+    _, invite = start(ep, ring_timeout=5.0)
+    answer(ep, invite, 180, 0.2, headers=[CONTACT])
+    assert ep.get_timer() == pytest.approx(5.0)
+    ep.handle_timer(5.0)
+    (cancel,) = requests(ep)
+    assert cancel.method == "CANCEL"
+    why = [e.why for e in events(ep) if isinstance(e, CancelSent)]
+    assert why == ["ring timeout"]
+
+
+def test_cancel_unanswered_for_64_t1_gives_up() -> None:
+    ep = endpoint()
+    session, invite = start(ep)
+    answer(ep, invite, 180, 0.1)
+    session.cancel(1.0)
+    deadline = 1.0 + 64 * T1
+    now = 1.0
+    while (at := ep.get_timer()) is not None and at <= deadline:
+        now = at
+        ep.handle_timer(at)
+    sent(ep)
+    end = ended(events(ep))
+    assert end.ended_by == "timeout" and now == pytest.approx(deadline)
+
+
+def test_far_end_bye_and_in_dialog_requests() -> None:
+    ep = endpoint()
+    session, invite = start(ep)
+    answer(ep, invite, 200, 0.1, headers=[CONTACT])
+    sent(ep)
+
+    def in_dialog(method: str, cseq: int) -> Request:
+        req = Request(method, URI.parse("sip:1001@10.0.0.1:5062"))
+        req.headers.add("Via", f"SIP/2.0/UDP 10.0.0.3:5070;branch=z9hG4bK{method}{cseq}")
+        req.headers.add("From", "<sip:4045550000@pbx>;tag=far1")
+        req.headers.add("To", f"<sip:1001@pbx>;tag={session.local_tag}")
+        req.headers.add("Call-ID", session.call_id)
+        req.headers.add("CSeq", f"{cseq} {method}")
+        return req
+
+    for method, cseq, code in (("OPTIONS", 1, 200), ("INVITE", 2, 488), ("UPDATE", 3, 488)):
+        ep.receive(in_dialog(method, cseq).serialize(), ("10.0.0.3", 5070), 0.2)
+        ((resp, dest),) = sent(ep)
+        assert getattr(resp, "status", None) == code, method
+        assert dest == ("10.0.0.3", 5070)
+    bye = in_dialog("BYE", 4)
+    ep.receive(bye.serialize(), ("10.0.0.3", 5070), 0.3)
+    ((ok, _),) = sent(ep)
+    assert getattr(ok, "status", None) == 200
+    ep.receive(bye.serialize(), ("10.0.0.3", 5070), 0.4)  # retransmitted: same 200
+    ((again, _),) = sent(ep)
+    assert again.serialize() == ok.serialize()
+    end = ended(events(ep))
+    assert (end.status, end.ended_by) == (200, "remote")
+
+
+def test_bye_from_a_stranger_gets_481() -> None:
+    ep = endpoint()
+    session, invite = start(ep)
+    answer(ep, invite, 200, 0.1, headers=[CONTACT])
+    sent(ep)
+    req = Request("BYE", URI.parse("sip:1001@10.0.0.1:5062"))
+    req.headers.add("Via", "SIP/2.0/UDP 10.0.0.3:5070;branch=z9hG4bKx")
+    req.headers.add("From", "<sip:x@pbx>;tag=other")
+    req.headers.add("To", f"<sip:1001@pbx>;tag={session.local_tag}")
+    req.headers.add("Call-ID", session.call_id)
+    req.headers.add("CSeq", "9 BYE")
+    ep.receive(req.serialize(), ("10.0.0.3", 5070), 0.2)
+    ((resp, _),) = sent(ep)
+    assert getattr(resp, "status", None) == 481
+    assert not session.ended
+
+
+def test_make_response_helper_is_what_the_far_end_sends() -> None:
+    # guards the harness itself: a 180 without tag would make every dialog test vacuous
+    ep = endpoint()
+    _, invite = start(ep)
+    assert make_response(invite, 180, to_tag="t").to.tag == "t"
