@@ -1,0 +1,441 @@
+"""One call's classifier: signalling events and PCM in, a verdict out as early as it is sure.
+
+`CallClassifier` is fed, as they happen, the cumulative signalling
+(`on_signalling`), the audio (`feed`, int16 8 kHz, any chunk size: it works
+in 20 ms frames counted by samples) and clock ticks (`tick`). Each answers
+None ("not yet") or the Decision, and keeps answering that same Decision
+once made. `finish` (end of call) always gives a verdict. Nothing looks at
+audio past the frame at which it decides, so the daemon may CANCEL at once,
+and `classify_pcm` (the server, the CLI) runs the very same path over a
+whole file: streaming and whole-file verdicts agree.
+
+What decides, first come first served:
+
+1. signalling that is conclusive on its own (signalling.conclusive): a final
+   response, a Q.850 cause even in a 183;
+2. a tone cadence (tones.py); a stable ringback only counts as `ringing`
+   after a 180, or after `ringback_commit_ms` of ringback and nothing else
+   (an announcement may follow a short in-band ringback);
+3. a template match (announcements.py);
+4. colour ring-back: `crbt_ms` of sound that is neither tone nor a known
+   announcement, after a 180 or a ringback cycle -> `ringing`;
+5. a 180 or 183 and then no RTP for `no_rtp_wait_ms` (`tick`): signalling.
+
+`finish` then reconciles the streaming decision with the final response
+(rules in its docstring).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from sipclient.classify.announcements import AnnouncementHit, AnnouncementMatcher
+from sipclient.classify.audio import FRAME, RATE, to_8k_mono
+from sipclient.classify.fingerprint import HOP, Fingerprinter, Landmarks
+from sipclient.classify.frames import FrameSource, band
+from sipclient.classify.signalling import conclusive, from_signalling
+from sipclient.classify.templates import TemplateLibrary
+from sipclient.classify.tones import LOW, OFF, ToneDetector, ToneHit, classify_frames
+from sipclient.classify.unknowns import UnknownStore
+from sipclient.classify.verdicts import Decision, Signalling, Verdict
+
+FRAME_MS = 1000 * FRAME // RATE
+BLOCK_FRAMES = 5
+"""Frames analysed together (100 ms); decisions are announced at block ends."""
+ACTIVE_RMS = 15.0
+"""Non-tone frames louder than this (int16 RMS, about -67 dBFS) may be sound."""
+ACTIVE_FLATNESS = 0.3
+"""...and less spectrally flat than this (line noise is flat, speech and music are not)."""
+EARLY_RINGBACK_MS = 800
+"""After a 180, a 400-500 Hz tone this long is ringback (no other tone is on that long)."""
+UNKNOWN_MIN_ACTIVE_MS = 1000
+"""At least this much unexplained sound before a call is kept as an unknown announcement."""
+CLIP_SECONDS = 30
+"""How much audio is kept for the unknown store."""
+
+_FLAT = band(250, 3500)
+LIVE = frozenset({Verdict.RINGING, Verdict.NO_ANSWER, Verdict.REJECTED, Verdict.ANSWERED})
+
+
+@functools.lru_cache(maxsize=1)
+def _default_library() -> TemplateLibrary:
+    return TemplateLibrary.default()
+
+
+class CallClassifier:
+    """The streaming classifier of one call (module docstring)."""
+
+    def __init__(
+        self,
+        library: TemplateLibrary | None = None,
+        *,
+        no_rtp_wait_ms: int = 3000,
+        unknown_store: UnknownStore | None = None,
+        ringback_commit_ms: int = 12000,
+        crbt_ms: int = 3000,
+    ) -> None:
+        self.library = library if library is not None else _default_library()
+        self.no_rtp_wait_ms = no_rtp_wait_ms
+        self.unknown_store = unknown_store
+        self.ringback_commit_ms = ringback_commit_ms
+        self.crbt_ms = crbt_ms
+        self._sig = Signalling()
+        self._media_at: int | None = None
+        self._samples = 0
+        self._frames = FrameSource()
+        self._fp = Fingerprinter(variants=True)
+        self._tones = ToneDetector()
+        self._ann = AnnouncementMatcher(self.library)
+        self._decision: Decision | None = None
+        self._finished: Decision | None = None
+        self._active = 0  # non-tone, non-noise frames
+        self._first_active: int | None = None
+        self._ringback_start: int | None = None
+        self._active_at_ringback = 0
+        self._tone_frames: list[npt.NDArray[np.bool_]] = []
+        self._hashes: list[npt.NDArray[np.int64]] = []
+        self._htimes: list[npt.NDArray[np.int64]] = []
+        self._clip: list[npt.NDArray[np.int16]] = []
+        self._buf: list[npt.NDArray[np.int16]] = []
+        self._cls_hist = bytearray()  # every frame's tone label so far
+        self._buffered = 0
+        self._clip_len = 0
+
+    # -- inputs -------------------------------------------------------------------------
+
+    @property
+    def decision(self) -> Decision | None:
+        """The streaming decision so far (None: not yet)."""
+        return self._decision
+
+    @property
+    def audio_ms(self) -> int:
+        """Audio received so far, in ms (counted in samples, not wall time)."""
+        return self._samples * 1000 // RATE
+
+    def on_signalling(self, sig: Signalling, at_ms: int) -> Decision | None:
+        """Take the call's cumulative signalling at `at_ms` (ms since the INVITE)."""
+        self._sig = sig
+        if self._media_at is None and (sig.ringing or sig.early_media):
+            self._media_at = at_ms
+        if self._decision is not None:
+            return self._decision
+        c = conclusive(sig)
+        if c is not None:
+            ev = dict(c.evidence)
+            if self._samples:
+                ev["audio_ms"] = self.audio_ms
+            self._decision = _replace(
+                c, evidence=ev, decided_ms=self.audio_ms if self._samples else None
+            )
+            return self._decision
+        return self.tick(at_ms)
+
+    def tick(self, at_ms: int) -> Decision | None:
+        """The clock: after a 180/183 and no RTP for `no_rtp_wait_ms`, signalling decides."""
+        if self._decision is not None:
+            return self._decision
+        if (
+            self._media_at is not None
+            and self._samples == 0
+            and at_ms - self._media_at >= self.no_rtp_wait_ms
+        ):
+            d = from_signalling(self._sig)
+            ev = dict(d.evidence)
+            ev["no_rtp_ms"] = at_ms - self._media_at
+            self._decision = _replace(d, evidence=ev)
+            return self._decision
+        return None
+
+    def feed(self, pcm: npt.NDArray[np.int16]) -> Decision | None:
+        """Take the next audio (int16, 8 kHz mono, any length); the Decision once sure.
+
+        Audio is analysed in blocks of BLOCK_FRAMES frames (100 ms): the
+        per-call numpy overhead is paid ten times a second, not fifty, and a
+        decision is announced at the end of the block in which it was reached
+        (`decided_ms`), whatever the sizes of the pieces fed.
+        """
+        if self._decision is not None:
+            return self._decision
+        pcm = np.asarray(pcm).astype(np.int16, copy=False).ravel()
+        if len(pcm) == 0:
+            return None
+        self._samples += len(pcm)
+        if self._clip_len < CLIP_SECONDS * RATE:
+            part = pcm[: CLIP_SECONDS * RATE - self._clip_len].copy()
+            self._clip.append(part)
+            self._clip_len += len(part)
+        self._buf.append(pcm)
+        self._buffered += len(pcm)
+        block = BLOCK_FRAMES * FRAME
+        if self._buffered < block:
+            return None
+        x = np.concatenate(self._buf)
+        cut = len(x) // block * block
+        self._buf = [x[cut:]]
+        self._buffered = len(x) - cut
+        return self._analyse(x[:cut])
+
+    def _without_tones(self, lm: Landmarks) -> Landmarks:
+        """Drop landmarks anchored in tone frames: a ringback with lost packets splatters
+        peaks that could vote for a template by chance."""
+        if len(lm.hashes) == 0:
+            return lm
+        labels = np.frombuffer(bytes(self._cls_hist), dtype=np.uint8)
+        frames = np.minimum((lm.times + 1) * HOP // FRAME, len(labels) - 1)
+        keep = labels[frames] == OFF
+        if keep.all():
+            return lm
+        return Landmarks(lm.hashes[keep], lm.times[keep], lm.ready[keep])
+
+    def _flush(self) -> None:
+        """Analyse what is left in the buffer (end of call)."""
+        if self._decision is None and self._buffered:
+            x = np.concatenate(self._buf)
+            self._buf, self._buffered = [], 0
+            self._analyse(x)
+
+    def _analyse(self, x: npt.NDArray[np.int16]) -> Decision | None:
+        power, rms = self._frames.push(x)
+        n = len(rms)
+        if n == 0:
+            return None
+        base = self._frames.frames - n
+        cls, freq = classify_frames(power, rms)
+        self._tone_frames.append(cls != OFF)
+        self._cls_hist.extend(cls.astype(np.uint8).tobytes())
+        lm = self._without_tones(self._fp.push(x))
+        if len(lm.hashes):
+            self._hashes.append(lm.hashes)
+            self._htimes.append(lm.times)
+        self._ann.push(lm)
+        active = _active(power, rms) & (cls == OFF)
+        tones, ann = self._tones, self._ann
+        cls_l, rms_l, freq_l, act_l = cls.tolist(), rms.tolist(), freq.tolist(), active.tolist()
+        for i in range(n):
+            frame = base + i
+            hit = tones.update(cls_l[i], rms_l[i], freq_l[i])
+            if act_l[i]:
+                self._active += 1
+                if self._first_active is None:
+                    self._first_active = frame
+            d = self._tone_decision(hit, frame) if hit is not None else None
+            if d is None:
+                ahit = ann.advance(frame)
+                if ahit is not None:
+                    d = _announcement_decision(ahit)
+            if d is None:
+                d = self._context_decision(frame)
+            if d is not None:
+                block_end = (frame // BLOCK_FRAMES + 1) * BLOCK_FRAMES * FRAME_MS
+                self._decision = _replace(d, decided_ms=block_end)
+                return self._decision
+        return None
+
+    # -- the streaming rules -----------------------------------------------------------------
+
+    def _tone_decision(self, hit: ToneHit, frame: int) -> Decision | None:
+        if hit.verdict == Verdict.RINGING and not self._sig.ringing:
+            return None  # in-band ringback without a 180: wait (see ringback_commit_ms)
+        return Decision(
+            hit.verdict,
+            hit.confidence,
+            {"kind": "tone", "tone": hit.tone, "tone_start_ms": hit.started_frame * FRAME_MS},
+            (frame + 1) * FRAME_MS,
+            None,
+            hit.transient,
+        )
+
+    def _context_decision(self, frame: int) -> Decision | None:
+        tones = self._tones
+        end_ms = (frame + 1) * FRAME_MS
+        if self._ringback_start is None and tones.ringback_seen:
+            self._ringback_start = tones.ringback_frame or 0
+            self._active_at_ringback = self._active
+        if (
+            self._sig.ringing
+            and tones.current_cls == LOW
+            and tones.current_steady
+            and tones.current_ms >= EARLY_RINGBACK_MS
+        ):
+            return Decision(
+                Verdict.RINGING,
+                0.9,
+                {"kind": "tone", "tone": "ringback_after_180", "ms": tones.current_ms},
+                end_ms,
+            )
+        if (
+            self._ringback_start is not None
+            and not self._sig.ringing
+            and (frame - self._ringback_start) * FRAME_MS >= self.ringback_commit_ms
+            and self._active - self._active_at_ringback < 25
+        ):
+            return Decision(
+                Verdict.RINGING,
+                0.75,
+                {"kind": "tone", "tone": "stable_ringback", "ms": self.ringback_commit_ms},
+                end_ms,
+            )
+        if self._active * FRAME_MS >= self.crbt_ms and self._sig.ringing:
+            return Decision(
+                Verdict.RINGING,
+                0.8,
+                {
+                    "kind": "colour_ringback",
+                    "rule": "sound matching no announcement after 180",
+                    "active_ms": self._active * FRAME_MS,
+                },
+                end_ms,
+            )
+        return None
+
+    # -- the end ------------------------------------------------------------------------------
+
+    def finish(self, sig: Signalling) -> Decision:
+        """The call is over (final signalling `sig`): always a verdict.
+
+        - an answer (2xx): `answered`, unless an error announcement or tone was
+          heard first (some carriers answer to play them);
+        - a streaming decision stands, except `ringing` followed by a final
+          response meaning a live outcome after ringing (480 -> no_answer,
+          603/486 -> rejected), which is more precise;
+        - otherwise the final signalling, if it says anything;
+        - otherwise ringback or colour ring-back heard -> `ringing`;
+        - otherwise `unknown`; unexplained sound is kept in the unknown store.
+        """
+        if self._finished is not None:
+            return self._finished
+        self._flush()
+        self._sig = sig
+        fs = from_signalling(sig)
+        d = self._decision
+        audio = d is not None and d.evidence.get("kind") in ("tone", "announcement")
+        final: Decision
+        if sig.answered or fs.verdict == Verdict.ANSWERED:
+            final = d if d is not None and audio and d.verdict not in LIVE else fs
+        elif d is not None:
+            if d.verdict == Verdict.RINGING and fs.verdict in (
+                Verdict.NO_ANSWER,
+                Verdict.REJECTED,
+            ):
+                final = _replace(fs, decided_ms=d.decided_ms)
+            else:
+                final = d
+        elif fs.verdict != Verdict.UNKNOWN and not (
+            fs.verdict == Verdict.RINGING and fs.confidence < 0.7
+        ):
+            final = fs
+        elif sig.ringing or (
+            self._tones.ringback_seen
+            and self._active - self._active_at_ringback < UNKNOWN_MIN_ACTIVE_MS // FRAME_MS
+        ):
+            final = Decision(
+                Verdict.RINGING,
+                0.6,
+                {"kind": "default", "rule": "180" if sig.ringing else "ringback, nothing after"},
+                self.audio_ms if self._samples else None,
+            )
+        else:
+            final = fs
+            ev = dict(fs.evidence)
+            if self._active * FRAME_MS >= UNKNOWN_MIN_ACTIVE_MS:
+                ev["audio"] = "sound matching no template"
+                ev["active_ms"] = self._active * FRAME_MS
+                stored = self._store_unknown(sig)
+                if stored is not None:
+                    ev["unknown_id"] = stored
+            elif self._samples:
+                ev["audio"] = "silence or noise"
+            final = _replace(fs, evidence=ev)
+        ev2 = dict(final.evidence)
+        ev2.setdefault("final_sip_code", sig.sip_code)
+        if sig.q850_cause is not None:
+            ev2.setdefault("final_q850_cause", sig.q850_cause)
+        self._finished = _replace(final, evidence=ev2)
+        return self._finished
+
+    def _store_unknown(self, sig: Signalling) -> str | None:
+        if self.unknown_store is None or not self._hashes:
+            return None
+        hashes = np.concatenate(self._hashes)
+        times = np.concatenate(self._htimes)
+        tone = np.concatenate(self._tone_frames) if self._tone_frames else np.zeros(0, bool)
+        frames = times * HOP // FRAME
+        keep = ~tone[np.clip(frames, 0, max(len(tone) - 1, 0))] if len(tone) else None
+        if keep is not None:
+            hashes, times = hashes[keep], times[keep]
+        clip = np.concatenate(self._clip) if self._clip else np.zeros(0, np.int16)
+        meta: dict[str, Any] = {
+            "sip_code": sig.sip_code,
+            "q850_cause": sig.q850_cause,
+            "ringing": sig.ringing,
+            "active_ms": self._active * FRAME_MS,
+        }
+        return self.unknown_store.add(hashes, times, clip, meta)
+
+
+def _active(power: npt.NDArray[np.float64], rms: npt.NDArray[np.float64]) -> npt.NDArray[np.bool_]:
+    p = power[:, _FLAT] + 1e-6
+    flat = np.exp(np.mean(np.log(p), axis=1)) / np.mean(p, axis=1)
+    out: npt.NDArray[np.bool_] = (rms >= ACTIVE_RMS) & (flat < ACTIVE_FLATNESS)
+    return out
+
+
+def _announcement_decision(hit: AnnouncementHit) -> Decision:
+    return Decision(
+        hit.verdict,
+        hit.confidence,
+        {
+            "kind": "announcement",
+            "template": hit.template,
+            "score": hit.score,
+            "runner_up": hit.runner_up,
+            "match_start_ms": hit.started_frame * FRAME_MS,
+        },
+        (hit.frame + 1) * FRAME_MS,
+        hit.label,
+        hit.transient,
+    )
+
+
+def _replace(d: Decision, **kw: Any) -> Decision:
+    fields: dict[str, Any] = {
+        "verdict": d.verdict,
+        "confidence": d.confidence,
+        "evidence": d.evidence,
+        "decided_ms": d.decided_ms,
+        "label": d.label,
+        "transient": d.transient,
+    }
+    fields.update(kw)
+    return Decision(**fields)
+
+
+def classify_pcm(
+    pcm: npt.NDArray[Any],
+    rate: int,
+    sig: Signalling,
+    library: TemplateLibrary | None = None,
+    *,
+    unknown_store: UnknownStore | None = None,
+) -> Decision:
+    """A whole recording through the streaming path: the provisional signalling
+    (180 / 183) first, the audio in 1 s chunks until a decision, then `finish(sig)`.
+
+    `pcm` is int16 (or float in [-1, 1]) mono at `rate`; it is resampled to 8 kHz.
+    """
+    x = np.asarray(pcm)
+    if rate != RATE or x.dtype != np.int16:
+        f = x.astype(np.float64) / 32768.0 if x.dtype == np.int16 else x.astype(np.float64)
+        x = to_8k_mono(f, rate)
+    c = CallClassifier(library, unknown_store=unknown_store)
+    c.on_signalling(Signalling(ringing=sig.ringing, early_media=sig.early_media or len(x) > 0), 0)
+    step = RATE
+    for i in range(0, len(x), step):
+        if c.feed(x[i : i + step]) is not None:
+            break
+    return c.finish(sig)

@@ -1,0 +1,65 @@
+"""Cutting a PCM stream into 20 ms frames and their spectra, chunk by chunk.
+
+Every detector works on the same per-frame short-time spectrum, computed
+here once: frame `i` covers samples [160 i, 160 i + 160) and its spectrum is
+taken over the WINDOW samples that end with that frame (a little of the past,
+never the future), Hann-windowed. Feeding the stream in pieces of any size
+gives the same frames as feeding it whole: only complete frames are emitted
+and the tail is carried over. All the numpy work is batched per chunk.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+from sipclient.classify.audio import FRAME, RATE
+
+WINDOW = 256
+"""Spectrum window (32 ms): 31.25 Hz bins, narrow enough to tell 450 from 620 Hz."""
+
+BINS = WINDOW // 2 + 1
+HZ_PER_BIN = RATE / WINDOW
+
+_HANN = np.hanning(WINDOW + 2)[1:-1]
+
+
+def band(lo_hz: float, hi_hz: float) -> slice:
+    """The spectrum bins whose centres lie in [lo_hz, hi_hz]."""
+    return slice(int(np.ceil(lo_hz / HZ_PER_BIN)), int(np.floor(hi_hz / HZ_PER_BIN)) + 1)
+
+
+class FrameSource:
+    """Turns arbitrary-length int16 chunks into (power spectra, frame RMS) per 20 ms."""
+
+    def __init__(self) -> None:
+        # the samples not yet in a complete frame, plus WINDOW - FRAME of history
+        self._hist = np.zeros(WINDOW - FRAME, dtype=np.float64)
+        self._tail = np.zeros(0, dtype=np.float64)
+        self.frames = 0
+        """How many complete frames have been emitted so far."""
+
+    def push(
+        self, pcm: npt.NDArray[np.int16]
+    ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+        """Append samples; return (power[n, BINS], rms[n]) of the n new complete frames.
+
+        Power is of the windowed int16-scale signal; rms is the plain RMS of
+        each frame's own 160 samples (int16 scale).
+        """
+        x = np.concatenate([self._tail, np.asarray(pcm, dtype=np.float64).ravel()])
+        n = len(x) // FRAME
+        if n == 0:
+            self._tail = x
+            return np.zeros((0, BINS)), np.zeros(0)
+        body = x[: n * FRAME]
+        self._tail = x[n * FRAME :]
+        full = np.concatenate([self._hist, body])
+        self._hist = full[len(full) - (WINDOW - FRAME) :]
+        idx = np.arange(n)[:, None] * FRAME + np.arange(WINDOW)[None, :]
+        win = full[idx] * _HANN
+        spec = np.fft.rfft(win, axis=1)
+        power = spec.real**2 + spec.imag**2
+        rms = np.sqrt(np.mean(body.reshape(n, FRAME) ** 2, axis=1))
+        self.frames += n
+        return power, rms

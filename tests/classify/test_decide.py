@@ -1,0 +1,169 @@
+"""The streaming contract of CallClassifier and its agreement with the whole-file path."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sipclient.classify.decide import CallClassifier, classify_pcm
+from sipclient.classify.templates import TemplateLibrary
+from sipclient.classify.verdicts import Decision, Signalling, Verdict
+from tests.classify.conftest import PLANS, Pcm, cadence, degrade, music, to_int16
+
+EARLY = Signalling(early_media=True)
+RING = Signalling(ringing=True, early_media=True)
+CANCELLED = Signalling(sip_code=487, early_media=True, cancelled_by_us=True)
+CANCELLED_RING = Signalling(sip_code=487, ringing=True, early_media=True, cancelled_by_us=True)
+
+
+def stream(
+    x: Pcm, sig: Signalling, lib: TemplateLibrary, chunk: int = 160, final: Signalling | None = None
+) -> tuple[Decision | None, Decision]:
+    """Feed like the daemon; (first streaming decision, finish())."""
+    c = CallClassifier(lib)
+    c.on_signalling(sig, 0)
+    first = None
+    pcm = to_int16(x)
+    for i in range(0, len(pcm), chunk):
+        d = c.feed(pcm[i : i + chunk])
+        if d is not None:
+            first = d
+            break
+    return first, c.finish(final or sig)
+
+
+def empty_lib() -> TemplateLibrary:
+    return TemplateLibrary.empty()
+
+
+@pytest.mark.parametrize("chunk", [160, 37, 1000, 8000])
+@pytest.mark.parametrize("name", ["cn_busy", "cn_empty", "na_reorder"])
+def test_streaming_equals_whole_file(name: str, chunk: int) -> None:
+    freqs, cycle, seconds, verdict = PLANS[name]
+    x = np.concatenate([np.zeros(3000), degrade(cadence(freqs, cycle, seconds), "all")])
+    first, _ = stream(x, EARLY, empty_lib(), chunk=chunk, final=CANCELLED)
+    whole = classify_pcm(to_int16(x), 8000, CANCELLED, empty_lib())
+    assert first is not None
+    assert first.verdict == whole.verdict == Verdict(verdict)
+    assert first.decided_ms == whole.decided_ms
+
+
+def test_no_verdict_before_its_evidence(
+    library: TemplateLibrary, speech_dir: dict[str, Pcm]
+) -> None:
+    x = np.concatenate([np.zeros(16000), degrade(speech_dir["kong"], "noise")])
+    first, _ = stream(x, EARLY, library, final=CANCELLED)
+    assert first is not None and first.verdict == Verdict.EMPTY
+    assert first.decided_ms is not None and first.decided_ms > 2000
+    # the same audio cut just before that moment does not give the verdict
+    cut = to_int16(x)[: (first.decided_ms - 100) * 8]
+    c = CallClassifier(library)
+    c.on_signalling(EARLY, 0)
+    assert c.feed(cut) is None
+    assert c.finish(CANCELLED).verdict == Verdict.UNKNOWN
+
+
+def test_183_with_reason_decides_at_once() -> None:
+    c = CallClassifier(empty_lib())
+    assert c.on_signalling(Signalling(), 100) is None
+    d = c.on_signalling(Signalling(early_media=True, q850_cause=20), 250)
+    assert d is not None and d.verdict == Verdict.POWERED_OFF and d.decided_ms is None
+    assert c.feed(to_int16(cadence((450.0,), [(0.35, 0.35)], 3.0))) is d
+
+
+def test_183_without_rtp_does_not_hold_the_line() -> None:
+    c = CallClassifier(empty_lib(), no_rtp_wait_ms=2000)
+    assert c.on_signalling(EARLY, 500) is None
+    assert c.tick(2000) is None
+    d = c.tick(2600)
+    assert d is not None and d.evidence["no_rtp_ms"] == 2100
+    assert d.verdict == Verdict.UNKNOWN
+    # 180 and no RTP: the network is ringing a live number
+    c = CallClassifier(empty_lib(), no_rtp_wait_ms=2000)
+    c.on_signalling(Signalling(ringing=True), 0)
+    d = c.tick(2000)
+    assert d is not None and d.verdict == Verdict.RINGING
+    # audio arriving in time keeps the tick quiet
+    c = CallClassifier(empty_lib(), no_rtp_wait_ms=2000)
+    c.on_signalling(EARLY, 0)
+    c.feed(np.zeros(160, dtype=np.int16))
+    assert c.tick(5000) is None
+
+
+@pytest.mark.parametrize("how", ["clean", "all"])
+def test_colour_ringback_after_180_is_ringing(
+    library: TemplateLibrary, speech_dir: dict[str, Pcm], how: str
+) -> None:
+    first, final = stream(degrade(music(12.0), how), RING, library, final=CANCELLED_RING)
+    assert first is not None and first.verdict == Verdict.RINGING
+    assert first.evidence["kind"] == "colour_ringback"
+    assert final.verdict == Verdict.RINGING
+    voice = np.concatenate([speech_dir["ad"], speech_dir["ad"]])
+    ad = voice + 0.1 * music(len(voice) / 8000 + 1)[: len(voice)]
+    first, _ = stream(degrade(ad, how), RING, library, final=CANCELLED_RING)
+    assert first is not None and first.verdict == Verdict.RINGING
+
+
+def test_ringback_with_180_is_ringing_within_a_second() -> None:
+    first, final = stream(
+        cadence((450.0,), [(1.0, 4.0)], 12.0), RING, empty_lib(), final=CANCELLED_RING
+    )
+    assert first is not None and first.verdict == Verdict.RINGING
+    assert first.decided_ms is not None and first.decided_ms <= 1000
+    assert final.verdict == Verdict.RINGING
+
+
+def test_ringback_without_180_waits_then_commits() -> None:
+    x = cadence((450.0,), [(1.0, 4.0)], 20.0)
+    c = CallClassifier(empty_lib(), ringback_commit_ms=12000)
+    c.on_signalling(EARLY, 0)
+    pcm = to_int16(x)
+    decided = None
+    for i in range(0, len(pcm), 160):
+        decided = c.feed(pcm[i : i + 160])
+        if decided is not None:
+            break
+    assert decided is not None and decided.verdict == Verdict.RINGING
+    assert decided.decided_ms is not None and decided.decided_ms >= 12000
+
+
+def test_finish_reconciles_with_the_final_response() -> None:
+    ring = cadence((450.0,), [(1.0, 4.0)], 3.0)
+    # rang, then 480 after 180: nobody answered
+    _, final = stream(ring, RING, empty_lib(), final=Signalling(sip_code=480, ringing=True))
+    assert final.verdict == Verdict.NO_ANSWER
+    # silence and a 404: signalling decides
+    _, final = stream(
+        np.zeros(16000), EARLY, empty_lib(), final=Signalling(sip_code=404, q850_cause=1)
+    )
+    assert final.verdict == Verdict.EMPTY
+    # answered with nothing heard before
+    _, final = stream(
+        np.zeros(16000), EARLY, empty_lib(), final=Signalling(sip_code=200, answered=True)
+    )
+    assert final.verdict == Verdict.ANSWERED
+    # answered to play a busy tone: the tone is the truth
+    busy = cadence((450.0,), [(0.35, 0.35)], 3.0)
+    _, final = stream(busy, EARLY, empty_lib(), final=Signalling(sip_code=200, answered=True))
+    assert final.verdict == Verdict.BUSY
+    # 183, ringback, then nothing more, and we cancelled: a live number
+    _, final = stream(cadence((450.0,), [(1.0, 4.0)], 8.0), EARLY, empty_lib(), final=CANCELLED)
+    assert final.verdict == Verdict.RINGING
+
+
+def test_finish_is_stable_and_never_raises_on_odd_input() -> None:
+    c = CallClassifier(empty_lib())
+    assert c.feed(np.zeros(0, dtype=np.int16)) is None
+    assert c.feed(np.full(8000, 32767, dtype=np.int16)) is None  # clipped DC
+    d = c.finish(Signalling())
+    assert d.verdict == Verdict.UNKNOWN
+    assert c.finish(Signalling(sip_code=404)) is d
+
+
+def test_classify_pcm_resamples() -> None:
+    x = cadence((450.0,), [(0.35, 0.35)], 4.0)
+    from scipy.signal import resample_poly
+
+    x16 = resample_poly(x, 2, 1)
+    d = classify_pcm(x16, 16000, CANCELLED, empty_lib())
+    assert d.verdict == Verdict.BUSY

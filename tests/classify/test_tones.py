@@ -1,0 +1,82 @@
+"""Tone cadences of both plans and SIT, through every degradation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sipclient.classify.frames import FrameSource
+from sipclient.classify.tones import LOW, ToneDetector, ToneHit, classify_frames
+from sipclient.classify.verdicts import Verdict
+from tests.classify.conftest import PLANS, Pcm, cadence, degrade, music, sit, to_int16, tone
+
+DEGRADATIONS = ("clean", "level", "noise", "g711", "loss", "all")
+
+
+def detect(x: Pcm) -> tuple[ToneHit | None, ToneDetector]:
+    power, rms = FrameSource().push(to_int16(x))
+    cls, freq = classify_frames(power, rms)
+    det = ToneDetector()
+    for i in range(len(cls)):
+        hit = det.update(int(cls[i]), float(rms[i]), float(freq[i]))
+        if hit is not None:
+            return hit, det
+    return None, det
+
+
+@pytest.mark.parametrize("how", DEGRADATIONS)
+@pytest.mark.parametrize("name", sorted(PLANS))
+def test_cadence(name: str, how: str) -> None:
+    freqs, cycle, seconds, verdict = PLANS[name]
+    hit, _ = detect(degrade(cadence(freqs, cycle, seconds), how))
+    assert hit is not None, f"{name} not recognised ({how})"
+    assert hit.verdict == Verdict(verdict)
+    # ringback of both plans is told apart by cadence only; everything else by name
+    assert hit.tone == name or (verdict == "ringing" and hit.tone.endswith("ringback"))
+
+
+@pytest.mark.parametrize("how", DEGRADATIONS)
+def test_sit(how: str) -> None:
+    hit, _ = detect(degrade(sit(), how))
+    assert hit is not None and hit.verdict == Verdict.EMPTY and hit.tone == "sit_intercept"
+
+
+def test_sit_reorder_is_transient() -> None:
+    x = np.concatenate(
+        [tone((985.2,), 0.38), tone((1428.5,), 0.38), tone((1776.7,), 0.38), np.zeros(8000)]
+    )
+    hit, _ = detect(x)
+    assert hit is not None and hit.verdict == Verdict.FAILED and hit.transient
+
+
+def test_decision_comes_early_and_after_the_tone_starts() -> None:
+    lead = np.zeros(8000)  # 1 s of silence first
+    hit, _ = detect(np.concatenate([lead, cadence((450.0,), [(0.35, 0.35)], 4.0)]))
+    assert hit is not None
+    assert 50 <= hit.started_frame <= 52
+    # busy 0.35/0.35 is sure during its second burst: about 1 s after it starts
+    assert hit.frame - hit.started_frame <= 60
+
+
+def test_ringback_sets_ringback_seen_after_one_cycle() -> None:
+    _, det = detect(cadence((450.0,), [(1.0, 4.0)], 4.0))
+    assert det.ringback_seen
+
+
+@pytest.mark.parametrize("level_db", [0.0, -20.0, -40.0])
+def test_level_independent(level_db: float) -> None:
+    hit, _ = detect(cadence((450.0,), [(0.7, 0.7)], 5.0, level_db=level_db - 3.0))
+    assert hit is not None and hit.tone == "cn_congestion"
+
+
+def test_music_and_silence_are_no_tone() -> None:
+    assert detect(music(10.0))[0] is None
+    assert detect(np.zeros(8000 * 5))[0] is None
+    rng = np.random.default_rng(0)
+    assert detect(rng.standard_normal(8000 * 5) * 0.05)[0] is None
+
+
+def test_continuous_450_is_not_a_cadence() -> None:
+    hit, det = detect(tone((450.0,), 6.0))
+    assert hit is None
+    assert det.current_cls == LOW and det.current_ms >= 5900
