@@ -5,7 +5,9 @@ Errors are sorted into what the daemon does about them:
 - `ServerUnavailable`: no answer, a timeout, an HTTP 5xx or a body that is not
   the envelope. Try again later; nothing is dropped.
 - `UnknownClient`: the server does not know our clientId (HTTP 404, or a 404
-  `code`). The daemon calls /notify again and starts over with the new id.
+  `code`, unless its message names another field, e.g. "extensionNum: not
+  leased" or "dialplanId: no dialplan": those are `Refused`). The daemon calls
+  /notify again and starts over with the new id.
 - `Refused`: any other non-200 `code`. Final for that request (e.g. an upload
   for a number that is already finished answers 409).
 
@@ -74,6 +76,16 @@ class DialplanItem:
     dialplan_id: str | None = None
 
 
+_NOT_THE_CLIENT = ("extensionNum:", "phone:", "phoneNum:", "dialplanId:", "task_id:")
+
+
+def _names_other_field(msg: object) -> bool:
+    """A 404 about something else than our clientId (the embedded server's messages
+    start with the field they are about): an extension no longer leased to us, a
+    number the server does not know. Those are refusals, not a reason to /notify."""
+    return isinstance(msg, str) and msg.startswith(_NOT_THE_CLIENT)
+
+
 class ControlClient:
     """The 001 API. One instance per daemon; close it with `close()`."""
 
@@ -120,7 +132,7 @@ class ControlClient:
             data_obj = body.get("data")
             return data_obj if isinstance(data_obj, dict) else {}
         message = f"{method} {path}: code {code}: {body.get('msg')}"
-        if code == 404 or status == 404:
+        if (code == 404 or status == 404) and not _names_other_field(body.get("msg")):
             raise UnknownClient(message, code)
         if status >= 500 or code >= 500:
             raise ServerUnavailable(message, code)
@@ -230,6 +242,8 @@ class Uploader:
         self.uploaded = 0
         self.refused = 0
         self.on_unknown_client: Callable[[], None] | None = None
+        self.on_uploaded: Callable[[SpoolEntry], None] | None = None
+        """Called after each accepted upload (the daemon asks for the next number then)."""
 
     def kick(self) -> None:
         """Something was spooled, or the server may be back."""
@@ -262,6 +276,8 @@ class Uploader:
             self.spool.remove(entry)
             self.uploaded += 1
             log.info("uploaded", seq=entry.seq, phone=entry.fields.get("phone"))
+            if self.on_uploaded is not None:
+                self.on_uploaded(entry)
         return True
 
     async def run(self) -> None:

@@ -1,0 +1,976 @@
+"""The dialing daemon: `sipclient run --config FILE` (PROTOCOL.md 001, operating contract).
+
+One `Daemon` supervises, on one asyncio loop:
+
+- the session with the server: GET /notify -> clientId (retried with back-off
+  while the server is down), GET /accounts?threadsNum=`threads`, and the
+  start-over when the server says it does not know us (`UnknownClient` from
+  any call): a new /notify, a new lease, lines kept where the account is the
+  same, calls in flight left to finish (their uploads go out under the new id,
+  since the uploader asks for the current id at each try);
+- one `Line` per leased account: a registered extension (its SIP side is a
+  `LineBackend`, see below) and at most one call at a time;
+- the dial loop: GET /dialplan, each number onto its line; an empty plan backs
+  off from `dialplan.poll_min` doubling to `dialplan.poll_max`; a number for a
+  line that is not registered (or still busy) is kept on that line and dialled
+  when it can be, and reported (log + /status unregistered), never dropped;
+- per call: /status during -> the call (`LineBackend.dial`) -> /status call
+  when answered -> the WAV and the /dial_wav fields go to the spool (atomic,
+  on disk before anything else) -> the uploader is kicked -> /status idle;
+- the heartbeat (POST /heartbeat every `heartbeat.interval`), the uploader and
+  the status reporter of `control.py`, systemd notifications (READY=1 after
+  the first registrations, WATCHDOG=1 from the loop, STATUS= lines, STOPPING=1).
+
+Signals: SIGTERM/SIGINT stop taking numbers, cancel the calls in flight, wait
+(bounded) for their uploads, unregister and exit 0 (what could not be uploaded
+stays in the spool and is replayed at the next start); SIGHUP reloads the
+template library and the log level from the config file.
+
+The SIP/media/classifier side of a line is behind the `LineBackend` protocol so
+the control logic stays readable and testable on its own; `SipLineBackend`
+(below) joins the user agent, the call, the RTP
+receiver, the recorder and the streaming classifier.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from sipclient.agent.control import (
+    Account,
+    ControlClient,
+    DialplanItem,
+    ServerUnavailable,
+    StatusReporter,
+    UnknownClient,
+    Uploader,
+)
+from sipclient.agent.spool import Spool
+from sipclient.config import DaemonConfig, load_config
+from sipclient.logs import configure, get_logger
+
+log = get_logger(__name__)
+
+UPLOAD_WAIT_ON_STOP = 10.0
+"""Seconds SIGTERM waits for the uploads of the calls it cancelled."""
+
+READY_AFTER = 15.0
+"""Seconds after the session started when READY=1 goes out even if lines still hang."""
+
+CALL_STOP_WAIT = 10.0
+"""Seconds SIGTERM waits for cancelled calls to end."""
+
+
+# ------------------------------------------------------------------ results
+
+
+@dataclass
+class CallRecord:
+    """What one finished call leaves behind: its WAV and the /dial_wav fields.
+
+    `wav` is a finished WAV file (possibly zero frames) the spool copies in;
+    `fields` are the (ext) form fields of PROTOCOL.md /dial_wav except
+    extensionNum, phone and dialplanId, which the daemon adds.
+    """
+
+    wav: Path
+    fields: dict[str, Any]
+    verdict: str = "unknown"
+
+
+CallHooks = Callable[[], None]
+
+
+class LineBackend(Protocol):
+    """The SIP side of one extension, as the control loop sees it."""
+
+    @property
+    def registered(self) -> bool:
+        """Whether the extension is registered now."""
+        ...
+
+    async def start(self, on_change: Callable[[bool, str], None]) -> None:
+        """Begin registering; `on_change(registered, reason)` on every change."""
+        ...
+
+    async def dial(
+        self, item: DialplanItem, on_answered: CallHooks, cancel: asyncio.Event
+    ) -> CallRecord:
+        """Dial one number to its end; set `cancel` to hang up early. Never raises
+        for a call outcome (busy, 404, timeout...): that is in the record."""
+        ...
+
+    async def stop(self) -> None:
+        """Unregister and release the extension's sockets."""
+        ...
+
+
+BackendFactory = Callable[[Account], LineBackend]
+
+
+# -------------------------------------------------------------------- lines
+
+
+@dataclass
+class Line:
+    """One leased extension and its call, if any."""
+
+    account: Account
+    backend: LineBackend
+    registered: bool = False
+    reason: str = ""
+    current: DialplanItem | None = None
+    cancel: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+    pending: list[DialplanItem] = field(default_factory=list)
+    known: bool = False
+    """A registration outcome came (until then the server hears nothing of the line)."""
+    retired: bool = False
+    """No longer leased to us: stop once the call in flight is done."""
+
+    @property
+    def extension(self) -> str:
+        return self.account.extension
+
+    @property
+    def busy(self) -> bool:
+        return self.current is not None
+
+
+def _same_account(a: Account, b: Account) -> bool:
+    return (a.extension, a.password, a.host, a.transport, a.domain) == (
+        b.extension,
+        b.password,
+        b.host,
+        b.transport,
+        b.domain,
+    )
+
+
+def _fmt_int(n: int) -> str:
+    return f"{n:,}"
+
+
+# ------------------------------------------------------------------ sd_notify
+
+
+class Notifier(Protocol):
+    def __call__(self, *lines: str) -> bool: ...
+
+
+def _notifier() -> Notifier:
+    """`sipclient.sdnotify.notify` (one datagram of newline-separated states)."""
+    from sipclient import sdnotify
+
+    def notify(*lines: str) -> bool:
+        return sdnotify.notify("\n".join(lines))
+
+    return notify
+
+
+# -------------------------------------------------------------------- daemon
+
+
+class Daemon:
+    """The control loop; `await run()` until `stop()`; returns the exit code."""
+
+    def __init__(
+        self,
+        config: DaemonConfig,
+        backend_factory: BackendFactory,
+        *,
+        client: ControlClient | None = None,
+        notify: Notifier | None = None,
+    ) -> None:
+        self.config = config
+        self.backend_factory = backend_factory
+        self.client = client or ControlClient(config.server.url, timeout=config.server.timeout)
+        self.spool = Spool(config.spool.dir)
+        self.client_id: str | None = None
+        self.lines: dict[str, Line] = {}
+        self.notify = notify or _notifier()
+        self.uploader = Uploader(
+            self.client, self.spool, lambda: self.client_id, retry_min=0.2, retry_max=10.0
+        )
+        self.status = StatusReporter(
+            self.client, lambda: self.client_id, retry_min=0.2, retry_max=10.0
+        )
+        self.uploader.on_unknown_client = self._unknown_client
+        self.status.on_unknown_client = self._unknown_client
+        self.decided = 0
+        self.calls_started = 0
+        self._stopping = asyncio.Event()
+        self._renotify = asyncio.Event()
+        self._wake_dialer = asyncio.Event()
+        self._ready_sent = False
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._call_tasks: set[asyncio.Task[None]] = set()
+        self._on_reload: list[Callable[[], None]] = []
+        # the server frees an extension for its next number once the upload is in
+        self.uploader.on_uploaded = lambda _entry: self._wake_dialer.set()
+
+    # ---------------------------------------------------------------- public
+
+    def stop(self) -> None:
+        """Stop taking numbers and shut down (SIGTERM/SIGINT)."""
+        if not self._stopping.is_set():
+            log.info("stopping")
+            self._stopping.set()
+            self._wake_dialer.set()
+
+    def on_reload(self, fn: Callable[[], None]) -> None:
+        """Register something to redo on SIGHUP."""
+        self._on_reload.append(fn)
+
+    def reload(self) -> None:
+        """SIGHUP: run the reload hooks (template library, log level)."""
+        for fn in self._on_reload:
+            try:
+                fn()
+            except Exception as exc:  # a bad reload must not kill the daemon
+                log.error("reload_failed", error=f"{type(exc).__name__}: {exc}")
+        log.info("reloaded")
+
+    @property
+    def in_call(self) -> int:
+        return sum(1 for line in self.lines.values() if line.busy)
+
+    @property
+    def registered(self) -> int:
+        return sum(1 for line in self.lines.values() if line.registered and not line.retired)
+
+    def status_line(self) -> str:
+        """The systemd STATUS= text, e.g. "24/24 registered, 18 in call, 1,204 decided"."""
+        total = sum(1 for line in self.lines.values() if not line.retired)
+        return (
+            f"{self.registered}/{total} registered, {self.in_call} in call, "
+            f"{_fmt_int(self.decided)} decided"
+            + (f", {len(self.spool)} spooled" if len(self.spool) else "")
+        )
+
+    async def run(self) -> int:
+        """The whole life of the daemon; 0 after a clean stop."""
+        self.uploader.kick()  # replay what an earlier run left in the spool
+        self._tasks = [
+            asyncio.create_task(self.uploader.run(), name="uploader"),
+            asyncio.create_task(self.status.run(), name="status"),
+            asyncio.create_task(self._watchdog(), name="watchdog"),
+        ]
+        try:
+            while not self._stopping.is_set():
+                if not await self._start_session():
+                    break
+                session = [
+                    asyncio.create_task(self._dial_loop(), name="dial"),
+                    asyncio.create_task(self._heartbeat(), name="heartbeat"),
+                ]
+                stop_w = asyncio.create_task(self._stopping.wait())
+                renot_w = asyncio.create_task(self._renotify.wait())
+                await asyncio.wait([*session, stop_w, renot_w], return_when=asyncio.FIRST_COMPLETED)
+                for t in (*session, stop_w, renot_w):
+                    t.cancel()
+                for t in session:
+                    if t.done() and not t.cancelled() and t.exception() is not None:
+                        log.error("session_task_failed", task=t.get_name(), error=t.exception())
+                await asyncio.gather(*session, stop_w, renot_w, return_exceptions=True)
+                if self._renotify.is_set() and not self._stopping.is_set():
+                    log.warning("unknown_client", old_client_id=self.client_id)
+                    self.client_id = None
+        finally:
+            await self._shutdown()
+        return 0
+
+    # --------------------------------------------------------------- session
+
+    def _unknown_client(self) -> None:
+        if self.client_id is not None:
+            self._renotify.set()
+
+    async def _sleep_or_stop(self, seconds: float) -> bool:
+        """Sleep; True when a stop came meanwhile."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
+        return self._stopping.is_set()
+
+    async def _start_session(self) -> bool:
+        """/notify and /accounts with back-off; False when stopped meanwhile."""
+        self._renotify.clear()
+        delay = self.config.dialplan.poll_min
+        while not self._stopping.is_set():
+            try:
+                client_id = await self.client.notify()
+                accounts = await self.client.accounts(client_id, self.config.threads)
+            except (ServerUnavailable, UnknownClient) as exc:
+                log.warning("server_unavailable", step="notify", reason=str(exc), retry_in=delay)
+            except Exception as exc:  # a refused /notify or a surprise: retry, never die
+                log.error("session_start_failed", reason=f"{type(exc).__name__}: {exc}")
+            else:
+                self.client_id = client_id
+                log.info("session", client_id=client_id, accounts=len(accounts))
+                await self._adopt(accounts)
+                self.uploader.kick()
+                for line in self.lines.values():
+                    if not line.retired and line.known:
+                        self._report_line(line)
+                self._set_status()
+                asyncio.get_running_loop().call_later(READY_AFTER, self._ready_anyway)
+                return True
+            if await self._sleep_or_stop(delay):
+                return False
+            delay = min(delay * 2, max(self.config.dialplan.poll_max, 5.0))
+        return False
+
+    async def _adopt(self, accounts: list[Account]) -> None:
+        """Make the lines match a (new) lease; keep lines whose account is unchanged."""
+        wanted = {a.extension: a for a in accounts}
+        for ext, line in list(self.lines.items()):
+            acc = wanted.get(ext)
+            if acc is not None and _same_account(acc, line.account) and not line.retired:
+                continue
+            line.retired = True
+            if not line.busy:
+                await self._drop_line(line)
+        for ext, acc in wanted.items():
+            if ext in self.lines and not self.lines[ext].retired:
+                continue
+            if ext in self.lines:  # retired with a call in flight: wait for it
+                log.info("line_waits_for_call", extension=ext)
+                continue
+            await self._add_line(acc)
+
+    async def _add_line(self, account: Account) -> None:
+        backend = self.backend_factory(account)
+        line = Line(account, backend)
+        self.lines[account.extension] = line
+
+        def changed(registered: bool, reason: str) -> None:
+            self._line_changed(line, registered, reason)
+
+        try:
+            await backend.start(changed)
+        except Exception as exc:
+            log.error("line_start_failed", extension=account.extension, reason=str(exc))
+            changed(False, f"start failed: {exc}")
+
+    async def _drop_line(self, line: Line) -> None:
+        if self.lines.get(line.extension) is line:
+            del self.lines[line.extension]
+        try:
+            await line.backend.stop()
+        except Exception as exc:
+            log.warning("line_stop_failed", extension=line.extension, reason=str(exc))
+
+    def _line_changed(self, line: Line, registered: bool, reason: str) -> None:
+        was = line.registered
+        line.registered, line.reason, line.known = registered, reason, True
+        if was != registered:
+            log.info(
+                "registered" if registered else "unregistered",
+                extension=line.extension,
+                reason=reason,
+            )
+        if not line.retired:
+            self._report_line(line)
+        if registered:
+            self._wake_dialer.set()
+        if not self._ready_sent and self.lines and all(x.known for x in self.lines.values()):
+            self._ready_sent = True
+            self.notify("READY=1", f"STATUS={self.status_line()}")
+        self._set_status()
+
+    def _ready_anyway(self) -> None:
+        """READY=1 even if some registrations hang: the daemon works with the others."""
+        if not self._ready_sent and not self._stopping.is_set():
+            self._ready_sent = True
+            self.notify("READY=1", f"STATUS={self.status_line()}")
+
+    def _report_line(self, line: Line) -> None:
+        if line.busy and line.current is not None:
+            self.status.report(line.extension, "during", line.current.phone)
+        elif line.registered:
+            self.status.report(line.extension, "idle")
+        else:
+            self.status.report(line.extension, "unregistered")
+
+    def _set_status(self) -> None:
+        self.notify(f"STATUS={self.status_line()}")
+
+    async def _heartbeat(self) -> None:
+        """POST /heartbeat; and while we hold fewer accounts than `threads`, ask again
+        (after a restart the old lease is the server's to reclaim first)."""
+        while True:
+            await asyncio.sleep(self.config.heartbeat.interval)
+            client_id = self.client_id
+            if client_id is None:
+                continue
+            try:
+                await self.client.heartbeat(client_id)
+                active = sum(1 for line in self.lines.values() if not line.retired)
+                if active < self.config.threads:
+                    accounts = await self.client.accounts(client_id, self.config.threads)
+                    if len(accounts) > active:
+                        log.info("more_accounts", accounts=len(accounts), had=active)
+                        await self._adopt(accounts)
+                        self._set_status()
+            except UnknownClient:
+                self._unknown_client()
+            except Exception as exc:
+                log.info("heartbeat_failed", reason=str(exc))
+
+    async def _watchdog(self) -> None:
+        """WATCHDOG=1 at half the interval systemd asked for (a blocked loop misses it)."""
+        usec = os.environ.get("WATCHDOG_USEC")
+        pid = os.environ.get("WATCHDOG_PID")
+        if not usec or (pid and pid != str(os.getpid())):
+            return
+        try:
+            every = max(int(usec) / 2e6, 0.05)
+        except ValueError:
+            return
+        while True:
+            self.notify("WATCHDOG=1")
+            await asyncio.sleep(every)
+
+    # ------------------------------------------------------------ dial loop
+
+    async def _dial_loop(self) -> None:
+        delay = self.config.dialplan.poll_min
+        while not self._stopping.is_set():
+            self._start_pending()
+            client_id = self.client_id
+            if client_id is None:
+                return
+            if not any(self._free(line) for line in self.lines.values()):
+                # nothing to dial on; still ask now and then, since the server's view of
+                # our lines may differ from ours (a number it hands to a line that is not
+                # registered is kept on that line and reported)
+                await self._wait_dialer(self.config.dialplan.poll_max)
+                if self._stopping.is_set() or not self.lines:
+                    continue
+            try:
+                items = await self.client.dialplan(client_id)
+            except UnknownClient:
+                self._unknown_client()
+                return
+            except ServerUnavailable as exc:
+                log.info("dialplan_unavailable", reason=str(exc), retry_in=delay)
+                await self._wait_dialer(delay)
+                delay = min(delay * 2, self.config.dialplan.poll_max)
+                continue
+            except Exception as exc:
+                log.warning("dialplan_failed", reason=f"{type(exc).__name__}: {exc}")
+                await self._wait_dialer(delay)
+                delay = min(delay * 2, self.config.dialplan.poll_max)
+                continue
+            if not items:
+                woken = await self._wait_dialer(delay)
+                # a line freed or an upload accepted: ask again at once, no back-off
+                delay = (
+                    self.config.dialplan.poll_min
+                    if woken
+                    else min(delay * 2, self.config.dialplan.poll_max)
+                )
+                continue
+            delay = self.config.dialplan.poll_min
+            for item in items:
+                self._take(item)
+            self._start_pending()
+            # numbers came: ask again soon, sooner when a line frees up
+            await self._wait_dialer(self.config.dialplan.poll_min)
+
+    async def _wait_dialer(self, seconds: float) -> bool:
+        """Wait up to `seconds`; True when woken (a line freed, an upload went in)."""
+        woken = True
+        try:
+            await asyncio.wait_for(self._wake_dialer.wait(), timeout=seconds)
+        except TimeoutError:
+            woken = False
+        self._wake_dialer.clear()
+        return woken
+
+    def _free(self, line: Line) -> bool:
+        return line.registered and not line.busy and not line.retired
+
+    def _take(self, item: DialplanItem) -> None:
+        """Put a number on its line (kept there until the line can dial it)."""
+        line = self.lines.get(item.extension)
+        if line is None:
+            log.warning(
+                "dialplan_for_unknown_extension", extension=item.extension, phone=item.phone
+            )
+            return  # not ours: the server reclaims it
+        same = [
+            p
+            for p in ([line.current] if line.current else []) + line.pending
+            if p.phone == item.phone and p.dialplan_id == item.dialplan_id
+        ]
+        if same:
+            return  # handed again while we still hold it
+        line.pending.append(item)
+        if not line.registered:
+            log.warning(
+                "dialplan_for_unregistered_extension",
+                extension=item.extension,
+                phone=item.phone,
+                reason=line.reason,
+            )
+            self.status.report(line.extension, "unregistered")
+        elif line.busy:
+            log.info("dialplan_for_busy_extension", extension=item.extension, phone=item.phone)
+
+    def _start_pending(self) -> None:
+        if self._stopping.is_set():
+            return
+        for line in self.lines.values():
+            if line.pending and self._free(line):
+                item = line.pending.pop(0)
+                self._start_call(line, item)
+
+    def _start_call(self, line: Line, item: DialplanItem) -> None:
+        line.current = item
+        line.cancel = asyncio.Event()
+        self.calls_started += 1
+        task = asyncio.create_task(self._call(line, item), name=f"call-{line.extension}")
+        line.task = task
+        self._call_tasks.add(task)
+        task.add_done_callback(self._call_tasks.discard)
+
+    async def _call(self, line: Line, item: DialplanItem) -> None:
+        ext = line.extension
+        self.status.report(ext, "during", item.phone)
+        self._set_status()
+        record: CallRecord | None = None
+        try:
+            record = await line.backend.dial(
+                item, lambda: self.status.report(ext, "call", item.phone), line.cancel
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # our own failure (ports exhausted, a bug): still upload so the number ends
+            log.error("call_failed", extension=ext, phone=item.phone, error=repr(exc))
+            record = _failed_record(self.config, exc)
+        finally:
+            if record is not None:
+                await self._spool(line, item, record)
+            line.current = None
+            line.task = None
+            if line.retired:
+                asyncio.get_running_loop().create_task(self._drop_line(line))
+            elif not self._stopping.is_set():
+                self._report_line(line)
+            self._wake_dialer.set()
+            self._set_status()
+
+    async def _spool(self, line: Line, item: DialplanItem, record: CallRecord) -> None:
+        """The upload to disk (fsync'ed, off the loop) before anything else is told."""
+        fields: dict[str, Any] = {
+            "extensionNum": line.extension,
+            "phone": item.phone,
+            "dialplanId": item.dialplan_id or "",
+        }
+        fields.update(record.fields)
+        try:
+            await asyncio.to_thread(self.spool.put, record.wav, fields)
+        except OSError as exc:
+            # the disk is gone: keep the WAV where it is; the lease brings the number back
+            log.error("spool_failed", phone=item.phone, error=str(exc))
+            return
+        self.decided += 1
+        log.info(
+            "call_done",
+            extension=line.extension,
+            phone=item.phone,
+            local_verdict=record.verdict,
+            sip_code=fields.get("sipCode"),
+        )
+        if not self.config.recordings.keep:
+            with contextlib.suppress(OSError):
+                record.wav.unlink()
+        self.uploader.kick()
+
+    # -------------------------------------------------------------- shutdown
+
+    async def _shutdown(self) -> None:
+        self.notify("STOPPING=1", f"STATUS=stopping: {self.status_line()}")
+        for line in self.lines.values():
+            line.pending.clear()
+            line.cancel.set()
+        calls = list(self._call_tasks)
+        if calls:
+            log.info("cancelling_calls", calls=len(calls))
+            _done, late = await asyncio.wait(calls, timeout=CALL_STOP_WAIT)
+            for t in late:
+                t.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
+        # bounded wait for the uploads; what is left stays in the spool
+        deadline = time.monotonic() + UPLOAD_WAIT_ON_STOP
+        while len(self.spool) and time.monotonic() < deadline and self.client_id:
+            if await self.uploader.drain_once():
+                break
+            await asyncio.sleep(0.2)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.status.flush(), timeout=2.0)
+        for line in list(self.lines.values()):
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._drop_line(line), timeout=3.0)
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.client.close()
+        log.info("stopped", spooled=len(self.spool), decided=self.decided)
+
+
+def _failed_record(config: DaemonConfig, exc: BaseException) -> CallRecord:
+    """A zero-frame WAV and `failed` fields for a call we could not make."""
+    import soundfile as sf
+
+    folder = config.recordings.dir
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"failed-{time.time_ns()}.wav"
+    sf.write(str(path), [], 8000, subtype="PCM_16", format="WAV")
+    return CallRecord(
+        path,
+        {
+            "sipCode": "",
+            "sipReason": f"local failure: {type(exc).__name__}: {exc}"[:200],
+            "q850Cause": "",
+            "answered": 0,
+            "earlyMedia": 0,
+            "startedAt": int(time.time() * 1000),
+            "ringMs": 0,
+            "mediaMs": 0,
+            "localVerdict": "failed",
+            "localConfidence": 0.0,
+        },
+        "failed",
+    )
+
+
+# ------------------------------------------------------------- the SIP side
+
+
+TEST_RTP_DROP_ENV = "SIPCLIENT_TEST_RTP_DROP"
+"""Test hook: a fraction (0..1) of received RTP packets the media receiver drops."""
+
+
+class SipSide:
+    """The SIP stacks, the RTP port pool and the template library all lines share.
+
+    One UDP socket serves every extension (or one per extension with
+    `sip.socket_per_extension`); TCP gets one connection per PBX.
+    """
+
+    def __init__(self, config: DaemonConfig) -> None:
+        from sipclient.media.ports import PortPool
+
+        self.config = config
+        self._stacks: dict[tuple[str, str, int], Any] = {}
+        self._lock = asyncio.Lock()
+        bind_host = config.sip.bind.host
+        self.ports = PortPool(config.rtp.ports, host=bind_host)
+        self.library: Any = None
+        self.drop = _test_drop()
+
+    async def start(self) -> None:
+        """Load the template library (off the loop: it may build its index)."""
+        self.library = await asyncio.to_thread(_load_library, self.config)
+
+    def reload_library(self, config: DaemonConfig) -> None:
+        """SIGHUP: the template library again (calls in flight keep the old one)."""
+        self.library = _load_library(config)
+        log.info("library_reloaded", templates=len(self.library))
+
+    async def stack_for(self, transport: str, host: str, port: int, key: str) -> Any:
+        """The shared stack towards host:port (one per line when so configured)."""
+        from sipclient.agent.transport import open_stack
+
+        sip = self.config.sip
+        k = (transport, key if sip.socket_per_extension else "", 0)
+        if transport == "tcp":
+            k = (transport, f"{host}:{port}" + k[1], 0)
+        async with self._lock:
+            stack = self._stacks.get(k)
+            if stack is None:
+                stack = await open_stack(
+                    transport=transport,
+                    bind=sip.bind,
+                    remote=(host, port),
+                    t1=sip.t1,
+                    user_agent=sip.user_agent,
+                )
+                self._stacks[k] = stack
+            return stack
+
+    def backend(self, account: Account) -> SipLine:
+        """The `BackendFactory` of the daemon."""
+        return SipLine(self, account)
+
+    async def close(self) -> None:
+        for stack in self._stacks.values():
+            with contextlib.suppress(Exception):
+                await stack.close()
+        self._stacks.clear()
+
+
+def _load_library(config: DaemonConfig) -> Any:
+    from sipclient.classify.templates import TemplateLibrary
+
+    if config.classify.templates is not None:
+        return TemplateLibrary.load(config.classify.templates)
+    return TemplateLibrary.default()
+
+
+def _test_drop() -> float:
+    raw = os.environ.get(TEST_RTP_DROP_ENV, "")
+    try:
+        value = float(raw) if raw else 0.0
+    except ValueError:
+        value = 0.0
+    if value:
+        log.warning("test_rtp_drop_enabled", drop=value)
+    return min(max(value, 0.0), 1.0)
+
+
+class SipLine:
+    """One extension: a `UserAgent` registering, and its calls with media and classifier."""
+
+    def __init__(self, side: SipSide, account: Account) -> None:
+        self.side = side
+        self.account = account
+        self.ua: Any = None
+        self._registered = False
+        self._task: asyncio.Task[Any] | None = None
+
+    @property
+    def registered(self) -> bool:
+        return self._registered
+
+    def _target(self) -> tuple[str, int, str]:
+        from sipclient.config import HostPort
+
+        cfg = self.side.config
+        pbx = cfg.pbx.host
+        if self.account.host:
+            try:
+                pbx = HostPort.parse(self.account.host)
+            except ValueError:
+                log.warning("account_host_invalid", extension=self.account.extension)
+        transport = (self.account.transport or cfg.pbx.transport).lower()
+        if transport not in ("udp", "tcp"):
+            transport = cfg.pbx.transport
+        return pbx.host, pbx.port, transport
+
+    async def start(self, on_change: Callable[[bool, str], None]) -> None:
+        from sipclient.agent.useragent import Account as UaAccount
+        from sipclient.agent.useragent import UserAgent
+        from sipclient.config import HostPort
+
+        host, port, transport = self._target()
+        stack = await self.side.stack_for(transport, host, port, self.account.extension)
+        cfg = self.side.config
+        ua_account = UaAccount(
+            self.account.extension,
+            self.account.password,
+            HostPort(host, port),
+            transport,
+            self.account.domain or cfg.pbx.domain,
+        )
+
+        def changed(ua: Any) -> None:
+            state = ua.state
+            if state == "registered" and not self._registered:
+                self._registered = True
+                on_change(True, "")
+            elif state == "unregistered" and (self._registered or not ua.registered.is_set()):
+                self._registered = False
+                on_change(False, ua.reason or "not registered")
+
+        self.ua = UserAgent(
+            stack,
+            ua_account,
+            expires=cfg.sip.register_expires,
+            user_agent=cfg.sip.user_agent,
+            on_state=changed,
+        )
+        # the core keeps retrying after a failure; states arrive through `changed`
+        self._task = asyncio.create_task(self.ua.register(timeout=30.0))
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self.ua is not None:
+            await self.ua.stop(timeout=2.0)
+        self._registered = False
+
+    async def dial(
+        self, item: DialplanItem, on_answered: CallHooks, cancel: asyncio.Event
+    ) -> CallRecord:
+        return await _dial(self, item, on_answered, cancel)
+
+
+async def _dial(
+    line: SipLine, item: DialplanItem, on_answered: CallHooks, cancel: asyncio.Event
+) -> CallRecord:
+    """One call with its media, recording and streaming classifier (module docstring)."""
+    from sipclient.classify.decide import CallClassifier
+    from sipclient.classify.verdicts import Decision
+    from sipclient.media.frames import AudioFrame
+    from sipclient.media.recorder import Recorder
+    from sipclient.media.rtp import RtpReceiver, StreamOptions
+    from sipclient.media.stream import MediaFormat
+
+    side, cfg = line.side, line.side.config
+    loop = asyncio.get_running_loop()
+    lease = side.ports.allocate()  # PortsExhausted: the daemon records a local failure
+    ua = line.ua
+    local_ip = ua.stack.ep.local[0]
+    wav = cfg.recordings.dir / f"{line.account.extension}-{item.phone}-{time.time_ns()}.wav"
+    recorder = Recorder.from_settings(cfg.recordings, wav)
+    classifier = CallClassifier(side.library, no_rtp_wait_ms=int(cfg.rtp.no_rtp_wait * 1000))
+    state: dict[str, Any] = {"decision": None, "decided_at": None, "answered": False}
+    receiver: RtpReceiver | None = None
+    t0 = loop.time()
+
+    def at_ms() -> int:
+        return int((loop.time() - t0) * 1000)
+
+    def decided(d: Decision | None) -> None:
+        if d is None or state["decision"] is not None:
+            return
+        state["decision"], state["decided_at"] = d, loop.time()
+        log.debug("decided", phone=item.phone, verdict=d.verdict.value, at_ms=at_ms())
+        call.cancel(f"decided {d.verdict.value}")  # CANCEL, or BYE once answered
+
+    def sink(frame: AudioFrame) -> None:
+        recorder.feed(frame)
+        if state["decision"] is None:
+            decided(classifier.feed(frame.pcm))
+
+    async def media_started(info: Any) -> None:
+        nonlocal receiver
+        if info.remote_addr is None or info.codec is None or receiver is not None:
+            return
+        fmt = MediaFormat(info.codec, int(info.payload_type or 0))
+        options = StreamOptions(drop_fraction=side.drop, drop_seed=hash(item.phone) & 0xFFFF)
+        receiver = await RtpReceiver.open(lease, fmt, info.remote_addr, sink, options=options)
+
+    def provisional(_status: int) -> None:
+        decided(classifier.on_signalling(call.outcome.signalling(), at_ms()))
+
+    call = ua.call(
+        item.phone,
+        local_rtp=(local_ip, lease.port),
+        ring_timeout=cfg.sip.ring_timeout,
+        on_early_media=media_started,
+        on_provisional=provisional,
+    )
+    try:
+        await call.start()
+        limit = cfg.sip.ring_timeout + 64 * cfg.sip.t1 + 10.0
+        ended = asyncio.ensure_future(call.ended())
+        stop = asyncio.ensure_future(cancel.wait())
+        while not ended.done():
+            await asyncio.wait([ended, stop], timeout=0.1, return_when=asyncio.FIRST_COMPLETED)
+            if stop.done() and state["decision"] is None:
+                state["decision"] = "stopped"
+                call.cancel("daemon stopping")
+            if call.outcome.answered and not state["answered"]:
+                state["answered"] = True
+                on_answered()
+                decided(classifier.on_signalling(call.outcome.signalling(), at_ms()))
+            if state["decision"] is None:
+                decided(classifier.tick(at_ms()))
+            if loop.time() - t0 > limit:
+                log.warning("call_stuck", phone=item.phone)
+                call.hangup()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(ended), 5.0)
+                break
+        stop.cancel()
+        outcome = ended.result() if ended.done() else call.outcome
+    finally:
+        if receiver is not None:
+            await receiver.close()
+        else:
+            lease.release()
+    result = await asyncio.to_thread(recorder.close)
+    sig = outcome.signalling()
+    final = classifier.finish(sig)
+    times = outcome.times
+    invite = times.invite or time.time()
+    ring_end = times.answer or times.end or time.time()
+    decided_ms = final.decided_ms
+    fields: dict[str, Any] = {
+        "sipCode": "" if outcome.sip_code is None else outcome.sip_code,
+        "sipReason": outcome.reason or "",
+        "q850Cause": "" if outcome.q850_cause is None else outcome.q850_cause,
+        "answered": int(bool(outcome.answered)),
+        "earlyMedia": int(bool(outcome.early_media)),
+        "startedAt": int(invite * 1000),
+        "ringMs": max(0, int((ring_end - invite) * 1000)),
+        "mediaMs": result.frames * 1000 // 8000,
+        # (ext) beyond PROTOCOL.md's list, read by the embedded server: without them a
+        # 487 after our own CANCEL reads as "not ours" there
+        "ringing": int(bool(outcome.ringing)),
+        "cancelledByUs": int(bool(outcome.cancelled_by_us)),
+        "localVerdict": final.verdict.value,
+        "localConfidence": round(final.confidence, 3),
+    }
+    log.info(
+        "call_classified",
+        phone=item.phone,
+        verdict=final.verdict.value,
+        evidence=final.evidence.get("kind"),
+        decided_ms=decided_ms,
+        media_ms=fields["mediaMs"],
+        sip_code=outcome.sip_code,
+        call_ms=int((loop.time() - t0) * 1000),
+    )
+    return CallRecord(result.path, fields, final.verdict.value)
+
+
+# ----------------------------------------------------------------- entry
+
+
+async def _amain(config: DaemonConfig, config_path: Path | None) -> int:
+    loop = asyncio.get_running_loop()
+    stack = SipSide(config)
+    await stack.start()
+    daemon = Daemon(config, stack.backend)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, daemon.stop)
+
+    def reload_config() -> None:
+        if config_path is None:
+            return
+        fresh = load_config(DaemonConfig, config_path)
+        configure(fresh.log.level, fresh.log.format)
+        stack.reload_library(fresh)
+
+    daemon.on_reload(reload_config)
+    loop.add_signal_handler(signal.SIGHUP, daemon.reload)
+    try:
+        return await daemon.run()
+    finally:
+        await stack.close()
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+
+
+def run_main(args: argparse.Namespace, config: DaemonConfig) -> int:
+    """Entry of `sipclient run --config FILE`."""
+    configure(config.log.level, config.log.format)
+    config.recordings.dir.mkdir(parents=True, exist_ok=True)
+    config.spool.dir.mkdir(parents=True, exist_ok=True)
+    return asyncio.run(_amain(config, getattr(args, "config", None)))

@@ -1,0 +1,421 @@
+"""The daemon's side of the 001 API against the REAL embedded server over a socket.
+
+The control client, the uploader and the status reporter talk to
+`sipclient.server.app.create_app` served by aiohttp on a free loopback port
+with a real SQLite file; the server is stopped and started again on the same
+port to play "server down". The `Daemon` control loop runs with a small
+in-test line backend (a stand-in for the SIP side: one class under test, the
+server is real) so its bookkeeping is checked without SIP: every number ends
+exactly once, the spool drains, an unregistered extension keeps its number,
+an unknown clientId makes it start over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import soundfile as sf
+from aiohttp import web
+
+from sipclient.agent.control import (
+    Account,
+    ControlClient,
+    DialplanItem,
+    Refused,
+    ServerUnavailable,
+    StatusReporter,
+    UnknownClient,
+    Uploader,
+)
+from sipclient.agent.daemon import CallRecord, Daemon
+from sipclient.agent.spool import Spool
+from sipclient.config import (
+    DaemonConfig,
+    DialplanSettings,
+    HeartbeatSettings,
+    HostPort,
+    LeaseSettings,
+    RecordingSettings,
+    ServerConfig,
+    ServerLink,
+    ServerRecordingSettings,
+    SpoolSettings,
+)
+from sipclient.lab.ports import free_port
+from sipclient.server.app import create_app
+
+
+class LiveServer:
+    """The embedded server on 127.0.0.1:port; `stop()` / `start()` keep port and DB."""
+
+    def __init__(self, folder: Path, db_name: str = "server.db") -> None:
+        self.folder = folder
+        self.port = free_port()
+        self.db_name = db_name
+        self.runner: web.AppRunner | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def config(self) -> ServerConfig:
+        return ServerConfig(
+            listen=HostPort("127.0.0.1", self.port),
+            database=f"sqlite:///{self.folder / self.db_name}",
+            recordings=ServerRecordingSettings(self.folder / "recordings"),
+            leases=LeaseSettings(client_timeout=30.0, number_timeout=60.0, sweep_interval=1.0),
+        )
+
+    async def start(self) -> None:
+        self.runner = web.AppRunner(create_app(self.config()), access_log=None)
+        await self.runner.setup()
+        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+            self.runner = None
+
+    async def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        async with aiohttp.ClientSession() as s, s.post(self.url + path, json=body) as r:
+            data: dict[str, Any] = await r.json()
+            assert data["code"] == 200, data
+            return data["data"]  # type: ignore[no-any-return]
+
+    async def get(self, path: str) -> dict[str, Any]:
+        async with aiohttp.ClientSession() as s, s.get(self.url + path) as r:
+            data: dict[str, Any] = await r.json()
+            return data
+
+    async def push(self, extensions: list[str], phones: list[str]) -> int:
+        await self.post(
+            "/api/account",
+            {"account": [{"host": "127.0.0.1:5999", "name": e, "pwd": "pw"} for e in extensions]},
+        )
+        data = await self.post(
+            "/api/dialplan", {"phone": phones, "return_url": "http://127.0.0.1:9/none"}
+        )
+        return int(data["task_id"])
+
+    async def task(self, task_id: int) -> dict[str, Any]:
+        body = await self.get(f"/api/tasks/{task_id}")
+        return body["data"]  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+async def server(tmp_path: Path) -> AsyncIterator[LiveServer]:
+    srv = LiveServer(tmp_path / "server")
+    srv.folder.mkdir()
+    await srv.start()
+    try:
+        yield srv
+    finally:
+        await srv.stop()
+
+
+def _wav(path: Path) -> Path:
+    sf.write(str(path), [], 8000, subtype="PCM_16", format="WAV")
+    return path
+
+
+def _fields(**extra: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "sipCode": 404,
+        "sipReason": "Not Found",
+        "q850Cause": 1,
+        "answered": 0,
+        "earlyMedia": 0,
+        "startedAt": 1,
+        "ringMs": 0,
+        "mediaMs": 0,
+        "localVerdict": "empty",
+        "localConfidence": 0.9,
+    }
+    base.update(extra)
+    return base
+
+
+async def _wait(pred: Callable[[], Any], timeout: float = 10.0) -> None:
+    """Until `pred()` (or the awaitable it returns) is true."""
+    async with asyncio.timeout(timeout):
+        while True:
+            value = pred()
+            if inspect.isawaitable(value):
+                value = await value
+            if value:
+                return
+            await asyncio.sleep(0.05)
+
+
+# ------------------------------------------------------------ control client
+
+
+async def test_control_client_leases_uploads_and_the_spool_empties(
+    server: LiveServer, tmp_path: Path
+) -> None:
+    task_id = await server.push(["2001"], ["13800000001"])
+    client = ControlClient(server.url)
+    try:
+        cid = await client.notify()
+        accounts = await client.accounts(cid, 4)
+        assert [a.extension for a in accounts] == ["2001"]
+        assert accounts[0].host == "127.0.0.1:5999"
+        plans = await client.dialplan(cid)
+        assert [(p.extension, p.phone) for p in plans] == [("2001", "13800000001")]
+        await client.status(cid, "during", "2001", "13800000001")
+        await client.heartbeat(cid)
+        spool = Spool(tmp_path / "spool")
+        spool.put(
+            _wav(tmp_path / "a.wav"),
+            {"extensionNum": "2001", "phone": "13800000001", "dialplanId": plans[0].dialplan_id}
+            | _fields(),
+        )
+        uploader = Uploader(client, spool, lambda: cid)
+        assert await uploader.drain_once()
+        assert len(spool) == 0 and uploader.uploaded == 1
+        task = await server.task(task_id)
+        assert task["dialplans"][0]["status"] == "finish"
+        assert task["dialplans"][0]["result"] == "empty"
+        # the same upload again is refused for good (already finished), not retried
+        spool.put(
+            _wav(tmp_path / "b.wav"),
+            {"extensionNum": "2001", "phone": "13800000001", "dialplanId": plans[0].dialplan_id}
+            | _fields(),
+        )
+        assert await uploader.drain_once()
+        assert uploader.refused == 1 and len(spool) == 0
+        assert len(list((spool.folder / "refused").glob("*.json"))) == 1
+    finally:
+        await client.close()
+
+
+async def test_unknown_client_id_raises_unknown_client(server: LiveServer) -> None:
+    client = ControlClient(server.url)
+    try:
+        with pytest.raises(UnknownClient):
+            await client.dialplan("no-such-client")
+        with pytest.raises(UnknownClient):
+            await client.heartbeat("no-such-client")
+        cid = await client.notify()
+        # an extension not leased to us is a refusal, not "who are you?"
+        with pytest.raises(Refused):
+            await client.status(cid, "idle", "9999")
+    finally:
+        await client.close()
+
+
+async def test_server_down_spools_then_drains_when_back(server: LiveServer, tmp_path: Path) -> None:
+    task_id = await server.push(["2001", "2002"], ["1", "2"])
+    client = ControlClient(server.url, timeout=2.0)
+    try:
+        cid = await client.notify()
+        await client.accounts(cid, 2)
+        plans = await client.dialplan(cid)
+        assert len(plans) == 2
+        await server.stop()
+        spool = Spool(tmp_path / "spool")
+        uploader = Uploader(client, spool, lambda: cid, retry_min=0.05, retry_max=0.2)
+        reporter = StatusReporter(client, lambda: cid, retry_min=0.05, retry_max=0.2)
+        for i, p in enumerate(plans):
+            spool.put(
+                _wav(tmp_path / f"{i}.wav"),
+                {"extensionNum": p.extension, "phone": p.phone, "dialplanId": p.dialplan_id}
+                | _fields(),
+            )
+            reporter.report(p.extension, "during", p.phone)
+            reporter.report(p.extension, "idle")
+        with pytest.raises(ServerUnavailable):
+            await client.heartbeat(cid)
+        tasks = [asyncio.create_task(uploader.run()), asyncio.create_task(reporter.run())]
+        uploader.kick()
+        await asyncio.sleep(0.5)
+        assert len(spool) == 2 and reporter.pending == 2  # nothing lost, nothing sent
+        await server.start()
+        uploader.kick()
+        await _wait(lambda: len(spool) == 0 and reporter.pending == 0)
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        assert reporter.sent == 2  # coalesced: one /status per extension
+        task = await server.task(task_id)
+        assert sorted(d["status"] for d in task["dialplans"]) == ["finish", "finish"]
+    finally:
+        await client.close()
+
+
+# ------------------------------------------------------------------ daemon
+
+
+class FakeLine:
+    """The SIP side of one extension, reduced to what the control loop needs."""
+
+    def __init__(self, account: Account, folder: Path, world: FakeWorld) -> None:
+        self.account = account
+        self.folder = folder
+        self.world = world
+        self._registered = False
+        self.on_change: Callable[[bool, str], None] | None = None
+        self.stopped = False
+
+    @property
+    def registered(self) -> bool:
+        return self._registered
+
+    def set_registered(self, value: bool) -> None:
+        self._registered = value
+        if self.on_change is not None:
+            self.on_change(value, "" if value else "test says no")
+
+    async def start(self, on_change: Callable[[bool, str], None]) -> None:
+        self.on_change = on_change
+        if self.account.extension not in self.world.refuse:
+            self.set_registered(True)
+        # else: still registering (no answer yet), as a UA behind a slow registrar
+
+    async def dial(
+        self, item: DialplanItem, on_answered: Callable[[], None], cancel: asyncio.Event
+    ) -> CallRecord:
+        self.world.dialled.append(item.phone)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(cancel.wait(), timeout=self.world.call_seconds)
+        wav = _wav(self.folder / f"{item.phone}-{len(self.world.dialled)}.wav")
+        return CallRecord(wav, _fields(), "empty")
+
+    async def stop(self) -> None:
+        self.stopped = True
+
+
+class FakeWorld:
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.lines: dict[str, FakeLine] = {}
+        self.dialled: list[str] = []
+        self.refuse: set[str] = set()
+        self.call_seconds = 0.05
+
+    def factory(self, account: Account) -> FakeLine:
+        line = FakeLine(account, self.folder, self)
+        self.lines[account.extension] = line
+        return line
+
+
+def _daemon_config(tmp_path: Path, server: LiveServer, threads: int) -> DaemonConfig:
+    return DaemonConfig(
+        server=ServerLink(server.url, timeout=2.0),
+        threads=threads,
+        recordings=RecordingSettings(dir=tmp_path / "rec"),
+        spool=SpoolSettings(tmp_path / "spool"),
+        heartbeat=HeartbeatSettings(0.5),
+        dialplan=DialplanSettings(poll_min=0.05, poll_max=0.2),
+    )
+
+
+async def _finished(server: LiveServer, task_id: int) -> bool:
+    task = await server.task(task_id)
+    return all(d["status"] == "finish" for d in task["dialplans"])
+
+
+async def test_daemon_dials_every_number_once_and_stops_cleanly(
+    server: LiveServer, tmp_path: Path
+) -> None:
+    phones = [f"1380000{i:04d}" for i in range(9)]
+    task_id = await server.push(["2001", "2002", "2003"], phones)
+    world = FakeWorld(tmp_path)
+    (tmp_path / "rec").mkdir()
+    notes: list[str] = []
+    daemon = Daemon(
+        _daemon_config(tmp_path, server, 3),
+        world.factory,
+        notify=lambda *lines: notes.extend(lines) or True,
+    )
+    run = asyncio.create_task(daemon.run())
+    await _wait(lambda: _finished(server, task_id), timeout=20)
+    daemon.stop()
+    assert await asyncio.wait_for(run, 15) == 0
+    assert sorted(world.dialled) == phones
+    assert len(daemon.spool) == 0
+    assert daemon.decided == 9
+    assert all(line.stopped for line in world.lines.values())
+    assert "READY=1" in notes and "STOPPING=1" in notes
+    assert any(n.startswith("STATUS=3/3 registered") for n in notes)
+    task = await server.task(task_id)
+    assert {d["result"] for d in task["dialplans"]} == {"empty"}
+
+
+async def test_a_number_for_an_unregistered_extension_is_kept_and_dialled_later(
+    server: LiveServer, tmp_path: Path
+) -> None:
+    task_id = await server.push(["2001"], ["555"])
+    world = FakeWorld(tmp_path)
+    world.refuse = {"2001"}
+    (tmp_path / "rec").mkdir()
+    daemon = Daemon(_daemon_config(tmp_path, server, 1), world.factory, notify=lambda *a: True)
+    run = asyncio.create_task(daemon.run())
+    try:
+        await _wait(lambda: "2001" in world.lines)
+        await asyncio.sleep(1.0)
+        assert world.dialled == []
+        assert [p.phone for p in daemon.lines["2001"].pending] == ["555"]
+        world.lines["2001"].set_registered(True)
+        await _wait(lambda: _finished(server, task_id))
+        assert world.dialled == ["555"]
+    finally:
+        daemon.stop()
+        assert await asyncio.wait_for(run, 15) == 0
+
+
+async def test_unknown_client_starts_over_and_the_call_in_flight_still_uploads(
+    server: LiveServer, tmp_path: Path
+) -> None:
+    task_id = await server.push(["2001"], ["777"])
+    world = FakeWorld(tmp_path)
+    world.call_seconds = 3.0
+    (tmp_path / "rec").mkdir()
+    daemon = Daemon(_daemon_config(tmp_path, server, 1), world.factory, notify=lambda *a: True)
+    run = asyncio.create_task(daemon.run())
+    try:
+        await _wait(lambda: world.dialled == ["777"])
+        first_id = daemon.client_id
+        # the server forgets us: a fresh database on the same port
+        await server.stop()
+        server.db_name = "fresh.db"
+        await server.start()
+        task2 = await server.push(["2001"], ["888"])
+        await _wait(lambda: daemon.client_id not in (None, first_id), timeout=15)
+        await _wait(lambda: _finished(server, task2), timeout=20)
+        assert world.dialled == ["777", "888"]
+        # 777's upload went out under the new id and was refused by the new server
+        # (it never handed out 777): kept aside, not lost, not retried forever
+        await _wait(lambda: daemon.uploader.refused == 1)
+    finally:
+        daemon.stop()
+        assert await asyncio.wait_for(run, 15) == 0
+    del task_id
+
+
+async def test_watchdog_pings_come_from_the_loop_when_systemd_asks(
+    server: LiveServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WATCHDOG_USEC", "100000")  # 0.1 s: a ping every 0.05 s
+    monkeypatch.delenv("WATCHDOG_PID", raising=False)
+    await server.push(["2001"], ["100"])
+    world = FakeWorld(tmp_path)
+    (tmp_path / "rec").mkdir()
+    notes: list[str] = []
+    daemon = Daemon(
+        _daemon_config(tmp_path, server, 1),
+        world.factory,
+        notify=lambda *lines: notes.extend(lines) or True,
+    )
+    run = asyncio.create_task(daemon.run())
+    await asyncio.sleep(0.5)
+    daemon.stop()
+    assert await asyncio.wait_for(run, 15) == 0
+    assert notes.count("WATCHDOG=1") >= 3

@@ -1,0 +1,1 @@
+"""End-to-end tests: server, daemon, kamailio and sipp carriers on loopback."""

@@ -1,0 +1,183 @@
+"""The whole system on loopback: every verdict class, a daemon killed -9, the server away,
+kamailio restarted, 5 % RTP loss. Numbers are few and timeouts short (see conftest)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import json
+import signal
+from collections.abc import Callable
+
+import pytest
+
+from sipclient.demo import CARRIERS, World, carrier_for, numbers_for
+
+pytestmark = pytest.mark.peers
+
+FAST = tuple(c for c in CARRIERS if c.name in {"empty_404_cause1", "busy_486", "unreachable_480"})
+MEDIA = tuple(
+    c for c in CARRIERS if c.name in {"empty_announcement", "busy_tone", "ringing_ringback"}
+)
+
+
+def _wrong(world: World, phones: list[str]) -> list[tuple[str, str, str]]:
+    out = []
+    for p in phones:
+        c = carrier_for(p, world.options.carriers)
+        assert c is not None
+        got = world.receiver.verdicts.results[p][0]
+        if got != c.expected and got not in c.also_ok:
+            out.append((p, c.name, got))
+    return out
+
+
+async def _run(world: World, phones: list[str], timeout: float) -> None:
+    await world.push_numbers(phones)
+    done = await world.wait_for(phones, timeout)
+    missing = sorted(set(phones) - set(world.receiver.verdicts.results))
+    assert done, f"no verdict for {missing}"
+
+
+async def test_every_verdict_class_arrives_at_the_return_url(
+    make_world: Callable[..., World],
+) -> None:
+    world = make_world(lines=len(CARRIERS))
+    await world.start()
+    phones = numbers_for(len(CARRIERS))
+    await _run(world, phones, 90)
+    assert _wrong(world, phones) == []
+    got = {world.receiver.verdicts.results[p][0] for p in phones}
+    assert {"empty", "busy", "ringing", "powered_off", "unreachable", "failed"} <= got
+    assert all(n == 1 for n in world.receiver.verdicts.deliveries.values())
+
+
+async def test_kill_9_mid_call_and_restart_every_number_finishes_once(
+    make_world: Callable[..., World],
+) -> None:
+    world = make_world(lines=3, carriers=MEDIA + FAST)
+    await world.start()
+    phones = numbers_for(9, world.options.carriers)
+    await world.push_numbers(phones)
+    # wait until calls are in flight (a carrier saw an INVITE), then kill -9
+    async with asyncio.timeout(30):
+        while not any(
+            s.messages() and any(m.method == "INVITE" for m in s.messages())
+            for s in world.carriers.values()
+        ):
+            await asyncio.sleep(0.1)
+    await asyncio.sleep(0.5)
+    world.kill_daemon()
+    await asyncio.sleep(1.0)
+    world.start_daemon()
+    assert await world.wait_for(phones, 120), sorted(
+        set(phones) - set(world.receiver.verdicts.results)
+    )
+    assert world.receiver.verdicts.duplicates == []
+    assert all(world.receiver.verdicts.deliveries[p] == 1 for p in phones)
+    assert _wrong(world, phones) == []
+
+
+async def test_server_away_mid_run_nothing_is_lost_and_the_spool_drains(
+    make_world: Callable[..., World],
+) -> None:
+    world = make_world(lines=3, carriers=FAST + MEDIA)
+    await world.start()
+    phones = numbers_for(8, world.options.carriers)
+    await world.push_numbers(phones)
+    async with asyncio.timeout(30):
+        while not any(m.method == "INVITE" for s in world.carriers.values() for m in s.messages()):
+            await asyncio.sleep(0.1)
+    await asyncio.to_thread(world.stop_server)
+    spool = world.workdir / "daemon" / "spool"
+    # calls in flight end meanwhile: their uploads wait in the spool
+    async with asyncio.timeout(40):
+        while not list(spool.glob("*.json")):
+            await asyncio.sleep(0.2)
+    await asyncio.sleep(3.0)
+    await asyncio.to_thread(world.start_server)
+    assert await world.wait_for(phones, 120), sorted(
+        set(phones) - set(world.receiver.verdicts.results)
+    )
+    async with asyncio.timeout(20):
+        while list(spool.glob("*.json")):
+            await asyncio.sleep(0.2)
+    assert _wrong(world, phones) == []
+    assert world.receiver.verdicts.duplicates == []
+
+
+def _registrations_since(world: World, since: str) -> set[str]:
+    """Extensions the user agents logged as registered at or after `since` (ISO time)."""
+    out = set()
+    log = (world.workdir / "daemon" / "daemon.log").read_text(errors="replace")
+    for line in log.splitlines():
+        if not line.startswith("{"):
+            continue
+        event = json.loads(line)
+        fresh = event.get("timestamp", "") >= since
+        if event.get("event") == "registered" and event.get("expires") is not None and fresh:
+            out.add(str(event.get("extension")))
+    return out
+
+
+async def test_kamailio_restarted_extensions_register_again_and_dialling_resumes(
+    make_world: Callable[..., World],
+) -> None:
+    world = make_world(lines=2, carriers=FAST, register_expires=30)
+    await world.start()
+    first = numbers_for(3, FAST)
+    await _run(world, first, 60)
+    await asyncio.to_thread(world.restart_kamailio)
+    restarted = datetime.datetime.now().isoformat()
+    second = [f"{c.prefix}9{i:03d}" for i, c in enumerate(FAST)]
+    await _run(world, second, 90)
+    assert _wrong(world, first + second) == []
+    # the new kamailio knows nothing of us until the refresh: both register again
+    async with asyncio.timeout(60):
+        while _registrations_since(world, restarted) != set(world.extensions):
+            await asyncio.sleep(0.5)
+
+
+async def test_five_percent_rtp_loss_still_gives_the_right_verdicts(
+    make_world: Callable[..., World],
+) -> None:
+    world = make_world(lines=3, carriers=MEDIA, daemon_env={"SIPCLIENT_TEST_RTP_DROP": "0.05"})
+    await world.start()
+    phones = numbers_for(6, MEDIA)
+    await _run(world, phones, 90)
+    assert _wrong(world, phones) == []
+    log = (world.workdir / "daemon" / "daemon.log").read_text(errors="replace")
+    closed = [json.loads(x) for x in log.splitlines() if '"rtp_closed"' in x]
+    received = sum(e["packets"] + e["test_dropped"] for e in closed)
+    dropped = sum(e["test_dropped"] for e in closed)
+    assert received > 0 and 0.02 < dropped / received < 0.10
+
+
+async def test_sighup_reloads_and_sigterm_mid_call_exits_0_losing_nothing(
+    make_world: Callable[..., World],
+) -> None:
+    world = make_world(lines=3, carriers=MEDIA)
+    await world.start()
+    assert world.daemon is not None
+    log = world.workdir / "daemon" / "daemon.log"
+    async with asyncio.timeout(20):
+        while '"registered"' not in log.read_text(errors="replace"):
+            await asyncio.sleep(0.1)
+    world.daemon.send_signal(signal.SIGHUP)
+    async with asyncio.timeout(20):
+        while '"reloaded"' not in log.read_text(errors="replace"):
+            await asyncio.sleep(0.1)
+    phones = numbers_for(6, MEDIA)
+    await world.push_numbers(phones)
+    async with asyncio.timeout(30):
+        while not any(m.method == "INVITE" for s in world.carriers.values() for m in s.messages()):
+            await asyncio.sleep(0.05)
+    # SIGTERM while calls ring: they are cancelled, uploaded, and the daemon exits 0
+    assert await asyncio.to_thread(world.stop_daemon) == 0
+    text = log.read_text(errors="replace")
+    assert '"stopped"' in text and '"spooled": 0' in text
+    world.start_daemon()
+    assert await world.wait_for(phones, 90), sorted(
+        set(phones) - set(world.receiver.verdicts.results)
+    )
+    assert all(world.receiver.verdicts.deliveries[p] == 1 for p in phones)
