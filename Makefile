@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 DEB_PEERS := sip-tester kamailio espeak-ng sox libsndfile1
 PEER_CMDS := sipp kamailio espeak-ng sox
 
-.PHONY: install deps test lint demo bench clean
+.PHONY: install deps test lint demo bench corpus bench-classify library clean
 
 install: deps $(STAMP)
 
@@ -36,8 +36,23 @@ lint: install
 demo: install
 	$(BIN)/sipclient demo
 
+# Benchmarks print figures and write them to bench/out/; they never fail on a time.
 bench: install
 	$(BIN)/python bench/server_leases.py
+	$(BIN)/python bench/sip_parse.py
+	$(BIN)/python bench/registrations.py
+	$(BIN)/python bench/calls.py
+	$(BIN)/python bench/rtp.py
+	$(BIN)/python bench/e2e.py --lines 24
+
+corpus: install
+	$(BIN)/python bench/corpus/make.py --out bench/corpus/out
+
+bench-classify: corpus
+	$(BIN)/python bench/classify.py
+
+library: corpus
+	$(BIN)/python bench/corpus/build_library.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

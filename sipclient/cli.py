@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("files", nargs="+", type=Path, metavar="FILE.wav")
     p.add_argument("--sip-code", type=int, default=None, metavar="N")
     p.add_argument("--q850", type=int, default=None, metavar="N")
+    p.add_argument(
+        "--ringing", action="store_true", help="a 180 came (colour ring-back counts as ringing)"
+    )
     p.add_argument("--templates", type=Path, default=None, help="template library folder")
     p.set_defaults(entry="sipclient.classify.cli:classify_main", config_cls=None)
 

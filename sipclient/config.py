@@ -173,6 +173,8 @@ class DialplanSettings:
 class ClassifySettings:
     templates: Path | None = None
     """Folder of the template library; none means the library shipped with the package."""
+    unknown_store: Path | None = None
+    """Folder where unmatched announcements are kept (`sipclient templates unknown --store`)."""
 
 
 @dataclass(frozen=True)

@@ -32,8 +32,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import structlog
-
 from sipclient.agent.call import Call, CallOutcome, MediaInfo
 from sipclient.agent.transport import SipStack, open_stack
 from sipclient.agent.useragent import Account, UserAgent
@@ -234,9 +232,9 @@ async def _dial(args: argparse.Namespace, config: DaemonConfig, account: Account
 
 def dial_main(args: argparse.Namespace, config: DaemonConfig) -> int:
     """Entry point of `sipclient dial` (see the module docstring)."""
-    configure(config.log.level, "json" if config.log.format == "json" else "console")
     # stdout carries the one JSON object: every log line goes to stderr
-    structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=sys.stderr))
+    fmt = "json" if config.log.format == "json" else "console"
+    configure(config.log.level, fmt, stream=sys.stderr)
     try:
         account = Account.parse(args.account, transport=args.transport)
         HostPort.parse(args.bind, allow_zero=True)
