@@ -25,18 +25,24 @@ Events (frozen dataclasses, named as facts; drained with the endpoint's
 
 Rules kept here: CANCEL only once a provisional arrived (§9.1; asked before,
 it is remembered and sent on the first 1xx, or the call simply ends if a
-final comes first); early dialogs per To tag (forking), confirmed by the
-first 2xx, every other 2xx ACKed and BYEd; 2xx retransmissions re-ACKed;
-the ring timeout CANCELs at `ring_timeout` after the INVITE; the Q.850 cause
-of a Reason header in any response is kept (the latest wins).
+final comes first); the call is the first 2xx's dialog, every other 2xx
+ACKed and BYEd; 2xx retransmissions re-ACKed; the ring timeout CANCELs at
+`ring_timeout` after the INVITE; the Q.850 cause of a Reason header in any
+response is kept (the latest wins). The dialogs themselves (early per To tag
+when the call forks, route set, remote target, CSeq numbering, in-dialog
+requests) are `sipclient.sip.dialog`'s: one `DialogSet` per INVITE sent (a
+retry after a challenge has its own CSeq, so its own dialogs). A request
+from the far end is answered in its dialog (481 outside any, 500 when its
+CSeq goes backwards, §12.2.2).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 
 from sipclient.sip.auth import AuthError, DigestClient, DigestCredentials
+from sipclient.sip.dialog import Dialog, DialogError, DialogSet
 from sipclient.sip.endpoint import Addr, ClientTransaction, Endpoint, uri_addr
 from sipclient.sip.message import (
     URI,
@@ -128,16 +134,6 @@ class SessionSpec:
     display_name: str = ""
 
 
-@dataclass
-class _Leg:
-    """An early or confirmed dialog with one far end (one To tag)."""
-
-    remote_tag: str
-    remote_target: URI
-    route_set: list[str] = field(default_factory=list)
-    remote_uri_hdr: str = ""
-
-
 def _is_sdp(resp: Response) -> bool:
     ctype = resp.headers.get("Content-Type") or ""
     return bool(resp.body) and ctype.split(";")[0].strip().lower() == "application/sdp"
@@ -152,7 +148,7 @@ class InviteSession:
         self.call_id = make_call_id(endpoint.rng, endpoint.local[0])
         self.local_tag = make_tag(endpoint.rng)
         self.state = SessionState.IDLE
-        self.cseq = 0
+        self.cseq = 0  # of the latest INVITE; in-dialog requests count in their dialog
         self.final_status: int | None = None
         self.final_reason = ""
         self.q850: int | None = None
@@ -160,15 +156,15 @@ class InviteSession:
         self._auth = DigestClient(spec.credentials, endpoint.rng) if spec.credentials else None
         self._invite_tx: ClientTransaction | None = None
         self._invite: Request | None = None
-        self._legs: dict[str, _Leg] = {}
-        self._confirmed: _Leg | None = None
-        self._acks: dict[str, Request] = {}  # remote tag -> ACK sent for its 2xx
+        self._dialog_sets: dict[int, DialogSet] = {}  # INVITE CSeq -> the dialogs it made
+        self._call: Dialog | None = None  # the dialog of the first 2xx: our call
+        # (INVITE CSeq, remote tag) -> the ACK sent for that 2xx and where it went
+        self._acks: dict[tuple[int, str], tuple[Request, Addr]] = {}
         self._cancel_wanted: str | None = None  # why, when not sent yet
         self._cancel_sent = False
         self._got_provisional = False
         self._ring_at: float | None = None
         self._give_up_at: float | None = None  # no final after CANCEL / no BYE answer
-        self._ending_why = ""
 
     # ------------------------------------------------------------------ API
 
@@ -238,6 +234,7 @@ class InviteSession:
         if self._auth is not None:
             self._auth.sign(req)
         self._invite = req
+        self._dialog_sets[self.cseq] = DialogSet(req)
         self.state = SessionState.CALLING
         self._got_provisional = False
         self._invite_tx = self.endpoint.start_transaction(req, self.spec.proxy, self, now)
@@ -252,55 +249,47 @@ class InviteSession:
         req.headers.add("User-Agent", self.spec.user_agent)
         self.endpoint.start_transaction(req, self.spec.proxy, self, now)
         self.state = SessionState.ENDING
-        self._ending_why = why
         # §9.1: no final response 64*T1 after the CANCEL -> consider the INVITE done
         self._give_up_at = now + 64 * self.endpoint.t1
         self.endpoint.emit(self, CancelSent(now, why))
 
-    def _in_dialog(self, method: str, leg: _Leg, cseq: int, branch: str) -> Request:
-        req = Request(method, leg.remote_target)
-        req.headers.add("Via", self.endpoint.via(branch))
-        req.headers.add("Max-Forwards", "70")
-        assert self._invite is not None
-        req.headers.add("From", self._invite.headers.get("From") or "")
-        to = Address.parse(self._invite.headers.get("To") or "").with_tag(leg.remote_tag)
-        req.headers.add("To", str(to))
-        req.headers.add("Call-ID", self.call_id)
-        req.headers.add("CSeq", f"{cseq} {method}")
-        for route in leg.route_set:
-            req.headers.add("Route", route)
-        return req
+    def _dest(self, dialog: Dialog) -> Addr:
+        """Where an in-dialog request goes: the first route, else the remote target."""
+        first = dialog.route_set[0].uri if dialog.route_set else dialog.remote_target
+        return uri_addr(first, self.spec.proxy)
 
-    def _leg_dest(self, leg: _Leg) -> Addr:
-        if leg.route_set:
-            try:
-                first = Address.parse(leg.route_set[0]).uri
-            except ParseError:
-                return self.spec.proxy
-            return uri_addr(first, self.spec.proxy)
-        return uri_addr(leg.remote_target, self.spec.proxy)
-
-    def _ack_2xx(self, leg: _Leg, resp: Response) -> None:
-        ack = self._in_dialog("ACK", leg, resp.cseq.seq, self.endpoint.new_branch())
+    def _ack_2xx(self, dialog: Dialog) -> None:
+        ack = dialog.make_ack(self.endpoint.via(self.endpoint.new_branch()))
         if self._auth is not None:
             self._auth.sign(ack)
-        self._acks[leg.remote_tag] = ack
-        self.endpoint.send_stateless(ack, self._leg_dest(leg))
+        dest = self._dest(dialog)
+        self._acks[(dialog.invite_seq, dialog.remote_tag)] = (ack, dest)
+        self.endpoint.send_stateless(ack, dest)
 
-    def _bye(self, leg: _Leg, now: float) -> None:
-        self.cseq += 1
-        bye = self._in_dialog("BYE", leg, self.cseq, self.endpoint.new_branch())
-        bye.headers.add("User-Agent", self.spec.user_agent)
+    def _resend_ack(self, resp: Response) -> bool:
+        """A 2xx we already ACKed came again: the same ACK again (§13.2.2.4)."""
+        sent = self._acks.get((resp.cseq.seq, resp.to.tag or ""))
+        if sent is None:
+            return False
+        self.endpoint.send_stateless(*sent)
+        return True
+
+    def _bye(self, dialog: Dialog, now: float) -> None:
+        bye = dialog.make_request(
+            "BYE",
+            self.endpoint.via(self.endpoint.new_branch()),
+            headers=[("User-Agent", self.spec.user_agent)],
+        )
         if self._auth is not None:
             self._auth.sign(bye)
-        self.endpoint.start_transaction(bye, self._leg_dest(leg), self, now)
+        dialog.terminate()
+        self.endpoint.start_transaction(bye, self._dest(dialog), self, now)
 
     def _send_bye(self, now: float) -> None:
-        if self._confirmed is None or self.state is SessionState.ENDING:
+        if self._call is None or self.state is SessionState.ENDING:
             return
         self.state = SessionState.ENDING
-        self._ending_why = "bye"
-        self._bye(self._confirmed, now)
+        self._bye(self._call, now)
         self._give_up_at = now + 64 * self.endpoint.t1
         self.endpoint.emit(self, ByeSent(now))
 
@@ -344,38 +333,37 @@ class InviteSession:
 
     def _stray_2xx(self, response: Response, now: float) -> None:
         """A 2xx after the INVITE transaction ended: a retransmission or another fork."""
-        tag = response.to.tag or ""
-        ack = self._acks.get(tag)
-        if ack is not None:
-            leg = self._legs.get(tag)
-            dest = self._leg_dest(leg) if leg else self.spec.proxy
-            self.endpoint.send_stateless(ack, dest)
+        if self._resend_ack(response):
             return
-        leg = self._leg_from(response)
-        if leg is None:
+        dialog = self._dialog_for(response)
+        if dialog is None:
             return
-        self._ack_2xx(leg, response)
-        self._bye(leg, now)  # a second fork answered: we want one call
+        self._ack_2xx(dialog)
+        self._bye(dialog, now)  # a second fork answered: we want one call
 
-    def _leg_from(self, resp: Response) -> _Leg | None:
-        tag = resp.to.tag
-        if not tag:
+    def _dialog_for(self, resp: Response) -> Dialog | None:
+        """The dialog a response to one of our INVITEs creates or updates, if any.
+
+        None for a 100, a response without a To tag, one to no INVITE we sent, and one
+        whose Contact or Record-Route cannot be read (no dialog we could route into).
+        A final >= 300 ends the early dialogs of its INVITE.
+        """
+        dialogs = self._dialog_sets.get(resp.cseq.seq)
+        if dialogs is None:
             return None
-        leg = self._legs.get(tag)
-        contacts = resp.contacts
-        target = contacts[0].uri if contacts else None
-        if leg is None:
-            if target is None:
-                target = self.spec.target
-            routes = list(reversed(resp.headers.get_all("Record-Route")))
-            leg = _Leg(remote_tag=tag, remote_target=target, route_set=routes)
-            self._legs[tag] = leg
-        elif target is not None:
-            leg.remote_target = target  # target refresh by a later response
-        if 200 <= resp.status < 300:
-            # the route set is fixed by the 2xx (§12.1.2)
-            leg.route_set = list(reversed(resp.headers.get_all("Record-Route")))
-        return leg
+        try:
+            return dialogs.on_response(resp)
+        except DialogError:
+            return None
+
+    def _dialog_of(self, request: Request) -> Dialog | None:
+        """The dialog (early, confirmed or over) a request from the far end belongs to."""
+        tag = request.from_.tag or ""
+        for dialogs in reversed(self._dialog_sets.values()):
+            dialog = dialogs.get(tag)
+            if dialog is not None and dialog.matches(request):
+                return dialog
+        return None
 
     def _on_invite_response(self, resp: Response, now: float) -> None:
         status = resp.status
@@ -384,9 +372,9 @@ class InviteSession:
             self._got_provisional = True
             if self.state is SessionState.CALLING:
                 self.state = SessionState.PROCEEDING
-            leg = self._leg_from(resp) if status > 100 else None
+            dialog = self._dialog_for(resp)
             sdp = resp.body if _is_sdp(resp) else None
-            tag = leg.remote_tag if leg else None
+            tag = dialog.remote_tag if dialog else None
             self.endpoint.emit(
                 self, ProvisionalReceived(now, status, reason, sdp, tag, q850_cause(resp.headers))
             )
@@ -396,6 +384,7 @@ class InviteSession:
         if 200 <= status < 300:
             self._on_2xx(resp, now)
             return
+        self._dialog_for(resp)  # ends this INVITE's early dialogs
         self.final_status = status
         self.final_reason = reason
         if status in (401, 407) and self._auth is not None and self._may_retry_auth():
@@ -416,30 +405,29 @@ class InviteSession:
         return self._cancel_wanted is None and not self._cancel_sent
 
     def _on_2xx(self, resp: Response, now: float) -> None:
-        ack = self._acks.get(resp.to.tag or "")
-        if ack is not None:
-            # a retransmission of a 2xx we ACKed: the same ACK again (§13.2.2.4)
-            leg = self._legs.get(resp.to.tag or "")
-            self.endpoint.send_stateless(ack, self._leg_dest(leg) if leg else self.spec.proxy)
+        if self._resend_ack(resp):
             return
-        leg = self._leg_from(resp)
-        if leg is None:
-            # a 2xx without a To tag is broken; we cannot ACK it into a dialog
+        dialog = self._dialog_for(resp)
+        if dialog is None:
+            # a 2xx without a To tag (or an unreadable Contact / Record-Route) is broken:
+            # we cannot ACK it into a dialog
             self.final_status = resp.status
             self.final_reason = resp.reason or ""
             self._end(now, "remote")
             return
-        self._ack_2xx(leg, resp)
-        if self._confirmed is not None:
-            self._bye(leg, now)  # another fork answered too
+        self._ack_2xx(dialog)
+        if self._call is not None:
+            self._bye(dialog, now)  # another fork answered too
             return
-        self._confirmed = leg
+        self._call = dialog
         self.final_status = resp.status
         self.final_reason = resp.reason or ""
         sdp = resp.body if _is_sdp(resp) else None
         crossed = self.cancelled_by_us
         self.state = SessionState.ANSWERED
-        self.endpoint.emit(self, Answered(now, resp.status, resp.reason or "", sdp, leg.remote_tag))
+        self.endpoint.emit(
+            self, Answered(now, resp.status, resp.reason or "", sdp, dialog.remote_tag)
+        )
         if crossed:
             # our CANCEL crossed this 2xx (§9.1 / §15): the call exists, end it
             self._send_bye(now)
@@ -450,11 +438,13 @@ class InviteSession:
         method = request.method
         if method == "ACK":
             return None
-        tag = request.from_.tag or ""
-        known = tag in self._legs
-        if not known or request.to.tag != self.local_tag:
+        dialog = self._dialog_of(request)
+        if dialog is None:
             return make_response(request, 481)
+        if not dialog.accept_remote_cseq(request):
+            return make_response(request, 500, "CSeq Out of Order")  # §12.2.2
         if method == "BYE":
+            dialog.terminate()
             resp = make_response(request, 200)
             if self.state is not SessionState.ENDED:
                 self._end(now, "remote")

@@ -294,3 +294,90 @@ def test_make_response_helper_is_what_the_far_end_sends() -> None:
     ep = endpoint()
     _, invite = start(ep)
     assert make_response(invite, 180, to_tag="t").to.tag == "t"
+
+
+def _far_request(session: InviteSession, method: str, cseq: int, tag: str = "far1") -> Request:
+    req = Request(method, URI.parse("sip:1001@10.0.0.1:5062"))
+    req.headers.add("Via", f"SIP/2.0/UDP 10.0.0.3:5070;branch=z9hG4bK{method}{cseq}")
+    req.headers.add("From", f"<sip:4045550000@pbx>;tag={tag}")
+    req.headers.add("To", f"<sip:1001@pbx>;tag={session.local_tag}")
+    req.headers.add("Call-ID", session.call_id)
+    req.headers.add("CSeq", f"{cseq} {method}")
+    return req
+
+
+def test_far_end_request_with_a_cseq_going_backwards_gets_500() -> None:
+    ep = endpoint()
+    session, invite = start(ep)
+    answer(ep, invite, 200, 0.1, headers=[CONTACT])
+    sent(ep)
+    ep.receive(_far_request(session, "OPTIONS", 5).serialize(), ("10.0.0.3", 5070), 0.2)
+    ((ok, _),) = sent(ep)
+    assert getattr(ok, "status", None) == 200
+    ep.receive(_far_request(session, "BYE", 4).serialize(), ("10.0.0.3", 5070), 0.3)
+    ((late, _),) = sent(ep)
+    assert getattr(late, "status", None) == 500  # §12.2.2: out of order, the call goes on
+    assert not session.ended
+    ep.receive(_far_request(session, "BYE", 6).serialize(), ("10.0.0.3", 5070), 0.4)
+    ((bye_ok, _),) = sent(ep)
+    assert getattr(bye_ok, "status", None) == 200
+    assert ended(events(ep)).ended_by == "remote"
+
+
+def test_far_end_bye_in_an_early_dialog_ends_the_call() -> None:
+    ep = endpoint()
+    session, invite = start(ep)
+    answer(ep, invite, 183, 0.1, tag="a", headers=[CONTACT])
+    ep.receive(_far_request(session, "BYE", 1, tag="a").serialize(), ("10.0.0.3", 5070), 0.2)
+    ((ok, _),) = sent(ep)
+    assert getattr(ok, "status", None) == 200
+    ep.receive(_far_request(session, "BYE", 2, tag="b").serialize(), ("10.0.0.3", 5070), 0.3)
+    ((unknown, _),) = sent(ep)
+    assert getattr(unknown, "status", None) == 481  # no dialog with tag b
+    assert ended(events(ep)).ended_by == "remote"
+
+
+def test_answer_to_the_retry_after_407_numbers_ack_and_bye_from_the_retry() -> None:
+    ep = endpoint()
+    session, invite = start(ep, credentials=True)
+    answer(ep, invite, 407, 0.1, headers=[CHALLENGE])
+    _, retry = requests(ep)
+    answer(ep, retry, 200, 0.2, headers=[RR, CONTACT])
+    (ack,) = requests(ep)
+    assert (ack.method, ack.cseq.seq, ack.to.tag) == ("ACK", 2, "far1")
+    assert ack.headers.get_all("Route") == ["<sip:10.0.0.2:5060;lr>"]
+    assert (ack.headers.get("Proxy-Authorization") or "").startswith("Digest ")
+    assert ack.from_.tag == invite.from_.tag and ack.call_id == invite.call_id
+    session.hangup(0.3)
+    (bye,) = requests(ep)
+    assert (bye.method, bye.cseq.seq, str(bye.uri)) == ("BYE", 3, "sip:far@10.0.0.3:5070")
+    assert bye.headers.get("User-Agent") == "sipclient"
+    assert (bye.headers.get("Proxy-Authorization") or "").startswith("Digest ")
+
+
+def test_strict_router_gets_the_in_dialog_requests_in_the_request_uri() -> None:
+    ep = endpoint()
+    session, invite = start(ep)
+    strict = ("Record-Route", "<sip:10.0.0.7:5066>")
+    answer(ep, invite, 200, 0.1, headers=[strict, CONTACT])
+    ((ack, ack_to),) = sent(ep)
+    assert isinstance(ack, Request)
+    assert str(ack.uri) == "sip:10.0.0.7:5066" and ack_to == ("10.0.0.7", 5066)
+    assert ack.headers.get_all("Route") == ["<sip:far@10.0.0.3:5070>"]  # §12.2.1.1
+    session.hangup(0.2)
+    ((bye, bye_to),) = sent(ep)
+    assert isinstance(bye, Request) and bye.method == "BYE" and bye_to == ("10.0.0.7", 5066)
+
+
+def test_2xx_with_an_unreadable_contact_ends_the_call_unacked() -> None:
+    ep = endpoint()
+    _, invite = start(ep)
+    # the wire parser refuses such a Contact; a message handed over parsed can still carry it
+    ok = make_response(invite, 200, to_tag="far1")
+    ok.headers.add("Contact", "<<<not an address")
+    ep.receive_message(ok, PBX, 0.1)
+    assert requests(ep) == []
+    evs = events(ep)
+    assert not any(isinstance(e, Answered) for e in evs)
+    end = ended(evs)
+    assert (end.status, end.ended_by) == (200, "remote")
