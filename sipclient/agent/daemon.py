@@ -723,11 +723,9 @@ class SipSide:
 
 
 def _load_library(config: DaemonConfig) -> Any:
-    from sipclient.classify.templates import TemplateLibrary
+    from sipclient.classify.loading import load_library
 
-    if config.classify.templates is not None:
-        return TemplateLibrary.load(config.classify.templates)
-    return TemplateLibrary.default()
+    return load_library(config.classify)
 
 
 def _test_drop() -> float:

@@ -1,0 +1,347 @@
+"""The aiohttp application: the 000 push/task API and the 001 control API.
+
+`create_app(config)` builds it; the store, the dispatch, the callback worker
+and the classifier's thread pool are opened and closed in its cleanup
+context, so the app works the same under `aiohttp_client` in tests, under
+`main.serve_main`, and in the benchmark.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from aiohttp import web
+
+from sipclient.classify.verdicts import Decision, Signalling, Verdict
+from sipclient.config import ServerConfig
+from sipclient.logs import get_logger
+from sipclient.server.callbacks import CallbackWorker
+from sipclient.server.dispatch import Clock, Dispatch
+from sipclient.server.errors import (
+    ApiError,
+    bad_request,
+    envelope,
+    error_middleware,
+    max_body_middleware,
+)
+from sipclient.server.openapi import openapi_document
+from sipclient.server.payloads import (
+    UploadFields,
+    WavInfo,
+    check_wav,
+    parse_accounts,
+    parse_json,
+    parse_positive_int,
+    parse_push,
+    parse_status,
+    parse_upload_fields,
+    split_multipart,
+)
+from sipclient.server.store import JSON, FinishStatus, Store, Upload, open_store
+
+log = get_logger(__name__)
+
+Judge = Callable[[Path | None, Signalling], Decision]
+
+CONFIG = web.AppKey("config", ServerConfig)
+STORE = web.AppKey("store", Store)
+DISPATCH = web.AppKey("dispatch", Dispatch)
+CALLBACKS = web.AppKey("callbacks", CallbackWorker)
+JUDGE: web.AppKey[Judge] = web.AppKey("judge")
+JUDGE_POOL = web.AppKey("judge_pool", ThreadPoolExecutor)
+
+_FIELD_MAX = 4096  # bytes of one non-file form field
+_STOP_GRACE = 5.0  # seconds background tasks get to finish on shutdown
+
+
+def default_judge(config: ServerConfig) -> Judge:
+    """The classifier's authoritative judge (sipclient.classify.judge).
+
+    The library of `classify.templates` (or the shipped one) is loaded here,
+    once, so a bad folder stops the server at start; announcements no
+    template matches go to `classify.unknown_store` when it is set.
+    """
+    from sipclient.classify.judge import judge_recording
+    from sipclient.classify.loading import load_library, open_unknown_store
+
+    library = load_library(config.classify)
+    unknown_store = open_unknown_store(config.classify)
+
+    def judge(wav: Path | None, signalling: Signalling) -> Decision:
+        return judge_recording(wav, signalling, library, unknown_store=unknown_store)
+
+    return judge
+
+
+def create_app(
+    config: ServerConfig,
+    *,
+    clock: Clock = time.time,
+    judge: Judge | None = None,
+    store: Store | None = None,
+) -> web.Application:
+    """The server application; `clock` drives leases (fake in tests)."""
+    app = web.Application(
+        client_max_size=config.max_body,
+        middlewares=[error_middleware, max_body_middleware(config.max_body)],
+    )
+    store = store if store is not None else open_store(config.database)
+    app[CONFIG] = config
+    app[STORE] = store
+    app[DISPATCH] = Dispatch(store, config.leases, config.retries, clock)
+    app[CALLBACKS] = CallbackWorker(store, config.callbacks)
+    app[JUDGE] = judge if judge is not None else default_judge(config)
+    app[JUDGE_POOL] = ThreadPoolExecutor(max_workers=2, thread_name_prefix="judge")
+    app.cleanup_ctx.append(_lifecycle)
+    app.add_routes(
+        [
+            web.post("/api/account", push_accounts),
+            web.post("/api/dialplan", push_dialplan),
+            web.get("/api/tasks", list_tasks),
+            web.get("/api/tasks/{task_id}", get_task),
+            web.get("/api/task/{task_id}", get_task),
+            web.get("/notify", notify),
+            web.get("/accounts/{clientId}", lease_accounts),
+            web.get("/dialplan/{clientId}", lease_dialplans),
+            web.post("/heartbeat/{clientId}", heartbeat),
+            web.get("/status/{clientId}", status),
+            web.post("/dial_wav/{clientId}", dial_wav),
+            web.get("/openapi.json", openapi),
+        ]
+    )
+    return app
+
+
+async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
+    store = app[STORE]
+    await store.open()
+    await asyncio.to_thread(app[CONFIG].recordings.dir.mkdir, parents=True, exist_ok=True)
+    dispatch = app[DISPATCH]
+    await dispatch.load()
+    sweeper = asyncio.create_task(dispatch.run_sweeper(), name="lease-sweeper")
+    deliverer = asyncio.create_task(app[CALLBACKS].run(), name="callbacks")
+    try:
+        yield
+    finally:
+        for task in (sweeper, deliverer):
+            task.cancel()
+        # Bounded: a stuck background task must not keep the store open forever.
+        _, stuck = await asyncio.wait((sweeper, deliverer), timeout=_STOP_GRACE)
+        for task in stuck:
+            log.error("background task did not stop", task=task.get_name())
+        await asyncio.to_thread(app[JUDGE_POOL].shutdown, wait=True)
+        await store.close()
+
+
+# ---------------------------------------------------------------- 000
+
+
+async def push_accounts(request: web.Request) -> web.Response:
+    accounts = parse_accounts(parse_json(await request.read()))
+    dispatch = request.app[DISPATCH]
+    pool = await request.app[STORE].upsert_accounts(accounts, dispatch.clock())
+    return envelope({"accounts": pool}, msg=None)
+
+
+async def push_dialplan(request: web.Request) -> web.Response:
+    phones, return_url = parse_push(parse_json(await request.read()))
+    dispatch = request.app[DISPATCH]
+    task = await request.app[STORE].create_task(phones, return_url, dispatch.clock())
+    log.info("task pushed", task_id=task["task_id"], numbers=len(phones))
+    return envelope(task, msg=None)
+
+
+async def list_tasks(request: web.Request) -> web.Response:
+    page = parse_positive_int(request.query.get("page"), "page", default=1)
+    size = parse_positive_int(request.query.get("size"), "size", default=10, high=1000)
+    return envelope(await request.app[STORE].list_tasks(page, size), msg="success")
+
+
+async def get_task(request: web.Request) -> web.Response:
+    task_id = parse_positive_int(request.match_info["task_id"], "task_id", high=2**62)
+    task = await request.app[STORE].get_task(task_id)
+    if task is None:
+        raise ApiError(404, f"task_id: no task {task_id}")
+    return envelope(task, msg=None)
+
+
+# ---------------------------------------------------------------- 001
+
+
+async def notify(request: web.Request) -> web.Response:
+    return envelope({"clientId": await request.app[DISPATCH].notify()})
+
+
+async def lease_accounts(request: web.Request) -> web.Response:
+    count = parse_positive_int(request.query.get("threadsNum"), "threadsNum", high=10_000)
+    accounts = await request.app[DISPATCH].lease_accounts(request.match_info["clientId"], count)
+    return envelope({"accounts": accounts})
+
+
+async def lease_dialplans(request: web.Request) -> web.Response:
+    plans = await request.app[DISPATCH].lease_dialplans(request.match_info["clientId"])
+    return envelope({"dialplans": plans})
+
+
+async def heartbeat(request: web.Request) -> web.Response:
+    ms = await request.app[DISPATCH].heartbeat(request.match_info["clientId"])
+    return envelope({"timestamp": str(ms)})
+
+
+async def status(request: web.Request) -> web.Response:
+    state, extension, phone = parse_status(request.query)
+    ms = await request.app[DISPATCH].record_status(
+        request.match_info["clientId"], state, extension, phone
+    )
+    return envelope({"timestamp": str(ms)})
+
+
+async def dial_wav(request: web.Request) -> web.Response:
+    app = request.app
+    client_id = request.match_info["clientId"]
+    dispatch = app[DISPATCH]
+    dispatch.check_uploader(client_id)  # before reading a byte of the body
+    form, wav = await _read_form(request)
+    fields = parse_upload_fields(form)
+    if wav is None:
+        raise bad_request("file_name", "missing: expected the WAV as a file part")
+    info = check_wav(wav)
+    now = dispatch.clock()
+    path = (
+        app[CONFIG].recordings.dir
+        / time.strftime("%Y%m%d", time.localtime(now))
+        / f"{int(now)}-{uuid.uuid4().hex}.wav"
+    )
+    loop = asyncio.get_running_loop()
+    decision = await loop.run_in_executor(
+        app[JUDGE_POOL], _keep_and_judge, app[JUDGE], path, wav, info, fields.signalling()
+    )
+    upload = Upload(
+        client_id=client_id,
+        extension=fields.extension,
+        phone=fields.phone,
+        dialplan_id=fields.dialplan_id,
+        result=decision.verdict.value,
+        transient=decision.transient,
+        detail=build_detail(fields, decision, info),
+        recording_path=str(path),
+        fields={k: v for k, v in form.items() if k != "file_name"},
+    )
+    outcome = await dispatch.finish(upload)
+    if outcome.task_finished:
+        app[CALLBACKS].wake()
+    log.info(
+        "upload",
+        clientId=client_id,
+        extension=fields.extension,
+        phone=fields.phone,
+        dialplan_id=outcome.dialplan_id,
+        result=upload.result,
+        outcome=outcome.status.value,
+    )
+    data: JSON = {
+        "timestamp": str(int(now * 1000)),
+        "dialplanId": outcome.dialplan_id,
+        "status": "free" if outcome.status is FinishStatus.RETRY else "finish",
+        "result": upload.result,
+    }
+    return envelope(data)
+
+
+def _keep_and_judge(
+    judge: Judge, path: Path, wav: bytes, info: WavInfo, signalling: Signalling
+) -> Decision:
+    """Runs in the judge pool: write the recording to disk, then classify it.
+
+    A WAV of zero frames (a call without media) is kept too, but judged as
+    "no recording": only the signalling can speak.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # "x": a name is never reused (it carries a uuid4); never overwrite.
+    with path.open("xb") as fh:
+        fh.write(wav)
+    return judge(path if info.frames > 0 else None, signalling)
+
+
+async def _read_form(request: web.Request) -> tuple[dict[str, str], bytes | None]:
+    """The multipart form: text fields, and the `file_name` part's bytes."""
+    boundary = request.content_type.startswith("multipart/") and _boundary(request)
+    if not boundary:
+        raise bad_request(
+            "body", "expected multipart/form-data with file_name, extensionNum and phone"
+        )
+    body = await request.read()  # bounded by client_max_size: 413 beyond max_body
+    try:
+        parts = split_multipart(body, boundary)
+    except ValueError as exc:
+        raise bad_request("body", f"malformed multipart ({exc})") from None
+    form: dict[str, str] = {}
+    wav: bytes | None = None
+    for name, content in parts:
+        if name == "file_name":
+            wav = content
+        elif name:
+            if len(content) > _FIELD_MAX:
+                raise bad_request(name, f"longer than {_FIELD_MAX} bytes")
+            try:
+                form[name] = content.decode("utf-8")
+            except UnicodeDecodeError:
+                raise bad_request(name, "not valid UTF-8 text") from None
+    return form, wav
+
+
+def _boundary(request: web.Request) -> str:
+    params = request.headers.get("Content-Type", "").split(";")[1:]
+    for param in params:
+        key, _, value = param.strip().partition("=")
+        if key.strip().lower() == "boundary":
+            return value.strip().strip('"')
+    return ""
+
+
+def build_detail(fields: UploadFields, decision: Decision, info: WavInfo) -> JSON:
+    """The (ext) `detail` of a finished dialplan (PROTOCOL.md; timings as in seed 002)."""
+    answered = decision.verdict is Verdict.ANSWERED or fields.answered
+    if answered:
+        answertype = "connected"
+    elif decision.verdict is Verdict.FAILED:
+        answertype = "caller"
+    else:
+        answertype = "callee"
+    seconds = info.frames / info.samplerate if info.samplerate else 0.0
+    return {
+        "sip_code": fields.sip_code,
+        "q850_cause": fields.q850_cause,
+        "answered": 1 if answered else 0,
+        "answertype": answertype,
+        "calltime": fields.started_at,
+        "duration": _seconds(fields.ring_ms),
+        "billsec": _seconds(fields.media_ms) if answered else 0,
+        "evidence": decision.evidence,
+        "label": decision.label,
+        "confidence": round(decision.confidence, 3),
+        "decided_ms": decision.decided_ms,
+        "transient": decision.transient,
+        "local_verdict": fields.local_verdict,
+        "local_confidence": fields.local_confidence,
+        "recording": {
+            "frames": info.frames,
+            "samplerate": info.samplerate,
+            "channels": info.channels,
+            "bits": info.bits,
+            "seconds": round(seconds, 3),
+        },
+    }
+
+
+def _seconds(ms: int | None) -> int | None:
+    return None if ms is None else round(ms / 1000)
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(openapi_document())

@@ -1,0 +1,175 @@
+"""Leases: clients, the accounts and numbers they hold, and their reclaim on silence.
+
+Every decision takes its time from an injected `clock` (epoch seconds), so a
+test advances a number instead of sleeping. A client that has sent nothing
+(heartbeat, status, or any other 001 call) for `leases.client_timeout`
+seconds is expired: its accounts go back to the pool and its busy numbers to
+`free`. Its later calls answer 404 so the daemon calls /notify again; only a
+late /dial_wav is still taken (the number is finished if nobody finished it
+meanwhile, refused with 409 otherwise). A number handed out longer than
+`leases.number_timeout` ago is freed the same way even if its client lives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable
+
+from sipclient.config import LeaseSettings, RetrySettings
+from sipclient.logs import get_logger
+from sipclient.server.errors import ApiError
+from sipclient.server.store import (
+    JSON,
+    FinishOutcome,
+    FinishStatus,
+    Store,
+    SweepOutcome,
+    Upload,
+)
+
+log = get_logger(__name__)
+
+Clock = Callable[[], float]
+
+ACTIVE = "active"
+EXPIRED = "expired"
+
+
+class FakeClock:
+    """A settable clock for tests and benchmarks: `advance(s)` moves time on."""
+
+    def __init__(self, start: float | None = None) -> None:
+        self.now = time.time() if start is None else start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class Dispatch:
+    """The 001 API's state machine over a `Store`."""
+
+    def __init__(
+        self,
+        store: Store,
+        leases: LeaseSettings,
+        retries: RetrySettings,
+        clock: Clock = time.time,
+    ) -> None:
+        self.store = store
+        self.leases = leases
+        self.retries = retries
+        self.clock = clock
+        # Cache of client states: the server is the only writer of the clients,
+        # so an unknown id is refused without a trip to the database.
+        self._clients: dict[str, str] = {}
+
+    async def load(self) -> None:
+        """Read the known clients (after a restart)."""
+        self._clients = await self.store.client_states()
+
+    def _check(self, client_id: str, *, allow_expired: bool = False) -> None:
+        state = self._clients.get(client_id)
+        if state is None:
+            raise ApiError(404, f"clientId: unknown client {client_id!r}; call /notify")
+        if state == EXPIRED and not allow_expired:
+            raise ApiError(404, f"clientId: client {client_id!r} expired; call /notify again")
+
+    def _gone(self, client_id: str) -> ApiError:
+        self._clients[client_id] = EXPIRED
+        return ApiError(404, f"clientId: client {client_id!r} expired; call /notify again")
+
+    async def notify(self) -> str:
+        """Register a new client; answer its id."""
+        client_id = uuid.uuid4().hex
+        await self.store.create_client(client_id, self.clock())
+        self._clients[client_id] = ACTIVE
+        log.info("client registered", clientId=client_id)
+        return client_id
+
+    async def heartbeat(self, client_id: str) -> int:
+        """Liveness; answers the server's time in epoch ms."""
+        self._check(client_id)
+        now = self.clock()
+        if not await self.store.touch_client(client_id, now):
+            raise self._gone(client_id)
+        return int(now * 1000)
+
+    async def lease_accounts(self, client_id: str, count: int) -> list[JSON]:
+        self._check(client_id)
+        accounts = await self.store.lease_accounts(client_id, count, self.clock())
+        if accounts is None:
+            raise self._gone(client_id)
+        return accounts
+
+    async def lease_dialplans(self, client_id: str) -> list[JSON]:
+        self._check(client_id)
+        plans = await self.store.lease_dialplans(client_id, self.clock())
+        if plans is None:
+            raise self._gone(client_id)
+        return plans
+
+    async def record_status(self, client_id: str, status: str, extension: str, phone: str) -> int:
+        self._check(client_id)
+        now = self.clock()
+        known = await self.store.record_status(client_id, status, extension, phone, now)
+        if known is None:
+            raise self._gone(client_id)
+        if not known:
+            raise ApiError(
+                404, f"extensionNum: {extension!r} is not leased to client {client_id!r}"
+            )
+        return int(now * 1000)
+
+    def check_uploader(self, client_id: str) -> None:
+        """An upload is taken from an expired client too (a late /dial_wav)."""
+        self._check(client_id, allow_expired=True)
+
+    async def finish(self, upload: Upload) -> FinishOutcome:
+        """Apply an upload; raise the refusals (404 unknown number, 409 finished)."""
+        self.check_uploader(upload.client_id)
+        out = await self.store.finish_dialplan(upload, self.retries.max_tries, self.clock())
+        if out.status is FinishStatus.NOT_FOUND:
+            what = (
+                f"dialplanId: no dialplan {upload.dialplan_id}"
+                if upload.dialplan_id is not None
+                else f"phone: no dialplan for {upload.phone!r} was handed to this client"
+            )
+            raise ApiError(404, what)
+        if out.status is FinishStatus.MISMATCH:
+            raise ApiError(409, f"phone: dialplan {upload.dialplan_id} is not for {upload.phone!r}")
+        if out.status is FinishStatus.ALREADY_FINISHED:
+            raise ApiError(
+                409, f"phone: dialplan {out.dialplan_id} ({upload.phone!r}) is already finished"
+            )
+        return out
+
+    async def sweep(self) -> SweepOutcome:
+        """Reclaim the leases of silent clients and of numbers held too long."""
+        now = self.clock()
+        out = await self.store.sweep(
+            now - self.leases.client_timeout, now - self.leases.number_timeout, now
+        )
+        for cid in out.expired_clients:
+            self._clients[cid] = EXPIRED
+        if out.expired_clients or out.freed_by_timeout:
+            log.info(
+                "leases reclaimed",
+                clients=out.expired_clients,
+                numbers_of_clients=out.freed_by_client,
+                numbers_timed_out=out.freed_by_timeout,
+            )
+        return out
+
+    async def run_sweeper(self) -> None:
+        """Sweep every `leases.sweep_interval` seconds until cancelled."""
+        while True:
+            await asyncio.sleep(self.leases.sweep_interval)
+            try:
+                await self.sweep()
+            except Exception:
+                log.exception("lease sweep failed")

@@ -1,0 +1,82 @@
+"""The seed's envelope {"code", "msg", "data"} for every answer, errors included."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+
+from sipclient.logs import get_logger
+
+log = get_logger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class ApiError(Exception):
+    """A refusal the client caused: `status` is both the HTTP status and the envelope's code."""
+
+    def __init__(self, status: int, msg: str) -> None:
+        super().__init__(msg)
+        self.status = status
+        self.msg = msg
+
+
+def bad_request(field: str, problem: str) -> ApiError:
+    """400 naming the offending field first, e.g. ``phone[2]: expected a string``."""
+    return ApiError(400, f"{field}: {problem}")
+
+
+def envelope(
+    data: Any, *, code: int = 200, msg: str | None = "", status: int = 200
+) -> web.Response:
+    """A JSON answer in the envelope."""
+    return web.json_response({"code": code, "msg": msg, "data": data}, status=status)
+
+
+def error_envelope(status: int, msg: str) -> web.Response:
+    return envelope({}, code=status, msg=msg, status=status)
+
+
+def max_body_middleware(max_body: int) -> Middleware:
+    """Refuse a declared oversized body before reading a byte of it."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.content_length is not None and request.content_length > max_body:
+            raise ApiError(413, f"body: larger than max_body ({max_body} bytes)")
+        return await handler(request)
+
+    return middleware
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every failure becomes an envelope; an unexpected one is logged and answers 500."""
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return error_envelope(exc.status, exc.msg)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        if exc.status == 413:
+            msg = "body: larger than max_body"
+        elif exc.status == 404:
+            msg = f"no such route: {request.method} {request.path}"
+        elif exc.status == 405:
+            msg = f"method {request.method} not allowed on {request.path}"
+        else:
+            msg = exc.reason
+        resp = error_envelope(exc.status, msg)
+        if "Allow" in exc.headers:
+            resp.headers["Allow"] = exc.headers["Allow"]
+        return resp
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("request failed", method=request.method, path=request.path)
+        return error_envelope(500, "internal error (logged)")

@@ -1,0 +1,459 @@
+"""The OpenAPI 3 description of every route, served at GET /openapi.json."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sipclient import __version__
+
+JSON = dict[str, Any]
+
+_STR: JSON = {"type": "string"}
+_INT: JSON = {"type": "integer"}
+_NULL_STR: JSON = {"type": "string", "nullable": True}
+
+
+def _envelope(data: JSON, *, msg_nullable: bool = True) -> JSON:
+    return {
+        "type": "object",
+        "required": ["code", "msg", "data"],
+        "properties": {
+            "code": {"type": "integer", "description": "200 success, anything else a failure"},
+            "msg": {"type": "string", "nullable": msg_nullable},
+            "data": data,
+        },
+    }
+
+
+def _ok(data: JSON, description: str = "success") -> JSON:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": _envelope(data)}},
+    }
+
+
+def _errors(*codes: int) -> JSON:
+    text = {
+        400: "bad input; msg names the field",
+        404: "unknown clientId, task, extension or number",
+        409: "the number is already finished",
+        413: "body larger than max_body",
+    }
+    return {
+        str(c): {
+            "description": text[c],
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+        }
+        for c in codes
+    }
+
+
+_CLIENT_ID: JSON = {
+    "name": "clientId",
+    "in": "path",
+    "required": True,
+    "schema": _STR,
+    "description": "the id /notify answered",
+}
+
+_TASK_ID: JSON = {
+    "name": "task_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "integer", "minimum": 1},
+}
+
+_TIMESTAMP: JSON = {
+    "type": "object",
+    "required": ["timestamp"],
+    "properties": {"timestamp": {"type": "string", "description": "epoch ms"}},
+}
+
+
+def _components() -> JSON:
+    return {
+        "schemas": {
+            "Error": _envelope({"type": "object"}),
+            "Account": {
+                "type": "object",
+                "required": ["host", "name", "pwd"],
+                "properties": {
+                    "host": {"type": "string", "description": "registrar host:port"},
+                    "name": _STR,
+                    "pwd": _STR,
+                    "transport": {"type": "string", "enum": ["udp", "tcp"], "nullable": True},
+                    "domain": _NULL_STR,
+                },
+            },
+            "Dialplan": {
+                "type": "object",
+                "required": [
+                    "id",
+                    "phone",
+                    "client_id",
+                    "status",
+                    "result",
+                    "created_at",
+                    "updated_at",
+                    "task_id",
+                ],
+                "properties": {
+                    "id": _INT,
+                    "phone": _STR,
+                    "client_id": _NULL_STR,
+                    "status": {"type": "string", "enum": ["free", "busy", "finish"]},
+                    "result": _NULL_STR,
+                    "created_at": _STR,
+                    "updated_at": _STR,
+                    "task_id": _INT,
+                    "extensionNum": _NULL_STR,
+                    "tries": _INT,
+                    "detail": {"type": "object", "nullable": True},
+                },
+            },
+            "TaskSummary": {
+                "type": "object",
+                "required": ["id", "status", "return_url", "created_at", "updated_at"],
+                "properties": {
+                    "id": _INT,
+                    "status": {"type": "string", "enum": ["free", "running", "finish"]},
+                    "return_url": _STR,
+                    "created_at": _STR,
+                    "updated_at": _STR,
+                },
+            },
+            "Task": {
+                "allOf": [
+                    {"$ref": "#/components/schemas/TaskSummary"},
+                    {
+                        "type": "object",
+                        "properties": {
+                            "dialplans": {
+                                "type": "array",
+                                "items": {"$ref": "#/components/schemas/Dialplan"},
+                            },
+                            "callback": {
+                                "type": "object",
+                                "properties": {
+                                    "state": {
+                                        "type": "string",
+                                        "enum": ["none", "pending", "delivered", "failed"],
+                                    },
+                                    "tries": _INT,
+                                    "last_status": {"type": "integer", "nullable": True},
+                                    "last_error": _NULL_STR,
+                                    "delivered_at": _NULL_STR,
+                                },
+                            },
+                        },
+                    },
+                ]
+            },
+        }
+    }
+
+
+def _task_get(summary: str) -> JSON:
+    return {
+        "get": {
+            "summary": summary,
+            "parameters": [_TASK_ID],
+            "responses": {
+                "200": _ok({"$ref": "#/components/schemas/Task"}),
+                **_errors(400, 404),
+            },
+        }
+    }
+
+
+def openapi_document() -> JSON:
+    """The whole OpenAPI 3.0 document."""
+    return {
+        "openapi": "3.0.3",
+        "info": {
+            "title": "sipclient embedded server (000 push/task API + 001 control API)",
+            "version": __version__,
+            "description": "Every answer is the envelope {code, msg, data}; code 200 is success.",
+        },
+        "paths": {
+            "/api/account": {
+                "post": {
+                    "summary": "add or update extension accounts; answers the pool",
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["account"],
+                                    "properties": {
+                                        "account": {
+                                            "type": "array",
+                                            "minItems": 1,
+                                            "items": {"$ref": "#/components/schemas/Account"},
+                                        }
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    "responses": {
+                        "200": _ok(
+                            {
+                                "type": "object",
+                                "properties": {
+                                    "accounts": {
+                                        "type": "array",
+                                        "items": {"$ref": "#/components/schemas/Account"},
+                                    }
+                                },
+                            }
+                        ),
+                        **_errors(400, 413),
+                    },
+                }
+            },
+            "/api/dialplan": {
+                "post": {
+                    "summary": "create a task of numbers; return_url receives it when finished",
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["phone", "return_url"],
+                                    "properties": {
+                                        "phone": {
+                                            "type": "array",
+                                            "minItems": 1,
+                                            "items": {"type": "string", "minLength": 1},
+                                        },
+                                        "return_url": {"type": "string", "format": "uri"},
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    "responses": {
+                        "200": _ok(
+                            {
+                                "type": "object",
+                                "required": ["task_id", "dialplans", "return_url"],
+                                "properties": {
+                                    "task_id": _INT,
+                                    "dialplans": {
+                                        "type": "array",
+                                        "items": {"$ref": "#/components/schemas/Dialplan"},
+                                    },
+                                    "return_url": _STR,
+                                },
+                            }
+                        ),
+                        **_errors(400, 413),
+                    },
+                }
+            },
+            "/api/tasks": {
+                "get": {
+                    "summary": "tasks, newest first",
+                    "parameters": [
+                        {
+                            "name": "page",
+                            "in": "query",
+                            "schema": {"type": "integer", "minimum": 1, "default": 1},
+                        },
+                        {
+                            "name": "size",
+                            "in": "query",
+                            "schema": {
+                                "type": "integer",
+                                "minimum": 1,
+                                "maximum": 1000,
+                                "default": 10,
+                            },
+                        },
+                    ],
+                    "responses": {
+                        "200": _ok(
+                            {"type": "array", "items": {"$ref": "#/components/schemas/TaskSummary"}}
+                        ),
+                        **_errors(400),
+                    },
+                }
+            },
+            "/api/tasks/{task_id}": _task_get("one task with its dialplans"),
+            "/api/task/{task_id}": _task_get("the same, as the seed's example spells it"),
+            "/notify": {
+                "get": {
+                    "summary": "register a daemon; data.clientId is its id",
+                    "responses": {
+                        "200": _ok(
+                            {
+                                "type": "object",
+                                "required": ["clientId"],
+                                "properties": {"clientId": _STR},
+                            }
+                        )
+                    },
+                }
+            },
+            "/accounts/{clientId}": {
+                "get": {
+                    "summary": "lease up to threadsNum extension accounts (same lease on re-ask)",
+                    "parameters": [
+                        _CLIENT_ID,
+                        {
+                            "name": "threadsNum",
+                            "in": "query",
+                            "required": True,
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 10000},
+                        },
+                    ],
+                    "responses": {
+                        "200": _ok(
+                            {
+                                "type": "object",
+                                "required": ["accounts"],
+                                "properties": {
+                                    "accounts": {
+                                        "type": "array",
+                                        "items": {
+                                            "type": "object",
+                                            "required": ["extensionNum", "password"],
+                                            "properties": {
+                                                "extensionNum": _STR,
+                                                "password": _STR,
+                                                "host": _STR,
+                                                "transport": _STR,
+                                                "domain": _STR,
+                                            },
+                                        },
+                                    }
+                                },
+                            }
+                        ),
+                        **_errors(400, 404),
+                    },
+                }
+            },
+            "/dialplan/{clientId}": {
+                "get": {
+                    "summary": "at most one number per idle leased extension",
+                    "parameters": [_CLIENT_ID],
+                    "responses": {
+                        "200": _ok(
+                            {
+                                "type": "object",
+                                "required": ["dialplans"],
+                                "properties": {
+                                    "dialplans": {
+                                        "type": "array",
+                                        "items": {
+                                            "type": "object",
+                                            "required": ["extensionNum", "phoneNum"],
+                                            "properties": {
+                                                "extensionNum": _STR,
+                                                "phoneNum": _STR,
+                                                "dialplanId": _INT,
+                                            },
+                                        },
+                                    }
+                                },
+                            }
+                        ),
+                        **_errors(404),
+                    },
+                }
+            },
+            "/heartbeat/{clientId}": {
+                "post": {
+                    "summary": "liveness",
+                    "parameters": [_CLIENT_ID],
+                    "responses": {"200": _ok(_TIMESTAMP), **_errors(404)},
+                }
+            },
+            "/status/{clientId}": {
+                "get": {
+                    "summary": "state change of one extension",
+                    "parameters": [
+                        _CLIENT_ID,
+                        {
+                            "name": "status",
+                            "in": "query",
+                            "required": True,
+                            "schema": {
+                                "type": "string",
+                                "enum": ["idle", "during", "call", "unregistered"],
+                            },
+                        },
+                        {"name": "extensionNum", "in": "query", "required": True, "schema": _STR},
+                        {"name": "phoneNum", "in": "query", "required": False, "schema": _STR},
+                    ],
+                    "responses": {"200": _ok(_TIMESTAMP), **_errors(400, 404)},
+                }
+            },
+            "/dial_wav/{clientId}": {
+                "post": {
+                    "summary": "the recording and signalling of one dialled number",
+                    "parameters": [_CLIENT_ID],
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "multipart/form-data": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["file_name", "extensionNum", "phone"],
+                                    "properties": {
+                                        "file_name": {"type": "string", "format": "binary"},
+                                        "extensionNum": _STR,
+                                        "phone": _STR,
+                                        "dialplanId": _INT,
+                                        "sipCode": _INT,
+                                        "sipReason": _STR,
+                                        "q850Cause": _INT,
+                                        "answered": {"type": "integer", "enum": [0, 1]},
+                                        "earlyMedia": {"type": "integer", "enum": [0, 1]},
+                                        "ringing": {"type": "integer", "enum": [0, 1]},
+                                        "cancelledByUs": {"type": "integer", "enum": [0, 1]},
+                                        "startedAt": _STR,
+                                        "ringMs": _INT,
+                                        "mediaMs": _INT,
+                                        "localVerdict": _STR,
+                                        "localConfidence": {"type": "number"},
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    "responses": {
+                        "200": _ok(
+                            {
+                                "type": "object",
+                                "required": ["timestamp"],
+                                "properties": {
+                                    "timestamp": _STR,
+                                    "dialplanId": {"type": "integer", "nullable": True},
+                                    "status": {"type": "string", "enum": ["free", "finish"]},
+                                    "result": _STR,
+                                },
+                            }
+                        ),
+                        **_errors(400, 404, 409, 413),
+                    },
+                }
+            },
+            "/openapi.json": {
+                "get": {
+                    "summary": "this document",
+                    "responses": {
+                        "200": {
+                            "description": "OpenAPI 3 document",
+                            "content": {"application/json": {"schema": {"type": "object"}}},
+                        }
+                    },
+                }
+            },
+        },
+        "components": _components(),
+    }

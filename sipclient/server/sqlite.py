@@ -1,0 +1,718 @@
+"""`Store` on SQLite: WAL, one writer thread with group commit, one reader thread.
+
+No SQLite call runs on the event loop. Writes queue to a single thread that
+owns the only write connection; it takes every job waiting in the queue,
+runs each in its own SAVEPOINT inside one transaction, and commits once
+(synchronous=FULL: a commit is durable). Under load many requests share one
+fsync, which is what lets a small box lease and finish thousands of numbers
+per second; alone, a request still gets its own transaction at once. A job
+that raises rolls back only its savepoint. Reads go to a second thread with
+its own connection (WAL readers never block the writer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sipclient.server.store import (
+    JSON,
+    AccountIn,
+    CallbackDue,
+    FinishOutcome,
+    FinishStatus,
+    Store,
+    StoreError,
+    SweepOutcome,
+    Upload,
+    iso_local,
+)
+
+T = TypeVar("T")
+Job = Callable[[sqlite3.Connection], Any]
+
+# Schema migrations, applied in order at start; PRAGMA user_version counts them.
+MIGRATIONS: list[str] = [
+    # 1: the first schema
+    """
+    CREATE TABLE accounts (
+        id INTEGER PRIMARY KEY,
+        host TEXT NOT NULL,
+        name TEXT NOT NULL,
+        pwd TEXT NOT NULL,
+        transport TEXT,
+        domain TEXT,
+        client_id TEXT,
+        leased_at REAL,
+        state TEXT,
+        state_phone TEXT,
+        state_at REAL,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        UNIQUE (host, name)
+    );
+    CREATE INDEX accounts_client ON accounts (client_id);
+    CREATE TABLE clients (
+        id TEXT PRIMARY KEY,
+        state TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        last_seen REAL NOT NULL
+    );
+    CREATE INDEX clients_active ON clients (last_seen) WHERE state = 'active';
+    CREATE TABLE tasks (
+        id INTEGER PRIMARY KEY,
+        status TEXT NOT NULL,
+        return_url TEXT NOT NULL,
+        remaining INTEGER NOT NULL,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        callback_state TEXT NOT NULL DEFAULT 'none',
+        callback_tries INTEGER NOT NULL DEFAULT 0,
+        callback_next_at REAL,
+        callback_last_status INTEGER,
+        callback_last_error TEXT,
+        callback_delivered_at TEXT
+    );
+    CREATE INDEX tasks_callback_due ON tasks (callback_next_at)
+        WHERE callback_state = 'pending';
+    CREATE TABLE dialplans (
+        id INTEGER PRIMARY KEY,
+        task_id INTEGER NOT NULL REFERENCES tasks (id),
+        phone TEXT NOT NULL,
+        status TEXT NOT NULL,
+        client_id TEXT,
+        account_id INTEGER,
+        extension TEXT,
+        leased_at REAL,
+        tries INTEGER NOT NULL DEFAULT 0,
+        result TEXT,
+        detail TEXT,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        UNIQUE (task_id, phone)
+    );
+    CREATE INDEX dialplans_free ON dialplans (id) WHERE status = 'free';
+    CREATE INDEX dialplans_busy_account ON dialplans (account_id) WHERE status = 'busy';
+    CREATE INDEX dialplans_busy_client ON dialplans (client_id) WHERE status = 'busy';
+    CREATE INDEX dialplans_busy_leased ON dialplans (leased_at) WHERE status = 'busy';
+    CREATE INDEX dialplans_phone ON dialplans (phone);
+    CREATE TABLE handouts (
+        dialplan_id INTEGER NOT NULL,
+        client_id TEXT NOT NULL,
+        extension TEXT NOT NULL,
+        leased_at REAL NOT NULL
+    );
+    CREATE INDEX handouts_dialplan ON handouts (dialplan_id, client_id);
+    CREATE TABLE recordings (
+        id INTEGER PRIMARY KEY,
+        dialplan_id INTEGER,
+        client_id TEXT NOT NULL,
+        extension TEXT NOT NULL,
+        phone TEXT NOT NULL,
+        path TEXT NOT NULL,
+        outcome TEXT NOT NULL,
+        fields TEXT NOT NULL,
+        created_at TEXT NOT NULL
+    );
+    CREATE INDEX recordings_dialplan ON recordings (dialplan_id);
+    """,
+]
+
+_BATCH_MAX = 256
+
+
+class _SerialThread:
+    """One thread, one connection; queued jobs run in batches, one transaction per batch."""
+
+    def __init__(self, connect: Callable[[], sqlite3.Connection], name: str, *, write: bool):
+        self._connect = connect
+        self._write = write
+        self._queue: queue.SimpleQueue[tuple[Job, asyncio.Future[Any]] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._main, name=name, daemon=True)
+        self._started = threading.Event()
+        self._start_error: BaseException | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._thread.start()
+        self._started.wait()
+        if self._start_error is not None:
+            raise StoreError(f"cannot open the database: {self._start_error}")
+
+    async def run(self, job: Callable[[sqlite3.Connection], T]) -> T:
+        fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._queue.put((job, fut))
+        return await fut
+
+    def stop(self) -> None:
+        """Let queued jobs finish, then close the connection."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+
+    def _main(self) -> None:
+        try:
+            conn = self._connect()
+        except BaseException as exc:
+            self._start_error = exc
+            self._started.set()
+            return
+        self._started.set()
+        try:
+            stopping = False
+            while not stopping:
+                first = self._queue.get()
+                if first is None:
+                    break
+                batch = [first]
+                while len(batch) < _BATCH_MAX:
+                    try:
+                        nxt = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if nxt is None:
+                        stopping = True
+                        break
+                    batch.append(nxt)
+                self._run_batch(conn, batch)
+        finally:
+            conn.close()
+
+    def _run_batch(
+        self, conn: sqlite3.Connection, batch: list[tuple[Job, asyncio.Future[Any]]]
+    ) -> None:
+        results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE" if self._write else "BEGIN")
+            for job, fut in batch:
+                conn.execute("SAVEPOINT job")
+                try:
+                    value = job(conn)
+                except Exception as exc:  # the job's own failure: undo just it
+                    conn.execute("ROLLBACK TO job")
+                    conn.execute("RELEASE job")
+                    results.append((fut, None, exc))
+                else:
+                    conn.execute("RELEASE job")
+                    results.append((fut, value, None))
+            conn.execute("COMMIT")
+        except Exception as exc:  # the transaction itself failed: every job failed
+            if conn.in_transaction:
+                conn.rollback()
+            results = [(fut, None, exc) for _, fut in batch]
+        assert self._loop is not None
+        # RuntimeError: the loop is closed, nobody is waiting any more.
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(_settle, results)
+
+
+def _settle(results: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+    for fut, value, exc in results:
+        if fut.done():
+            continue
+        if exc is not None:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(value)
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=True)
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA busy_timeout=10000")
+    conn.execute("PRAGMA foreign_keys=ON")
+    return conn
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Apply the migrations the database lacks; answer the schema version."""
+    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    if version > len(MIGRATIONS):
+        raise StoreError(
+            f"database schema version {version} is newer than this program ({len(MIGRATIONS)})"
+        )
+    for number in range(version + 1, len(MIGRATIONS) + 1):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _statements(MIGRATIONS[number - 1]):
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {number}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.rollback()
+            raise
+    return len(MIGRATIONS)
+
+
+def _statements(script: str) -> list[str]:
+    return [s.strip() for s in script.split(";") if s.strip()]
+
+
+# ------------------------------------------------------------------ row shapes
+
+
+def _account_json(row: sqlite3.Row) -> JSON:
+    return {"host": row["host"], "name": row["name"], "pwd": row["pwd"]}
+
+
+def _lease_json(row: sqlite3.Row) -> JSON:
+    out: JSON = {"extensionNum": row["name"], "password": row["pwd"], "host": row["host"]}
+    if row["transport"]:
+        out["transport"] = row["transport"]
+    if row["domain"]:
+        out["domain"] = row["domain"]
+    return out
+
+
+def _dialplan_json(row: sqlite3.Row) -> JSON:
+    return {
+        "id": row["id"],
+        "phone": row["phone"],
+        "client_id": row["client_id"],
+        "status": row["status"],
+        "result": row["result"],
+        "created_at": row["created_at"],
+        "updated_at": row["updated_at"],
+        "task_id": row["task_id"],
+        "extensionNum": row["extension"],
+        "tries": row["tries"],
+        "detail": json.loads(row["detail"]) if row["detail"] else None,
+    }
+
+
+def _task_json(row: sqlite3.Row) -> JSON:
+    return {
+        "id": row["id"],
+        "status": row["status"],
+        "return_url": row["return_url"],
+        "created_at": row["created_at"],
+        "updated_at": row["updated_at"],
+    }
+
+
+def _callback_json(row: sqlite3.Row) -> JSON:
+    return {
+        "state": row["callback_state"],
+        "tries": row["callback_tries"],
+        "last_status": row["callback_last_status"],
+        "last_error": row["callback_last_error"],
+        "delivered_at": row["callback_delivered_at"],
+    }
+
+
+def _placeholders(n: int) -> str:
+    return ",".join("?" * n)
+
+
+_FREE_SET = (
+    "status = 'free', client_id = NULL, account_id = NULL, extension = NULL, "
+    "leased_at = NULL, updated_at = ?"
+)
+
+
+class SqliteStore(Store):
+    """The SQLite repository (see the module docstring for the threading)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._writer = _SerialThread(self._open_writer, "sqlite-writer", write=True)
+        self._reader = _SerialThread(lambda: _connect(self.path), "sqlite-reader", write=False)
+        self.schema_version = 0
+
+    def _open_writer(self) -> sqlite3.Connection:
+        conn = _connect(self.path)
+        try:
+            self.schema_version = migrate(conn)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    async def open(self) -> None:
+        loop = asyncio.get_running_loop()
+        await asyncio.to_thread(self.path.parent.mkdir, parents=True, exist_ok=True)
+        # The writer migrates before the reader opens, so the reader sees the schema.
+        await loop.run_in_executor(None, self._writer.start, loop)
+        await loop.run_in_executor(None, self._reader.start, loop)
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self._reader.stop)
+        await asyncio.to_thread(self._writer.stop)
+
+    # ------------------------------------------------------------ 000
+
+    async def upsert_accounts(self, accounts: Sequence[AccountIn], now: float) -> list[JSON]:
+        stamp = iso_local(now)
+
+        def job(conn: sqlite3.Connection) -> list[JSON]:
+            conn.executemany(
+                "INSERT INTO accounts (host, name, pwd, transport, domain, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (host, name) DO UPDATE SET pwd = excluded.pwd,"
+                " transport = excluded.transport, domain = excluded.domain,"
+                " updated_at = excluded.updated_at",
+                [(a.host, a.name, a.pwd, a.transport, a.domain, stamp, stamp) for a in accounts],
+            )
+            rows = conn.execute("SELECT host, name, pwd FROM accounts ORDER BY id").fetchall()
+            return [_account_json(r) for r in rows]
+
+        return await self._writer.run(job)
+
+    async def create_task(self, phones: Sequence[str], return_url: str, now: float) -> JSON:
+        stamp = iso_local(now)
+
+        def job(conn: sqlite3.Connection) -> JSON:
+            cur = conn.execute(
+                "INSERT INTO tasks (status, return_url, remaining, created_at, updated_at)"
+                " VALUES ('free', ?, ?, ?, ?)",
+                (return_url, len(phones), stamp, stamp),
+            )
+            task_id = cur.lastrowid
+            conn.executemany(
+                "INSERT INTO dialplans (task_id, phone, status, created_at, updated_at)"
+                " VALUES (?, ?, 'free', ?, ?)",
+                [(task_id, p, stamp, stamp) for p in phones],
+            )
+            rows = conn.execute(
+                "SELECT * FROM dialplans WHERE task_id = ? ORDER BY id", (task_id,)
+            ).fetchall()
+            return {
+                "task_id": task_id,
+                "dialplans": [_dialplan_json(r) for r in rows],
+                "return_url": return_url,
+            }
+
+        return await self._writer.run(job)
+
+    async def list_tasks(self, page: int, size: int) -> list[JSON]:
+        def job(conn: sqlite3.Connection) -> list[JSON]:
+            rows = conn.execute(
+                "SELECT * FROM tasks ORDER BY id DESC LIMIT ? OFFSET ?",
+                (size, (page - 1) * size),
+            ).fetchall()
+            return [_task_json(r) for r in rows]
+
+        return await self._reader.run(job)
+
+    async def get_task(self, task_id: int) -> JSON | None:
+        def job(conn: sqlite3.Connection) -> JSON | None:
+            row = conn.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchone()
+            if row is None:
+                return None
+            task = _task_json(row)
+            plans = conn.execute(
+                "SELECT * FROM dialplans WHERE task_id = ? ORDER BY id", (task_id,)
+            ).fetchall()
+            task["dialplans"] = [_dialplan_json(r) for r in plans]
+            task["callback"] = _callback_json(row)
+            return task
+
+        return await self._reader.run(job)
+
+    # ------------------------------------------------------------ 001
+
+    async def create_client(self, client_id: str, now: float) -> None:
+        def job(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO clients (id, state, created_at, last_seen) VALUES (?, 'active', ?, ?)",
+                (client_id, now, now),
+            )
+
+        await self._writer.run(job)
+
+    async def client_states(self) -> dict[str, str]:
+        def job(conn: sqlite3.Connection) -> dict[str, str]:
+            return {r["id"]: r["state"] for r in conn.execute("SELECT id, state FROM clients")}
+
+        return await self._reader.run(job)
+
+    async def touch_client(self, client_id: str, now: float) -> bool:
+        return await self._writer.run(lambda conn: _touch(conn, client_id, now))
+
+    async def lease_accounts(self, client_id: str, count: int, now: float) -> list[JSON] | None:
+        def job(conn: sqlite3.Connection) -> list[JSON] | None:
+            if not _touch(conn, client_id, now):
+                return None
+            held = conn.execute(
+                "SELECT * FROM accounts WHERE client_id = ? ORDER BY id", (client_id,)
+            ).fetchall()
+            names = {r["name"] for r in held}
+            new: list[sqlite3.Row] = []
+            if len(held) < count:
+                # A client addresses its extensions by name: never two of one name.
+                for row in conn.execute(
+                    "SELECT * FROM accounts WHERE client_id IS NULL ORDER BY id"
+                ):
+                    if len(held) + len(new) >= count:
+                        break
+                    if row["name"] not in names:
+                        names.add(row["name"])
+                        new.append(row)
+                conn.executemany(
+                    "UPDATE accounts SET client_id = ?, leased_at = ?, state = NULL,"
+                    " state_phone = NULL, state_at = NULL WHERE id = ?",
+                    [(client_id, now, r["id"]) for r in new],
+                )
+            return [_lease_json(r) for r in [*held, *new]]
+
+        return await self._writer.run(job)
+
+    async def lease_dialplans(self, client_id: str, now: float) -> list[JSON] | None:
+        stamp = iso_local(now)
+
+        def job(conn: sqlite3.Connection) -> list[JSON] | None:
+            if not _touch(conn, client_id, now):
+                return None
+            idle = conn.execute(
+                "SELECT a.id, a.name FROM accounts a WHERE a.client_id = ?"
+                " AND COALESCE(a.state, '') != 'unregistered'"
+                " AND NOT EXISTS (SELECT 1 FROM dialplans d"
+                "   WHERE d.status = 'busy' AND d.account_id = a.id)"
+                " ORDER BY a.id",
+                (client_id,),
+            ).fetchall()
+            if not idle:
+                return []
+            free = conn.execute(
+                "SELECT id, task_id, phone FROM dialplans WHERE status = 'free'"
+                " ORDER BY id LIMIT ?",
+                (len(idle),),
+            ).fetchall()
+            pairs = list(zip(idle, free, strict=False))
+            conn.executemany(
+                "UPDATE dialplans SET status = 'busy', client_id = ?,"
+                " account_id = ?, extension = ?, leased_at = ?, updated_at = ? WHERE id = ?",
+                [
+                    (client_id, acc["id"], acc["name"], now, stamp, plan["id"])
+                    for acc, plan in pairs
+                ],
+            )
+            # Every hand-out is kept: a late upload is matched against it.
+            conn.executemany(
+                "INSERT INTO handouts (dialplan_id, client_id, extension, leased_at)"
+                " VALUES (?, ?, ?, ?)",
+                [(plan["id"], client_id, acc["name"], now) for acc, plan in pairs],
+            )
+            tasks = sorted({plan["task_id"] for _, plan in pairs})
+            if tasks:
+                conn.execute(
+                    "UPDATE tasks SET status = 'running', updated_at = ?"
+                    f" WHERE status = 'free' AND id IN ({_placeholders(len(tasks))})",
+                    (stamp, *tasks),
+                )
+            return [
+                {"extensionNum": acc["name"], "phoneNum": plan["phone"], "dialplanId": plan["id"]}
+                for acc, plan in pairs
+            ]
+
+        return await self._writer.run(job)
+
+    async def record_status(
+        self, client_id: str, status: str, extension: str, phone: str, now: float
+    ) -> bool | None:
+        def job(conn: sqlite3.Connection) -> bool | None:
+            if not _touch(conn, client_id, now):
+                return None
+            cur = conn.execute(
+                "UPDATE accounts SET state = ?, state_phone = ?, state_at = ?"
+                " WHERE client_id = ? AND name = ?",
+                (status, phone, now, client_id, extension),
+            )
+            return cur.rowcount > 0
+
+        return await self._writer.run(job)
+
+    async def finish_dialplan(self, upload: Upload, max_tries: int, now: float) -> FinishOutcome:
+        stamp = iso_local(now)
+
+        def job(conn: sqlite3.Connection) -> FinishOutcome:
+            _touch(conn, upload.client_id, now)  # liveness; an expired client stays expired
+            outcome = _finish(conn, upload, max_tries, now, stamp)
+            conn.execute(
+                "INSERT INTO recordings (dialplan_id, client_id, extension, phone, path, outcome,"
+                " fields, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    outcome.dialplan_id,
+                    upload.client_id,
+                    upload.extension,
+                    upload.phone,
+                    upload.recording_path,
+                    outcome.status.value,
+                    json.dumps(upload.fields, ensure_ascii=False),
+                    stamp,
+                ),
+            )
+            return outcome
+
+        return await self._writer.run(job)
+
+    async def sweep(self, client_cutoff: float, number_cutoff: float, now: float) -> SweepOutcome:
+        stamp = iso_local(now)
+
+        def job(conn: sqlite3.Connection) -> SweepOutcome:
+            gone = [
+                r["id"]
+                for r in conn.execute(
+                    "SELECT id FROM clients WHERE state = 'active' AND last_seen < ?",
+                    (client_cutoff,),
+                )
+            ]
+            freed_by_client = 0
+            for cid in gone:
+                conn.execute("UPDATE clients SET state = 'expired' WHERE id = ?", (cid,))
+                conn.execute(
+                    "UPDATE accounts SET client_id = NULL, leased_at = NULL, state = NULL,"
+                    " state_phone = NULL, state_at = NULL WHERE client_id = ?",
+                    (cid,),
+                )
+                cur = conn.execute(
+                    f"UPDATE dialplans SET {_FREE_SET} WHERE status = 'busy' AND client_id = ?",
+                    (stamp, cid),
+                )
+                freed_by_client += cur.rowcount
+            cur = conn.execute(
+                f"UPDATE dialplans SET {_FREE_SET} WHERE status = 'busy' AND leased_at < ?",
+                (stamp, number_cutoff),
+            )
+            return SweepOutcome(gone, freed_by_client, cur.rowcount)
+
+        return await self._writer.run(job)
+
+    # ------------------------------------------------------------ callbacks
+
+    async def due_callbacks(self, now: float, limit: int) -> list[CallbackDue]:
+        def job(conn: sqlite3.Connection) -> list[CallbackDue]:
+            rows = conn.execute(
+                "SELECT id, return_url, callback_tries FROM tasks"
+                " WHERE callback_state = 'pending' AND callback_next_at <= ?"
+                " ORDER BY callback_next_at LIMIT ?",
+                (now, limit),
+            ).fetchall()
+            return [CallbackDue(r["id"], r["return_url"], r["callback_tries"]) for r in rows]
+
+        return await self._reader.run(job)
+
+    async def next_callback_at(self) -> float | None:
+        def job(conn: sqlite3.Connection) -> float | None:
+            row = conn.execute(
+                "SELECT MIN(callback_next_at) FROM tasks WHERE callback_state = 'pending'"
+            ).fetchone()
+            return None if row[0] is None else float(row[0])
+
+        return await self._reader.run(job)
+
+    async def record_callback(
+        self,
+        task_id: int,
+        *,
+        delivered: bool,
+        http_status: int | None,
+        error: str | None,
+        next_at: float | None,
+        now: float,
+    ) -> None:
+        stamp = iso_local(now)
+        if delivered:
+            state = "delivered"
+        elif next_at is None:
+            state = "failed"
+        else:
+            state = "pending"
+
+        def job(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE tasks SET callback_state = ?, callback_tries = callback_tries + 1,"
+                " callback_next_at = ?, callback_last_status = ?, callback_last_error = ?,"
+                " callback_delivered_at = ? WHERE id = ? AND callback_state = 'pending'",
+                (state, next_at, http_status, error, stamp if delivered else None, task_id),
+            )
+
+        await self._writer.run(job)
+
+
+def _touch(conn: sqlite3.Connection, client_id: str, now: float) -> bool:
+    cur = conn.execute(
+        "UPDATE clients SET last_seen = ? WHERE id = ? AND state = 'active'", (now, client_id)
+    )
+    return cur.rowcount > 0
+
+
+def _finish(
+    conn: sqlite3.Connection, upload: Upload, max_tries: int, now: float, stamp: str
+) -> FinishOutcome:
+    row: sqlite3.Row | None
+    if upload.dialplan_id is not None:
+        row = conn.execute("SELECT * FROM dialplans WHERE id = ?", (upload.dialplan_id,)).fetchone()
+        if row is None:
+            return FinishOutcome(FinishStatus.NOT_FOUND)
+        if row["phone"] != upload.phone:
+            return FinishOutcome(FinishStatus.MISMATCH, row["id"], row["task_id"])
+    else:
+        row = conn.execute(
+            "SELECT * FROM dialplans WHERE status = 'busy' AND client_id = ? AND extension = ?"
+            " AND phone = ? ORDER BY id LIMIT 1",
+            (upload.client_id, upload.extension, upload.phone),
+        ).fetchone()
+        if row is None:
+            # A late upload: its lease was reclaimed (the number may be free again,
+            # or leased to another client). The oldest unfinished one it held wins.
+            row = conn.execute(
+                "SELECT * FROM dialplans d WHERE d.phone = ? AND EXISTS (SELECT 1 FROM handouts h"
+                "   WHERE h.dialplan_id = d.id AND h.client_id = ?)"
+                " ORDER BY d.status = 'finish', d.id LIMIT 1",
+                (upload.phone, upload.client_id),
+            ).fetchone()
+        if row is None:
+            return FinishOutcome(FinishStatus.NOT_FOUND)
+    dialplan_id, task_id = int(row["id"]), int(row["task_id"])
+    if row["status"] == "finish":
+        return FinishOutcome(
+            FinishStatus.ALREADY_FINISHED, dialplan_id, task_id, tries=int(row["tries"])
+        )
+    tries = int(row["tries"]) + 1
+    detail = dict(upload.detail, tries=tries)
+    if upload.transient and tries < max_tries:
+        conn.execute(
+            f"UPDATE dialplans SET {_FREE_SET}, tries = ?, detail = ? WHERE id = ?",
+            (stamp, tries, json.dumps(detail, ensure_ascii=False), dialplan_id),
+        )
+        return FinishOutcome(FinishStatus.RETRY, dialplan_id, task_id, tries=tries)
+    conn.execute(
+        "UPDATE dialplans SET status = 'finish', client_id = ?, extension = ?,"
+        " account_id = NULL, leased_at = NULL, tries = ?, result = ?, detail = ?,"
+        " updated_at = ? WHERE id = ?",
+        (
+            upload.client_id,
+            upload.extension,
+            tries,
+            upload.result,
+            json.dumps(detail, ensure_ascii=False),
+            stamp,
+            dialplan_id,
+        ),
+    )
+    conn.execute(
+        "UPDATE tasks SET remaining = remaining - 1, status = 'running', updated_at = ?"
+        " WHERE id = ?",
+        (stamp, task_id),
+    )
+    left = conn.execute("SELECT remaining FROM tasks WHERE id = ?", (task_id,)).fetchone()[0]
+    finished = left == 0
+    if finished:
+        # Due at once (epoch 0): the callback worker keeps its own real clock.
+        conn.execute(
+            "UPDATE tasks SET status = 'finish', callback_state = 'pending',"
+            " callback_next_at = 0 WHERE id = ?",
+            (task_id,),
+        )
+    return FinishOutcome(FinishStatus.FINISHED, dialplan_id, task_id, finished, tries)

@@ -1,0 +1,194 @@
+"""The server's persistence, as a small repository interface.
+
+Routes and dispatch speak only to `Store`; `SqliteStore` (server/sqlite.py)
+is the one implementation today. A PostgreSQL one can be added beside it
+without touching the routes: every method is one transaction, takes the
+current time as an argument (so the dispatch clock, fake in tests, is the
+only clock) and answers JSON-ready dicts in the wire shapes of PROTOCOL.md.
+
+Business refusals (an unknown dialplan, a finished number) are answers, not
+exceptions, so that a refused upload is still recorded in the same
+transaction.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sipclient.config import ConfigError, sqlite_path
+
+JSON = dict[str, Any]
+
+
+def iso_local(epoch: float) -> str:
+    """ISO 8601 local time without zone, to the second, as the seed writes it."""
+    return datetime.fromtimestamp(epoch).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True)
+class AccountIn:
+    """One extension account pushed to the pool (key: host + name)."""
+
+    host: str
+    name: str
+    pwd: str
+    transport: str | None = None
+    domain: str | None = None
+
+
+@dataclass(frozen=True)
+class Upload:
+    """What one /dial_wav brought, after validation.
+
+    `dialplan_id` (ext) names the number exactly; without it the number is
+    found by client, extension and phone. `outcome` is None when the
+    classifier judged the call transient and it is to be dialled again.
+    """
+
+    client_id: str
+    extension: str
+    phone: str
+    dialplan_id: int | None
+    result: str
+    transient: bool
+    detail: JSON
+    recording_path: str
+    fields: JSON = field(default_factory=dict)
+
+
+class FinishStatus(enum.StrEnum):
+    """How an upload ended for its dialplan."""
+
+    FINISHED = "finished"  # the dialplan is now `finish`
+    RETRY = "retry"  # transient outcome: back to `free`, tries + 1
+    NOT_FOUND = "not_found"  # no dialplan matches the upload
+    ALREADY_FINISHED = "already_finished"  # it was finished before (409)
+    MISMATCH = "mismatch"  # dialplanId names another phone
+
+
+@dataclass(frozen=True)
+class FinishOutcome:
+    status: FinishStatus
+    dialplan_id: int | None = None
+    task_id: int | None = None
+    task_finished: bool = False
+    tries: int = 0
+
+
+@dataclass(frozen=True)
+class SweepOutcome:
+    expired_clients: list[str]
+    freed_by_client: int
+    freed_by_timeout: int
+
+
+@dataclass(frozen=True)
+class CallbackDue:
+    task_id: int
+    return_url: str
+    tries: int
+
+
+class StoreError(RuntimeError):
+    """The database cannot be used (schema too new, file unreadable, ...)."""
+
+
+class Store(abc.ABC):
+    """The repository: every method is one transaction."""
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Connect and apply pending schema migrations."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Finish queued work and disconnect."""
+
+    # ---- 000: accounts and tasks
+    @abc.abstractmethod
+    async def upsert_accounts(self, accounts: Sequence[AccountIn], now: float) -> list[JSON]:
+        """Add or update accounts; answer the whole pool as {host, name, pwd}."""
+
+    @abc.abstractmethod
+    async def create_task(self, phones: Sequence[str], return_url: str, now: float) -> JSON:
+        """A task of `phones` (already de-duplicated): {task_id, dialplans, return_url}."""
+
+    @abc.abstractmethod
+    async def list_tasks(self, page: int, size: int) -> list[JSON]:
+        """Tasks newest first, without their dialplans."""
+
+    @abc.abstractmethod
+    async def get_task(self, task_id: int) -> JSON | None:
+        """One task with its dialplans and its callback state, or None."""
+
+    # ---- 001: clients and leases
+    @abc.abstractmethod
+    async def create_client(self, client_id: str, now: float) -> None: ...
+
+    @abc.abstractmethod
+    async def client_states(self) -> dict[str, str]:
+        """Every client id with its state ("active" or "expired")."""
+
+    @abc.abstractmethod
+    async def touch_client(self, client_id: str, now: float) -> bool:
+        """Record liveness; False when the client is not active."""
+
+    @abc.abstractmethod
+    async def lease_accounts(self, client_id: str, count: int, now: float) -> list[JSON] | None:
+        """The client's lease topped up to `count` accounts; None: client not active."""
+
+    @abc.abstractmethod
+    async def lease_dialplans(self, client_id: str, now: float) -> list[JSON] | None:
+        """One free number per idle extension of the client; None: client not active."""
+
+    @abc.abstractmethod
+    async def record_status(
+        self, client_id: str, status: str, extension: str, phone: str, now: float
+    ) -> bool | None:
+        """Extension state; False: extension not leased to it; None: client not active."""
+
+    @abc.abstractmethod
+    async def finish_dialplan(self, upload: Upload, max_tries: int, now: float) -> FinishOutcome:
+        """Apply an upload's verdict to its dialplan; the upload is recorded whatever happens.
+
+        Counts as liveness of an active uploader (an expired one stays expired)."""
+
+    @abc.abstractmethod
+    async def sweep(self, client_cutoff: float, number_cutoff: float, now: float) -> SweepOutcome:
+        """Expire clients silent since before `client_cutoff`; free numbers leased before
+        `number_cutoff`."""
+
+    # ---- callbacks
+    @abc.abstractmethod
+    async def due_callbacks(self, now: float, limit: int) -> list[CallbackDue]: ...
+
+    @abc.abstractmethod
+    async def next_callback_at(self) -> float | None:
+        """When the earliest pending delivery is due, or None."""
+
+    @abc.abstractmethod
+    async def record_callback(
+        self,
+        task_id: int,
+        *,
+        delivered: bool,
+        http_status: int | None,
+        error: str | None,
+        next_at: float | None,
+        now: float,
+    ) -> None:
+        """One delivery try: delivered, failed for good (next_at None) or retry at next_at."""
+
+
+def open_store(database_url: str) -> Store:
+    """The Store for a `database` URL of the config."""
+    if database_url.startswith("sqlite:///"):
+        from sipclient.server.sqlite import SqliteStore
+
+        return SqliteStore(sqlite_path(database_url))
+    raise ConfigError("database", "only sqlite:/// is implemented in this build")

@@ -1,0 +1,283 @@
+"""Every route over a real socket on a real SQLite file: the seed examples and the 001 cycle."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from sipclient.config import ServerConfig
+from tests.server.conftest import ACCOUNTS, Api, upload_form, wav_bytes
+
+# The seeds' curl bodies, verbatim (seed 000_59e7b47d2d83e2b8.txt).
+SEED_ACCOUNT_BODY = """{
+    "account": [
+        {
+            "host": "192.168.10.51:5060",
+            "name": "1004",
+            "pwd": "1004"
+        },
+        {
+            "host": "192.168.10.51:5060",
+            "name": "1001",
+            "pwd": "1001"
+        },
+        {
+            "host": "192.168.10.51:5060",
+            "name": "1002",
+            "pwd": "1002"
+        }
+    ]
+}"""
+
+SEED_DIALPLAN_BODY = """{
+    "phone": [
+        "818871357213"
+    ],
+    "return_url": "http://127.0.0.1:5001"
+}"""
+
+DIALPLAN_KEYS = {"id", "phone", "client_id", "status", "result", "created_at", "updated_at"}
+
+
+async def test_seed_000_examples_work_unchanged(api: Api) -> None:
+    headers = {"Content-Type": "application/json"}
+    data = await api.ok("POST", "/api/account", data=SEED_ACCOUNT_BODY, headers=headers)
+    assert {(a["host"], a["name"], a["pwd"]) for a in data["accounts"]} == {
+        ("192.168.10.51:5060", "1004", "1004"),
+        ("192.168.10.51:5060", "1001", "1001"),
+        ("192.168.10.51:5060", "1002", "1002"),
+    }
+    status, body = await api.call("POST", "/api/dialplan", data=SEED_DIALPLAN_BODY, headers=headers)
+    assert status == 200 and body["msg"] is None
+    task = body["data"]
+    assert task["return_url"] == "http://127.0.0.1:5001"
+    [plan] = task["dialplans"]
+    assert DIALPLAN_KEYS | {"task_id"} <= set(plan)
+    assert plan["phone"] == "818871357213" and plan["status"] == "free"
+    assert plan["client_id"] is None and plan["result"] is None
+    assert plan["task_id"] == task["task_id"]
+
+    status, body = await api.call("GET", "/api/tasks?page=1&size=10", headers=headers)
+    assert body["msg"] == "success"
+    assert [t["id"] for t in body["data"]] == [task["task_id"]]
+    assert set(body["data"][0]) == {"id", "status", "return_url", "created_at", "updated_at"}
+
+    one = await api.ok("GET", f"/api/task/{task['task_id']}")
+    same = await api.ok("GET", f"/api/tasks/{task['task_id']}")
+    assert one == same
+    assert one["status"] == "free" and one["dialplans"][0]["id"] == plan["id"]
+    assert one["callback"]["state"] == "none"
+
+
+async def test_account_push_updates_by_host_and_name_and_answers_the_pool(api: Api) -> None:
+    await api.ok("POST", "/api/account", json={"account": ACCOUNTS})
+    changed = [{"host": "127.0.0.1:5060", "name": "1001", "pwd": "new"}]
+    pool = (await api.ok("POST", "/api/account", json={"account": changed}))["accounts"]
+    assert len(pool) == 3
+    assert {a["name"]: a["pwd"] for a in pool}["1001"] == "new"
+    other_host = [{"host": "127.0.0.2:5060", "name": "1001", "pwd": "x"}]
+    pool = (await api.ok("POST", "/api/account", json={"account": other_host}))["accounts"]
+    assert len(pool) == 4
+
+
+async def test_phones_kept_as_pushed_and_deduplicated(api: Api) -> None:
+    phones = ["+86 138 0000 0000", "0086138", "0086138", "13800000000", "+86 138 0000 0000"]
+    data = await api.ok(
+        "POST", "/api/dialplan", json={"phone": phones, "return_url": "http://127.0.0.1:9/cb"}
+    )
+    assert [p["phone"] for p in data["dialplans"]] == [
+        "+86 138 0000 0000",
+        "0086138",
+        "13800000000",
+    ]
+
+
+async def test_tasks_listed_newest_first_with_paging(api: Api) -> None:
+    ids = []
+    for i in range(5):
+        body = {"phone": [str(1000 + i)], "return_url": "http://127.0.0.1:9/"}
+        ids.append((await api.ok("POST", "/api/dialplan", json=body))["task_id"])
+    first = await api.ok("GET", "/api/tasks?page=1&size=2")
+    second = await api.ok("GET", "/api/tasks?page=2&size=2")
+    third = await api.ok("GET", "/api/tasks?page=3&size=2")
+    assert [t["id"] for t in first + second + third] == ids[::-1]
+    assert [t["id"] for t in await api.ok("GET", "/api/tasks")] == ids[::-1]
+    assert await api.ok("GET", "/api/tasks?page=9&size=2") == []
+
+
+async def test_unknown_task_is_404_and_bad_id_400(api: Api) -> None:
+    status, body = await api.call("GET", "/api/tasks/999")
+    assert status == 404 and "task_id" in body["msg"]
+    status, body = await api.call("GET", "/api/task/abc")
+    assert status == 400 and "task_id" in body["msg"]
+
+
+async def _setup(api: Api, phones: list[str], accounts: list[dict[str, str]] = ACCOUNTS) -> int:
+    await api.ok("POST", "/api/account", json={"account": accounts})
+    task = await api.ok(
+        "POST", "/api/dialplan", json={"phone": phones, "return_url": "http://127.0.0.1:9/cb"}
+    )
+    return int(task["task_id"])
+
+
+async def test_the_001_cycle_finishes_a_task(api: Api, config: ServerConfig) -> None:
+    task_id = await _setup(api, ["111", "222"])
+    cid = await api.notify()
+    accounts = (await api.ok("GET", f"/accounts/{cid}?threadsNum=2"))["accounts"]
+    assert [(a["extensionNum"], a["password"]) for a in accounts] == [
+        ("1001", "p1001"),
+        ("1002", "p1002"),
+    ]
+    assert accounts[0]["host"] == "127.0.0.1:5060"
+    plans = (await api.ok("GET", f"/dialplan/{cid}"))["dialplans"]
+    assert [(p["extensionNum"], p["phoneNum"]) for p in plans] == [("1001", "111"), ("1002", "222")]
+    task = await api.ok("GET", f"/api/tasks/{task_id}")
+    assert task["status"] == "running"
+    assert [p["status"] for p in task["dialplans"]] == ["busy", "busy"]
+    assert task["dialplans"][0]["client_id"] == cid
+
+    # Busy extensions get nothing more.
+    assert (await api.ok("GET", f"/dialplan/{cid}"))["dialplans"] == []
+    ts = await api.ok("POST", f"/heartbeat/{cid}")
+    assert ts["timestamp"].isdigit()
+    await api.ok("GET", f"/status/{cid}?status=during&extensionNum=1001&phoneNum=111")
+
+    status, body = await api.upload(cid, "1001", "111", sipCode=404)
+    assert status == 200 and body["data"]["result"] == "empty"
+    assert body["data"]["status"] == "finish"
+    status, body = await api.upload(
+        cid, "1002", "222", sipCode=486, q850Cause=17, ringMs=2500, startedAt="2026-01-01T10:00:00"
+    )
+    assert body["data"]["result"] == "busy"
+
+    task = await api.ok("GET", f"/api/tasks/{task_id}")
+    assert task["status"] == "finish"
+    by_phone = {p["phone"]: p for p in task["dialplans"]}
+    assert by_phone["111"]["result"] == "empty" and by_phone["111"]["status"] == "finish"
+    detail = by_phone["222"]["detail"]
+    assert detail["sip_code"] == 486 and detail["q850_cause"] == 17
+    assert detail["answertype"] == "callee" and detail["answered"] == 0
+    assert detail["duration"] == 2 and detail["calltime"] == "2026-01-01T10:00:00"
+    assert detail["tries"] == 1 and detail["evidence"]["kind"] == "signalling"
+    assert task["callback"]["state"] in ("pending", "failed")
+
+    wavs = sorted(config.recordings.dir.rglob("*.wav"))
+    assert len(wavs) == 2 and len({w.name for w in wavs}) == 2
+
+
+async def test_a_seed_only_upload_works(api: Api) -> None:
+    await _setup(api, ["555"])
+    cid = await api.notify()
+    await api.ok("GET", f"/accounts/{cid}?threadsNum=1")
+    await api.ok("GET", f"/dialplan/{cid}")
+    # Exactly the seed's three fields, a WAV with audio.
+    status, body = await api.call(
+        "POST", f"/dial_wav/{cid}", data=upload_form("1001", "555", wav_bytes(frames=800))
+    )
+    assert status == 200 and body["data"]["status"] == "finish"
+    assert body["data"]["result"] in {"unknown", "ringing"}
+
+
+async def test_account_lease_is_stable_and_exclusive(api: Api) -> None:
+    await _setup(api, ["1"])
+    a, b = await api.notify(), await api.notify()
+    first = (await api.ok("GET", f"/accounts/{a}?threadsNum=2"))["accounts"]
+    again = (await api.ok("GET", f"/accounts/{a}?threadsNum=2"))["accounts"]
+    assert first == again
+    rest = (await api.ok("GET", f"/accounts/{b}?threadsNum=5"))["accounts"]
+    assert [r["extensionNum"] for r in rest] == ["1003"]  # only what is free
+    more = (await api.ok("GET", f"/accounts/{a}?threadsNum=3"))["accounts"]
+    assert len(more) == 2  # nothing left to top up with
+    status, body = await api.call("GET", f"/accounts/{a}?threadsNum=0")
+    assert status == 400 and "threadsNum" in body["msg"]
+    status, body = await api.call("GET", f"/accounts/{a}")
+    assert status == 400 and "threadsNum" in body["msg"]
+
+
+async def test_same_name_on_two_hosts_is_not_leased_twice_to_one_client(api: Api) -> None:
+    twins = [
+        {"host": "127.0.0.1:5060", "name": "2001", "pwd": "a"},
+        {"host": "127.0.0.2:5060", "name": "2001", "pwd": "b"},
+    ]
+    await _setup(api, ["1"], twins)
+    cid = await api.notify()
+    accounts = (await api.ok("GET", f"/accounts/{cid}?threadsNum=2"))["accounts"]
+    assert [a["extensionNum"] for a in accounts] == ["2001"]
+
+
+async def test_unregistered_extension_gets_no_number(api: Api) -> None:
+    await _setup(api, ["1", "2"])
+    cid = await api.notify()
+    await api.ok("GET", f"/accounts/{cid}?threadsNum=2")
+    await api.ok("GET", f"/status/{cid}?status=unregistered&extensionNum=1001&phoneNum=")
+    plans = (await api.ok("GET", f"/dialplan/{cid}"))["dialplans"]
+    assert [p["extensionNum"] for p in plans] == ["1002"]
+    await api.ok("GET", f"/status/{cid}?status=idle&extensionNum=1001")
+    plans = (await api.ok("GET", f"/dialplan/{cid}"))["dialplans"]
+    assert [p["extensionNum"] for p in plans] == ["1001"]
+
+
+async def test_status_validation(api: Api) -> None:
+    await _setup(api, ["1"])
+    cid = await api.notify()
+    await api.ok("GET", f"/accounts/{cid}?threadsNum=1")
+    status, body = await api.call("GET", f"/status/{cid}?status=dancing&extensionNum=1001")
+    assert status == 400 and body["msg"].startswith("status:")
+    status, body = await api.call("GET", f"/status/{cid}?status=idle")
+    assert status == 400 and body["msg"].startswith("extensionNum:")
+    status, body = await api.call("GET", f"/status/{cid}?status=idle&extensionNum=1003")
+    assert status == 404 and body["msg"].startswith("extensionNum:")
+
+
+async def test_transient_outcome_is_dialled_again_up_to_max_tries(api: Api) -> None:
+    task_id = await _setup(api, ["777"])
+    cid = await api.notify()
+    await api.ok("GET", f"/accounts/{cid}?threadsNum=1")
+    for attempt in (1, 2):
+        [plan] = (await api.ok("GET", f"/dialplan/{cid}"))["dialplans"]
+        assert plan["phoneNum"] == "777"
+        status, body = await api.upload(cid, "1001", "777", sipCode=503)
+        assert status == 200 and body["data"]["status"] == "free", attempt
+        task = await api.ok("GET", f"/api/tasks/{task_id}")
+        assert task["dialplans"][0]["tries"] == attempt
+        assert task["dialplans"][0]["status"] == "free"
+    [plan] = (await api.ok("GET", f"/dialplan/{cid}"))["dialplans"]
+    status, body = await api.upload(cid, "1001", "777", sipCode=503)
+    assert body["data"]["status"] == "finish" and body["data"]["result"] == "failed"
+    task = await api.ok("GET", f"/api/tasks/{task_id}")
+    assert task["status"] == "finish"
+    assert task["dialplans"][0]["detail"]["tries"] == 3  # retries.max_tries default
+
+
+async def test_dialplan_id_ext_field_names_the_number(api: Api) -> None:
+    await _setup(api, ["42"])
+    cid = await api.notify()
+    await api.ok("GET", f"/accounts/{cid}?threadsNum=1")
+    [plan] = (await api.ok("GET", f"/dialplan/{cid}"))["dialplans"]
+    status, body = await api.upload(cid, "1001", "43", dialplanId=plan["dialplanId"])
+    assert status == 409 and body["msg"].startswith("phone:")
+    status, body = await api.upload(cid, "1001", "42", dialplanId=plan["dialplanId"] + 100)
+    assert status == 404 and body["msg"].startswith("dialplanId:")
+    status, body = await api.upload(cid, "1001", "42", dialplanId=plan["dialplanId"], sipCode=404)
+    assert status == 200 and body["data"]["dialplanId"] == plan["dialplanId"]
+
+
+async def test_upload_for_a_number_never_handed_out_is_404(api: Api) -> None:
+    await _setup(api, ["42"])
+    cid = await api.notify()
+    status, body = await api.upload(cid, "1001", "42")
+    assert status == 404 and body["msg"].startswith("phone:")
+
+
+async def test_openapi_lists_every_route(api: Api, tmp_path: Path) -> None:
+    async with api.client.get("/openapi.json") as resp:
+        doc = await resp.json()
+    assert doc["openapi"].startswith("3.")
+    routes = {(method.upper(), path) for path, ops in doc["paths"].items() for method in ops}
+    served = {
+        (r.method, r.resource.canonical)
+        for r in api.client.app.router.routes()
+        if r.resource is not None and r.method != "HEAD"
+    }
+    assert routes == served
+    (tmp_path / "openapi.json").write_text(json.dumps(doc))

@@ -1,0 +1,162 @@
+"""Lease reclaim with the fake clock: silent clients, late uploads, never finished twice."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from sipclient.server.app import DISPATCH
+from sipclient.server.dispatch import FakeClock
+from tests.server.conftest import ACCOUNTS, Api
+
+URL = "http://127.0.0.1:9/cb"
+
+
+async def _push(api: Api, phones: list[str]) -> int:
+    await api.ok("POST", "/api/account", json={"account": ACCOUNTS})
+    task = await api.ok("POST", "/api/dialplan", json={"phone": phones, "return_url": URL})
+    return int(task["task_id"])
+
+
+async def _statuses(api: Api, task_id: int) -> dict[str, tuple[str, str | None]]:
+    task = await api.ok("GET", f"/api/tasks/{task_id}")
+    return {p["phone"]: (p["status"], p["client_id"]) for p in task["dialplans"]}
+
+
+async def test_silent_client_loses_accounts_and_numbers(
+    api: Api, app: web.Application, clock: FakeClock
+) -> None:
+    task_id = await _push(api, ["100", "200", "300"])
+    a = await api.notify()
+    await api.ok("GET", f"/accounts/{a}?threadsNum=2")
+    plans = (await api.ok("GET", f"/dialplan/{a}"))["dialplans"]
+    assert [p["phoneNum"] for p in plans] == ["100", "200"]
+    b = await api.notify()
+    assert [
+        x["extensionNum"] for x in (await api.ok("GET", f"/accounts/{b}?threadsNum=3"))["accounts"]
+    ] == ["1003"]
+
+    # 59 s of silence from a: nothing happens.
+    clock.advance(59)
+    await api.ok("POST", f"/heartbeat/{b}")
+    out = await app[DISPATCH].sweep()
+    assert out.expired_clients == []
+
+    # Past client_timeout (60 s): a is expired, b (heard 2 s ago) is not.
+    clock.advance(2)
+    await api.ok("POST", f"/heartbeat/{b}")
+    out = await app[DISPATCH].sweep()
+    assert out.expired_clients == [a]
+    assert out.freed_by_client == 2
+    assert await _statuses(api, task_id) == {
+        "100": ("free", None),
+        "200": ("free", None),
+        "300": ("free", None),
+    }
+
+    # a's control calls now fail so its daemon calls /notify again.
+    for method, path in (
+        ("POST", f"/heartbeat/{a}"),
+        ("GET", f"/dialplan/{a}"),
+        ("GET", f"/accounts/{a}?threadsNum=1"),
+    ):
+        status, body = await api.call(method, path)
+        assert status == 404 and "expired" in body["msg"]
+
+    # b takes over a's accounts and numbers.
+    accounts = (await api.ok("GET", f"/accounts/{b}?threadsNum=3"))["accounts"]
+    assert sorted(x["extensionNum"] for x in accounts) == ["1001", "1002", "1003"]
+    plans = (await api.ok("GET", f"/dialplan/{b}"))["dialplans"]
+    assert sorted(p["phoneNum"] for p in plans) == ["100", "200", "300"]
+
+    # A late upload from a for "100" (busy with b now, unfinished): accepted.
+    status, body = await api.upload(a, "1001", "100", sipCode=404)
+    assert status == 200 and body["data"]["result"] == "empty"
+    # b's own upload of the same number is then refused: never finished twice.
+    ext_100 = next(p["extensionNum"] for p in plans if p["phoneNum"] == "100")
+    status, body = await api.upload(b, ext_100, "100", sipCode=486)
+    assert status == 409 and "already finished" in body["msg"]
+    # a's second late upload of it: refused too.
+    status, body = await api.upload(a, "1001", "100", sipCode=404)
+    assert status == 409
+
+    for p in plans:
+        if p["phoneNum"] != "100":
+            status, _ = await api.upload(b, p["extensionNum"], p["phoneNum"], sipCode=486)
+            assert status == 200
+    task = await api.ok("GET", f"/api/tasks/{task_id}")
+    assert task["status"] == "finish"
+    results = {p["phone"]: (p["result"], p["client_id"], p["tries"]) for p in task["dialplans"]}
+    assert results == {"100": ("empty", a, 1), "200": ("busy", b, 1), "300": ("busy", b, 1)}
+
+
+async def test_status_and_any_call_count_as_liveness(
+    api: Api, app: web.Application, clock: FakeClock
+) -> None:
+    await _push(api, ["1"])
+    a = await api.notify()
+    await api.ok("GET", f"/accounts/{a}?threadsNum=1")
+    for _ in range(5):
+        clock.advance(50)
+        await api.ok("GET", f"/status/{a}?status=idle&extensionNum=1001&phoneNum=")
+        assert (await app[DISPATCH].sweep()).expired_clients == []
+    clock.advance(50)
+    await api.ok("GET", f"/dialplan/{a}")
+    clock.advance(50)
+    assert (await app[DISPATCH].sweep()).expired_clients == []
+    clock.advance(11)
+    assert (await app[DISPATCH].sweep()).expired_clients == [a]
+
+
+async def test_number_held_too_long_is_freed_even_if_client_lives(
+    api: Api, app: web.Application, clock: FakeClock
+) -> None:
+    task_id = await _push(api, ["9"])
+    a = await api.notify()
+    await api.ok("GET", f"/accounts/{a}?threadsNum=1")
+    await api.ok("GET", f"/dialplan/{a}")
+    for _ in range(11):  # 605 s, heartbeating: the client lives, the number does not
+        clock.advance(55)
+        await api.ok("POST", f"/heartbeat/{a}")
+    out = await app[DISPATCH].sweep()
+    assert out.expired_clients == [] and out.freed_by_timeout == 1
+    assert await _statuses(api, task_id) == {"9": ("free", None)}
+    # Handed out again, to the same idle extension.
+    [plan] = (await api.ok("GET", f"/dialplan/{a}"))["dialplans"]
+    assert plan["phoneNum"] == "9"
+    status, _ = await api.upload(a, "1001", "9", sipCode=404)
+    assert status == 200
+    assert await _statuses(api, task_id) == {"9": ("finish", a)}
+
+
+async def test_late_upload_for_a_freed_unleased_number_finishes_it(
+    api: Api, app: web.Application, clock: FakeClock
+) -> None:
+    task_id = await _push(api, ["5"])
+    a = await api.notify()
+    await api.ok("GET", f"/accounts/{a}?threadsNum=1")
+    await api.ok("GET", f"/dialplan/{a}")
+    clock.advance(61)
+    await app[DISPATCH].sweep()
+    assert await _statuses(api, task_id) == {"5": ("free", None)}
+    status, body = await api.upload(a, "1001", "5", sipCode=404)
+    assert status == 200 and body["data"]["status"] == "finish"
+    assert await _statuses(api, task_id) == {"5": ("finish", a)}
+    # Nobody gets it again.
+    b = await api.notify()
+    await api.ok("GET", f"/accounts/{b}?threadsNum=3")
+    assert (await api.ok("GET", f"/dialplan/{b}"))["dialplans"] == []
+
+
+async def test_expired_client_restarting_with_notify_gets_work(
+    api: Api, app: web.Application, clock: FakeClock
+) -> None:
+    await _push(api, ["1", "2"])
+    a = await api.notify()
+    await api.ok("GET", f"/accounts/{a}?threadsNum=2")
+    await api.ok("GET", f"/dialplan/{a}")
+    clock.advance(120)
+    await app[DISPATCH].sweep()
+    a2 = await api.notify()
+    assert a2 != a
+    assert len((await api.ok("GET", f"/accounts/{a2}?threadsNum=2"))["accounts"]) == 2
+    assert len((await api.ok("GET", f"/dialplan/{a2}"))["dialplans"]) == 2

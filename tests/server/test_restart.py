@@ -1,0 +1,87 @@
+"""Stop the server mid-task, start it again on the same database: nothing lost or doubled."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import aiohttp
+
+from sipclient.config import ServerConfig, sqlite_path
+from tests.server.conftest import ACCOUNTS, Api, LiveServer, UrlClient
+
+URL = "http://127.0.0.1:9/cb"
+
+
+async def test_restart_mid_task_loses_and_doubles_nothing(
+    live: LiveServer, session: aiohttp.ClientSession, config: ServerConfig
+) -> None:
+    await live.start()
+    api = Api(UrlClient(session, live))
+    phones = [f"1380000{i:04d}" for i in range(7)]
+    await api.ok("POST", "/api/account", json={"account": ACCOUNTS})
+    task_id = (await api.ok("POST", "/api/dialplan", json={"phone": phones, "return_url": URL}))[
+        "task_id"
+    ]
+    cid = await api.notify()
+    await api.ok("GET", f"/accounts/{cid}?threadsNum=3")
+    first = (await api.ok("GET", f"/dialplan/{cid}"))["dialplans"]
+    assert len(first) == 3
+    # One finished, two still busy when the server stops.
+    status, _ = await api.upload(cid, first[0]["extensionNum"], first[0]["phoneNum"], sipCode=404)
+    assert status == 200
+    await live.stop()
+
+    await live.start()  # a new port, the same database and recordings folder
+    task = await api.ok("GET", f"/api/tasks/{task_id}")
+    states = [p["status"] for p in task["dialplans"]]
+    assert states.count("finish") == 1 and states.count("busy") == 2
+    # The same client goes on: its lease survived, its in-flight uploads are taken.
+    again = (await api.ok("GET", f"/accounts/{cid}?threadsNum=3"))["accounts"]
+    assert len(again) == 3
+    for plan in first[1:]:
+        status, _ = await api.upload(cid, plan["extensionNum"], plan["phoneNum"], sipCode=486)
+        assert status == 200
+    status, _ = await api.upload(cid, first[0]["extensionNum"], first[0]["phoneNum"], sipCode=404)
+    assert status == 409  # finished before the restart: never twice
+    for _ in range(10):
+        plans = (await api.ok("GET", f"/dialplan/{cid}"))["dialplans"]
+        if not plans:
+            break
+        for plan in plans:
+            status, _ = await api.upload(cid, plan["extensionNum"], plan["phoneNum"], sipCode=404)
+            assert status == 200
+    task = await api.ok("GET", f"/api/tasks/{task_id}")
+    assert task["status"] == "finish"
+    assert sorted(p["phone"] for p in task["dialplans"]) == sorted(phones)
+    assert all(p["status"] == "finish" and p["tries"] == 1 for p in task["dialplans"])
+    await live.stop()
+
+    db = sqlite3.connect(sqlite_path(config.database))
+    try:
+        rows = db.execute(
+            "SELECT dialplan_id, COUNT(*) FROM recordings WHERE outcome = 'finished'"
+            " GROUP BY dialplan_id"
+        ).fetchall()
+        refused = db.execute(
+            "SELECT COUNT(*) FROM recordings WHERE outcome = 'already_finished'"
+        ).fetchone()[0]
+    finally:
+        db.close()
+    assert len(rows) == 7 and all(n == 1 for _, n in rows)
+    assert refused == 1
+    wavs = list(Path(config.recordings.dir).rglob("*.wav"))
+    assert len(wavs) == 8  # every upload kept on disk, the refused one too
+
+
+async def test_schema_is_versioned_and_reopened(live: LiveServer, config: ServerConfig) -> None:
+    await live.start()
+    await live.stop()
+    db = sqlite3.connect(sqlite_path(config.database))
+    try:
+        assert db.execute("PRAGMA user_version").fetchone()[0] >= 1
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        db.close()
+    await live.start()  # migrations are not re-applied
+    await live.stop()
