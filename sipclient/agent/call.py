@@ -24,6 +24,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+import structlog
+
 from sipclient.agent.transport import SipStack
 from sipclient.classify.verdicts import Signalling
 from sipclient.logs import get_logger
@@ -157,6 +159,9 @@ class Call:
         self.stack = stack
         self.session = InviteSession(ep, _with_offer(spec, offer))
         self.outcome = CallOutcome(number=number, call_id=self.session.call_id)
+        # Events arrive through the transport's callbacks, outside the caller's
+        # context: keep the caller's log context (clientId, extension, phone).
+        self._log = log.bind(**structlog.contextvars.get_contextvars())
         self._on_early_media = on_early_media
         self._on_media_ended = on_media_ended
         self._on_provisional = on_provisional
@@ -227,9 +232,9 @@ class Call:
                 self._media(event.sdp)
         elif isinstance(event, CancelSent):
             out.cancel_reason = event.why
-            log.debug("call_cancel_sent", number=out.number, why=event.why)
+            self._log.debug("call_cancel_sent", number=out.number, why=event.why)
         elif isinstance(event, ByeSent):
-            log.debug("call_bye_sent", number=out.number)
+            self._log.debug("call_bye_sent", number=out.number)
         elif isinstance(event, SessionEnded):
             self._finish(event)
 
@@ -254,7 +259,7 @@ class Call:
         out.times.end = self.stack.epoch(event.at)
         self.stack.unsubscribe(self.session)
         self.session.close()
-        log.info(
+        self._log.info(
             "call_ended",
             number=out.number,
             sip_code=out.sip_code,
@@ -272,7 +277,7 @@ class Call:
         try:
             result = hook(arg)
         except Exception:
-            log.exception("call_media_hook_failed", number=self.outcome.number)
+            self._log.exception("call_media_hook_failed", number=self.outcome.number)
             return
         if inspect.isawaitable(result):
 
@@ -280,7 +285,7 @@ class Call:
                 try:
                     await awaitable
                 except Exception:
-                    log.exception("call_media_hook_failed", number=self.outcome.number)
+                    self._log.exception("call_media_hook_failed", number=self.outcome.number)
 
             task = asyncio.get_running_loop().create_task(run(result))
             self._tasks.add(task)

@@ -45,6 +45,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import structlog
+
 from sipclient.agent.control import (
     Account,
     ControlClient,
@@ -545,6 +547,10 @@ class Daemon:
         task.add_done_callback(self._call_tasks.discard)
 
     async def _call(self, line: Line, item: DialplanItem) -> None:
+        # This task's own context: every log line of the call carries these.
+        structlog.contextvars.bind_contextvars(
+            client_id=self.client_id, extension=line.extension, phone=item.phone
+        )
         ext = line.extension
         self.status.report(ext, "during", item.phone)
         self._set_status()
@@ -873,6 +879,7 @@ async def _dial(
         on_early_media=media_started,
         on_provisional=provisional,
     )
+    structlog.contextvars.bind_contextvars(call_id=call.call_id)
     try:
         await call.start()
         limit = cfg.sip.ring_timeout + 64 * cfg.sip.t1 + 10.0

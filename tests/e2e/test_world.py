@@ -50,6 +50,17 @@ async def test_every_verdict_class_arrives_at_the_return_url(
     got = {world.receiver.verdicts.results[p][0] for p in phones}
     assert {"empty", "busy", "ringing", "powered_off", "unreachable", "failed"} <= got
     assert all(n == 1 for n in world.receiver.verdicts.deliveries.values())
+    # every log line of a call carries clientId, extension, phone and call-id
+    lines = [
+        json.loads(x)
+        for x in (world.workdir / "daemon" / "daemon.log").read_text().splitlines()
+        if x.startswith("{")
+    ]
+    call_lines = [x for x in lines if x.get("event") in ("call_ended", "call_classified")]
+    assert len(call_lines) >= 2 * len(phones)
+    for x in call_lines:
+        assert x["client_id"] and x["extension"] and x["call_id"], x
+        assert x["phone"] in phones, x
 
 
 async def test_kill_9_mid_call_and_restart_every_number_finishes_once(
