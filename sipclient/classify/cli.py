@@ -62,6 +62,7 @@ def classify_main(args: argparse.Namespace) -> int:
         sip_code=args.sip_code,
         q850_cause=args.q850,
         early_media=True,
+        ringing=bool(getattr(args, "ringing", False)),
         cancelled_by_us=args.sip_code == 487,
     )
     failed = False

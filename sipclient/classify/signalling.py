@@ -8,13 +8,18 @@ rules of `from_signalling`, in this order:
    `CAUSES` (a cause is more precise than the code it rides on: carriers send
    480 with cause 20 for a phone switched off, 503 with cause 34 for a full
    trunk group);
-3. 487 after our own CANCEL: `ringing` when a 180 came (we hung up on a live
-   number on purpose), else `unknown` (only the audio can tell);
-4. 480 / 408 depend on whether it rang: with a 180 -> `no_answer`, without
+3. 487 after our own CANCEL: `no_answer` when a 180 came and we cancelled
+   because the ring limit ran out (`cancel_reason == "ring_timeout"`: it rang
+   until the limit, nobody answered); `ringing` when a 180 came and we hung
+   up for any other reason (on purpose, on a live number); else `unknown`
+   (only the audio can tell);
+4. user busy after ringing (486/600, or cause 17, after a 180) -> `rejected`:
+   the phone rang and the callee pressed "decline" (PROTOCOL.md "Verdicts");
+5. 480 / 408 depend on whether it rang: with a 180 -> `no_answer`, without
    -> `unreachable` (480) / `failed` (408, no response);
-5. the code's row in `CODES`, else the class default (other 4xx -> `failed`,
+6. the code's row in `CODES`, else the class default (other 4xx -> `failed`,
    5xx -> `failed`, 6xx -> `rejected`);
-6. no final code: a 180 -> `ringing` (weak), else `unknown` with a low
+7. no final code: a 180 -> `ringing` (weak), else `unknown` with a low
    confidence ("nothing says anything"; the daemon reports its own
    no-response timeout as 408).
 
@@ -24,7 +29,7 @@ Q.850 causes (ITU-T Q.850; SIP codes as RFC 3398 section 8.2.6.1 maps them):
 | --- | --- | --- | --- |
 | 1 | unallocated number | empty | |
 | 2, 3 | no route to network / destination | empty (0.7) | |
-| 17 | user busy | busy | |
+| 17 | user busy (after a 180: rejected) | busy | |
 | 18 | no user responding | no_answer | |
 | 19 | no answer, user alerted | no_answer | |
 | 20 | subscriber absent | powered_off | |
@@ -56,8 +61,8 @@ SIP final codes (RFC 3261; RFC 3398 section 7.2.4.1 for their ISUP causes):
 | 410 | changed | |
 | 480 | no_answer after 180, else unreachable | |
 | 408 | no_answer after 180, else failed | |
-| 486, 600 | busy | |
-| 487 | ringing after our CANCEL with 180, else unknown | |
+| 486, 600 | busy; after a 180 rejected | |
+| 487 | our CANCEL after 180: no_answer at the ring limit, else ringing; no 180: unknown | |
 | 603 | rejected | |
 | 401, 407 | failed (our credentials) | |
 | 503 | failed | yes |
@@ -169,6 +174,9 @@ def from_signalling(sig: Signalling) -> Decision:
     if sig.answered or (code is not None and 200 <= code < 300):
         return _decision(Rule(V.ANSWERED, 0.99), sig, "answered")
     cause = sig.q850_cause
+    if sig.ringing and (cause == 17 or (cause not in CAUSES and code in (486, 600))):
+        # busy after it rang: the callee saw the call and declined it
+        return _decision(Rule(V.REJECTED, 0.85), sig, "busy-after-180")
     if cause is not None and cause in CAUSES:
         return _decision(CAUSES[cause], sig, f"q850:{cause}")
     if code is None or code < 200:
@@ -176,6 +184,8 @@ def from_signalling(sig: Signalling) -> Decision:
             return _decision(Rule(V.RINGING, 0.6), sig, "180-no-final")
         return _decision(Rule(V.UNKNOWN, 0.1), sig, "nothing")
     if code == 487:
+        if sig.cancelled_by_us and sig.ringing and sig.cancel_reason == "ring_timeout":
+            return _decision(Rule(V.NO_ANSWER, 0.85), sig, "ring-timeout-after-180")
         if sig.cancelled_by_us and sig.ringing:
             return _decision(Rule(V.RINGING, 0.9), sig, "487-after-180")
         if sig.cancelled_by_us:

@@ -36,7 +36,10 @@ class Signalling:
     `sip_code` is the final response code (None when there was none: we
     cancelled, or nothing answered), `q850_cause` the cause of a Reason header
     seen in any response, `ringing` whether a 180 came, `early_media` whether
-    a 183 / SDP came, `answered` whether a 2xx came.
+    a 183 / SDP came, `answered` whether a 2xx came. `cancel_reason` says why
+    we sent a CANCEL when `cancelled_by_us`: "verdict" (the classifier
+    decided), "ring_timeout" (the ring limit ran out), "shutdown" (the daemon
+    is stopping), or "" when not known.
     """
 
     sip_code: int | None = None
@@ -46,6 +49,7 @@ class Signalling:
     early_media: bool = False
     answered: bool = False
     cancelled_by_us: bool = False
+    cancel_reason: str = ""
 
 
 @dataclass(frozen=True)

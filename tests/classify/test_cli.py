@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.classify.conftest import Pcm, cadence
+from tests.classify.conftest import Pcm, cadence, music
 
 
 def run(*args: str) -> tuple[int, list[dict[str, Any]], str]:
@@ -41,6 +41,19 @@ def test_classify_files(tmp_path: Path, wav: Callable[..., Path]) -> None:
         "classify", str(silent), "--sip-code", "480", "--q850", "20", "--templates", str(lib)
     )
     assert code == 0 and lines[0]["verdict"] == "powered_off"
+
+
+def test_classify_ringing_flag_colour_ringback(tmp_path: Path, wav: Callable[..., Path]) -> None:
+    crbt = wav(music(6.0), "crbt.wav")
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    code, lines, err = run("classify", str(crbt), "--ringing", "--templates", str(lib))
+    assert code == 0, err
+    assert lines[0]["verdict"] == "ringing"
+    # without the 180 the same music proves nothing: an unheard announcement may follow
+    code, lines, err = run("classify", str(crbt), "--templates", str(lib))
+    assert code == 0, err
+    assert lines[0]["verdict"] != "ringing"
 
 
 def test_classify_bad_file_exit_1_after_all_files(tmp_path: Path, wav: Callable[..., Path]) -> None:

@@ -100,3 +100,36 @@ def test_conclusive_for_183_with_reason() -> None:
     d = conclusive(Signalling(sip_code=486))
     assert d is not None and d.verdict == V.BUSY
     assert conclusive(Signalling(early_media=True, q850_cause=16)) is None
+
+
+@pytest.mark.parametrize(
+    ("code", "cause"),
+    [(486, None), (600, None), (486, 17), (480, 17), (None, 17)],
+)
+def test_user_busy_after_ringing_is_rejected(code: int | None, cause: int | None) -> None:
+    d = from_signalling(Signalling(sip_code=code, q850_cause=cause, ringing=True))
+    assert d.verdict == V.REJECTED
+    assert d.evidence["rule"] == "busy-after-180"
+    # without a 180 the same response is plain busy
+    assert from_signalling(Signalling(sip_code=code, q850_cause=cause)).verdict == V.BUSY
+
+
+def test_ring_timeout_cancel_after_180_is_no_answer() -> None:
+    timeout = Signalling(
+        sip_code=487, ringing=True, cancelled_by_us=True, cancel_reason="ring_timeout"
+    )
+    d = from_signalling(timeout)
+    assert d.verdict == V.NO_ANSWER
+    assert d.evidence["rule"] == "ring-timeout-after-180"
+    for reason in ("verdict", "shutdown", ""):
+        sig = Signalling(sip_code=487, ringing=True, cancelled_by_us=True, cancel_reason=reason)
+        assert from_signalling(sig).verdict == V.RINGING
+    # no 180: the audio has to say what it was, whatever ended the call
+    quiet = Signalling(
+        sip_code=487, early_media=True, cancelled_by_us=True, cancel_reason="ring_timeout"
+    )
+    assert from_signalling(quiet).verdict == V.UNKNOWN
+
+
+def test_signalling_cancel_reason_defaults_empty() -> None:
+    assert Signalling().cancel_reason == ""
