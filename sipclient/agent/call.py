@@ -107,6 +107,7 @@ class CallOutcome:
             early_media=self.early_media,
             answered=self.answered,
             cancelled_by_us=self.cancelled_by_us,
+            cancel_reason=classifier_cancel_reason(self.cancel_reason),
         )
 
     def as_json(self) -> dict[str, Any]:
@@ -116,6 +117,23 @@ class CallOutcome:
             host, port = self.media.remote_addr
             out["media"]["remote_addr"] = f"{host}:{port}"
         return out
+
+
+def classifier_cancel_reason(why: str | None) -> str:
+    """Our CANCEL's reason in the classifier's words (`Signalling.cancel_reason`).
+
+    The INVITE session says "ring timeout"; the daemon cancels with "decided
+    <verdict>" or "daemon stopping".
+    """
+    if not why:
+        return ""
+    if why == "ring timeout":
+        return "ring_timeout"
+    if why.startswith("decided"):
+        return "verdict"
+    if "stopping" in why:
+        return "shutdown"
+    return why
 
 
 MediaStarted = Callable[[MediaInfo], Awaitable[None] | None]

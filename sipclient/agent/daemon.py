@@ -929,6 +929,7 @@ async def _dial(
         # 487 after our own CANCEL reads as "not ours" there
         "ringing": int(bool(outcome.ringing)),
         "cancelledByUs": int(bool(outcome.cancelled_by_us)),
+        "cancelReason": outcome.signalling().cancel_reason,
         "localVerdict": final.verdict.value,
         "localConfidence": round(final.confidence, 3),
     }

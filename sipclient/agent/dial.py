@@ -36,7 +36,7 @@ from sipclient.agent.call import Call, CallOutcome, MediaInfo
 from sipclient.agent.transport import SipStack, open_stack
 from sipclient.agent.useragent import Account, UserAgent
 from sipclient.classify.signalling import from_signalling
-from sipclient.classify.verdicts import Decision, Verdict
+from sipclient.classify.verdicts import Decision
 from sipclient.config import DaemonConfig, HostPort
 from sipclient.logs import configure, get_logger
 from sipclient.media.ports import PortLease, PortPool, PortsExhausted
@@ -52,23 +52,8 @@ EXIT_USAGE = 2
 
 
 def decide(outcome: CallOutcome) -> Decision:
-    """The verdict of a call from its signalling.
-
-    One rule is added to the classifier's: a CANCEL at our ring timeout after
-    a 180 means the number rang until the limit (`no_answer`), not that we
-    hung up on purpose (which the classifier calls `ringing`).
-    """
-    if (
-        outcome.cancel_reason == "ring timeout"
-        and outcome.ringing
-        and not outcome.answered
-        and outcome.sip_code in (None, 487)
-    ):
-        return Decision(
-            Verdict.NO_ANSWER,
-            0.8,
-            {"kind": "signalling", "rule": "ring-timeout", "sip_code": outcome.sip_code},
-        )
+    """The verdict of a call from its signalling (a CANCEL at our ring timeout
+    after a 180 is `no_answer`: the classifier reads `cancel_reason`)."""
     return from_signalling(outcome.signalling())
 
 

@@ -416,6 +416,7 @@ def openapi_document() -> JSON:
                                         "earlyMedia": {"type": "integer", "enum": [0, 1]},
                                         "ringing": {"type": "integer", "enum": [0, 1]},
                                         "cancelledByUs": {"type": "integer", "enum": [0, 1]},
+                                        "cancelReason": {"type": "string"},
                                         "startedAt": _STR,
                                         "ringMs": _INT,
                                         "mediaMs": _INT,

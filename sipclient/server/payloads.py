@@ -216,6 +216,7 @@ class UploadFields:
     early_media: bool
     ringing: bool
     cancelled_by_us: bool
+    cancel_reason: str
     started_at: str | None
     ring_ms: int | None
     media_ms: int | None
@@ -231,6 +232,7 @@ class UploadFields:
             early_media=self.early_media,
             answered=self.answered,
             cancelled_by_us=self.cancelled_by_us,
+            cancel_reason=self.cancel_reason,
         )
 
 
@@ -340,6 +342,7 @@ def parse_upload_fields(form: dict[str, str]) -> UploadFields:
         early_media=_opt_flag(form, "earlyMedia"),
         ringing=_opt_flag(form, "ringing"),
         cancelled_by_us=_opt_flag(form, "cancelledByUs"),
+        cancel_reason=form.get("cancelReason", "").strip()[:MAX_TEXT],
         started_at=started_at[:MAX_TEXT] if started_at else None,
         ring_ms=_opt_int(form, "ringMs", 0, 10**9),
         media_ms=_opt_int(form, "mediaMs", 0, 10**9),

@@ -287,7 +287,8 @@ async def test_ring_timeout_cancels_through_kamailio(
         _, out = await dial(ua, "1801234", ring_timeout=0.5)
     assert (out.sip_code, out.cancelled_by_us, out.ringing) == (487, True, True)
     assert out.cancel_reason == "ring timeout"
-    assert from_signalling(out.signalling()).verdict is Verdict.RINGING
+    assert out.signalling().cancel_reason == "ring_timeout"
+    assert from_signalling(out.signalling()).verdict is Verdict.NO_ANSWER
     await uas.wait_for_async("ACK")
     got = lines(uas.messages())
     assert got.index(("sent", 180)) < got.index(("received", "CANCEL"))

@@ -281,3 +281,15 @@ async def test_openapi_lists_every_route(api: Api, tmp_path: Path) -> None:
     }
     assert routes == served
     (tmp_path / "openapi.json").write_text(json.dumps(doc))
+
+
+async def test_a_ring_timeout_cancel_after_180_is_no_answer(api: Api) -> None:
+    await _setup(api, ["777", "778"])
+    cid = await api.notify()
+    await api.ok("GET", f"/accounts/{cid}?threadsNum=2")
+    await api.ok("GET", f"/dialplan/{cid}")
+    common = {"sipCode": 487, "ringing": 1, "cancelledByUs": 1}
+    _, body = await api.upload(cid, "1001", "777", cancelReason="ring_timeout", **common)
+    assert body["data"]["result"] == "no_answer", body
+    _, body = await api.upload(cid, "1002", "778", cancelReason="verdict", **common)
+    assert body["data"]["result"] == "ringing", body
