@@ -13,8 +13,6 @@ OPTIONS, and is stopped by its pid (its children by its process group).
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
 import shutil
 import signal
@@ -24,9 +22,9 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 
 from sipclient.lab.ports import free_port, sip_options_ok
+from sipclient.lab.process import LabProcess
 
 MODULES_DIR = Path("/usr/lib/x86_64-linux-gnu/kamailio/modules")
 TEMPLATE = Path(__file__).with_name("kamailio.cfg.tpl")
@@ -103,8 +101,11 @@ def render_config(cfg: KamailioConfig, port: int) -> str:
     return text
 
 
-class Kamailio:
+class Kamailio(LabProcess):
     """One kamailio process; `start()` returns once it answers, `stop()` ends it by pid."""
+
+    stop_signal = signal.SIGTERM
+    stop_grace = 5.0
 
     def __init__(
         self,
@@ -179,36 +180,3 @@ class Kamailio:
             return self.log_path.read_text(encoding="utf-8", errors="replace")[-size:]
         except OSError:
             return ""
-
-    def stop(self) -> None:
-        """Stop kamailio by pid (SIGTERM, then SIGKILL to its process group)."""
-        proc, self.proc = self.proc, None
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
-        # its children share the session we created for it (pgid == its pid)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-
-    def cleanup(self) -> None:
-        """Stop and remove the work directory when we created it."""
-        self.stop()
-        if self._own_dir:
-            shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def __enter__(self) -> Kamailio:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.cleanup()

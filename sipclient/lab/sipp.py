@@ -12,8 +12,6 @@ files shipped with the package are in `SCENARIOS` (see scenarios/*.xml).
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import re
 import shutil
 import signal
@@ -23,10 +21,10 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 
 from sipclient.lab.kamailio import LabError
 from sipclient.lab.ports import free_port, udp_port_bound
+from sipclient.lab.process import LabProcess
 
 SCENARIOS = Path(__file__).with_name("scenarios")
 
@@ -106,12 +104,15 @@ def parse_trace(text: str) -> list[TracedMessage]:
     return out
 
 
-class Sipp:
+class Sipp(LabProcess):
     """One sipp process running `scenario` (a name in SCENARIOS or a path).
 
     `files` are written into its working directory first (media a scenario
     streams with rtp_stream).
     """
+
+    stop_signal = signal.SIGUSR1
+    stop_grace = 2.0
 
     def __init__(
         self,
@@ -250,34 +251,3 @@ class Sipp:
             if len(hits) >= count or loop.time() > deadline:
                 return hits
             await asyncio.sleep(0.02)
-
-    def stop(self) -> None:
-        """Stop sipp by pid (SIGUSR1 asks it to quit and flush; then SIGKILL)."""
-        proc, self.proc = self.proc, None
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGUSR1)
-            try:
-                proc.wait(timeout=2)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-
-    def cleanup(self) -> None:
-        self.stop()
-        if self._own_dir:
-            shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def __enter__(self) -> Sipp:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.cleanup()
