@@ -74,6 +74,7 @@ import enum
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
 
 from sipclient.sip.message import BRANCH_MAGIC, Headers, Request, Response
 
@@ -252,11 +253,14 @@ TransitionHook = Callable[["Transaction", State, State], None]
 class Transaction:
     """Common machinery: state, timers, outgoing queue, events."""
 
+    # What a subclass is: the state it starts in; `_check` refuses a request
+    # of the wrong method, `_start` queues the first sends and timers.
+    INITIAL: ClassVar[State]
+
     def __init__(
         self,
         request: Request,
         now: float,
-        initial: State,
         *,
         reliable: bool = False,
         t1: float = T1,
@@ -265,11 +269,12 @@ class Transaction:
         timer_d: float = TIMER_D,
         on_transition: TransitionHook | None = None,
     ) -> None:
+        self._check(request)
         self.request = request
         self.key = transaction_key(request)
         self.reliable = reliable
         self.t1, self.t2, self.t4, self.timer_d = t1, t2, t4, timer_d
-        self.state = initial
+        self.state = self.INITIAL
         self.history: list[Transition] = []
         self.last_response: Response | None = None
         self._on_transition = on_transition
@@ -278,6 +283,13 @@ class Transaction:
         # timer name -> (deadline, current interval)
         self._timers: dict[str, tuple[float, float]] = {}
         self.created_at = now
+        self._start(now)
+
+    def _check(self, request: Request) -> None:
+        """Raise TransactionError for a request this kind of transaction cannot carry."""
+
+    def _start(self, now: float) -> None:
+        """Queue the first sends and arm the first timers."""
 
     # -- public driving API
     @property
@@ -363,36 +375,18 @@ class Transaction:
 class InviteClientTransaction(Transaction):
     """RFC 3261 §17.1.1 with RFC 6026's Accepted state."""
 
-    def __init__(
-        self,
-        request: Request,
-        now: float,
-        *,
-        reliable: bool = False,
-        t1: float = T1,
-        t2: float = T2,
-        t4: float = T4,
-        timer_d: float = TIMER_D,
-        on_transition: TransitionHook | None = None,
-    ) -> None:
+    INITIAL = State.CALLING
+
+    def _check(self, request: Request) -> None:
         if request.method != "INVITE":
             raise TransactionError(f"InviteClientTransaction needs an INVITE, not {request.method}")
-        super().__init__(
-            request,
-            now,
-            State.CALLING,
-            reliable=reliable,
-            t1=t1,
-            t2=t2,
-            t4=t4,
-            timer_d=timer_d,
-            on_transition=on_transition,
-        )
+
+    def _start(self, now: float) -> None:
         self.ack: Request | None = None
-        self._outgoing.append(request)
-        if not reliable:
-            self._arm("A", now + t1, t1)
-        self._arm("B", now + 64 * t1)
+        self._outgoing.append(self.request)
+        if not self.reliable:
+            self._arm("A", now + self.t1, self.t1)
+        self._arm("B", now + 64 * self.t1)
 
     def receive(self, msg: Request | Response, now: float) -> None:
         """Take a response matched to this transaction."""
@@ -451,35 +445,17 @@ class InviteClientTransaction(Transaction):
 class NonInviteClientTransaction(Transaction):
     """RFC 3261 §17.1.2 (REGISTER, BYE, CANCEL, OPTIONS, ...)."""
 
-    def __init__(
-        self,
-        request: Request,
-        now: float,
-        *,
-        reliable: bool = False,
-        t1: float = T1,
-        t2: float = T2,
-        t4: float = T4,
-        timer_d: float = TIMER_D,
-        on_transition: TransitionHook | None = None,
-    ) -> None:
+    INITIAL = State.TRYING
+
+    def _check(self, request: Request) -> None:
         if request.method in ("INVITE", "ACK"):
             raise TransactionError(f"{request.method} is not a non-INVITE transaction")
-        super().__init__(
-            request,
-            now,
-            State.TRYING,
-            reliable=reliable,
-            t1=t1,
-            t2=t2,
-            t4=t4,
-            timer_d=timer_d,
-            on_transition=on_transition,
-        )
-        self._outgoing.append(request)
-        if not reliable:
-            self._arm("E", now + t1, t1)
-        self._arm("F", now + 64 * t1)
+
+    def _start(self, now: float) -> None:
+        self._outgoing.append(self.request)
+        if not self.reliable:
+            self._arm("E", now + self.t1, self.t1)
+        self._arm("F", now + 64 * self.t1)
 
     def receive(self, msg: Request | Response, now: float) -> None:
         """Take a response matched to this transaction."""
@@ -513,31 +489,11 @@ class NonInviteClientTransaction(Transaction):
 class NonInviteServerTransaction(Transaction):
     """RFC 3261 §17.2.2: answer an in-dialog BYE/OPTIONS/NOTIFY/INFO, absorb retransmits."""
 
-    def __init__(
-        self,
-        request: Request,
-        now: float,
-        *,
-        reliable: bool = False,
-        t1: float = T1,
-        t2: float = T2,
-        t4: float = T4,
-        timer_d: float = TIMER_D,
-        on_transition: TransitionHook | None = None,
-    ) -> None:
+    INITIAL = State.TRYING
+
+    def _check(self, request: Request) -> None:
         if request.method in ("INVITE", "ACK"):
             raise TransactionError(f"{request.method} is not a non-INVITE transaction")
-        super().__init__(
-            request,
-            now,
-            State.TRYING,
-            reliable=reliable,
-            t1=t1,
-            t2=t2,
-            t4=t4,
-            timer_d=timer_d,
-            on_transition=on_transition,
-        )
 
     def respond(self, response: Response, now: float) -> None:
         """Send a response (provisional or final)."""
@@ -564,31 +520,11 @@ class NonInviteServerTransaction(Transaction):
 class InviteServerTransaction(Transaction):
     """RFC 3261 §17.2.1 (+ RFC 6026 Accepted): enough to refuse a re-INVITE politely."""
 
-    def __init__(
-        self,
-        request: Request,
-        now: float,
-        *,
-        reliable: bool = False,
-        t1: float = T1,
-        t2: float = T2,
-        t4: float = T4,
-        timer_d: float = TIMER_D,
-        on_transition: TransitionHook | None = None,
-    ) -> None:
+    INITIAL = State.PROCEEDING
+
+    def _check(self, request: Request) -> None:
         if request.method != "INVITE":
             raise TransactionError(f"InviteServerTransaction needs an INVITE, not {request.method}")
-        super().__init__(
-            request,
-            now,
-            State.PROCEEDING,
-            reliable=reliable,
-            t1=t1,
-            t2=t2,
-            t4=t4,
-            timer_d=timer_d,
-            on_transition=on_transition,
-        )
 
     def respond(self, response: Response, now: float) -> None:
         """Send a provisional or final response."""
