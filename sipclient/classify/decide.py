@@ -197,9 +197,16 @@ class CallClassifier:
         if self._decision is None and self._buffered:
             x = np.concatenate(self._buf)
             self._buf, self._buffered = [], 0
-            self._analyse(x)
+            self._analyse(x, last=True)
 
-    def _analyse(self, x: npt.NDArray[np.int16]) -> Decision | None:
+    def _analyse(self, x: npt.NDArray[np.int16], *, last: bool = False) -> Decision | None:
+        """Analyse whole blocks (`last`: the call's final, possibly partial, block too).
+
+        Tones and the context rules are read every frame; the announcement
+        standings once per block, at its last frame (announcements.py: the
+        vote counting is vectorised per block, and every hash known by the
+        end of the block counts).
+        """
         power, rms = self._frames.push(x)
         n = len(rms)
         if n == 0:
@@ -214,6 +221,7 @@ class CallClassifier:
             self._htimes.append(lm.times)
         self._ann.push(lm)
         active = _active(power, rms) & (cls == OFF)
+        self._ann.note_sound(active)
         tones, ann = self._tones, self._ann
         cls_l, rms_l, freq_l, act_l = cls.tolist(), rms.tolist(), freq.tolist(), active.tolist()
         for i in range(n):
@@ -224,7 +232,7 @@ class CallClassifier:
                 if self._first_active is None:
                     self._first_active = frame
             d = self._tone_decision(hit, frame) if hit is not None else None
-            if d is None:
+            if d is None and (frame % BLOCK_FRAMES == BLOCK_FRAMES - 1 or (last and i == n - 1)):
                 ahit = ann.advance(frame)
                 if ahit is not None:
                     d = _announcement_decision(ahit)

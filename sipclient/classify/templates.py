@@ -38,9 +38,9 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from sipclient.classify.audio import RATE, AudioError, load_pcm
+from sipclient.classify.audio import FRAME, RATE, AudioError, load_pcm
+from sipclient.classify.fingerprint import HOP, fingerprint_pcm
 from sipclient.classify.fingerprint import VERSION as FP_VERSION
-from sipclient.classify.fingerprint import fingerprint_pcm
 from sipclient.classify.verdicts import Verdict
 
 V = Verdict
@@ -126,6 +126,7 @@ class TemplateLibrary:
         """Postings left out of the index as shared with another verdict's template."""
         # file name -> (hashes, anchor frames, duration ms): fingerprints already made
         self._fps: dict[str, tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], int]] = {}
+        self._density: dict[int, npt.NDArray[np.int64]] = {}
 
     # -- construction ---------------------------------------------------------------
 
@@ -216,6 +217,7 @@ class TemplateLibrary:
         shared = self._shared_across_verdicts(h, t, tid)
         self.shared_postings = int(shared.sum())
         self._hashes, self._times, self._tids = h[~shared], t[~shared], tid[~shared]
+        self._density = {}
         del uniq, start
 
     def _shared_across_verdicts(
@@ -257,11 +259,13 @@ class TemplateLibrary:
         assert self.folder is not None
         d = hashlib.sha256(json.dumps(rows, sort_keys=True, ensure_ascii=False).encode())
         d.update(f"fp-{FP_VERSION}".encode())
+        # The WAVs' contents, not their mtimes: a fresh checkout or a copied library
+        # gets new mtimes, and the shipped index (in a package folder that may be
+        # read-only) must still be found valid. Hashing a few MB costs milliseconds.
         for row in rows:
             p = self.folder / str(row.get("file", ""))
             try:
-                st = p.stat()
-                d.update(f"{p.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+                d.update(p.name.encode() + b":" + hashlib.sha256(p.read_bytes()).digest())
             except OSError:
                 d.update(b"missing")
         return d.hexdigest()
@@ -313,6 +317,22 @@ class TemplateLibrary:
             pass  # a read-only library is fine: it is indexed in memory each load
 
     # -- use ----------------------------------------------------------------------------
+
+    def density(self, index: int) -> npt.NDArray[np.int64]:
+        """Indexed postings of template `index` per 20 ms of the template (cached).
+
+        What a perfect copy of the template would vote per frame: the
+        stretches shared with other verdicts are left out of the index, so
+        they expect nothing (announcements.py checks that a candidate's votes
+        are not missing where it expects some).
+        """
+        hit = self._density.get(index)
+        if hit is None:
+            t = self._times[self._tids == index].astype(np.int64)
+            frames = max(1, self._entries[index].duration_ms // 20 + 2)
+            hit = np.bincount(np.clip(t * HOP // FRAME, 0, frames - 1), minlength=frames)
+            self._density[index] = hit
+        return hit
 
     def entries(self) -> list[TemplateEntry]:
         """The templates, in manifest order."""

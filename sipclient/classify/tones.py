@@ -27,6 +27,12 @@ every other pattern (`PATTERNS`: the table is the only place durations live).
 Ringback needs two cycles (a "stable" ringback) before it says `ringing`:
 an announcement may follow a short ringback. One ringback cycle sets
 `ringback_seen`, which decide.py uses for colour ring-back.
+
+`classify_frames` runs on every 100 ms block of every call, so it is written
+for few numpy calls with the plain definition's arithmetic (bit-identical
+classes and frequencies: tests/classify/test_fingerprint_equivalence.py):
+band sums with np.add.reduce (what ndarray.sum calls), the loudness mask
+applied once at the end, and no band sums at all when no frame is loud.
 """
 
 from __future__ import annotations
@@ -111,17 +117,20 @@ def classify_frames(
     cls = np.zeros(n, dtype=np.int8)
     if n == 0:
         return cls, np.zeros(0)
-    total = power[:, _TOTAL].sum(axis=1) + 1e-9
-    low = power[:, _LOW].sum(axis=1) / total
-    hi = power[:, _HIGH620].sum(axis=1) / total
+    total_band = power[:, _TOTAL]
+    peak = (total_band.argmax(axis=1) + (_TOTAL.start or 0)) * HZ_PER_BIN
     loud = rms >= MIN_RMS
-    cls[loud & (low >= TONE_RATIO) & (hi < 0.1)] = LOW
-    cls[loud & (low >= 0.2) & (hi >= 0.2) & (low + hi >= TONE_RATIO + 0.05)] = DUAL
+    if not loud.any():
+        return cls, peak  # silence: no frame can be a tone (and no band sums to take)
+    # np.add.reduce is what ndarray.sum calls (the same sums, bit for bit), minus a wrapper
+    total = np.add.reduce(total_band, axis=1) + 1e-9
+    low = np.add.reduce(power[:, _LOW], axis=1) / total
+    hi = np.add.reduce(power[:, _HIGH620], axis=1) / total
+    cls[(low >= TONE_RATIO) & (hi < 0.1)] = LOW
+    cls[(low >= 0.2) & (hi >= 0.2) & (low + hi >= TONE_RATIO + 0.05)] = DUAL
     for k, sl in enumerate(_SIT):
-        r = power[:, sl].sum(axis=1) / total
-        cls[loud & (r >= TONE_RATIO)] = SIT1 + k
-    start = _TOTAL.start or 0
-    peak = (np.argmax(power[:, _TOTAL], axis=1) + start) * HZ_PER_BIN
+        cls[np.add.reduce(power[:, sl], axis=1) / total >= TONE_RATIO] = SIT1 + k
+    cls *= loud  # quiet frames are OFF whatever their bands say (one mask, not five)
     return cls, peak
 
 

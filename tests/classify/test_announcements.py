@@ -107,3 +107,36 @@ def test_bad_library(tmp_path: Path) -> None:
         lib.add(bad, "empty")
     with pytest.raises(LibraryError):
         lib.add(bad, "not-a-verdict")
+
+
+def test_shipped_index_is_valid_in_a_copy_with_new_mtimes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fresh clone or an installed package has new mtimes: the shipped index must
+    still be used (the cache key is the WAVs' contents), not rebuilt in place."""
+    import os
+    import shutil
+
+    import sipclient.classify.templates as templates
+
+    src = Path(templates.__file__).parent / "library"
+    copy = tmp_path / "library"
+    shutil.copytree(src, copy)
+    for p in copy.iterdir():
+        os.utime(p, (1, 1))
+    before = (copy / "index.npz").read_bytes()
+
+    def no_fingerprinting(_pcm: object) -> object:
+        raise AssertionError("the index was rebuilt")
+
+    monkeypatch.setattr(templates, "fingerprint_pcm", no_fingerprinting)
+    lib = TemplateLibrary.load(copy)
+    assert len(lib) == len(TemplateLibrary.default())
+    assert (copy / "index.npz").read_bytes() == before
+    # a changed recording does change the key: its index is made again
+    wav = next(copy.glob("*.wav"))
+    data = bytearray(wav.read_bytes())
+    data[-2:] = b"\x01\x01"
+    wav.write_bytes(bytes(data))
+    with pytest.raises(AssertionError, match="rebuilt"):
+        TemplateLibrary.load(copy)
