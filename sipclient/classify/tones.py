@@ -81,7 +81,8 @@ class Pattern:
 
 PATTERNS: tuple[Pattern, ...] = (
     Pattern("cn_empty", LOW, (40, 180), (40, 180), None, Verdict.EMPTY, confidence=0.9),
-    Pattern("cn_busy", LOW, (270, 450), (270, 450), 260, Verdict.BUSY),
+    # a second on of 200 ms is no cn_empty burst (<= 180 ms); nothing else shares busy's first on
+    Pattern("cn_busy", LOW, (270, 450), (270, 450), 200, Verdict.BUSY),
     Pattern("cn_congestion", LOW, (560, 860), (560, 860), 540, Verdict.FAILED, True),
     Pattern("cn_ringback", LOW, (800, 1300), (3200, 4800), 600, Verdict.RINGING),
     Pattern("na_ringback", LOW, (1700, 2400), (3200, 4800), 600, Verdict.RINGING),
