@@ -1,46 +1,75 @@
 """End-to-end throughput of the daemon against the demo's sipp carriers (sipclient.demo.World).
 
-    .venv/bin/python bench/e2e.py [--lines 24] [--per-line 4] [--out bench/out/e2e.json]
+    .venv/bin/python bench/e2e.py [--lines 24 100 200] [--per-line 20] [--out bench/out/e2e.json]
+                                  [--profile DIR]
 
 Starts the demo's world on loopback (server, kamailio, sipp carriers, the
 daemon as a subprocess), pushes `lines * per_line` numbers spread over the
-demo's mix of carriers, and measures, from the push to the last number the
-daemon finished:
+demo's mix of carriers, waits until the daemon finished them all and reads
+every call's start and end from the daemon's own log (`call_classified`:
+its timestamp is the end, `call_ms` the length, `extension` the line), so
+no figure depends on how often the bench looks.
 
-- numbers decided per line per hour (the daemon's own count of finished
-  calls, from its log; the server's callbacks are only checked for loss);
-- decision time after the evidence started (median / p95): the carriers start
-  their tone, music or announcement with the 183, so this is the classifier's
+Figures (stdout and the JSON file):
+
+- batch: numbers per line per hour from the push to the end of the last
+  call; it includes the ramp-up (first /dialplan, registrations already done)
+  and the tail (lines out of numbers while others finish a long call), so it
+  depends on `per_line`;
+- steady state, the figure to compare with the limit: the window runs from
+  the moment every line has started its first call to the first moment a line
+  ends its last call (from then on a line idles for good). Numbers whose call
+  ended in the window, per line per hour, and the line utilisation (call time
+  inside the window / lines / window: 1.0 means a line never waits between
+  two calls). With the default 20 numbers a line the window is most of the run;
+- per carrier: the median call length next to the `EVIDENCE_S` the limit
+  assumes for it, so the gap per outcome is visible (call length includes
+  INVITE -> first response and CANCEL -> 487, which the limit does not);
+- decision time after the evidence started (median / p95): the classifier's
   `decided_ms` (audio received before it was sure); calls decided by
   signalling alone are counted apart;
-- the daemon's CPU: (utime + stime) of its process over the window / wall time;
+- the daemon's CPU: (utime + stime) of its process over the steady window
+  (sampled every 0.2 s from /proc and interpolated) and over the batch, as a
+  percentage of one core, and per call in ms;
 - the physical limit of the mix: numbers per line per hour if every call took
   only the time its carrier needs to make the outcome knowable (EVIDENCE_S:
   a final response at once, a busy-tone cycle, a ringback burst, an
   announcement's first phrase, CRBT and a silent 180 as long as the
-  classifier's own rules require), with no overhead between calls. The ratio
-  measured / limit is what the pipeline (polls, status, upload, setup) costs.
+  classifier's own rules require), with no overhead between calls.
 
-Figures go to stdout and to the JSON file; they are measured on whatever the
-machine is doing meanwhile (say so when quoting them).
+`--profile DIR` runs py-spy (if installed: `.venv/bin/pip install py-spy`) on
+the daemon over the first 20 s after the push and writes a speedscope file
+per line count there.
+
+sipp (one process per carrier), kamailio and the server run on the same
+cores as the daemon: figures are measured on whatever the machine is doing
+meanwhile (say so when quoting them).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
+import contextlib
+import datetime as dt
 import json
 import os
+import shutil
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sipclient.demo import CARRIERS, Carrier, World, WorldOptions, numbers_for
+from sipclient.demo import CARRIERS, Carrier, World, WorldOptions, carrier_for, numbers_for
 
 EVIDENCE_S = {
     "empty_404_cause1": 0.0,
@@ -55,6 +84,35 @@ EVIDENCE_S = {
     "ringing_crbt": 4.0,  # CallClassifier.crbt_ms: music is only "not an announcement" after it
     "ringing_180": 2.0,  # rtp.no_rtp_wait: a 180 with no media
 }
+
+
+def _crbt_rule_s() -> float | None:
+    """CallClassifier's own CRBT rule (`crbt_ms`), to show next to EVIDENCE_S."""
+    import inspect
+
+    from sipclient.classify.decide import CallClassifier
+
+    default = inspect.signature(CallClassifier).parameters["crbt_ms"].default
+    return None if default is inspect.Parameter.empty else float(default) / 1000
+
+
+CPU_SAMPLE_S = 0.2
+PROFILE_S = 20
+
+
+@dataclass(frozen=True)
+class CallSpan:
+    """One finished call as the daemon logged it (epoch seconds)."""
+
+    extension: str
+    phone: str
+    start: float
+    end: float
+    decided_ms: float | None
+
+    @property
+    def seconds(self) -> float:
+        return self.end - self.start
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -84,7 +142,137 @@ def _daemon_events(world: World) -> list[dict[str, Any]]:
     return out
 
 
-async def run(lines: int, per_line: int, workdir: Path, timeout: float) -> dict[str, Any]:
+def _span(event: dict[str, Any]) -> CallSpan:
+    # structlog's TimeStamper(fmt="iso", utc=False): naive local time, when the line was written
+    end = dt.datetime.fromisoformat(event["timestamp"]).timestamp()
+    decided = event.get("decided_ms")
+    return CallSpan(
+        str(event.get("extension", "")),
+        str(event["phone"]),
+        end - float(event["call_ms"]) / 1000,
+        end,
+        None if decided is None else float(decided),
+    )
+
+
+def _cpu_at(samples: list[tuple[float, float]], t: float) -> float:
+    """The daemon's CPU seconds at epoch `t`, interpolated between samples."""
+    times = [s[0] for s in samples]
+    i = bisect.bisect_left(times, t)
+    if i <= 0:
+        return samples[0][1]
+    if i >= len(samples):
+        return samples[-1][1]
+    (t0, c0), (t1, c1) = samples[i - 1], samples[i]
+    return c0 + (c1 - c0) * (t - t0) / max(t1 - t0, 1e-9)
+
+
+def steady_window(spans: list[CallSpan]) -> tuple[float, float]:
+    """(every line has started its first call, the first line ended its last call)."""
+    by_line: dict[str, list[CallSpan]] = defaultdict(list)
+    for s in spans:
+        by_line[s.extension].append(s)
+    start = max(min(s.start for s in calls) for calls in by_line.values())
+    end = min(max(s.end for s in calls) for calls in by_line.values())
+    return start, end
+
+
+def figures(
+    spans: list[CallSpan],
+    lines: int,
+    push_at: float,
+    cpu: list[tuple[float, float]],
+) -> dict[str, Any]:
+    """Every figure of one run from the calls' spans (pure: the tests can feed it)."""
+    limit = _limit_per_line_hour(list(CARRIERS))
+    last_end = max(s.end for s in spans)
+    batch_s = last_end - push_at
+    w0, w1 = steady_window(spans)
+    window = w1 - w0
+    steady: dict[str, Any] = {"window_s": round(window, 2)}
+    if window > 0:
+        ended = sum(1 for s in spans if w0 < s.end <= w1)
+        busy = sum(max(0.0, min(s.end, w1) - max(s.start, w0)) for s in spans)
+        per_line_hour = ended / lines / window * 3600
+        cpu_s = _cpu_at(cpu, w1) - _cpu_at(cpu, w0)
+        steady.update(
+            numbers=ended,
+            numbers_per_line_per_hour=round(per_line_hour, 1),
+            ratio_to_limit=round(per_line_hour / limit, 3),
+            line_utilisation=round(busy / lines / window, 3),
+            daemon_cpu_percent_of_one_core=round(100 * cpu_s / window, 1),
+            daemon_cpu_ms_per_call=round(1000 * cpu_s / max(ended, 1), 2),
+        )
+    batch_cpu = _cpu_at(cpu, last_end) - _cpu_at(cpu, push_at)
+    batch_per_line_hour = len(spans) / lines / batch_s * 3600
+    per_carrier: dict[str, Any] = {}
+    by_carrier: dict[str, list[float]] = defaultdict(list)
+    for s in spans:
+        c = carrier_for(s.phone)
+        by_carrier[c.name if c else "?"].append(s.seconds)
+    for name, secs in sorted(by_carrier.items()):
+        med = statistics.median(secs)
+        evidence = EVIDENCE_S.get(name, 0.0)
+        per_carrier[name] = {
+            "calls": len(secs),
+            "median_call_s": round(med, 3),
+            "evidence_s": evidence,
+            "gap_s": round(med - evidence, 3),
+        }
+    decided_ms = [s.decided_ms for s in spans if s.decided_ms is not None]
+    call_s = [s.seconds for s in spans]
+    return {
+        "lines": lines,
+        "limit_per_line_per_hour": round(limit, 1),
+        "limit_mean_call_s": round(3600 / limit, 3),
+        "batch": {
+            "wall_s": round(batch_s, 2),
+            "numbers_per_line_per_hour": round(batch_per_line_hour, 1),
+            "ratio_to_limit": round(batch_per_line_hour / limit, 3),
+            "daemon_cpu_percent_of_one_core": round(100 * batch_cpu / batch_s, 1),
+            "daemon_cpu_ms_per_call": round(1000 * batch_cpu / len(spans), 2),
+        },
+        "steady": steady,
+        "mean_call_s": round(statistics.fmean(call_s), 3),
+        "call_s": {"median": _quantile(call_s, 0.5), "p95": _quantile(call_s, 0.95)},
+        "per_carrier": per_carrier,
+        "decision_after_evidence_ms": {
+            "count": len(decided_ms),
+            "median": _quantile(decided_ms, 0.5),
+            "p95": _quantile(decided_ms, 0.95),
+        },
+        "decided_by_signalling_alone": len(spans) - len(decided_ms),
+    }
+
+
+def _start_profile(pid: int, out: Path) -> subprocess.Popen[bytes] | None:
+    exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not Path(exe).exists():
+        print("py-spy not installed: no profile", file=sys.stderr)
+        return None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [exe, "record", "--pid", str(pid), "--duration", str(PROFILE_S)]
+    cmd += ["--format", "speedscope", "--nonblocking", "-o", str(out)]
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _stop_profile(proc: subprocess.Popen[bytes] | None) -> None:
+    if proc is None:
+        return
+    try:
+        proc.wait(timeout=PROFILE_S + 10)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGINT)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=5)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+async def run(
+    lines: int, per_line: int, workdir: Path, timeout: float, profile: Path | None
+) -> dict[str, Any]:
     options = WorldOptions(
         lines=lines,
         log_level="info",
@@ -95,84 +283,121 @@ async def run(lines: int, per_line: int, workdir: Path, timeout: float) -> dict[
     )
     world = World(workdir, options)
     phones = numbers_for(lines * per_line, CARRIERS)
+    prof: subprocess.Popen[bytes] | None = None
     try:
         await world.start()
         assert world.daemon is not None
         pid = world.daemon.pid
         # let every line register before the clock starts
         await asyncio.sleep(2.0)
-        cpu0, t0 = _cpu_seconds(pid), time.monotonic()
+        cpu: list[tuple[float, float]] = [(time.time(), _cpu_seconds(pid))]
+        push_at = time.time()
         await world.push_numbers(phones, one_task_each=False)
-        deadline = t0 + timeout
+        if profile is not None:
+            prof = _start_profile(pid, profile / f"daemon-{lines}lines.speedscope.json")
+        deadline = time.monotonic() + timeout
         events: list[dict[str, Any]] = []
+        polls = 0
         while time.monotonic() < deadline:
-            events = _daemon_events(world)
-            if len(events) >= len(phones):
-                break
-            await asyncio.sleep(0.5)
-        t1, cpu1 = time.monotonic(), _cpu_seconds(pid)
-        got_callbacks = await world.wait_for(phones, 30)
-        wall = t1 - t0
-        decided = [e for e in events if e.get("decided_ms") is not None]
-        decided_ms = [float(e["decided_ms"]) for e in decided]
-        call_ms = [float(e["call_ms"]) for e in events]
-        per_line_hour = len(events) / lines / wall * 3600
-        limit = _limit_per_line_hour(list(CARRIERS))
-        return {
-            "lines": lines,
-            "numbers": len(phones),
-            "finished_by_daemon": len(events),
-            "callbacks_complete": got_callbacks,
-            "wall_s": round(wall, 2),
-            "numbers_per_line_per_hour": round(per_line_hour, 1),
-            "limit_per_line_per_hour": round(limit, 1),
-            "ratio_to_limit": round(per_line_hour / limit, 3),
-            "decision_after_evidence_ms": {
-                "count": len(decided_ms),
-                "median": _quantile(decided_ms, 0.5),
-                "p95": _quantile(decided_ms, 0.95),
-            },
-            "decided_by_signalling_alone": len(events) - len(decided),
-            "call_ms": {"median": _quantile(call_ms, 0.5), "p95": _quantile(call_ms, 0.95)},
-            "daemon_cpu_percent_of_one_core": round(100 * (cpu1 - cpu0) / wall, 1),
-            "evidence_s_assumed": EVIDENCE_S,
-        }
+            await asyncio.sleep(CPU_SAMPLE_S)
+            cpu.append((time.time(), _cpu_seconds(pid)))
+            polls += 1
+            # reading the log is the costly part: every second is enough
+            if polls % 5 == 0:
+                events = _daemon_events(world)
+                if len(events) >= len(phones):
+                    break
+        events = _daemon_events(world)
+        cpu.append((time.time(), _cpu_seconds(pid)))
+        # the server posts the callbacks after the uploads; under load it lags behind
+        got_callbacks = await world.wait_for(phones, 90)
+        await asyncio.to_thread(_stop_profile, prof)
+        prof = None
+        spans = [_span(e) for e in events]
+        if not spans:
+            raise RuntimeError("the daemon finished no call")
+        out = figures(spans, lines, push_at, cpu)
+        out.update(
+            numbers=len(phones),
+            finished_by_daemon=len(events),
+            callbacks_complete=got_callbacks,
+            evidence_s_assumed=EVIDENCE_S,
+            classifier_crbt_s=_crbt_rule_s(),
+        )
+        return out
     finally:
+        if prof is not None:
+            prof.kill()
+            prof.wait()
         await world.stop()
+
+
+def _print(r: dict[str, Any]) -> None:
+    b, s, d = r["batch"], r["steady"], r["decision_after_evidence_ms"]
+    print(
+        f"{r['lines']:4} lines: {r['finished_by_daemon']}/{r['numbers']} numbers"
+        f" (callbacks {'complete' if r['callbacks_complete'] else 'MISSING'});"
+        f" limit {r['limit_per_line_per_hour']:.0f}/line/h"
+        f" (mean {r['limit_mean_call_s']} s a call)",
+        flush=True,
+    )
+    if "numbers_per_line_per_hour" in s:
+        print(
+            f"      steady {s['window_s']} s: {s['numbers_per_line_per_hour']:.0f}/line/h,"
+            f" ratio {s['ratio_to_limit']:.2f}, line utilisation {s['line_utilisation']:.2f},"
+            f" daemon CPU {s['daemon_cpu_percent_of_one_core']} % of one core"
+            f" ({s['daemon_cpu_ms_per_call']} ms a call)"
+        )
+    print(
+        f"      batch  {b['wall_s']} s: {b['numbers_per_line_per_hour']:.0f}/line/h,"
+        f" ratio {b['ratio_to_limit']:.2f}, daemon CPU {b['daemon_cpu_percent_of_one_core']} %"
+        f" ({b['daemon_cpu_ms_per_call']} ms a call)"
+    )
+    print(
+        f"      mean call {r['mean_call_s']} s; decision after evidence median {d['median']} ms,"
+        f" p95 {d['p95']} ms ({d['count']} by audio,"
+        f" {r['decided_by_signalling_alone']} by signalling)"
+    )
+    crbt = r.get("classifier_crbt_s")
+    if crbt is not None and crbt != EVIDENCE_S["ringing_crbt"]:
+        print(
+            f"      note: EVIDENCE_S ringing_crbt is {EVIDENCE_S['ringing_crbt']} s but"
+            f" CallClassifier.crbt_ms is {crbt} s (the limit is left as it is)"
+        )
+    print("      carrier                    calls  median call s  evidence s    gap s")
+    for name, c in r["per_carrier"].items():
+        print(
+            f"      {name:26} {c['calls']:5}  {c['median_call_s']:13.3f}"
+            f"  {c['evidence_s']:10.1f}  {c['gap_s']:7.3f}"
+        )
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--lines", type=int, nargs="+", default=[24])
-    p.add_argument("--per-line", type=int, default=4)
-    p.add_argument("--timeout", type=float, default=240.0)
+    p.add_argument("--per-line", type=int, default=20)
+    p.add_argument("--timeout", type=float, default=300.0)
     p.add_argument("--out", type=Path, default=Path("bench/out/e2e.json"))
     p.add_argument("--keep", type=Path, default=None, help="keep the worlds' files here")
+    p.add_argument("--profile", type=Path, default=None, help="py-spy speedscope files here")
     args = p.parse_args()
     results = []
     for lines in args.lines:
         if args.keep is not None:
-            r = asyncio.run(run(lines, args.per_line, args.keep / f"lines{lines}", args.timeout))
+            workdir = args.keep / f"lines{lines}"
+            r = asyncio.run(run(lines, args.per_line, workdir, args.timeout, args.profile))
         else:
             with tempfile.TemporaryDirectory(prefix="sipclient-bench-e2e-") as tmp:
-                r = asyncio.run(run(lines, args.per_line, Path(tmp), args.timeout))
+                r = asyncio.run(run(lines, args.per_line, Path(tmp), args.timeout, args.profile))
         results.append(r)
-        d = r["decision_after_evidence_ms"]
-        print(
-            f"{lines:4} lines: {r['finished_by_daemon']}/{r['numbers']} numbers in {r['wall_s']} s,"
-            f" {r['numbers_per_line_per_hour']:.0f} per line per hour"
-            f" (limit {r['limit_per_line_per_hour']:.0f}, ratio {r['ratio_to_limit']:.2f});"
-            f" decision after evidence median {d['median']} ms, p95 {d['p95']} ms"
-            f" ({d['count']} by audio, {r['decided_by_signalling_alone']} by signalling);"
-            f" daemon CPU {r['daemon_cpu_percent_of_one_core']} % of one core",
-            flush=True,
-        )
+        _print(r)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
         json.dumps(
             {
                 "command": " ".join(sys.argv),
-                "note": "2 shared cores, other work running: figures are under contention",
+                "note": "2 shared cores (sipp, kamailio, server, daemon): figures are under "
+                "contention",
                 "results": results,
             },
             indent=2,

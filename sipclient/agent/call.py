@@ -12,7 +12,9 @@ Media hooks (for the RTP layer): `on_early_media(media: MediaInfo)` is called
 once, when the first SDP answer arrives (a 183's or the 200's); it may be a
 plain function or a coroutine function (then run as a task).
 `on_media_ended(outcome)` is called once the call is over. `on_provisional(status)`
-is called for each 1xx (the daemon's "during" status, a test's cue to cancel). The call offers
+is called for each 1xx (the daemon's "during" status, a test's cue to cancel), and
+`on_answered(status)` once, when the 2xx arrives (the daemon's "call" status and the
+classifier's signalling: a hook, so nobody has to poll `outcome.answered`). The call offers
 PCMU, PCMA, G722 and telephone-event at `local_rtp`.
 """
 
@@ -171,6 +173,7 @@ class Call:
         on_early_media: MediaStarted | None = None,
         on_media_ended: MediaEnded | None = None,
         on_provisional: Callable[[int], None] | None = None,
+        on_answered: Callable[[int], None] | None = None,
     ) -> None:
         ep = stack.ep
         offer = make_offer(local_rtp[0], local_rtp[1], session_id=ep.rng.getrandbits(31))
@@ -183,6 +186,7 @@ class Call:
         self._on_early_media = on_early_media
         self._on_media_ended = on_media_ended
         self._on_provisional = on_provisional
+        self._on_answered = on_answered
         self._done = asyncio.get_running_loop().create_future()
         self._tasks: set[asyncio.Task[None]] = set()
         self._media_announced = False
@@ -244,10 +248,13 @@ class Call:
             if self._on_provisional is not None:
                 self._run_hook(self._on_provisional, event.status)
         elif isinstance(event, Answered):
+            first = not out.answered
             out.answered = True
             out.times.answer = epoch(event.at)
             if event.sdp is not None:
                 self._media(event.sdp)
+            if first and self._on_answered is not None:
+                self._run_hook(self._on_answered, event.status)
         elif isinstance(event, CancelSent):
             out.cancel_reason = event.why
             self._log.debug("call_cancel_sent", number=out.number, why=event.why)

@@ -30,6 +30,14 @@ The SIP/media/classifier side of a line is behind the `LineBackend` protocol so
 the control logic stays readable and testable on its own; `SipLineBackend`
 (below) joins the user agent, the call, the RTP
 receiver, the recorder and the streaming classifier.
+
+CPU choices (docs/daemon.md has the figures): a call task sleeps until the
+call ends, the daemon stops or the stuck limit passes; answers come through
+`Call`'s `on_answered` hook and the classifier's no-RTP clock runs on a timer
+only before the first audio (no 100 ms poll per call). Without
+`recordings.keep` the WAV is built in memory and the spool writes the only
+file. STATUS= goes out at most once a second. The media modules (aiortc's
+import is ~350 ms) are imported at start, off the loop, not by the first call.
 """
 
 from __future__ import annotations
@@ -71,6 +79,17 @@ READY_AFTER = 15.0
 CALL_STOP_WAIT = 10.0
 """Seconds SIGTERM waits for cancelled calls to end."""
 
+STATUS_EVERY = 1.0
+"""Seconds between two STATUS= notifications at most (see `Daemon._set_status`)."""
+
+TICK_S = 0.1
+"""Period of the classifier's clock once its no-RTP wait is due and still undecided."""
+
+TICK_SLACK_S = 0.005
+"""Added to the first tick: `at_ms` truncates to whole ms, so a timer at exactly
+`rtp.no_rtp_wait` after the provisional can read 1999 of 2000 ms and miss by a
+whole TICK_S (measured: ringing_180 calls 2.106 s instead of 2.02 s)."""
+
 
 # ------------------------------------------------------------------ results
 
@@ -79,7 +98,8 @@ CALL_STOP_WAIT = 10.0
 class CallRecord:
     """What one finished call leaves behind: its WAV and the /dial_wav fields.
 
-    `wav` is a finished WAV file (possibly zero frames) the spool copies in;
+    `wav` is a finished WAV file (possibly zero frames) the spool copies in, or,
+    when `data` is set, only the name of one that was never written;
     `fields` are the (ext) form fields of PROTOCOL.md /dial_wav except
     extensionNum, phone and dialplanId, which the daemon adds.
     """
@@ -87,6 +107,8 @@ class CallRecord:
     wav: Path
     fields: dict[str, Any]
     verdict: str = "unknown"
+    data: bytes | None = None
+    """The WAV itself when it was built in memory (then no file exists at `wav`)."""
 
 
 CallHooks = Callable[[], None]
@@ -214,9 +236,12 @@ class Daemon:
         self._renotify = asyncio.Event()
         self._wake_dialer = asyncio.Event()
         self._ready_sent = False
+        self._adopting = False
         self._tasks: list[asyncio.Task[Any]] = []
         self._call_tasks: set[asyncio.Task[None]] = set()
         self._on_reload: list[Callable[[], None]] = []
+        self._status_timer: asyncio.TimerHandle | None = None
+        self._status_sent = float("-inf")
         # the server frees an extension for its next number once the upload is in
         self.uploader.on_uploaded = lambda _entry: self._wake_dialer.set()
 
@@ -333,6 +358,14 @@ class Daemon:
 
     async def _adopt(self, accounts: list[Account]) -> None:
         """Make the lines match a (new) lease; keep lines whose account is unchanged."""
+        self._adopting = True
+        try:
+            await self._adopt_lines(accounts)
+        finally:
+            self._adopting = False
+        self._maybe_ready()
+
+    async def _adopt_lines(self, accounts: list[Account]) -> None:
         wanted = {a.extension: a for a in accounts}
         for ext, line in list(self.lines.items()):
             acc = wanted.get(ext)
@@ -384,10 +417,20 @@ class Daemon:
             self._report_line(line)
         if registered:
             self._wake_dialer.set()
-        if not self._ready_sent and self.lines and all(x.known for x in self.lines.values()):
+        self._maybe_ready()
+        self._set_status()
+
+    def _maybe_ready(self) -> None:
+        """READY=1 once every leased line has a first registration outcome.
+
+        Not while the lease is still being turned into lines: a line that registers
+        at once would otherwise be "every line" and READY=1 would go out with 1/N.
+        """
+        if self._adopting or self._ready_sent or not self.lines:
+            return
+        if all(x.known for x in self.lines.values()):
             self._ready_sent = True
             self.notify("READY=1", f"STATUS={self.status_line()}")
-        self._set_status()
 
     def _ready_anyway(self) -> None:
         """READY=1 even if some registrations hang: the daemon works with the others."""
@@ -404,6 +447,24 @@ class Daemon:
             self.status.report(line.extension, "unregistered")
 
     def _set_status(self) -> None:
+        """STATUS= at most once every STATUS_EVERY seconds, the latest state last.
+
+        Every call's start and end changes the line, and `status_line` counts the
+        spool's files: at a hundred calls a second that was a directory scan and a
+        datagram each time for a line nobody reads that often.
+        """
+        if self._status_timer is not None:
+            return  # a trailing update is due and will carry this change
+        loop = asyncio.get_running_loop()
+        wait = self._status_sent + STATUS_EVERY - loop.time()
+        if wait <= 0:
+            self._send_status()
+        else:
+            self._status_timer = loop.call_later(wait, self._send_status)
+
+    def _send_status(self) -> None:
+        self._status_timer = None
+        self._status_sent = asyncio.get_running_loop().time()
         self.notify(f"STATUS={self.status_line()}")
 
     async def _heartbeat(self) -> None:
@@ -585,8 +646,21 @@ class Daemon:
             "dialplanId": item.dialplan_id or "",
         }
         fields.update(record.fields)
+        keep = self.config.recordings.keep
+
+        def put() -> None:
+            # one trip to a worker thread: the write, its fsyncs and the unlink all
+            # block on the disk (an unlink on the loop took ~3 ms on ext4)
+            if record.data is not None:
+                self.spool.put(record.data, fields)
+                return
+            self.spool.put(record.wav, fields)
+            if not keep:
+                with contextlib.suppress(OSError):
+                    record.wav.unlink()
+
         try:
-            await asyncio.to_thread(self.spool.put, record.wav, fields)
+            await asyncio.to_thread(put)
         except OSError as exc:
             # the disk is gone: keep the WAV where it is; the lease brings the number back
             log.error("spool_failed", phone=item.phone, error=str(exc))
@@ -599,14 +673,14 @@ class Daemon:
             local_verdict=record.verdict,
             sip_code=fields.get("sipCode"),
         )
-        if not self.config.recordings.keep:
-            with contextlib.suppress(OSError):
-                record.wav.unlink()
         self.uploader.kick()
 
     # -------------------------------------------------------------- shutdown
 
     async def _shutdown(self) -> None:
+        if self._status_timer is not None:
+            self._status_timer.cancel()
+            self._status_timer = None
         self.notify("STOPPING=1", f"STATUS=stopping: {self.status_line()}")
         for line in self.lines.values():
             line.pending.clear()
@@ -688,8 +762,13 @@ class SipSide:
         self.drop = _test_drop()
 
     async def start(self) -> None:
-        """Load the template library (off the loop: it may build its index)."""
+        """Load the template library and the media modules (off the loop).
+
+        The library may build its index; importing `sipclient.media.rtp` imports all
+        of aiortc (~350 ms), which the first call used to pay on the loop.
+        """
         self.library = await asyncio.to_thread(_load_library, self.config)
+        await asyncio.to_thread(_import_call_modules)
 
     def reload_library(self, config: DaemonConfig) -> None:
         """SIGHUP: the template library again (calls in flight keep the old one)."""
@@ -726,6 +805,12 @@ class SipSide:
             with contextlib.suppress(Exception):
                 await stack.close()
         self._stacks.clear()
+
+
+def _import_call_modules() -> None:
+    import sipclient.classify.decide
+    import sipclient.media.recorder
+    import sipclient.media.rtp  # noqa: F401  (imported for its side effect: loaded once)
 
 
 def _load_library(config: DaemonConfig) -> Any:
@@ -840,19 +925,34 @@ async def _dial(
     ua = line.ua
     local_ip = ua.stack.ep.local[0]
     wav = cfg.recordings.dir / f"{line.account.extension}-{item.phone}-{time.time_ns()}.wav"
-    recorder = Recorder.from_settings(cfg.recordings, wav)
+    # Without recordings.keep the WAV only exists for the spool, which writes and fsyncs
+    # its own copy: build it in memory (media/recorder.py). A crash before the spool has
+    # it loses nothing: the number is still leased to us and is dialled again.
+    in_memory = not cfg.recordings.keep
+    recorder = Recorder.from_settings(cfg.recordings, wav, in_memory=in_memory)
     classifier = CallClassifier(side.library, no_rtp_wait_ms=int(cfg.rtp.no_rtp_wait * 1000))
-    state: dict[str, Any] = {"decision": None, "decided_at": None, "answered": False}
+    state: dict[str, Any] = {
+        "decision": None,
+        "decided_at": None,
+        "answered": False,
+        "media_seen": False,
+    }
     receiver: RtpReceiver | None = None
     t0 = loop.time()
+    no_rtp_wait = cfg.rtp.no_rtp_wait
+    tick_timer: asyncio.TimerHandle | None = None
 
     def at_ms() -> int:
         return int((loop.time() - t0) * 1000)
 
     def decided(d: Decision | None) -> None:
+        nonlocal tick_timer
         if d is None or state["decision"] is not None:
             return
         state["decision"], state["decided_at"] = d, loop.time()
+        if tick_timer is not None:
+            tick_timer.cancel()
+            tick_timer = None
         log.debug("decided", phone=item.phone, verdict=d.verdict.value, at_ms=at_ms())
         call.cancel(f"decided {d.verdict.value}")  # CANCEL, or BYE once answered
 
@@ -860,6 +960,30 @@ async def _dial(
         recorder.feed(frame)
         if state["decision"] is None:
             decided(classifier.feed(frame.pcm))
+
+    def tick() -> None:
+        # The classifier's clock only decides before the first audio ("a 180/183 and
+        # no RTP for rtp.no_rtp_wait"): one timer at that moment, then every
+        # TICK_S while it still has neither audio nor a decision. Once audio flows,
+        # `feed` decides and no timer runs (the old loop woke every call ten times
+        # a second for the whole call).
+        nonlocal tick_timer
+        tick_timer = None
+        if state["decision"] is not None or call.done or classifier.audio_ms:
+            return
+        decided(classifier.tick(at_ms()))
+        if state["decision"] is None:
+            tick_timer = loop.call_later(TICK_S, tick)
+
+    def arm_tick(restart: bool = False) -> None:
+        nonlocal tick_timer
+        if state["decision"] is not None or classifier.audio_ms:
+            return
+        if restart and tick_timer is not None:
+            tick_timer.cancel()
+            tick_timer = None
+        if tick_timer is None:
+            tick_timer = loop.call_later(no_rtp_wait + TICK_SLACK_S, tick)
 
     async def media_started(info: Any) -> None:
         nonlocal receiver
@@ -870,46 +994,77 @@ async def _dial(
         receiver = await RtpReceiver.open(lease, fmt, info.remote_addr, sink, options=options)
 
     def provisional(_status: int) -> None:
-        decided(classifier.on_signalling(call.outcome.signalling(), at_ms()))
+        sig = call.outcome.signalling()
+        decided(classifier.on_signalling(sig, at_ms()))
+        # the classifier's no-RTP clock starts at the first 180/183 (a 100 Trying
+        # before it does not count): time the first tick from that moment
+        media_now = sig.ringing or sig.early_media
+        arm_tick(restart=media_now and not state["media_seen"])
+        state["media_seen"] = state["media_seen"] or media_now
 
-    call = ua.call(
-        item.phone,
-        local_rtp=(local_ip, lease.port),
-        ring_timeout=cfg.sip.ring_timeout,
-        on_early_media=media_started,
-        on_provisional=provisional,
-    )
+    def answered(_status: int) -> None:
+        if state["answered"]:
+            return
+        state["answered"] = True
+        on_answered()
+        decided(classifier.on_signalling(call.outcome.signalling(), at_ms()))
+        arm_tick()
+
+    try:
+        call = ua.call(
+            item.phone,
+            local_rtp=(local_ip, lease.port),
+            ring_timeout=cfg.sip.ring_timeout,
+            on_early_media=media_started,
+            on_provisional=provisional,
+            on_answered=answered,
+        )
+    except BaseException:
+        lease.release()  # a number SIP cannot carry: the daemon records a local failure
+        raise
     structlog.contextvars.bind_contextvars(call_id=call.call_id)
+    stuck: asyncio.Future[None] = loop.create_future()
+
+    def mark_stuck() -> None:
+        if not stuck.done():
+            stuck.set_result(None)
+
+    limit = cfg.sip.ring_timeout + 64 * cfg.sip.t1 + 10.0
+    stuck_timer = loop.call_later(limit, mark_stuck)
+    ended = asyncio.ensure_future(call.ended())
+    stop = asyncio.ensure_future(cancel.wait())
     try:
         await call.start()
-        limit = cfg.sip.ring_timeout + 64 * cfg.sip.t1 + 10.0
-        ended = asyncio.ensure_future(call.ended())
-        stop = asyncio.ensure_future(cancel.wait())
+        # Nothing polls: the call's end, the daemon's stop and the stuck limit wake us;
+        # answers, provisionals, audio and the no-RTP clock arrive through the hooks.
+        waiting: set[asyncio.Future[Any]] = {ended, stop, stuck}
         while not ended.done():
-            await asyncio.wait([ended, stop], timeout=0.1, return_when=asyncio.FIRST_COMPLETED)
-            if stop.done() and state["decision"] is None:
-                state["decision"] = "stopped"
-                call.cancel("daemon stopping")
-            if call.outcome.answered and not state["answered"]:
-                state["answered"] = True
-                on_answered()
-                decided(classifier.on_signalling(call.outcome.signalling(), at_ms()))
-            if state["decision"] is None:
-                decided(classifier.tick(at_ms()))
-            if loop.time() - t0 > limit:
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            if stop.done() and stop in waiting:
+                waiting.discard(stop)
+                if state["decision"] is None:
+                    state["decision"] = "stopped"
+                    call.cancel("daemon stopping")
+            if stuck.done() and not ended.done():
                 log.warning("call_stuck", phone=item.phone)
                 call.hangup()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(asyncio.shield(ended), 5.0)
                 break
-        stop.cancel()
         outcome = ended.result() if ended.done() else call.outcome
     finally:
+        stuck_timer.cancel()
+        if tick_timer is not None:
+            tick_timer.cancel()
+        stop.cancel()
+        if not ended.done():
+            ended.cancel()
         if receiver is not None:
             await receiver.close()
         else:
             lease.release()
-    result = await asyncio.to_thread(recorder.close)
+    # in memory, close() only encodes what is left (no disk): not worth a thread hop
+    result = recorder.close() if in_memory else await asyncio.to_thread(recorder.close)
     sig = outcome.signalling()
     final = classifier.finish(sig)
     times = outcome.times
@@ -943,7 +1098,7 @@ async def _dial(
         sip_code=outcome.sip_code,
         call_ms=int((loop.time() - t0) * 1000),
     )
-    return CallRecord(result.path, fields, final.verdict.value)
+    return CallRecord(result.path, fields, final.verdict.value, result.data)
 
 
 # ----------------------------------------------------------------- entry

@@ -163,6 +163,7 @@ class UserAgent:
         on_early_media: MediaStarted | None = None,
         on_media_ended: MediaEnded | None = None,
         on_provisional: Callable[[int], None] | None = None,
+        on_answered: Callable[[int], None] | None = None,
     ) -> Call:
         """A new outbound call from this extension (not started: `await call.start()`)."""
         if not _USER_RE.match(number):
@@ -184,6 +185,7 @@ class UserAgent:
             on_early_media=on_early_media,
             on_media_ended=on_media_ended,
             on_provisional=on_provisional,
+            on_answered=on_answered,
         )
 
     def _on_event(self, event: object) -> None:

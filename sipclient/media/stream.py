@@ -64,6 +64,9 @@ Addr = tuple[str, int]
 COMFORT_NOISE_PT = 13
 _SEQ_MOD = 1 << 16
 _TS_MOD = 1 << 32
+_PLAYED_RING = 64
+"""How many played sequence numbers are remembered to tell duplicates from late packets."""
+_PLAYED_MASK = _PLAYED_RING - 1
 _RESTART_SEQ_JUMP = 1000
 """A sequence jump beyond this many packets is a sender restart, not loss."""
 
@@ -217,8 +220,9 @@ class RtpStream:
         self._next: int = 0  # next extended sequence number to play
         self._highest: int = 0
         self._buf: dict[int, _Packet] = {}
-        self._played: deque[int] = deque(maxlen=64)
-        self._played_set: set[int] = set()
+        # played[seq % 64] == seq: `seq` was played (a duplicate, not a late packet);
+        # one list store a packet instead of a deque and a set kept in step
+        self._played: list[int] = [-1] * _PLAYED_RING
         self._ts_last: int = 0  # extended timestamp of the last packet seen
         self._ts_base: int = 0
         self._offset: int = 0  # output sample index of the stream's ts_base
@@ -374,10 +378,18 @@ class RtpStream:
                 self._skip_gap(out)
                 self._drain(out)
             self._next = self._highest = seq
-            self._played.clear()
-            self._played_set.clear()
+            self._played = [-1] * _PLAYED_RING
+        if seq == self._next and not self._buf:
+            # The usual case: the next packet in order and nothing held. Play it
+            # without the hold buffer's dict round trip.
+            if seq > self._highest:
+                self._highest = seq
+            self._play(_Packet(seq, packet.timestamp, kind, packet.payload, now), out)
+            self._played[seq & _PLAYED_MASK] = seq
+            self._next = seq + 1
+            return
         if seq < self._next:
-            if seq in self._played_set:
+            if self._played[seq & _PLAYED_MASK] == seq:
                 stats.duplicates += 1
             else:
                 stats.late += 1
@@ -404,8 +416,7 @@ class RtpStream:
         self._ssrc = packet.ssrc
         self._decoders = {}
         self._next = self._highest = packet.sequence_number
-        self._played.clear()
-        self._played_set.clear()
+        self._played = [-1] * _PLAYED_RING
         self._ts_last = self._ts_base = packet.timestamp
         # Continue in time: where the last stream ended plus the silence
         # that arrival times show between the two.
@@ -427,7 +438,7 @@ class RtpStream:
         while self._next in self._buf:
             packet = self._buf.pop(self._next)
             self._play(packet, out)
-            self._mark_played(self._next)
+            self._played[self._next & _PLAYED_MASK] = self._next
             self._next += 1
 
     def _skip_gap(self, out: list[AudioFrame]) -> None:
@@ -437,12 +448,6 @@ class RtpStream:
         first = min(self._buf)
         self.stats.lost += first - self._next
         self._next = first
-
-    def _mark_played(self, seq: int) -> None:
-        if len(self._played) == self._played.maxlen:
-            self._played_set.discard(self._played[0])
-        self._played.append(seq)
-        self._played_set.add(seq)
 
     # ------------------------------------------------------------ timing + decode
 
@@ -475,8 +480,12 @@ class RtpStream:
             return
         position = self._offset + (ts - self._ts_base)
         gap = position - self._end
-        plausible = self._arrival_gap(packet.arrival) + SAMPLE_RATE  # 1 s slack
-        if self._started and (gap > plausible or gap < -SAMPLE_RATE):
+        # plausible = arrival gap + 1 s of slack; the arrival gap is never negative, so
+        # it only needs computing for a gap over 1 s (rare: not once a packet)
+        if self._started and (
+            gap < -SAMPLE_RATE
+            or (gap > SAMPLE_RATE and gap > self._arrival_gap(packet.arrival) + SAMPLE_RATE)
+        ):
             # Timestamps the arrival clock does not support: re-base on arrival.
             self.stats.rebased += 1
             self._offset += self._end + self._arrival_gap(packet.arrival) - position

@@ -58,23 +58,37 @@ async def dial(
     ring_timeout: float | None = None,
     cancel_at_once: bool = False,
     timeout: float = 10.0,
+    answers: list[int] | None = None,
 ) -> tuple[Call, CallOutcome]:
     call_box: list[Call] = []
+    answered = asyncio.Event()
 
     def on_provisional(status: int) -> None:
         if cancel_on is not None and status == cancel_on:
             call_box[0].cancel()
 
-    call = ua.call(number, local_rtp=RTP, ring_timeout=ring_timeout, on_provisional=on_provisional)
+    def on_answered(status: int) -> None:
+        if answers is not None:
+            answers.append(status)
+        answered.set()
+
+    call = ua.call(
+        number,
+        local_rtp=RTP,
+        ring_timeout=ring_timeout,
+        on_provisional=on_provisional,
+        on_answered=on_answered,
+    )
     call_box.append(call)
     await call.start()
     if cancel_at_once:
         call.cancel()
     if hangup_after_answer is not None:
-        for _ in range(int(timeout / 0.02)):
-            if call.outcome.answered or call.done:
-                break
-            await asyncio.sleep(0.02)
+        # the answer hook, not a poll of outcome.answered (the daemon relies on it)
+        ended = asyncio.ensure_future(call.ended())
+        got = asyncio.ensure_future(answered.wait())
+        await asyncio.wait([ended, got], timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        got.cancel()
         await asyncio.sleep(hangup_after_answer)
         call.hangup()
     outcome = await asyncio.wait_for(call.ended(), timeout)
@@ -263,7 +277,9 @@ async def test_200_then_our_bye_through_kamailio(
     uas = sipp_uas("uas_200_bye.xml")
     kam = kamailio_for([Route("200", "127.0.0.1", uas.port)])
     async with agent(kam.port) as (_, ua):
-        _, out = await dial(ua, "2001234", hangup_after_answer=0.1)
+        answers: list[int] = []
+        _, out = await dial(ua, "2001234", hangup_after_answer=0.1, answers=answers)
+    assert answers == [200]  # the answer hook ran once, with the 2xx's status
     assert out.answered and out.sip_code == 200 and out.ended_by == "local"
     assert out.times.answer is not None and out.times.ringing is not None
     assert from_signalling(out.signalling()).verdict is Verdict.ANSWERED
@@ -301,8 +317,10 @@ async def test_200_crossing_our_cancel_gets_ack_then_bye(
     uas = sipp_uas("uas_200_crosses_cancel.xml")
     kam = kamailio_for([Route("200", "127.0.0.1", uas.port)])
     async with agent(kam.port) as (_, ua):
-        _, out = await dial(ua, "2001234", cancel_on=180)
+        answers: list[int] = []
+        _, out = await dial(ua, "2001234", cancel_on=180, answers=answers)
     assert out.answered and out.cancelled_by_us and out.sip_code == 200
+    assert answers == [200]  # once, though the 2xx may be retransmitted
     got = lines(await uas.wait_for_async("SIP/2.0 200", count=3))
     assert len(got) == 3, uas.errors()
     got = lines(uas.messages())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -88,3 +89,25 @@ def test_abort_leaves_nothing(tmp_path: Path) -> None:
     rec.feed(AudioFrame(0, tone(300, 1.0)))
     rec.abort()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_in_memory_gives_the_same_wav_and_writes_no_file(tmp_path: Path) -> None:
+    pcm = tone(440, 2.5)  # more than one buffered second: several flushes
+    on_disk = Recorder(tmp_path / "disk.wav")
+    in_memory = Recorder(tmp_path / "mem.wav", in_memory=True)
+    for rec in (on_disk, in_memory):
+        rec.feed(AudioFrame(0, pcm[:8000]))
+        rec.feed(AudioFrame(8800, pcm[8800:]))  # a gap, padded with silence
+    disk, mem = on_disk.close(), in_memory.close()
+    assert disk.data is None and mem.data is not None
+    assert mem.data == (tmp_path / "disk.wav").read_bytes()
+    assert mem.frames == disk.frames == len(pcm)
+    assert not (tmp_path / "mem.wav").exists()
+    assert not temp_path_for(tmp_path / "mem.wav").exists()
+
+
+def test_in_memory_without_media_is_a_zero_frame_wav(tmp_path: Path) -> None:
+    result = Recorder(tmp_path / "none.wav", in_memory=True).close()
+    assert result.data is not None and result.frames == 0
+    info = sf.info(io.BytesIO(result.data))
+    assert info.frames == 0 and info.samplerate == 8000 and info.subtype == "PCM_16"
