@@ -222,7 +222,7 @@ async def _retry_forever(
 
 
 class Uploader:
-    """Drains the spool to the server in order; wake it with `kick()`."""
+    """Drains the spool to the server, oldest first; wake it with `kick()`."""
 
     def __init__(
         self,
@@ -232,9 +232,12 @@ class Uploader:
         *,
         retry_min: float = 0.5,
         retry_max: float = 30.0,
+        concurrency: int = 8,
     ) -> None:
         self.client = client
         self.spool = spool
+        self.concurrency = max(1, concurrency)
+        """Uploads in flight at most (`drain_once`)."""
         self._client_id = client_id
         self._wake = asyncio.Event()
         self._retry_min = retry_min
@@ -250,34 +253,61 @@ class Uploader:
         self._wake.set()
 
     async def drain_once(self) -> bool:
-        """Upload what is spooled; True when the spool is empty afterwards."""
-        for entry in list(self.spool.entries()):
-            client_id = self._client_id()
-            if client_id is None:
-                return False
-            try:
-                await self.client.upload(client_id, entry)
-            except UnknownClient:
-                if self.on_unknown_client is not None:
-                    self.on_unknown_client()
-                return False
-            except ServerUnavailable as exc:
-                log.info("upload_deferred", reason=str(exc), spooled=len(self.spool))
-                return False
-            except Refused as exc:
-                self.refused += 1
-                log.warning("upload_refused", reason=str(exc), seq=entry.seq, **entry.fields)
-                refused = self.spool.folder / "refused"
-                refused.mkdir(exist_ok=True)
-                for f in (entry.wav, entry.meta):
-                    if f.exists():
-                        os.replace(f, refused / f.name)
-                continue
-            self.spool.remove(entry)
-            self.uploaded += 1
-            log.info("uploaded", seq=entry.seq, phone=entry.fields.get("phone"))
-            if self.on_uploaded is not None:
-                self.on_uploaded(entry)
+        """Upload what is spooled; True when the spool is empty afterwards.
+
+        Entries are started oldest first, up to `concurrency` at a time: an upload
+        waits ~40 ms on the server's fsyncs, and one at a time left lines idle
+        behind it at 100 lines (a line gets its next number once its upload is in).
+        They may finish out of order; each is removed only after its own 200, and
+        the first "server away" stops starting new ones (the rest stay spooled).
+        The spool's disk work (listing, unlinks) runs in a worker thread.
+        """
+        entries = await asyncio.to_thread(lambda: list(self.spool.entries()))
+        pending = iter(entries)
+        stopped = False
+
+        async def worker() -> None:
+            nonlocal stopped
+            for entry in pending:
+                if stopped:
+                    return
+                outcome = await self._upload(entry)
+                if outcome is False:
+                    stopped = True
+                    return
+
+        n = min(self.concurrency, len(entries))
+        await asyncio.gather(*(worker() for _ in range(n)))
+        return not stopped
+
+    async def _upload(self, entry: SpoolEntry) -> bool | None:
+        """One entry: True uploaded, None refused (kept aside), False stop draining."""
+        client_id = self._client_id()
+        if client_id is None:
+            return False
+        try:
+            await self.client.upload(client_id, entry)
+        except UnknownClient:
+            if self.on_unknown_client is not None:
+                self.on_unknown_client()
+            return False
+        except ServerUnavailable as exc:
+            log.info("upload_deferred", reason=str(exc), spooled=len(self.spool))
+            return False
+        except Refused as exc:
+            self.refused += 1
+            log.warning("upload_refused", reason=str(exc), seq=entry.seq, **entry.fields)
+            refused = self.spool.folder / "refused"
+            refused.mkdir(exist_ok=True)
+            for f in (entry.wav, entry.meta):
+                if f.exists():
+                    os.replace(f, refused / f.name)
+            return None
+        await asyncio.to_thread(self.spool.remove, entry)
+        self.uploaded += 1
+        log.info("uploaded", seq=entry.seq, phone=entry.fields.get("phone"))
+        if self.on_uploaded is not None:
+            self.on_uploaded(entry)
         return True
 
     async def run(self) -> None:

@@ -17,7 +17,7 @@ import contextlib
 import inspect
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import pytest
@@ -250,6 +250,51 @@ async def test_server_down_spools_then_drains_when_back(server: LiveServer, tmp_
         await client.close()
 
 
+class _SlowUploads:
+    """A ControlClient stand-in for one class's unit test: uploads that take a while,
+    the one for phone `fail_phone` finding the server away."""
+
+    def __init__(self, fail_phone: str = "") -> None:
+        self.fail_phone = fail_phone
+        self.in_flight = 0
+        self.most = 0
+        self.started: list[str] = []
+
+    async def upload(self, _cid: str, entry: Any) -> None:
+        self.started.append(entry.fields["phone"])
+        self.in_flight += 1
+        self.most = max(self.most, self.in_flight)
+        try:
+            await asyncio.sleep(0.02)
+            if entry.fields["phone"] == self.fail_phone:
+                raise ServerUnavailable("connection refused")
+        finally:
+            self.in_flight -= 1
+
+
+async def test_uploads_overlap_start_oldest_first_and_stop_when_the_server_goes(
+    tmp_path: Path,
+) -> None:
+    spool = Spool(tmp_path / "spool")
+    for i in range(20):
+        spool.put(_wav(tmp_path / f"{i}.wav"), {"extensionNum": "2001", "phone": f"{i:02}"})
+    fake = _SlowUploads()
+    uploader = Uploader(cast(Any, fake), spool, lambda: "cid", concurrency=4)
+    assert await uploader.drain_once()
+    assert fake.most == 4 and uploader.uploaded == 20 and len(spool) == 0
+    assert fake.started == [f"{i:02}" for i in range(20)]  # started in spool order
+
+    for i in range(20):
+        spool.put(_wav(tmp_path / f"{i}.wav"), {"extensionNum": "2001", "phone": f"{i:02}"})
+    fake = _SlowUploads(fail_phone="05")
+    uploader = Uploader(cast(Any, fake), spool, lambda: "cid", concurrency=4)
+    assert not await uploader.drain_once()
+    # what was in flight may finish; nothing new starts; the rest (and 05) stay spooled
+    assert len(fake.started) < 20 and "05" in fake.started
+    assert len(spool) == 20 - uploader.uploaded
+    assert "05" in {e.fields["phone"] for e in spool.entries()}
+
+
 # ------------------------------------------------------------------ daemon
 
 
@@ -344,7 +389,7 @@ async def test_daemon_dials_every_number_once_and_stops_cleanly(
     assert daemon.decided == 9
     assert all(line.stopped for line in world.lines.values())
     assert "READY=1" in notes and "STOPPING=1" in notes
-    assert any(n.startswith("STATUS=3/3 registered") for n in notes)
+    assert any(n.startswith("STATUS=3/3 registered") for n in notes), notes
     task = await server.task(task_id)
     assert {d["result"] for d in task["dialplans"]} == {"empty"}
 
