@@ -81,7 +81,7 @@ EVIDENCE_S = {
     "empty_announcement": 1.5,  # the first words of the phrase
     "powered_off_announcement": 1.5,
     "suspended_announcement": 1.5,
-    "ringing_crbt": 4.0,  # CallClassifier.crbt_ms: music is only "not an announcement" after it
+    "ringing_crbt": 3.0,  # CallClassifier.crbt_ms: music is only "not an announcement" after it
     "ringing_180": 2.0,  # rtp.no_rtp_wait: a 180 with no media
 }
 
