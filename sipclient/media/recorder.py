@@ -185,23 +185,12 @@ class Recorder:
             self._flush()
 
     def _open(self) -> sf.SoundFile:
-        if self._memory is not None:
-            return sf.SoundFile(
-                self._memory,
-                mode="w",
-                samplerate=SAMPLE_RATE,
-                channels=1,
-                subtype="PCM_16",
-                format="WAV",
-            )
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        target: io.BytesIO | Path | None = self._memory
+        if target is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            target = self.temp_path
         return sf.SoundFile(
-            self.temp_path,
-            mode="w",
-            samplerate=SAMPLE_RATE,
-            channels=1,
-            subtype="PCM_16",
-            format="WAV",
+            target, mode="w", samplerate=SAMPLE_RATE, channels=1, subtype="PCM_16", format="WAV"
         )
 
     def _flush(self) -> None:
