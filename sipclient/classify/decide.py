@@ -207,7 +207,9 @@ class CallClassifier:
         vote counting is vectorised per block, and every hash known by the
         end of the block counts).
         """
-        power, rms = self._frames.push(x)
+        landmarks = self._fp.push(x)
+        power = self._fp.frame_power  # the frames' spectra: the fingerprint's FFT, shared
+        rms = self._frames.push_rms(x)
         n = len(rms)
         if n == 0:
             return None
@@ -215,7 +217,7 @@ class CallClassifier:
         cls, freq = classify_frames(power, rms)
         self._tone_frames.append(cls != OFF)
         self._cls_hist.extend(cls.astype(np.uint8).tobytes())
-        lm = self._without_tones(self._fp.push(x))
+        lm = self._without_tones(landmarks)
         if len(lm.hashes):
             self._hashes.append(lm.hashes)
             self._htimes.append(lm.times)

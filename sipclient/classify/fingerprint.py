@@ -63,6 +63,7 @@ import numpy as np
 import numpy.typing as npt
 
 from sipclient.classify.audio import FRAME, RATE
+from sipclient.classify.frames import BINS, WINDOW
 
 HOP = 40
 """Fine hop in samples (5 ms)."""
@@ -92,6 +93,8 @@ VERSION = "5"
 LO_BIN = 8  # 250 Hz
 HI_BIN = 112  # 3500 Hz
 _HANN = np.hanning(WIN + 2)[1:-1]
+_FINE_PER_FRAME = FRAME // HOP
+_NO_FRAMES = np.zeros((0, BINS))
 _NB = HI_BIN - LO_BIN
 _FLOOR_DB = -30.0
 """The level of a bin under MIN_PEAK_POWER (and of 10 log10(1e-3), an exact zero)."""
@@ -108,6 +111,7 @@ _EDGE = tuple(
 # _MID needs an even number of bins; the packed pairs in _pair need DT_QUANT = 4,
 # hashes under 2**20 and PAIR_DF < 32
 assert _NB % 2 == 0 and DT_QUANT == 4 and PAIR_DF < 32 and HI_BIN < 1024
+assert WIN == WINDOW and FRAME % HOP == 0  # frame_power: frames.py's windows, shared
 assert 8 < 2 * PEAK_DT + 1 <= 16 and 2 * PEAK_DF + 1 == 9  # the doubling in _local_max
 
 
@@ -168,20 +172,32 @@ class Fingerprinter:
         # anchors [t, f, partners so far, t << 20 | f * 1008], oldest first (see _pair)
         self._recent: list[list[int]] = []
         self.peak_count = 0
+        self.frame_power: npt.NDArray[np.float64] = _NO_FRAMES
+        """Power spectra of the 20 ms frames the last push completed (see `push`)."""
 
     def push(self, pcm: npt.NDArray[np.int16]) -> Landmarks:
-        """Add samples; return the hashes that became known."""
+        """Add samples; return the hashes that became known.
+
+        Also sets `frame_power`: the full power spectra (frames.FrameSource's
+        definition, bit for bit) of the 20 ms frames this push completed. Frame
+        i's window is fine frame 4 i + 3's window (both 256 samples ending at
+        the frame's end, the same Hann), so the classifier takes the frames'
+        spectra from here instead of a second FFT of the same samples.
+        """
         x = np.asarray(pcm, dtype=np.float64).ravel()
         if len(self._tail):
             x = np.concatenate([self._tail, x])
         n = len(x) // HOP
         if n == 0:
             self._tail = x.copy()  # never a view of the caller's array
+            self.frame_power = _NO_FRAMES
             return _empty()
         m = n * HOP
         self._tail = x[m:].copy()
         full = np.concatenate([self._hist, x[:m]])
         self._hist = full[m:]
+        # rows of this push that end a 20 ms frame: global fine frames 4 i + 3
+        first_row = (_FINE_PER_FRAME - 1 - self._fine) % _FINE_PER_FRAME
         self._fine += n
         old = self._logs
         buf = np.full((len(old) + n, _W), -np.inf)
@@ -190,7 +206,11 @@ class Fingerprinter:
         if full.any():
             # the n windows as a strided view of `full` (no gather copy)
             frames = np.ndarray((n, WIN), np.float64, full, 0, (HOP * 8, 8))
-            spec = np.fft.rfft(frames * _HANN, axis=1)[:, LO_BIN:HI_BIN].view(np.float64)
+            whole = np.fft.rfft(frames * _HANN, axis=1)
+            fsq = whole[first_row::_FINE_PER_FRAME].view(np.float64)
+            fsq = fsq * fsq
+            self.frame_power = fsq[:, 0::2] + fsq[:, 1::2]
+            spec = whole[:, LO_BIN:HI_BIN].view(np.float64)
             sq = spec * spec  # re^2 and im^2, interleaved
             power = sq[:, 0::2] + sq[:, 1::2]
             floor = power < MIN_PEAK_POWER
@@ -200,6 +220,7 @@ class Fingerprinter:
             logs[floor] = _FLOOR_DB
         else:  # digital silence: every bin is under the floor
             logs[...] = _FLOOR_DB
+            self.frame_power = np.zeros((len(range(first_row, n, _FINE_PER_FRAME)), BINS))
         return self._peaks(buf)
 
     def _peaks(self, buf: npt.NDArray[np.float64]) -> Landmarks:

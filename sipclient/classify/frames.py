@@ -71,7 +71,23 @@ class FrameSource:
         spec = np.fft.rfft(win * _HANN, axis=1).view(np.float64)
         sq = spec * spec  # re^2, im^2 interleaved
         power = sq[:, 0::2] + sq[:, 1::2]
-        sq = body * body
-        rms = np.sqrt(np.add.reduce(sq.reshape(n, FRAME), axis=1) / FRAME)
         self.frames += n
-        return power, rms
+        return power, _rms(body, n)
+
+    def push_rms(self, pcm: npt.NDArray[np.int16]) -> npt.NDArray[np.float64]:
+        """Like `push`, but only the RMS: for a caller that has the spectra already
+        (decide.py takes them from the fingerprinter, which FFTs the same windows)."""
+        x = np.asarray(pcm, dtype=np.float64).ravel()
+        if len(self._tail):
+            x = np.concatenate([self._tail, x])
+        n = len(x) // FRAME
+        m = n * FRAME
+        self._tail = x[m:].copy()
+        self.frames += n
+        return _rms(x[:m], n)
+
+
+def _rms(body: npt.NDArray[np.float64], n: int) -> npt.NDArray[np.float64]:
+    sq = body * body
+    out: npt.NDArray[np.float64] = np.sqrt(np.add.reduce(sq.reshape(n, FRAME), axis=1) / FRAME)
+    return out

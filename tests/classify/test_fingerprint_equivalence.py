@@ -293,6 +293,27 @@ def test_frames_and_tone_classes_match_plain_definition(name: str, how: str) -> 
     assert src.frames == len(rms)
 
 
+@pytest.mark.parametrize("how", CHUNKINGS)
+@pytest.mark.parametrize("name", sorted(SIGNALS))
+def test_fingerprinter_frame_power_is_the_frames_power(name: str, how: str) -> None:
+    """decide.py takes the 20 ms frames' spectra from the fingerprinter's FFT and only
+    the RMS from FrameSource: both must be the plain definition's, chunk by chunk."""
+    pcm = signal(name)
+    power, rms = ref_frames(pcm)
+    f = fp.Fingerprinter(variants=True)
+    src = FrameSource()
+    got_p, got_r = [], []
+    for a, b in pairwise(chunks(len(pcm), how)):
+        f.push(pcm[a:b])
+        r = src.push_rms(pcm[a:b])
+        assert f.frame_power.shape == (len(r), BINS)
+        got_p.append(f.frame_power)
+        got_r.append(r)
+    assert np.array_equal(np.concatenate(got_p), power)
+    assert np.array_equal(np.concatenate(got_r), rms)
+    assert src.frames == len(rms)
+
+
 def test_tone_signals_are_classified_as_tones() -> None:
     """The class comparison is not vacuous: tone frames and silent frames both occur."""
     power, rms = ref_frames(signal("busy_noise"))
