@@ -325,6 +325,7 @@ class StatusReporter:
         *,
         retry_min: float = 0.5,
         retry_max: float = 30.0,
+        concurrency: int = 8,
     ) -> None:
         self.client = client
         self._client_id = client_id
@@ -332,8 +333,13 @@ class StatusReporter:
         self._wake = asyncio.Event()
         self._retry_min = retry_min
         self._retry_max = retry_max
+        self.concurrency = max(1, concurrency)
+        """Extensions whose state is in flight at once (`flush`)."""
         self.sent = 0
         self.on_unknown_client: Callable[[], None] | None = None
+        self.on_sent: Callable[[str, str], None] | None = None
+        """Called with (extension, status) once the server took it (the daemon asks
+        for the line's next number when an "idle" went in)."""
 
     def report(self, extension: str, status: str, phone: str = "") -> None:
         """Queue a state; an older unsent state of the same extension is replaced."""
@@ -346,24 +352,49 @@ class StatusReporter:
         return len(self._pending)
 
     async def flush(self) -> bool:
-        """Send what is pending; True when everything went."""
-        for extension, (status, phone) in list(self._pending.items()):
-            client_id = self._client_id()
-            if client_id is None:
-                return False
-            try:
-                await self.client.status(client_id, status, extension, phone)
-            except UnknownClient:
-                if self.on_unknown_client is not None:
-                    self.on_unknown_client()
-                return False
-            except ServerUnavailable:
-                return False
-            except Refused as exc:
-                log.warning("status_refused", extension=extension, status=status, reason=str(exc))
-            if self._pending.get(extension) == (status, phone):
-                del self._pending[extension]
-            self.sent += 1
+        """Send what is pending; True when everything went.
+
+        Up to `concurrency` extensions at a time, one state each: a line's "idle"
+        is what lets the server hand it the next number, and one request at a
+        time (each a server write) queued every line's behind the others'.
+        States of one extension stay in order: a newer one reported meanwhile is
+        sent by the next flush. The first "server away" stops starting new ones.
+        """
+        todo = iter(list(self._pending.items()))
+        stopped = False
+
+        async def worker() -> None:
+            nonlocal stopped
+            for extension, state in todo:
+                if stopped or not await self._send(extension, state):
+                    stopped = True
+                    return
+
+        n = min(self.concurrency, len(self._pending))
+        await asyncio.gather(*(worker() for _ in range(n)))
+        return not stopped
+
+    async def _send(self, extension: str, state: tuple[str, str]) -> bool:
+        """One extension's state; False: stop (server away, unknown client)."""
+        status, phone = state
+        client_id = self._client_id()
+        if client_id is None:
+            return False
+        try:
+            await self.client.status(client_id, status, extension, phone)
+        except UnknownClient:
+            if self.on_unknown_client is not None:
+                self.on_unknown_client()
+            return False
+        except ServerUnavailable:
+            return False
+        except Refused as exc:
+            log.warning("status_refused", extension=extension, status=status, reason=str(exc))
+        if self._pending.get(extension) == state:
+            del self._pending[extension]
+        self.sent += 1
+        if self.on_sent is not None:
+            self.on_sent(extension, status)
         return True
 
     async def run(self) -> None:

@@ -242,8 +242,11 @@ class Daemon:
         self._on_reload: list[Callable[[], None]] = []
         self._status_timer: asyncio.TimerHandle | None = None
         self._status_sent = float("-inf")
-        # the server frees an extension for its next number once the upload is in
+        # The server frees an extension for its next number once the line reported
+        # "idle" after its latest hand-out (or, failing that, once the upload is in):
+        # ask for numbers when either went in, not before (docs/daemon.md).
         self.uploader.on_uploaded = lambda _entry: self._wake_dialer.set()
+        self.status.on_sent = self._status_sent_to_server
 
     # ---------------------------------------------------------------- public
 
@@ -446,6 +449,10 @@ class Daemon:
         else:
             self.status.report(line.extension, "unregistered")
 
+    def _status_sent_to_server(self, extension: str, status: str) -> None:
+        if status == "idle":
+            self._wake_dialer.set()
+
     def _set_status(self) -> None:
         """STATUS= at most once every STATUS_EVERY seconds, the latest state last.
 
@@ -635,7 +642,10 @@ class Daemon:
                 asyncio.get_running_loop().create_task(self._drop_line(line))
             elif not self._stopping.is_set():
                 self._report_line(line)
-            self._wake_dialer.set()
+            if line.pending or line.retired or not line.registered:
+                # a number already held for this line starts now; otherwise the
+                # next one is asked for once the "idle" above went in
+                self._wake_dialer.set()
             self._set_status()
 
     async def _spool(self, line: Line, item: DialplanItem, record: CallRecord) -> None:

@@ -473,11 +473,16 @@ class SqliteStore(Store):
         def job(conn: sqlite3.Connection) -> list[JSON] | None:
             if not _touch(conn, client_id, now):
                 return None
+            # An extension is free when no number is out on it, or when its client
+            # reported it idle after the latest hand-out: that number's result is in
+            # the client's spool on its way here, and waiting for the upload (~40 ms
+            # of writes and judging) left every line idle that long between calls.
             idle = conn.execute(
                 "SELECT a.id, a.name FROM accounts a WHERE a.client_id = ?"
                 " AND COALESCE(a.state, '') != 'unregistered'"
                 " AND NOT EXISTS (SELECT 1 FROM dialplans d"
-                "   WHERE d.status = 'busy' AND d.account_id = a.id)"
+                "   WHERE d.status = 'busy' AND d.account_id = a.id"
+                "   AND NOT (a.state = 'idle' AND a.state_at > d.leased_at))"
                 " ORDER BY a.id",
                 (client_id,),
             ).fetchall()

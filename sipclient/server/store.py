@@ -144,7 +144,10 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def lease_dialplans(self, client_id: str, now: float) -> list[JSON] | None:
-        """One free number per idle extension of the client; None: client not active."""
+        """One free number per free extension of the client; None: client not active.
+
+        Free: no busy number on it, or its client reported it idle after the
+        latest hand-out (docs/server.md)."""
 
     @abc.abstractmethod
     async def record_status(

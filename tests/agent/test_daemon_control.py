@@ -295,6 +295,50 @@ async def test_uploads_overlap_start_oldest_first_and_stop_when_the_server_goes(
     assert "05" in {e.fields["phone"] for e in spool.entries()}
 
 
+class _SlowStatus:
+    """A ControlClient whose /status takes 20 ms; the server is away for `fail_ext`."""
+
+    def __init__(self, fail_ext: str = "") -> None:
+        self.fail_ext = fail_ext
+        self.in_flight = 0
+        self.most = 0
+        self.got: list[tuple[str, str]] = []
+
+    async def status(self, _cid: str, status: str, extension: str, _phone: str = "") -> None:
+        self.in_flight += 1
+        self.most = max(self.most, self.in_flight)
+        try:
+            await asyncio.sleep(0.02)
+            if extension == self.fail_ext:
+                raise ServerUnavailable("connection refused")
+            self.got.append((extension, status))
+        finally:
+            self.in_flight -= 1
+
+
+async def test_statuses_of_lines_overlap_and_each_is_announced_once_taken() -> None:
+    fake = _SlowStatus()
+    reporter = StatusReporter(cast(Any, fake), lambda: "cid", concurrency=4)
+    sent: list[tuple[str, str]] = []
+    reporter.on_sent = lambda ext, status: sent.append((ext, status))
+    for i in range(12):
+        reporter.report(f"20{i:02}", "during", "1")
+    for i in range(12):
+        reporter.report(f"20{i:02}", "idle")  # replaces the unsent "during"
+    assert await reporter.flush()
+    assert fake.most == 4 and reporter.pending == 0
+    assert sorted(fake.got) == sorted(sent) == [(f"20{i:02}", "idle") for i in range(12)]
+
+    fake = _SlowStatus(fail_ext="2005")
+    reporter = StatusReporter(cast(Any, fake), lambda: "cid", concurrency=4)
+    for i in range(12):
+        reporter.report(f"20{i:02}", "idle")
+    assert not await reporter.flush()
+    # what was in flight may finish; nothing new starts; the rest stay pending
+    assert ("2005", "idle") not in fake.got and len(fake.got) < 12
+    assert reporter.pending == 12 - len(fake.got)
+
+
 # ------------------------------------------------------------------ daemon
 
 

@@ -160,3 +160,44 @@ async def test_expired_client_restarting_with_notify_gets_work(
     assert a2 != a
     assert len((await api.ok("GET", f"/accounts/{a2}?threadsNum=2"))["accounts"]) == 2
     assert len((await api.ok("GET", f"/dialplan/{a2}"))["dialplans"]) == 2
+
+
+async def test_idle_after_the_hand_out_frees_the_extension_before_the_upload(
+    api: Api, clock: FakeClock
+) -> None:
+    """The daemon says idle once the result is in its spool: the line's next number
+    comes at once, the first stays busy until its upload, and a stale idle frees nothing."""
+    task_id = await _push(api, ["11", "22", "33"])
+    a = await api.notify()
+    await api.ok("GET", f"/accounts/{a}?threadsNum=1")
+    clock.advance(1)
+    # an idle recorded before the hand-out (the line's state after registering)
+    await api.ok("GET", f"/status/{a}?status=idle&extensionNum=1001&phoneNum=")
+    clock.advance(1)
+    [first] = (await api.ok("GET", f"/dialplan/{a}"))["dialplans"]
+    assert first["phoneNum"] == "11"
+    clock.advance(1)
+    assert (await api.ok("GET", f"/dialplan/{a}"))["dialplans"] == []  # stale idle
+    await api.ok("GET", f"/status/{a}?status=during&extensionNum=1001&phoneNum=11")
+    clock.advance(1)
+    assert (await api.ok("GET", f"/dialplan/{a}"))["dialplans"] == []  # in a call
+    await api.ok("GET", f"/status/{a}?status=idle&extensionNum=1001&phoneNum=")
+    clock.advance(1)
+    [second] = (await api.ok("GET", f"/dialplan/{a}"))["dialplans"]
+    assert (second["extensionNum"], second["phoneNum"]) == ("1001", "22")
+    assert await _statuses(api, task_id) == {
+        "11": ("busy", a),
+        "22": ("busy", a),
+        "33": ("free", None),
+    }
+    clock.advance(1)
+    assert (await api.ok("GET", f"/dialplan/{a}"))["dialplans"] == []  # 22 is out now
+    # the first upload arrives late: it finishes its own number, frees nothing more
+    status, _ = await api.upload(a, "1001", "11", sipCode=404)
+    assert status == 200
+    assert (await api.ok("GET", f"/dialplan/{a}"))["dialplans"] == []
+    status, _ = await api.upload(a, "1001", "22", sipCode=404)
+    assert status == 200
+    [third] = (await api.ok("GET", f"/dialplan/{a}"))["dialplans"]
+    assert third["phoneNum"] == "33"
+    assert (await _statuses(api, task_id))["11"] == ("finish", a)
