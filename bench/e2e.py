@@ -1,7 +1,11 @@
 """End-to-end throughput of the daemon against the demo's sipp carriers (sipclient.demo.World).
 
     .venv/bin/python bench/e2e.py [--lines 24 100 200] [--per-line 20] [--out bench/out/e2e.json]
-                                  [--profile DIR]
+                                  [--profile DIR] [--daemons 1]
+
+`--daemons K` splits the lines over K daemon processes (as K instances of
+systemd/sipclient@.service would): one asyncio loop is one core, and the CPU
+figures are then the daemons' sum.
 
 Starts the demo's world on loopback (server, kamailio, sipp carriers, the
 daemon as a subprocess), pushes `lines * per_line` numbers spread over the
@@ -135,10 +139,11 @@ def _quantile(values: list[float], q: float) -> float | None:
 
 def _daemon_events(world: World) -> list[dict[str, Any]]:
     out = []
-    log = world.workdir / "daemon" / "daemon.log"
-    for line in log.read_text(errors="replace").splitlines():
-        if line.startswith("{") and '"call_classified"' in line:
-            out.append(json.loads(line))
+    for i in range(max(1, world.options.daemons)):
+        log = world.daemon_dir(i) / "daemon.log"
+        for line in log.read_text(errors="replace").splitlines():
+            if line.startswith("{") and '"call_classified"' in line:
+                out.append(json.loads(line))
     return out
 
 
@@ -271,10 +276,16 @@ def _stop_profile(proc: subprocess.Popen[bytes] | None) -> None:
 
 
 async def run(
-    lines: int, per_line: int, workdir: Path, timeout: float, profile: Path | None
+    lines: int,
+    per_line: int,
+    workdir: Path,
+    timeout: float,
+    profile: Path | None,
+    daemons: int = 1,
 ) -> dict[str, Any]:
     options = WorldOptions(
         lines=lines,
+        daemons=daemons,
         log_level="info",
         poll_min=0.1,
         poll_max=0.5,
@@ -288,9 +299,14 @@ async def run(
         await world.start()
         assert world.daemon is not None
         pid = world.daemon.pid
+        pids = [p.pid for p in world.daemons]
+
+        def cpu_now() -> float:  # every daemon's CPU seconds, summed
+            return sum(_cpu_seconds(p) for p in pids)
+
         # let every line register before the clock starts
         await asyncio.sleep(2.0)
-        cpu: list[tuple[float, float]] = [(time.time(), _cpu_seconds(pid))]
+        cpu: list[tuple[float, float]] = [(time.time(), cpu_now())]
         push_at = time.time()
         await world.push_numbers(phones, one_task_each=False)
         if profile is not None:
@@ -300,7 +316,7 @@ async def run(
         polls = 0
         while time.monotonic() < deadline:
             await asyncio.sleep(CPU_SAMPLE_S)
-            cpu.append((time.time(), _cpu_seconds(pid)))
+            cpu.append((time.time(), cpu_now()))
             polls += 1
             # reading the log is the costly part: every second is enough
             if polls % 5 == 0:
@@ -308,7 +324,7 @@ async def run(
                 if len(events) >= len(phones):
                     break
         events = _daemon_events(world)
-        cpu.append((time.time(), _cpu_seconds(pid)))
+        cpu.append((time.time(), cpu_now()))
         # the server posts the callbacks after the uploads; under load it lags behind
         got_callbacks = await world.wait_for(phones, 90)
         await asyncio.to_thread(_stop_profile, prof)
@@ -318,6 +334,7 @@ async def run(
             raise RuntimeError("the daemon finished no call")
         out = figures(spans, lines, push_at, cpu)
         out.update(
+            daemons=len(pids),
             numbers=len(phones),
             finished_by_daemon=len(events),
             callbacks_complete=got_callbacks,
@@ -335,7 +352,8 @@ async def run(
 def _print(r: dict[str, Any]) -> None:
     b, s, d = r["batch"], r["steady"], r["decision_after_evidence_ms"]
     print(
-        f"{r['lines']:4} lines: {r['finished_by_daemon']}/{r['numbers']} numbers"
+        f"{r['lines']:4} lines ({r.get('daemons', 1)} daemon(s)):"
+        f" {r['finished_by_daemon']}/{r['numbers']} numbers"
         f" (callbacks {'complete' if r['callbacks_complete'] else 'MISSING'});"
         f" limit {r['limit_per_line_per_hour']:.0f}/line/h"
         f" (mean {r['limit_mean_call_s']} s a call)",
@@ -380,15 +398,25 @@ def main() -> int:
     p.add_argument("--out", type=Path, default=Path("bench/out/e2e.json"))
     p.add_argument("--keep", type=Path, default=None, help="keep the worlds' files here")
     p.add_argument("--profile", type=Path, default=None, help="py-spy speedscope files here")
+    p.add_argument(
+        "--daemons",
+        type=int,
+        default=1,
+        help="daemon processes sharing the lines (CPU figures are their sum)",
+    )
     args = p.parse_args()
     results = []
     for lines in args.lines:
         if args.keep is not None:
             workdir = args.keep / f"lines{lines}"
-            r = asyncio.run(run(lines, args.per_line, workdir, args.timeout, args.profile))
+            r = asyncio.run(
+                run(lines, args.per_line, workdir, args.timeout, args.profile, args.daemons)
+            )
         else:
             with tempfile.TemporaryDirectory(prefix="sipclient-bench-e2e-") as tmp:
-                r = asyncio.run(run(lines, args.per_line, Path(tmp), args.timeout, args.profile))
+                r = asyncio.run(
+                    run(lines, args.per_line, Path(tmp), args.timeout, args.profile, args.daemons)
+                )
         results.append(r)
         _print(r)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -91,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the whole system end to end on loopback")
     p.add_argument("--numbers", type=int, default=40, help="how many numbers to push")
     p.add_argument("--lines", type=int, default=8, help="how many extensions")
+    p.add_argument(
+        "--daemons", type=int, default=1, help="daemon processes sharing the lines (one a core)"
+    )
     p.add_argument("--workdir", type=Path, default=None, help="keep files here (default: temp)")
     p.set_defaults(entry="sipclient.demo:demo_main", config_cls=None)
 

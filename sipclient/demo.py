@@ -477,6 +477,10 @@ class WorldOptions:
     rtp_ports: str = ""
     register_expires: int = 60
     daemon_env: dict[str, str] = field(default_factory=dict)
+    daemons: int = 1
+    """Daemon processes sharing the lines (`World.daemon_config`): one asyncio loop
+    runs on one core, so a box with more cores runs a daemon per core (what
+    systemd/sipclient@.service is for); each is its own client of the server."""
 
 
 class World:
@@ -489,12 +493,14 @@ class World:
         self.kamailio: Kamailio | None = None
         self.server: subprocess.Popen[bytes] | None = None
         self.daemon: subprocess.Popen[bytes] | None = None
+        """The first daemon (the only one unless `options.daemons` > 1)."""
+        self.more_daemons: list[subprocess.Popen[bytes] | None] = []
         self.receiver = CallbackReceiver()
         self.server_port = 0
         self.extensions: dict[str, str] = {}
         self.clips: dict[str, Path] = {}
         self._server_log: Any = None
-        self._daemon_log: Any = None
+        self._daemon_logs: dict[int, Any] = {}
 
     # ---------------------------------------------------------- pieces
 
@@ -580,19 +586,35 @@ class World:
             self._server_log.close()
             self._server_log = None
 
-    def daemon_config(self) -> Path:
-        """Write the daemon's config file; its path."""
+    def daemon_dir(self, index: int = 0) -> Path:
+        """Daemon `index`'s folder (config, log, spool): daemon/, daemon2/, ..."""
+        return self.workdir / ("daemon" if index == 0 else f"daemon{index + 1}")
+
+    def daemon_config(self, index: int = 0) -> Path:
+        """Write daemon `index`'s config file; its path.
+
+        With several daemons each gets its share of the lines (`threads`), its
+        own spool, RTP ports and SIP port, as two instances of
+        systemd/sipclient@.service on one box would.
+        """
         assert self.kamailio is not None
-        folder = self.workdir / "daemon"
+        folder = self.daemon_dir(index)
         folder.mkdir(parents=True, exist_ok=True)
         o = self.options
+        n = max(1, o.daemons)
+        threads = o.lines // n + (1 if index < o.lines % n else 0)
         ports = o.rtp_ports
         if not ports:
-            base = 30000 + (os.getpid() % 1000) * 20
-            ports = f"{base}-{base + max(4 * o.lines, 40) - 1}"
+            span = max(4 * o.lines, 40)
+            base = 30000 + (os.getpid() % 1000) * 20 + index * span
+            ports = f"{base}-{base + span - 1}"
+        elif n > 1:
+            lo, hi = (int(x) for x in ports.split("-"))
+            share = (hi - lo + 1) // n
+            ports = f"{lo + index * share}-{lo + (index + 1) * share - 1}"
         cfg = {
             "server": {"url": self.server_url, "timeout": 5.0},
-            "threads": o.lines,
+            "threads": threads,
             "pbx": {"host": f"127.0.0.1:{self.kamailio.port}", "transport": "udp"},
             "sip": {
                 "bind": "127.0.0.1:0",
@@ -610,34 +632,45 @@ class World:
         path.write_text(json.dumps(cfg), encoding="utf-8")
         return path
 
+    @property
+    def daemons(self) -> list[subprocess.Popen[bytes]]:
+        """Every daemon process running now."""
+        return [p for p in [self.daemon, *self.more_daemons] if p is not None]
+
     def start_daemon(self) -> None:
-        """`sipclient run` as a subprocess (its log in the workdir)."""
-        path = self.daemon_config()
-        if self._daemon_log is None:
-            self._daemon_log = (self.workdir / "daemon" / "daemon.log").open("ab")
+        """`sipclient run` as a subprocess per `options.daemons` (logs in their folders)."""
+        procs = [self._start_one_daemon(i) for i in range(max(1, self.options.daemons))]
+        self.daemon, self.more_daemons = procs[0], list(procs[1:])
+
+    def _start_one_daemon(self, index: int) -> subprocess.Popen[bytes]:
+        path = self.daemon_config(index)
+        log = self._daemon_logs.get(index)
+        if log is None:
+            log = self._daemon_logs[index] = (self.daemon_dir(index) / "daemon.log").open("ab")
         env = dict(os.environ)
         env.update(self.options.daemon_env)
-        self.daemon = subprocess.Popen(
+        return subprocess.Popen(
             [*_cli(), "run", "--config", str(path)],
             stdin=subprocess.DEVNULL,
-            stdout=self._daemon_log,
-            stderr=self._daemon_log,
+            stdout=log,
+            stderr=log,
             start_new_session=True,
             env=env,
         )
 
     def stop_daemon(self, timeout: float = 20.0) -> int | None:
-        code = _stop_proc(self.daemon, timeout)
-        self.daemon = None
-        return code
+        """Stop every daemon (SIGTERM, then SIGKILL); the first non-zero exit code, else 0."""
+        codes = [_stop_proc(p, timeout) for p in self.daemons]
+        self.daemon, self.more_daemons = None, []
+        return next((c for c in codes if c), codes[0] if codes else None)
 
     def kill_daemon(self) -> None:
-        """kill -9 (the crash the spool and the leases must survive)."""
-        if self.daemon is not None:
+        """kill -9 every daemon (the crash the spool and the leases must survive)."""
+        for proc in self.daemons:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.daemon.pid, signal.SIGKILL)
-            self.daemon.wait(timeout=5)
-            self.daemon = None
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=5)
+        self.daemon, self.more_daemons = None, []
 
     @staticmethod
     def _wait_http(url: str, proc: subprocess.Popen[bytes], what: str) -> None:
@@ -732,10 +765,11 @@ class World:
                 sipp.stop()
         with contextlib.suppress(Exception):
             await self.receiver.stop()
-        for fh in (self._server_log, self._daemon_log):
+        for fh in (self._server_log, *self._daemon_logs.values()):
             if fh is not None:
                 fh.close()
-        self._server_log = self._daemon_log = None
+        self._server_log = None
+        self._daemon_logs = {}
 
 
 # ---------------------------------------------------------------- the demo
@@ -769,7 +803,7 @@ def _summary(world: World, phones: list[str], started: float, lines: int) -> tup
 
 
 async def _demo(args: argparse.Namespace, workdir: Path) -> int:
-    options = WorldOptions(lines=args.lines)
+    options = WorldOptions(lines=args.lines, daemons=getattr(args, "daemons", 1))
     world = World(workdir, options)
     phones = numbers_for(args.numbers, options.carriers)
     budget = 170.0
@@ -806,8 +840,9 @@ async def _demo(args: argparse.Namespace, workdir: Path) -> int:
                     flush=True,
                 )
             seen = len(arrivals)
-            if world.daemon is not None and world.daemon.poll() is not None:
-                print(f"demo: the daemon exited with {world.daemon.returncode}", flush=True)
+            gone = [p for p in world.daemons if p.poll() is not None]
+            if gone:
+                print(f"demo: a daemon exited with {gone[0].returncode}", flush=True)
                 break
         _summary(world, phones, started, args.lines)
         missing = [p for p in phones if p not in world.receiver.verdicts.results]
@@ -820,7 +855,7 @@ async def _demo(args: argparse.Namespace, workdir: Path) -> int:
 
 
 def demo_main(args: argparse.Namespace) -> int:
-    """Entry of `sipclient demo [--numbers 40] [--lines 8] [--workdir DIR]`."""
+    """Entry of `sipclient demo [--numbers 40] [--lines 8] [--daemons 1] [--workdir DIR]`."""
     for tool in ("sipp", "kamailio"):
         if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
             print(f"sipclient demo: {tool} is not installed (make install puts it there)")

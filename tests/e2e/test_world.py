@@ -192,3 +192,38 @@ async def test_sighup_reloads_and_sigterm_mid_call_exits_0_losing_nothing(
         set(phones) - set(world.receiver.verdicts.results)
     )
     assert all(world.receiver.verdicts.deliveries[p] == 1 for p in phones)
+
+
+async def test_two_daemons_share_the_lines_and_each_number_finishes_once(
+    make_world: Callable[..., World],
+) -> None:
+    """Two daemon processes on one box (systemd/sipclient@.service): each leases its
+    share of the extensions as its own client; no number is dialled by both."""
+    world = make_world(lines=4, daemons=2, carriers=MEDIA + FAST)
+    await world.start()
+    assert len(world.daemons) == 2
+    phones = numbers_for(18, world.options.carriers)
+    await _run(world, phones, 120)
+    assert _wrong(world, phones) == []
+    assert world.receiver.verdicts.duplicates == []
+    assert all(world.receiver.verdicts.deliveries[p] == 1 for p in phones)
+    by_daemon: list[dict[str, set[str]]] = []
+    for i in range(2):
+        events = [
+            json.loads(x)
+            for x in (world.daemon_dir(i) / "daemon.log").read_text().splitlines()
+            if x.startswith("{") and '"call_classified"' in x
+        ]
+        by_daemon.append(
+            {
+                "phones": {e["phone"] for e in events},
+                "extensions": {e["extension"] for e in events},
+                "clients": {e["client_id"] for e in events},
+            }
+        )
+    a, b = by_daemon
+    assert a["phones"] and b["phones"], "both daemons dialled"
+    assert not a["phones"] & b["phones"] and a["phones"] | b["phones"] == set(phones)
+    assert not a["extensions"] & b["extensions"]  # each line belongs to one daemon
+    assert len(a["clients"] | b["clients"]) == 2
+    assert await asyncio.to_thread(world.stop_daemon) == 0
