@@ -6,6 +6,14 @@
 All protocol logic is in the sans-IO `stream.RtpStream`; this module only
 moves datagrams, keeps one timer armed and sends keep-alives.
 
+Receiving drains the socket: one wake-up of the event loop reads every
+datagram waiting (up to MAX_BURST), not one. asyncio's datagram transport
+reads a single datagram per loop iteration, so once an iteration took longer
+than a packet's 20 ms (a daemon with ~100 calls on one core) each socket fell
+further behind for as long as its call lasted: on the e2e bench at 100
+lines the RTP sockets held seconds of audio, the classifier heard the
+network late, and calls that should end in a second lasted several.
+
 Symmetric RTP: we send from the receive port, first a short burst of
 silence packets and then one every `KeepAlive.interval` seconds, towards the
 latched source once there is one, else towards the SDP address. That opens
@@ -30,9 +38,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import socket
 import struct
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 from sipclient.logs import get_logger
 from sipclient.media.decoders import encode
@@ -48,6 +57,9 @@ def _log() -> Any:
 
 
 _FRAME_SAMPLES = 160  # 20 ms at the 8 kHz RTP clock of all our codecs
+MAX_BURST = 64
+"""Datagrams read per wake-up at most (then the loop serves the others)."""
+_MAX_DATAGRAM = 4096
 
 
 @dataclass(frozen=True)
@@ -81,7 +93,7 @@ class StreamOptions:
     g722_native_8k: bool = False
 
 
-class RtpReceiver(asyncio.DatagramProtocol):
+class RtpReceiver:
     """Receives one call's RTP on a leased port; create with `open`."""
 
     def __init__(
@@ -114,7 +126,7 @@ class RtpReceiver(asyncio.DatagramProtocol):
         self.sink_errors = 0
         self.send_errors = 0
         self.sent = 0
-        self._transport: asyncio.DatagramTransport | None = None
+        self._sock: socket.socket | None = None
         self._loop = asyncio.get_running_loop()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
@@ -142,9 +154,11 @@ class RtpReceiver(asyncio.DatagramProtocol):
     ) -> RtpReceiver:
         """Start receiving on `lease`'s socket; `remote` is the SDP answer's address."""
         self = cls(lease, fmt, remote, sink, keepalive or KeepAlive(), options or StreamOptions())
-        loop = asyncio.get_running_loop()
-        await loop.create_datagram_endpoint(lambda: self, sock=lease.take_socket())
-        self._keepalive_task = loop.create_task(self._send_keepalives())
+        sock = lease.take_socket()
+        sock.setblocking(False)
+        self._sock = sock
+        self._loop.add_reader(sock.fileno(), self._on_readable)
+        self._keepalive_task = self._loop.create_task(self._send_keepalives())
         return self
 
     # ------------------------------------------------------------ public
@@ -181,40 +195,54 @@ class RtpReceiver(asyncio.DatagramProtocol):
                 await self._keepalive_task
         if self._timer is not None:
             self._timer.cancel()
+        if self._sock is not None:
+            # what arrived before the end still counts; then stop listening
+            self._drain()
+            self._loop.remove_reader(self._sock.fileno())
         now = self._loop.time() if self.options.pad_to_end else None
         self._deliver(self.stream.finish(now))
-        if self._transport is not None:
-            self._transport.close()
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
         self.lease.release()
         self._result = self.stream.stats
         _log().info("rtp_closed", port=self.lease.port, **self._result.as_dict())
         return self._result
 
-    # ------------------------------------------------------------ protocol
+    # ------------------------------------------------------------ receiving
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # CPython's selector datagram transport does not subclass DatagramTransport.
-        self._transport = cast(asyncio.DatagramTransport, transport)
+    def _on_readable(self) -> None:
+        if not self._closed:
+            self._drain()
+            self._rearm()
 
-    def datagram_received(self, data: bytes, addr: Any) -> None:
-        if self._closed:
+    def _drain(self) -> None:
+        """Read what the socket holds (MAX_BURST at most) into the stream, in order."""
+        sock = self._sock
+        if sock is None:
             return
+        now = self._loop.time()
+        for _ in range(MAX_BURST):
+            try:
+                data, addr = sock.recvfrom(_MAX_DATAGRAM)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                # ICMP port unreachable for our keep-alives and the like: counted, ignored.
+                self.send_errors += 1
+                continue
+            self.datagram_received(data, addr, now)
+
+    def datagram_received(self, data: bytes, addr: Any, now: float | None = None) -> None:
+        """One datagram from `addr` (at loop time `now`) into the stream and the sink."""
         try:
-            frames = self.stream.receive(data, addr, self._loop.time())
+            frames = self.stream.receive(data, addr, self._loop.time() if now is None else now)
         except Exception:
             # A bug of ours on odd input must not stop the call's media.
             self.stream.stats.garbage += 1
             _log().exception("rtp_receive_failed", port=self.lease.port, size=len(data))
             return
         self._deliver(frames)
-        self._rearm()
-
-    def error_received(self, exc: Exception) -> None:
-        # ICMP port unreachable for our keep-alives and the like: counted, ignored.
-        self.send_errors += 1
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._transport = None
 
     # ------------------------------------------------------------ internals
 
@@ -250,7 +278,7 @@ class RtpReceiver(asyncio.DatagramProtocol):
 
     def _send_silence(self) -> None:
         target = self.stream.latched or self.stream.remote
-        if target is None or self._transport is None:
+        if target is None or self._sock is None:
             return
         elapsed = int((self._loop.time() - self._t0) * 8000)
         header = struct.pack(
@@ -264,8 +292,8 @@ class RtpReceiver(asyncio.DatagramProtocol):
         self._seq += 1
         self.sent += 1
         try:
-            self._transport.sendto(header + self._silence, target)
-        except OSError:
+            self._sock.sendto(header + self._silence, target)
+        except OSError:  # a full buffer or an ICMP error: a keep-alive less
             self.send_errors += 1
 
     async def _send_keepalives(self) -> None:

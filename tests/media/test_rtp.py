@@ -276,3 +276,19 @@ async def test_timer_releases_audio_held_behind_a_gap(pool: PortPool, peer: Peer
     await until(lambda: out.samples == 3 * 160)  # no more packets: only the timer can do it
     stats = await rx.close()
     assert stats.lost == 1 and out.frames[1].filled
+
+
+async def test_a_backlog_is_read_in_one_wake_up_not_one_packet_per_loop_turn(
+    pool: PortPool, peer: Peer
+) -> None:
+    """With a busy loop, one datagram per loop iteration left each socket further
+    behind for the whole call (rtp.py's docstring): what waits is read at once."""
+    out = Collector()
+    rx = await open_rx(pool, peer, out)
+    for i in range(40):  # all of it queued in the socket before the loop turns again
+        peer.send(rtp_packet(100 + i, 160 * i, b"\x30" * 160), rx.local_port)
+    for _ in range(3):  # three turns of the loop: the reader runs once or twice
+        await asyncio.sleep(0)
+    received = rx.stats.packets
+    await rx.close()
+    assert received == 40
