@@ -167,8 +167,6 @@ class HeartbeatSettings:
 class DialplanSettings:
     poll_min: float = field(default=0.5, metadata=_positive())
     poll_max: float = field(default=5.0, metadata=_positive())
-    max_loop_lag: float = field(default=0.05, metadata=_non_negative())
-    """Seconds of event-loop lag above which no more calls start (agent/admission.py); 0: off."""
 
 
 @dataclass(frozen=True)
