@@ -407,6 +407,21 @@ def _daemon_config(tmp_path: Path, server: LiveServer, threads: int) -> DaemonCo
     )
 
 
+def _daemon_noting(
+    tmp_path: Path, server: LiveServer, threads: int
+) -> tuple[Daemon, FakeWorld, list[str]]:
+    """A daemon over fake lines whose systemd notifications land in the returned list."""
+    world = FakeWorld(tmp_path)
+    (tmp_path / "rec").mkdir()
+    notes: list[str] = []
+    daemon = Daemon(
+        _daemon_config(tmp_path, server, threads),
+        world.factory,
+        notify=lambda *lines: notes.extend(lines) or True,
+    )
+    return daemon, world, notes
+
+
 async def _finished(server: LiveServer, task_id: int) -> bool:
     task = await server.task(task_id)
     return all(d["status"] == "finish" for d in task["dialplans"])
@@ -417,14 +432,7 @@ async def test_daemon_dials_every_number_once_and_stops_cleanly(
 ) -> None:
     phones = [f"1380000{i:04d}" for i in range(9)]
     task_id = await server.push(["2001", "2002", "2003"], phones)
-    world = FakeWorld(tmp_path)
-    (tmp_path / "rec").mkdir()
-    notes: list[str] = []
-    daemon = Daemon(
-        _daemon_config(tmp_path, server, 3),
-        world.factory,
-        notify=lambda *lines: notes.extend(lines) or True,
-    )
+    daemon, world, notes = _daemon_noting(tmp_path, server, 3)
     run = asyncio.create_task(daemon.run())
     await _wait(lambda: _finished(server, task_id), timeout=20)
     daemon.stop()
@@ -518,15 +526,8 @@ async def test_a_swamped_loop_is_reported_and_every_number_still_goes(
     the log), and nothing is dropped meanwhile."""
     phones = [f"1390000{i:04d}" for i in range(12)]
     task_id = await server.push(["2001", "2002", "2003", "2004"], phones)
-    world = FakeWorld(tmp_path)
+    daemon, world, notes = _daemon_noting(tmp_path, server, 4)
     world.call_seconds = 0.4
-    (tmp_path / "rec").mkdir()
-    notes: list[str] = []
-    daemon = Daemon(
-        _daemon_config(tmp_path, server, 4),
-        world.factory,
-        notify=lambda *lines: notes.extend(lines) or True,
-    )
     loop = asyncio.get_running_loop()
     swamp = {"on": True}
 
