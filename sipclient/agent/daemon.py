@@ -697,7 +697,7 @@ class Daemon:
                 await self._spool(line, item, record)
 
     async def _spool(self, line: Line, item: DialplanItem, record: CallRecord) -> None:
-        """The upload to disk (fsync'ed, off the loop) before anything else is told."""
+        """The upload to disk (fsync'ed, off the loop); only then is it counted and uploaded."""
         fields: dict[str, Any] = {
             "extensionNum": line.extension,
             "phone": item.phone,
