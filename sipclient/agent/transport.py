@@ -36,6 +36,7 @@ from sipclient.config import HostPort
 from sipclient.logs import get_logger
 from sipclient.sip.endpoint import Addr, Endpoint, Usage
 from sipclient.sip.message import ParseError, StreamParser
+from sipclient.udp import read_burst
 
 log = get_logger(__name__)
 
@@ -177,17 +178,15 @@ class UdpStack(SipStack):
 
     def _drain(self) -> None:
         sock = self.sock
-        for _ in range(UDP_BURST):
-            if sock is None or self.sock is not sock:
-                return  # closed by a handler of the previous datagram
-            try:
-                data, addr = sock.recvfrom(65535)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                # ICMP port unreachable and the like: the transactions time out by themselves
-                log.debug("sip_udp_error", error=str(exc))
-                continue
+        if sock is None:
+            return
+        burst, errors = read_burst(sock, UDP_BURST)
+        if errors:
+            # ICMP port unreachable and the like: the transactions time out by themselves
+            log.debug("sip_udp_errors", errors=errors)
+        for data, addr in burst:
+            if self.sock is not sock:
+                return  # closed by a handler of an earlier datagram
             self._on_data(data, (addr[0], addr[1]))
 
     def _send(self, data: bytes, addr: Addr) -> None:

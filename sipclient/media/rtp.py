@@ -6,8 +6,8 @@
 All protocol logic is in the sans-IO `stream.RtpStream`; this module only
 moves datagrams, keeps one timer armed and sends keep-alives.
 
-Receiving drains the socket: one wake-up of the event loop reads every
-datagram waiting (up to MAX_BURST), not one. asyncio's datagram transport
+Receiving drains the socket (`sipclient.udp.read_burst`): one wake-up of the
+event loop reads every datagram waiting (up to MAX_BURST), not one. asyncio's datagram transport
 reads a single datagram per loop iteration, so once an iteration took longer
 than a packet's 20 ms (a daemon with ~100 calls on one core) each socket fell
 further behind for as long as its call lasted: on the e2e bench at 100
@@ -48,6 +48,7 @@ from sipclient.media.decoders import encode
 from sipclient.media.frames import AudioFrame, AudioSink
 from sipclient.media.ports import PortLease
 from sipclient.media.stream import Addr, MediaFormat, RtpStats, RtpStream
+from sipclient.udp import read_burst
 
 
 def _log() -> Any:
@@ -218,19 +219,13 @@ class RtpReceiver:
 
     def _drain(self) -> None:
         """Read what the socket holds (MAX_BURST at most) into the stream, in order."""
-        sock = self._sock
-        if sock is None:
+        if self._sock is None:
             return
+        burst, errors = read_burst(self._sock, MAX_BURST, _MAX_DATAGRAM)
+        # ICMP port unreachable for our keep-alives and the like: counted, ignored
+        self.send_errors += errors
         now = self._loop.time()
-        for _ in range(MAX_BURST):
-            try:
-                data, addr = sock.recvfrom(_MAX_DATAGRAM)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                # ICMP port unreachable for our keep-alives and the like: counted, ignored.
-                self.send_errors += 1
-                continue
+        for data, addr in burst:
             self.datagram_received(data, addr, now)
 
     def datagram_received(self, data: bytes, addr: Any, now: float | None = None) -> None:
