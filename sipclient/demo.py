@@ -494,7 +494,7 @@ class World:
         self.server: subprocess.Popen[bytes] | None = None
         self.daemon: subprocess.Popen[bytes] | None = None
         """The first daemon (the only one unless `options.daemons` > 1)."""
-        self.more_daemons: list[subprocess.Popen[bytes] | None] = []
+        self.more_daemons: list[subprocess.Popen[bytes]] = []
         self.receiver = CallbackReceiver()
         self.server_port = 0
         self.extensions: dict[str, str] = {}
