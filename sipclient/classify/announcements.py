@@ -121,8 +121,6 @@ class Standing:
     span: int
     """Frames from the first to the last vote of the winner's current run."""
     run_start: int
-    votes: int
-    """Raw votes in the scoring window (all templates)."""
 
 
 class AnnouncementMatcher:
@@ -140,13 +138,9 @@ class AnnouncementMatcher:
         self._horizon = 0
         self._quiet = True  # the last reading found no offset with MIN_VOTES
         self._sound = bytearray()  # per frame of the call: 1 = speech or music (decide.py)
-        self.queries = 0
-        """Hashes looked up so far (for the unknown store's "was there speech")."""
-        self.matched_postings = 0
 
     def push(self, lm: Landmarks) -> None:
         """Look up a chunk's landmarks; their votes count from the frame they became known."""
-        self.queries += len(lm.hashes)
         if len(lm.hashes) == 0 or len(self.library) == 0:
             return
         qpos, tids, ttimes = self.library.lookup(lm.hashes)
@@ -182,7 +176,6 @@ class AnnouncementMatcher:
         known = self._pend_ready <= frame
         fresh = bool(known.any())
         if fresh:
-            self.matched_postings += int(known.sum())
             self._hist_q = np.concatenate([self._hist_q, self._pend_q[known]])
             self._hist_key = np.concatenate([self._hist_key, self._pend_key[known]])
             later = ~known
@@ -286,7 +279,6 @@ class AnnouncementMatcher:
             runner,
             int(qs[-1]) - start,
             start,
-            len(keys),
         )
 
     def _hit(self, st: Standing, frame: int) -> AnnouncementHit:
