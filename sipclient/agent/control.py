@@ -26,7 +26,7 @@ import contextlib
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 
@@ -205,6 +205,28 @@ class ControlClient:
         await self._call("POST", f"/dial_wav/{client_id}", data=form)
 
 
+T = TypeVar("T")
+
+
+async def _in_flight(
+    items: list[T], limit: int, step: Callable[[T], Awaitable[bool | None]]
+) -> bool:
+    """`step` over `items`, started in order, up to `limit` at a time; True unless a
+    step returned False, after which no new one starts (those running finish)."""
+    todo = iter(items)
+    stopped = False
+
+    async def worker() -> None:
+        nonlocal stopped
+        for item in todo:
+            if stopped or await step(item) is False:
+                stopped = True
+                return
+
+    await asyncio.gather(*(worker() for _ in range(min(limit, len(items)))))
+    return not stopped
+
+
 async def _retry_forever(
     step: Callable[[], Awaitable[bool]], wake: asyncio.Event, low: float, high: float
 ) -> None:
@@ -256,29 +278,15 @@ class Uploader:
         """Upload what is spooled; True when the spool is empty afterwards.
 
         Entries are started oldest first, up to `concurrency` at a time: an upload
-        waits ~40 ms on the server's fsyncs, and one at a time left lines idle
-        behind it at 100 lines (a line gets its next number once its upload is in).
+        waits ~40 ms on the server's fsyncs and judging, and one at a time fell
+        behind at 100 lines (the spool grew, and a server that frees a line only
+        when its upload is in kept the line idle that long).
         They may finish out of order; each is removed only after its own 200, and
         the first "server away" stops starting new ones (the rest stay spooled).
         The spool's disk work (listing, unlinks) runs in a worker thread.
         """
         entries = await asyncio.to_thread(lambda: list(self.spool.entries()))
-        pending = iter(entries)
-        stopped = False
-
-        async def worker() -> None:
-            nonlocal stopped
-            for entry in pending:
-                if stopped:
-                    return
-                outcome = await self._upload(entry)
-                if outcome is False:
-                    stopped = True
-                    return
-
-        n = min(self.concurrency, len(entries))
-        await asyncio.gather(*(worker() for _ in range(n)))
-        return not stopped
+        return await _in_flight(entries, self.concurrency, self._upload)
 
     async def _upload(self, entry: SpoolEntry) -> bool | None:
         """One entry: True uploaded, None refused (kept aside), False stop draining."""
@@ -360,22 +368,11 @@ class StatusReporter:
         States of one extension stay in order: a newer one reported meanwhile is
         sent by the next flush. The first "server away" stops starting new ones.
         """
-        todo = iter(list(self._pending.items()))
-        stopped = False
+        return await _in_flight(list(self._pending.items()), self.concurrency, self._send)
 
-        async def worker() -> None:
-            nonlocal stopped
-            for extension, state in todo:
-                if stopped or not await self._send(extension, state):
-                    stopped = True
-                    return
-
-        n = min(self.concurrency, len(self._pending))
-        await asyncio.gather(*(worker() for _ in range(n)))
-        return not stopped
-
-    async def _send(self, extension: str, state: tuple[str, str]) -> bool:
+    async def _send(self, item: tuple[str, tuple[str, str]]) -> bool:
         """One extension's state; False: stop (server away, unknown client)."""
+        extension, state = item
         status, phone = state
         client_id = self._client_id()
         if client_id is None:
