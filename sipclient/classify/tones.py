@@ -11,6 +11,10 @@ run of at most two frames between two equal tones is a lost packet and is
 bridged. A cadence is recognised from two consecutive on segments and the
 off between them, as soon as the second has lasted long enough to rule out
 every other pattern (`PATTERNS`: the table is the only place durations live).
+Where one burst's length already rules out every other pattern of its band
+(`Pattern.alone_on_ms`: North American busy, 480+620 Hz for 400 ms or more),
+that burst decides ALONE_PAUSE_MS into the pause after it. Chinese congestion
+does not: a ringback cut after 0.7 s by an announcement is one 0.7 s burst too.
 
 | pattern | band | on (ms) | off (ms) | verdict |
 | --- | --- | --- | --- | --- |
@@ -19,7 +23,7 @@ every other pattern (`PATTERNS`: the table is the only place durations live).
 | cn_congestion 0.7/0.7 | LOW | 560-860 | 560-860 | failed (transient) |
 | cn_ringback 1/4 | LOW | 800-1300 | 3200-4800 | ringing |
 | na_ringback 2/4 | LOW | 1700-2400 | 3200-4800 | ringing |
-| na_busy 0.5/0.5 | DUAL | 400-620 | 400-620 | busy |
+| na_busy 0.5/0.5 (one burst decides) | DUAL | 400-620 | 400-620 | busy |
 | na_reorder 0.25/0.25 | DUAL | 180-330 | 180-330 | failed (transient) |
 | SIT 913.8/985.2, 1370.6, 1776.7 | SIT1-3 | 200-450 each | - | empty |
 | SIT with 1428.5 second segment | SIT1-3 | 200-450 each | - | failed (transient) |
@@ -77,6 +81,13 @@ class Pattern:
     verdict: Verdict
     transient: bool = False
     confidence: float = 0.9
+    alone_on_ms: tuple[int, int] | None = None
+    """One burst in this range decides, before the second: no other pattern of the
+    band has such an on (ALONE_PAUSE_MS of quiet after it closes the burst)."""
+    alone_whole: bool = True
+    """...and the burst must have begun after a quiet pause: a longer pattern's
+    burst cut by the start of the audio could look like it. Not needed when every
+    shorter pattern's on ends below the range (a cut burst only comes out shorter)."""
 
 
 PATTERNS: tuple[Pattern, ...] = (
@@ -86,10 +97,27 @@ PATTERNS: tuple[Pattern, ...] = (
     Pattern("cn_congestion", LOW, (560, 860), (560, 860), 540, Verdict.FAILED, True),
     Pattern("cn_ringback", LOW, (800, 1300), (3200, 4800), 600, Verdict.RINGING),
     Pattern("na_ringback", LOW, (1700, 2400), (3200, 4800), 600, Verdict.RINGING),
-    Pattern("na_busy", DUAL, (400, 620), (400, 620), 380, Verdict.BUSY),
+    # 480+620 Hz on for 400 ms or more is busy: reorder's bursts end by 330, so even a
+    # burst cut by the start of the audio is busy once it is that long
+    Pattern(
+        "na_busy",
+        DUAL,
+        (400, 620),
+        (400, 620),
+        380,
+        Verdict.BUSY,
+        alone_on_ms=(400, 620),
+        alone_whole=False,
+    ),
     Pattern("na_reorder", DUAL, (180, 330), (180, 330), 180, Verdict.FAILED, True),
 )
 
+ALONE_PAUSE_MS = 200
+"""Quiet after a burst before it decides alone (`Pattern.alone_on_ms`): a lost
+packet or two is bridged, and a note of music rarely stops for this long."""
+WHOLE_BEFORE_MS = 100
+"""Quiet before a burst that makes it whole (not cut by the start of the audio,
+nor the end of a longer burst after a few lost packets)."""
 RINGBACK_ON_MS = ((800, 1300), (1700, 2400))
 RINGBACK_SEEN_OFF_MS = 2500
 SIT_SEG_MS = (200, 450)
@@ -284,6 +312,10 @@ class ToneDetector:
                 return self._sit()
             return None
         # in an off run: a tone that ended more than MAX_GAP_FRAMES ago is final
+        if cur.ms == ALONE_PAUSE_MS and segs:
+            hit = self._check_alone(segs, cur)
+            if hit is not None:
+                return hit
         if cur.n == MAX_GAP_FRAMES + 1 and len(segs) >= 5:
             b = segs[-1]
             if self._checked_close != b.start:
@@ -317,6 +349,23 @@ class ToneDetector:
                 continue
             if _same_tone(a, b) and _same_tone(b, c):
                 return self._hit(p.verdict, p.name, p.confidence, p.transient, a.start)
+        return None
+
+    def _check_alone(self, segs: list[_Seg], pause: _Seg) -> ToneHit | None:
+        """Patterns one burst decides (`Pattern.alone_on_ms`), once `pause` is long enough."""
+        b = segs[-1]
+        if b.cls == OFF or not b.steady or not self._quiet(pause, b):
+            return None
+        for p in PATTERNS:
+            if p.alone_on_ms is None or p.cls != b.cls or not _within(b.ms, p.alone_on_ms):
+                continue
+            if p.alone_whole:
+                before = segs[-2] if len(segs) >= 2 else None
+                if before is None or before.cls != OFF or before.ms < WHOLE_BEFORE_MS:
+                    continue
+                if not self._quiet(before, b):
+                    continue
+            return self._hit(p.verdict, p.name, p.confidence, p.transient, b.start)
         return None
 
     @staticmethod

@@ -80,3 +80,37 @@ def test_continuous_450_is_not_a_cadence() -> None:
     hit, det = detect(tone((450.0,), 6.0))
     assert hit is None
     assert det.current_cls == LOW and det.current_ms >= 5900
+
+
+def _dual(seconds: float) -> Pcm:
+    return tone((480.0, 620.0), seconds)
+
+
+@pytest.mark.parametrize("how", DEGRADATIONS)
+def test_one_na_busy_burst_decides_once_its_pause_is_heard(how: str) -> None:
+    # 480+620 Hz for 0.5 s, then quiet: reorder's bursts end by 330 ms, so it is busy
+    # 200 ms into the pause, without waiting for the second burst (at 1.0 s)
+    x = np.concatenate([np.zeros(4000), _dual(0.5), np.zeros(8000)])
+    hit, _ = detect(degrade(x, how))
+    assert hit is not None and hit.tone == "na_busy" and hit.verdict == Verdict.BUSY
+    assert 25 <= hit.started_frame <= 26
+    assert hit.frame <= 25 + 25 + 10 + 2  # the burst, ALONE_PAUSE_MS, a lost packet or two
+
+
+def test_a_na_busy_burst_cut_by_the_start_of_the_audio_still_decides() -> None:
+    hit, _ = detect(np.concatenate([_dual(0.42), np.zeros(8000)]))
+    assert hit is not None and hit.tone == "na_busy"
+
+
+def test_one_reorder_burst_or_one_short_dual_burst_decides_nothing() -> None:
+    # 0.3 s: reorder's length, or a busy burst cut short; only a cadence can tell
+    assert detect(np.concatenate([np.zeros(4000), _dual(0.3), np.zeros(8000)]))[0] is None
+    # longer than busy's 620 ms: no pattern of this band
+    assert detect(np.concatenate([np.zeros(4000), _dual(0.8), np.zeros(8000)]))[0] is None
+
+
+def test_one_congestion_length_burst_of_450_decides_nothing() -> None:
+    # a ringback cut after 0.7 s by an announcement (or by silence) looks exactly like
+    # one congestion burst: congestion needs its second burst
+    x = np.concatenate([np.zeros(4000), tone((450.0,), 0.7), np.zeros(8000 * 2)])
+    assert detect(x)[0] is None
