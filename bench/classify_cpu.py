@@ -1,6 +1,11 @@
 """CPU cost of the classifier's per-frame feature extraction, component by component.
 
     python bench/classify_cpu.py [--corpus bench/corpus/out] [--files 120] [--block 800]
+                                 [--library bench/out/library]
+
+The last line is the whole streaming path (`CallClassifier.feed` in 160-sample
+packets until it decides, as the daemon feeds it): the figure to compare two
+versions of decide.py with, run alternately in one hour (PYTHONPATH=<tree>).
 
 Streams test captures (all of them, or an even spread of --files) through
 `frames.FrameSource` + `tones.classify_frames` and `fingerprint.Fingerprinter`
@@ -40,9 +45,12 @@ import soundfile as sf
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
 
+from sipclient.classify.decide import CallClassifier  # noqa: E402
 from sipclient.classify.fingerprint import Fingerprinter  # noqa: E402
 from sipclient.classify.frames import FrameSource  # noqa: E402
+from sipclient.classify.templates import TemplateLibrary  # noqa: E402
 from sipclient.classify.tones import classify_frames  # noqa: E402
+from sipclient.classify.verdicts import Signalling  # noqa: E402
 
 Pcm = npt.NDArray[np.int16]
 
@@ -84,12 +92,36 @@ def run_fingerprint(x: Pcm, block: int) -> None:
         fp.push(x[i : i + block])
 
 
+def streamed(pcms: list[Pcm], library: TemplateLibrary, repeat: int) -> tuple[float, float]:
+    """The whole streaming path as the daemon drives it: `CallClassifier.feed` in
+    160-sample packets until it decides (early media, no 180). (CPU s, audio s fed)."""
+    best, fed = float("inf"), 0
+    for _ in range(repeat):
+        fed = 0
+        t0 = time.process_time()
+        for x in pcms:
+            c = CallClassifier(library)
+            c.on_signalling(Signalling(early_media=True), 0)
+            for i in range(0, len(x), 160):
+                fed += min(160, len(x) - i)
+                if c.feed(x[i : i + 160]) is not None:
+                    break
+        best = min(best, time.process_time() - t0)
+    return best, fed / 8000
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--corpus", type=Path, default=ROOT / "corpus" / "out")
     ap.add_argument("--files", type=int, default=120, help="0: every test capture")
     ap.add_argument("--block", type=int, default=800, help="samples per push")
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument(
+        "--library",
+        type=Path,
+        default=ROOT / "out" / "library",
+        help="for the streaming line (default: bench/classify.py's corpus library)",
+    )
     args = ap.parse_args()
     pcms = load(args.corpus, args.files)
     audio = sum(len(x) for x in pcms) / 8000
@@ -104,6 +136,12 @@ def main() -> None:
         ("total", frames + tones + fprint),
     ):
         print(f"{name:32s} {s / audio:.6f} CPU s per audio s")
+    lib = TemplateLibrary.load(args.library) if args.library.is_dir() else TemplateLibrary.default()
+    s, fed = streamed(pcms, lib, args.repeat)
+    print(
+        f"{'CallClassifier.feed, 160 a push':32s} {s / fed:.6f} CPU s per audio s"
+        f" ({fed:.0f} s fed until the decisions, library of {len(lib)})"
+    )
 
 
 if __name__ == "__main__":

@@ -139,6 +139,15 @@ class AnnouncementMatcher:
         self._quiet = True  # the last reading found no offset with MIN_VOTES
         self._sound = bytearray()  # per frame of the call: 1 = speech or music (decide.py)
 
+    @property
+    def contending(self) -> bool:
+        """Whether the last reading had a candidate (an offset with MIN_VOTES) short of sure.
+
+        Any candidate, whatever its span: the best offset can change from one
+        reading to the next, to a run long enough at once (tried: only runs
+        within 300-500 ms of MIN_SPAN_FRAMES, no CPU saved, decisions 10 ms later)."""
+        return not self._quiet
+
     def push(self, lm: Landmarks) -> None:
         """Look up a chunk's landmarks; their votes count from the frame they became known."""
         if len(lm.hashes) == 0 or len(self.library) == 0:
@@ -167,7 +176,7 @@ class AnnouncementMatcher:
         self._pend_ready = np.concatenate([self._pend_ready, ready.astype(np.int64)])
         self._pend_key = np.concatenate([self._pend_key, key])
 
-    def advance(self, frame: int) -> AnnouncementHit | None:
+    def advance(self, frame: int, extra: int = 0) -> AnnouncementHit | None:
         """Apply the votes known by the end of `frame`, read the standings; a hit once sure.
 
         Called once per block with its last frame (decide.py); any frame works,
@@ -192,7 +201,7 @@ class AnnouncementMatcher:
             return None  # no new vote, and no offset had MIN_VOTES: none has now
         st = self.standing(frame)
         self._quiet = st is None
-        if st is None or not _sure(st) or self.implausible(st):
+        if st is None or not _sure(st, extra) or self.implausible(st):
             return None
         return self._hit(st, frame)
 
@@ -298,9 +307,9 @@ class AnnouncementMatcher:
         )
 
 
-def _sure(st: Standing) -> bool:
+def _sure(st: Standing, extra: int = 0) -> bool:
     lead = st.score - st.runner_up
-    return st.score >= MIN_VOTES and lead >= MARGIN and st.span >= MIN_SPAN_FRAMES
+    return st.score >= MIN_VOTES and lead >= MARGIN + extra and st.span >= MIN_SPAN_FRAMES
 
 
 def _take(dens: npt.NDArray[np.int64], frames: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:

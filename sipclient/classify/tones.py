@@ -118,6 +118,8 @@ packet or two is bridged, and a note of music rarely stops for this long."""
 WHOLE_BEFORE_MS = 100
 """Quiet before a burst that makes it whole (not cut by the start of the audio,
 nor the end of a longer burst after a few lost packets)."""
+NEAR_PAUSE_MS = ALONE_PAUSE_MS + 60
+"""How long after a burst `near` stays true (the pause rules decide by then)."""
 RINGBACK_ON_MS = ((800, 1300), (1700, 2400))
 RINGBACK_SEEN_OFF_MS = 2500
 SIT_SEG_MS = (200, 450)
@@ -254,6 +256,33 @@ class ToneDetector:
     def current_steady(self) -> bool:
         """Whether the current run kept one pitch."""
         return self._cur.steady
+
+    def near(self, ringing: bool) -> bool:
+        """Whether a cadence could be decided within the next few frames.
+
+        During a burst that could be a pattern's second (its first burst and
+        pause fit), during a 400-500 Hz burst after a 180 (`ringing`: decide.py's
+        early ringback), during SIT, and for NEAR_PAUSE_MS after a burst ends
+        (ALONE_PAUSE_MS, the frames that close a 空号音 burst). Not during a
+        first burst nor late in a pause: nothing can be decided there.
+        `ringing`: whether ringback cadences count (decide.py needs a 180).
+        """
+        cur, segs = self._cur, self._segs
+        if cur.cls == OFF:
+            return bool(segs) and segs[-1].cls != OFF and cur.ms <= NEAR_PAUSE_MS
+        if cur.cls >= SIT1 or (ringing and cur.cls == LOW):
+            return True
+        if len(segs) < 2 or segs[-2].cls != cur.cls or segs[-1].cls != OFF:
+            return False
+        a, gap = segs[-2], segs[-1]
+        return any(
+            p.cls == cur.cls
+            and p.second_ms is not None
+            and (ringing or p.verdict != Verdict.RINGING)
+            and _within(a.ms, p.on_ms)
+            and _within(gap.ms, p.off_ms)
+            for p in PATTERNS
+        )
 
     def update(self, cls: int, rms: float, freq: float) -> ToneHit | None:
         """Take the next frame's label; a ToneHit once a cadence is certain."""

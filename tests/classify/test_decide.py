@@ -5,8 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sipclient.classify.decide import CallClassifier, classify_pcm
+from sipclient.classify.decide import NEAR_FRAMES, CallClassifier, classify_pcm
+from sipclient.classify.frames import FrameSource
 from sipclient.classify.templates import TemplateLibrary
+from sipclient.classify.tones import ToneDetector, classify_frames
 from sipclient.classify.verdicts import Decision, Signalling, Verdict
 from tests.classify.conftest import PLANS, Pcm, cadence, degrade, music, to_int16
 
@@ -167,3 +169,35 @@ def test_classify_pcm_resamples() -> None:
     x16 = resample_poly(x, 2, 1)
     d = classify_pcm(x16, 16000, CANCELLED, empty_lib())
     assert d.verdict == Verdict.BUSY
+
+
+@pytest.mark.parametrize("chunk", [160, 37, 1000, 8000])
+def test_announcements_streaming_equals_whole_file(
+    chunk: int, library: TemplateLibrary, speech_dir: dict[str, Pcm]
+) -> None:
+    # finer blocks near a decision: where they end depends on the audio, not on the chunks
+    x = np.concatenate([np.zeros(5000), degrade(speech_dir["kong"], "all")])
+    first, _ = stream(x, EARLY, library, chunk=chunk, final=CANCELLED)
+    whole = classify_pcm(to_int16(x), 8000, CANCELLED, library)
+    assert first is not None and first.verdict == whole.verdict == Verdict.EMPTY
+    assert first.decided_ms == whole.decided_ms
+
+
+@pytest.mark.parametrize("lead_frames", range(5))
+def test_a_tone_decision_is_not_held_up_by_the_100_ms_block(lead_frames: int) -> None:
+    # the cadence detector is sure at the end of some frame; the classifier says so
+    # within NEAR_FRAMES of it, wherever that frame falls in the 100 ms grid
+    x = np.concatenate([np.zeros(160 * lead_frames + 80), cadence((450.0,), [(0.35, 0.35)], 3.0)])
+    power, rms = FrameSource().push(to_int16(x))
+    cls, freq = classify_frames(power, rms)
+    det = ToneDetector()
+    hit = next(
+        h
+        for i in range(len(cls))
+        if (h := det.update(int(cls[i]), float(rms[i]), float(freq[i]))) is not None
+    )
+    first, _ = stream(x, EARLY, empty_lib(), final=CANCELLED)
+    assert first is not None and first.verdict == Verdict.BUSY
+    sure_ms = (hit.frame + 1) * 20
+    assert first.decided_ms is not None
+    assert sure_ms <= first.decided_ms <= sure_ms + (NEAR_FRAMES - 1) * 20

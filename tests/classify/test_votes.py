@@ -129,6 +129,26 @@ def test_reading_every_frame_or_every_block_agrees() -> None:
     assert block == (every // 5) * 5 + 4
 
 
+def test_a_reading_between_block_ends_wants_one_more_vote_of_lead() -> None:
+    """decide.py also reads the standings between the 100 ms block ends while a
+    candidate is near, with `extra=1`: a standing that wanders by a vote as votes
+    leave the window must not pass at a look the block grid would not have taken
+    (seen once on the seed-2 corpus: lead 8 for one frame, 7 at the block end)."""
+    at_margin = ann.Standing(0, 0, ann.MIN_VOTES + ann.MARGIN, ann.MIN_VOTES, 40, 0)
+    assert ann._sure(at_margin)
+    assert not ann._sure(at_margin, 1)
+    one_more = ann.Standing(0, 0, ann.MIN_VOTES + ann.MARGIN + 1, ann.MIN_VOTES, 40, 0)
+    assert ann._sure(one_more, 1)
+    # the same through advance(): a lead of exactly MARGIN decides only without `extra`
+    for extra, decides in ((0, True), (1, False)):
+        m = AnnouncementMatcher(two_templates())
+        frames = np.arange(100, 100 + ann.MIN_SPAN_FRAMES + 1)  # one vote a frame, one offset
+        votes(m, 0, frames, 3000)
+        votes(m, 1, frames[: len(frames) - ann.MARGIN], 5000)  # a rival MARGIN votes behind
+        hit = m.advance(int(frames[-1]) + 5, extra)
+        assert (hit is not None) == decides
+
+
 def indexed(posting_frames: list[I64]) -> TemplateLibrary:
     """`two_templates` with an index: template i has one posting per entry of
     posting_frames[i] (20 ms frames of the template)."""
