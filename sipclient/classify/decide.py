@@ -204,11 +204,17 @@ class CallClassifier:
         return Landmarks(lm.hashes[keep], lm.times[keep], lm.ready[keep])
 
     def _flush(self) -> None:
-        """Analyse what is left in the buffer (end of call)."""
+        """Analyse what is left in the buffer (end of call).
+
+        A decision reached in a block the call ended before completing is
+        said at the end of the audio analysed.
+        """
         if self._decision is None and self._buffered:
             x = np.concatenate(self._buf)
             self._buf, self._buffered = [], 0
             self._analyse(x, last=True)
+        if self._decision is None and self._pending is not None:
+            self._decision = _replace(self._pending, decided_ms=self._frames.frames * FRAME_MS)
 
     def _analyse(self, x: npt.NDArray[np.int16], *, last: bool = False) -> Decision | None:
         """Analyse whole blocks (`last`: the call's final, possibly partial, block too).

@@ -10,7 +10,7 @@ from sipclient.classify.frames import FrameSource
 from sipclient.classify.templates import TemplateLibrary
 from sipclient.classify.tones import ToneDetector, classify_frames
 from sipclient.classify.verdicts import Decision, Signalling, Verdict
-from tests.classify.conftest import PLANS, Pcm, cadence, degrade, music, to_int16
+from tests.classify.conftest import PLANS, Pcm, cadence, degrade, music, to_int16, tone
 
 EARLY = Signalling(early_media=True)
 RING = Signalling(ringing=True, early_media=True)
@@ -201,3 +201,30 @@ def test_a_tone_decision_is_not_held_up_by_the_100_ms_block(lead_frames: int) ->
     sure_ms = (hit.frame + 1) * 20
     assert first.decided_ms is not None
     assert sure_ms <= first.decided_ms <= sure_ms + (NEAR_FRAMES - 1) * 20
+
+
+@pytest.mark.parametrize("lead_frames", range(5))
+@pytest.mark.parametrize("chunk", [160, 1000, 8000])
+def test_a_decision_reached_in_the_last_frame_of_a_call_stands(
+    chunk: int, lead_frames: int
+) -> None:
+    # one North American busy burst is sure 200 ms into its pause; the audio ends
+    # with that frame, which may fall before the end of the block it was reached in
+    x = np.concatenate([np.zeros(4000 + 160 * lead_frames), tone((480.0, 620.0), 0.5)])
+    x = np.concatenate([x, np.zeros(8000)])
+    power, rms = FrameSource().push(to_int16(x))
+    cls, freq = classify_frames(power, rms)
+    det = ToneDetector()
+    hit = next(
+        h
+        for i in range(len(cls))
+        if (h := det.update(int(cls[i]), float(rms[i]), float(freq[i]))) is not None
+    )
+    pcm = to_int16(x)[: (hit.frame + 1) * 160]
+    c = CallClassifier(empty_lib())
+    c.on_signalling(EARLY, 0)
+    for i in range(0, len(pcm), chunk):
+        c.feed(pcm[i : i + chunk])
+    final = c.finish(CANCELLED)
+    assert final.verdict == Verdict.BUSY and final.evidence.get("tone") == "na_busy"
+    assert final.decided_ms == len(pcm) // 8
