@@ -256,7 +256,7 @@ class CallClassifier:
                 if d is None and end:
                     # between the grid's block ends, one more vote of lead: more
                     # looks must not let more wandering standings through
-                    grid = frame % BLOCK_FRAMES == BLOCK_FRAMES - 1 or last
+                    grid = frame % BLOCK_FRAMES == BLOCK_FRAMES - 1 or (last and i == n - 1)
                     ahit = ann.advance(frame, 0 if grid else 1)
                     if ahit is not None:
                         d = _announcement_decision(ahit)

@@ -82,12 +82,11 @@ class Pattern:
     transient: bool = False
     confidence: float = 0.9
     alone_on_ms: tuple[int, int] | None = None
-    """One burst in this range decides, before the second: no other pattern of the
-    band has such an on (ALONE_PAUSE_MS of quiet after it closes the burst)."""
-    alone_whole: bool = True
-    """...and the burst must have begun after a quiet pause: a longer pattern's
-    burst cut by the start of the audio could look like it. Not needed when every
-    shorter pattern's on ends below the range (a cut burst only comes out shorter)."""
+    """One burst in this range decides, before the second (ALONE_PAUSE_MS of quiet
+    after it closes the burst). Only for a range no other pattern of the band
+    reaches and above every shorter pattern's on, so that a burst cut by the start
+    of the audio or by a switch to other audio (it only comes out shorter) cannot
+    be mistaken for it."""
 
 
 PATTERNS: tuple[Pattern, ...] = (
@@ -107,7 +106,6 @@ PATTERNS: tuple[Pattern, ...] = (
         380,
         Verdict.BUSY,
         alone_on_ms=(400, 620),
-        alone_whole=False,
     ),
     Pattern("na_reorder", DUAL, (180, 330), (180, 330), 180, Verdict.FAILED, True),
 )
@@ -115,9 +113,6 @@ PATTERNS: tuple[Pattern, ...] = (
 ALONE_PAUSE_MS = 200
 """Quiet after a burst before it decides alone (`Pattern.alone_on_ms`): a lost
 packet or two is bridged, and a note of music rarely stops for this long."""
-WHOLE_BEFORE_MS = 100
-"""Quiet before a burst that makes it whole (not cut by the start of the audio,
-nor the end of a longer burst after a few lost packets)."""
 NEAR_PAUSE_MS = ALONE_PAUSE_MS + 60
 """How long after a burst `near` stays true (the pause rules decide by then)."""
 RINGBACK_ON_MS = ((800, 1300), (1700, 2400))
@@ -386,15 +381,8 @@ class ToneDetector:
         if b.cls == OFF or not b.steady or not self._quiet(pause, b):
             return None
         for p in PATTERNS:
-            if p.alone_on_ms is None or p.cls != b.cls or not _within(b.ms, p.alone_on_ms):
-                continue
-            if p.alone_whole:
-                before = segs[-2] if len(segs) >= 2 else None
-                if before is None or before.cls != OFF or before.ms < WHOLE_BEFORE_MS:
-                    continue
-                if not self._quiet(before, b):
-                    continue
-            return self._hit(p.verdict, p.name, p.confidence, p.transient, b.start)
+            if p.alone_on_ms is not None and p.cls == b.cls and _within(b.ms, p.alone_on_ms):
+                return self._hit(p.verdict, p.name, p.confidence, p.transient, b.start)
         return None
 
     @staticmethod
