@@ -8,7 +8,7 @@ import pytest
 from sipclient.classify.decide import NEAR_FRAMES, CallClassifier, classify_pcm
 from sipclient.classify.frames import FrameSource
 from sipclient.classify.templates import TemplateLibrary
-from sipclient.classify.tones import ToneDetector, classify_frames
+from sipclient.classify.tones import ToneDetector, ToneHit, classify_frames
 from sipclient.classify.verdicts import Decision, Signalling, Verdict
 from tests.classify.conftest import PLANS, Pcm, cadence, degrade, music, to_int16, tone
 
@@ -183,19 +183,24 @@ def test_announcements_streaming_equals_whole_file(
     assert first.decided_ms == whole.decided_ms
 
 
+def first_tone_hit(x: Pcm) -> ToneHit:
+    """Where the cadence detector alone, fed frame by frame, is first sure."""
+    power, rms = FrameSource().push(to_int16(x))
+    cls, freq = classify_frames(power, rms)
+    det = ToneDetector()
+    for i in range(len(cls)):
+        hit = det.update(int(cls[i]), float(rms[i]), float(freq[i]))
+        if hit is not None:
+            return hit
+    raise AssertionError("no cadence recognised")
+
+
 @pytest.mark.parametrize("lead_frames", range(5))
 def test_a_tone_decision_is_not_held_up_by_the_100_ms_block(lead_frames: int) -> None:
     # the cadence detector is sure at the end of some frame; the classifier says so
     # within NEAR_FRAMES of it, wherever that frame falls in the 100 ms grid
     x = np.concatenate([np.zeros(160 * lead_frames + 80), cadence((450.0,), [(0.35, 0.35)], 3.0)])
-    power, rms = FrameSource().push(to_int16(x))
-    cls, freq = classify_frames(power, rms)
-    det = ToneDetector()
-    hit = next(
-        h
-        for i in range(len(cls))
-        if (h := det.update(int(cls[i]), float(rms[i]), float(freq[i]))) is not None
-    )
+    hit = first_tone_hit(x)
     first, _ = stream(x, EARLY, empty_lib(), final=CANCELLED)
     assert first is not None and first.verdict == Verdict.BUSY
     sure_ms = (hit.frame + 1) * 20
@@ -212,14 +217,7 @@ def test_a_decision_reached_in_the_last_frame_of_a_call_stands(
     # with that frame, which may fall before the end of the block it was reached in
     x = np.concatenate([np.zeros(4000 + 160 * lead_frames), tone((480.0, 620.0), 0.5)])
     x = np.concatenate([x, np.zeros(8000)])
-    power, rms = FrameSource().push(to_int16(x))
-    cls, freq = classify_frames(power, rms)
-    det = ToneDetector()
-    hit = next(
-        h
-        for i in range(len(cls))
-        if (h := det.update(int(cls[i]), float(rms[i]), float(freq[i]))) is not None
-    )
+    hit = first_tone_hit(x)
     pcm = to_int16(x)[: (hit.frame + 1) * 160]
     c = CallClassifier(empty_lib())
     c.on_signalling(EARLY, 0)
