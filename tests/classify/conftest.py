@@ -16,7 +16,9 @@ import numpy.typing as npt
 import pytest
 import soundfile as sf
 
+from sipclient.classify.frames import FrameSource
 from sipclient.classify.templates import TemplateLibrary
+from sipclient.classify.tones import ToneDetector, ToneHit, classify_frames
 
 RATE = 8000
 Pcm = npt.NDArray[np.float64]
@@ -97,6 +99,18 @@ def music(seconds: float, seed: int = 0) -> Pcm:
 def to_int16(x: Pcm) -> npt.NDArray[np.int16]:
     """Float [-1, 1) -> int16 with saturation."""
     return np.clip(np.round(x * 32768.0), -32768, 32767).astype(np.int16)
+
+
+def detect(x: Pcm) -> tuple[ToneHit | None, ToneDetector]:
+    """The cadence detector alone, fed frame by frame: its first hit (or None) and state."""
+    power, rms = FrameSource().push(to_int16(x))
+    cls, freq = classify_frames(power, rms)
+    det = ToneDetector()
+    for i in range(len(cls)):
+        hit = det.update(int(cls[i]), float(rms[i]), float(freq[i]))
+        if hit is not None:
+            return hit, det
+    return None, det
 
 
 def ulaw_round_trip(x: Pcm) -> Pcm:

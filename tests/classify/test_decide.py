@@ -6,11 +6,10 @@ import numpy as np
 import pytest
 
 from sipclient.classify.decide import NEAR_FRAMES, CallClassifier, classify_pcm
-from sipclient.classify.frames import FrameSource
 from sipclient.classify.templates import TemplateLibrary
-from sipclient.classify.tones import ToneDetector, ToneHit, classify_frames
+from sipclient.classify.tones import ToneHit
 from sipclient.classify.verdicts import Decision, Signalling, Verdict
-from tests.classify.conftest import PLANS, Pcm, cadence, degrade, music, to_int16, tone
+from tests.classify.conftest import PLANS, Pcm, cadence, degrade, detect, music, to_int16, tone
 
 EARLY = Signalling(early_media=True)
 RING = Signalling(ringing=True, early_media=True)
@@ -185,14 +184,9 @@ def test_announcements_streaming_equals_whole_file(
 
 def first_tone_hit(x: Pcm) -> ToneHit:
     """Where the cadence detector alone, fed frame by frame, is first sure."""
-    power, rms = FrameSource().push(to_int16(x))
-    cls, freq = classify_frames(power, rms)
-    det = ToneDetector()
-    for i in range(len(cls)):
-        hit = det.update(int(cls[i]), float(rms[i]), float(freq[i]))
-        if hit is not None:
-            return hit
-    raise AssertionError("no cadence recognised")
+    hit, _ = detect(x)
+    assert hit is not None, "no cadence recognised"
+    return hit
 
 
 @pytest.mark.parametrize("lead_frames", range(5))

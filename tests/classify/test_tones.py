@@ -5,23 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sipclient.classify.frames import FrameSource
-from sipclient.classify.tones import LOW, ToneDetector, ToneHit, classify_frames
+from sipclient.classify.tones import LOW
 from sipclient.classify.verdicts import Verdict
-from tests.classify.conftest import PLANS, Pcm, cadence, degrade, music, sit, to_int16, tone
+from tests.classify.conftest import PLANS, Pcm, cadence, degrade, detect, music, sit, tone
 
 DEGRADATIONS = ("clean", "level", "noise", "g711", "loss", "all")
-
-
-def detect(x: Pcm) -> tuple[ToneHit | None, ToneDetector]:
-    power, rms = FrameSource().push(to_int16(x))
-    cls, freq = classify_frames(power, rms)
-    det = ToneDetector()
-    for i in range(len(cls)):
-        hit = det.update(int(cls[i]), float(rms[i]), float(freq[i]))
-        if hit is not None:
-            return hit, det
-    return None, det
 
 
 @pytest.mark.parametrize("how", DEGRADATIONS)
