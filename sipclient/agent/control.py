@@ -262,6 +262,7 @@ class Uploader:
         """Uploads in flight at most (`drain_once`)."""
         self._client_id = client_id
         self._wake = asyncio.Event()
+        self._draining = asyncio.Lock()
         self._retry_min = retry_min
         self._retry_max = retry_max
         self.uploaded = 0
@@ -284,9 +285,15 @@ class Uploader:
         They may finish out of order; each is removed only after its own 200, and
         the first "server away" stops starting new ones (the rest stay spooled).
         The spool's disk work (listing, unlinks) runs in a worker thread.
+
+        One pass at a time: the background loop (`run`) and the shutdown's last
+        pass would otherwise list the same entries and upload each twice; the
+        second copy is refused (already finished) while the first removes its
+        files (seen in CI: a SIGTERM mid-call exited 1 on the vanished file).
         """
-        entries = await asyncio.to_thread(lambda: list(self.spool.entries()))
-        return await _in_flight(entries, self.concurrency, self._upload)
+        async with self._draining:
+            entries = await asyncio.to_thread(lambda: list(self.spool.entries()))
+            return await _in_flight(entries, self.concurrency, self._upload)
 
     async def _upload(self, entry: SpoolEntry) -> bool | None:
         """One entry: True uploaded, None refused (kept aside), False stop draining."""
@@ -308,7 +315,7 @@ class Uploader:
             refused = self.spool.folder / "refused"
             refused.mkdir(exist_ok=True)
             for f in (entry.wav, entry.meta):
-                if f.exists():
+                with contextlib.suppress(FileNotFoundError):  # already gone: nothing to keep
                     os.replace(f, refused / f.name)
             return None
         await asyncio.to_thread(self.spool.remove, entry)

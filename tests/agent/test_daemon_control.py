@@ -251,6 +251,36 @@ async def test_server_down_spools_then_drains_when_back(server: LiveServer, tmp_
         await client.close()
 
 
+async def test_two_drains_at_once_upload_each_entry_once(
+    server: LiveServer, tmp_path: Path
+) -> None:
+    # the background drain and the shutdown's last pass can overlap: neither may
+    # upload what the other is uploading (the copy would be refused as finished)
+    extensions = [f"20{i:02}" for i in range(12)]
+    task_id = await server.push(extensions, [f"1380000{i:04}" for i in range(12)])
+    client = ControlClient(server.url)
+    try:
+        cid = await client.notify()
+        await client.accounts(cid, len(extensions))
+        plans = await client.dialplan(cid)
+        assert len(plans) == len(extensions)
+        spool = Spool(tmp_path / "spool")
+        for i, p in enumerate(plans):
+            spool.put(
+                _wav(tmp_path / f"{i}.wav"),
+                {"extensionNum": p.extension, "phone": p.phone, "dialplanId": p.dialplan_id}
+                | _fields(),
+            )
+        uploader = Uploader(client, spool, lambda: cid, concurrency=4)
+        assert all(await asyncio.gather(uploader.drain_once(), uploader.drain_once()))
+        assert uploader.uploaded == len(plans) and uploader.refused == 0
+        assert len(spool) == 0 and not (spool.folder / "refused").exists()
+        task = await server.task(task_id)
+        assert {d["status"] for d in task["dialplans"]} == {"finish"}
+    finally:
+        await client.close()
+
+
 class _SlowUploads:
     """A ControlClient stand-in for one class's unit test: uploads that take a while,
     the one for phone `fail_phone` finding the server away."""
