@@ -12,6 +12,7 @@ an entry that cannot be read is moved to ``bad/``, never deleted.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -101,5 +102,5 @@ class Spool:
         """Keep a broken entry aside for a person to look at."""
         self.bad.mkdir(exist_ok=True)
         for f in (meta, meta.with_suffix(".wav")):
-            if f.exists():
+            with contextlib.suppress(FileNotFoundError):  # gone meanwhile: nothing to keep
                 os.replace(f, self.bad / f.name)
