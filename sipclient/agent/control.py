@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -312,11 +311,7 @@ class Uploader:
         except Refused as exc:
             self.refused += 1
             log.warning("upload_refused", reason=str(exc), seq=entry.seq, **entry.fields)
-            refused = self.spool.folder / "refused"
-            refused.mkdir(exist_ok=True)
-            for f in (entry.wav, entry.meta):
-                with contextlib.suppress(FileNotFoundError):  # already gone: nothing to keep
-                    os.replace(f, refused / f.name)
+            await asyncio.to_thread(self.spool.refuse, entry)
             return None
         await asyncio.to_thread(self.spool.remove, entry)
         self.uploaded += 1

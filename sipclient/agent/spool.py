@@ -100,7 +100,15 @@ class Spool:
 
     def quarantine(self, meta: Path) -> None:
         """Keep a broken entry aside for a person to look at."""
-        self.bad.mkdir(exist_ok=True)
-        for f in (meta, meta.with_suffix(".wav")):
-            with contextlib.suppress(FileNotFoundError):  # gone meanwhile: nothing to keep
-                os.replace(f, self.bad / f.name)
+        _set_aside((meta, meta.with_suffix(".wav")), self.bad)
+
+    def refuse(self, entry: SpoolEntry) -> None:
+        """Keep an entry the server refused for good aside, in ``refused/``."""
+        _set_aside((entry.wav, entry.meta), self.folder / "refused")
+
+
+def _set_aside(files: tuple[Path, ...], folder: Path) -> None:
+    folder.mkdir(exist_ok=True)
+    for f in files:
+        with contextlib.suppress(FileNotFoundError):  # gone meanwhile: nothing to keep
+            os.replace(f, folder / f.name)
