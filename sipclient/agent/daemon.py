@@ -18,6 +18,9 @@ One `Daemon` supervises, on one asyncio loop:
   when answered -> /status idle (the line may take its next number) while the
   WAV and the /dial_wav fields go to the spool (atomic, fsync'ed) -> the
   uploader is kicked; the server keeps the number busy until its upload is in;
+  a call that finds no free port in `rtp.ports` was never dialled: its number
+  goes back to the head of its line and is tried again after a back-off
+  (PORT_WAIT_MIN..MAX), the line staying "during" meanwhile, nothing uploaded;
 - the heartbeat (POST /heartbeat every `heartbeat.interval`), the uploader and
   the status reporter of `control.py`, systemd notifications (READY=1 after
   the first registrations, WATCHDOG=1 from the loop, STATUS= lines, STOPPING=1).
@@ -68,6 +71,7 @@ from sipclient.agent.control import (
 from sipclient.agent.spool import Spool
 from sipclient.config import DaemonConfig, load_config
 from sipclient.logs import configure, get_logger
+from sipclient.media.ports import PortsExhausted
 
 log = get_logger(__name__)
 
@@ -82,6 +86,13 @@ CALL_STOP_WAIT = 10.0
 
 STATUS_EVERY = 1.0
 """Seconds between two STATUS= notifications at most (see `Daemon._set_status`)."""
+
+PORT_WAIT_MIN = 0.2
+PORT_WAIT_MAX = 5.0
+"""A number that found no free RTP port is tried again on its line after
+PORT_WAIT_MIN seconds, doubling per failure in a row up to PORT_WAIT_MAX (one of
+our calls ending frees a port in well under a second; other programs holding
+the ports may take longer, and the log says which)."""
 
 LAG_EVERY = 0.1
 """How often the event loop's lag is measured (`Daemon._lag_monitor`)."""
@@ -167,6 +178,10 @@ class Line:
     """A registration outcome came (until then the server hears nothing of the line)."""
     retired: bool = False
     """No longer leased to us: stop once the call in flight is done."""
+    hold_until: float = 0.0
+    """Loop time before which the line starts no call: its number waits for an RTP port."""
+    port_waits: int = 0
+    """Calls in a row that found no free RTP port (the back-off grows with it)."""
 
     @property
     def extension(self) -> str:
@@ -241,6 +256,8 @@ class Daemon:
         self.status.on_unknown_client = self._unknown_client
         self.decided = 0
         self.calls_started = 0
+        self.port_waits = 0
+        """Calls put back because no RTP port was free (`_wait_for_port`)."""
         self._stopping = asyncio.Event()
         self._renotify = asyncio.Event()
         self._wake_dialer = asyncio.Event()
@@ -293,10 +310,12 @@ class Daemon:
     def status_line(self) -> str:
         """The systemd STATUS= text, e.g. "24/24 registered, 18 in call, 1,204 decided"."""
         total = sum(1 for line in self.lines.values() if not line.retired)
+        waiting = sum(1 for line in self.lines.values() if line.port_waits and line.pending)
         return (
             f"{self.registered}/{total} registered, {self.in_call} in call, "
             f"{_fmt_int(self.decided)} decided"
             + (f", {len(self.spool)} spooled" if len(self.spool) else "")
+            + (f", {waiting} waiting for an RTP port" if waiting else "")
             + (f", loop {round(self.loop_lag * 1000)} ms late" if self.loop_lag > LAG_WARN else "")
         )
 
@@ -609,7 +628,12 @@ class Daemon:
         return woken
 
     def _free(self, line: Line) -> bool:
-        return line.registered and not line.busy and not line.retired
+        return (
+            line.registered
+            and not line.busy
+            and not line.retired
+            and line.hold_until <= asyncio.get_running_loop().time()
+        )
 
     def _take(self, item: DialplanItem) -> None:
         """Put a number on its line (kept there until the line can dial it)."""
@@ -664,14 +688,22 @@ class Daemon:
         self.status.report(ext, "during", item.phone)
         self._set_status()
         record: CallRecord | None = None
+        no_port = False
         try:
             record = await line.backend.dial(
                 item, lambda: self.status.report(ext, "call", item.phone), line.cancel
             )
+            line.port_waits = 0
         except asyncio.CancelledError:
             raise
+        except PortsExhausted as exc:
+            # Not the number's outcome but ours: it was never dialled. It goes back to
+            # the head of the line and waits for a port (one is freed when any of our
+            # calls ends). Uploaded as a failure it would come back `unknown`.
+            no_port = True
+            self._wait_for_port(line, item, exc)
         except Exception as exc:
-            # our own failure (ports exhausted, a bug): still upload so the number ends
+            # our own failure (a bug): still upload so the number ends
             log.error("call_failed", extension=ext, phone=item.phone, error=repr(exc))
             record = _failed_record(self.config, exc)
         finally:
@@ -686,7 +718,9 @@ class Daemon:
             line.task = None
             if line.retired:
                 asyncio.get_running_loop().create_task(self._drop_line(line))
-            elif not self._stopping.is_set():
+            elif not self._stopping.is_set() and not no_port:
+                # (a line whose number waits for a port stays "during": not idle,
+                # or the server would hand it more numbers to hold)
                 self._report_line(line)
             if line.pending or line.retired or not line.registered:
                 # a number already held for this line starts now; otherwise the
@@ -695,6 +729,25 @@ class Daemon:
             self._set_status()
             if record is not None:
                 await self._spool(line, item, record)
+
+    def _wait_for_port(self, line: Line, item: DialplanItem, exc: PortsExhausted) -> None:
+        """Keep `item` on `line` and try it again after a back-off (PORT_WAIT_*)."""
+        line.pending.insert(0, item)
+        delay = min(PORT_WAIT_MIN * 2**line.port_waits, PORT_WAIT_MAX)
+        line.port_waits += 1
+        loop = asyncio.get_running_loop()
+        line.hold_until = loop.time() + delay
+        loop.call_later(delay, self._wake_dialer.set)
+        self.port_waits += 1
+        log.error(
+            "call_waits_for_rtp_port",
+            extension=line.extension,
+            phone=item.phone,
+            retry_in=round(delay, 3),
+            in_a_row=line.port_waits,
+            error=str(exc),
+            hint="rtp.ports is smaller than the lines need, or other programs hold its ports",
+        )
 
     async def _spool(self, line: Line, item: DialplanItem, record: CallRecord) -> None:
         """The upload to disk (fsync'ed, off the loop); only then is it counted and uploaded."""
@@ -979,7 +1032,7 @@ async def _dial(
 
     side, cfg = line.side, line.side.config
     loop = asyncio.get_running_loop()
-    lease = side.ports.allocate()  # PortsExhausted: the daemon records a local failure
+    lease = side.ports.allocate()  # PortsExhausted: Daemon._call keeps the number for later
     ua = line.ua
     local_ip = ua.stack.ep.local[0]
     wav = cfg.recordings.dir / f"{line.account.extension}-{item.phone}-{time.time_ns()}.wav"

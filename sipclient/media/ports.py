@@ -10,8 +10,10 @@ Only even ports are used (RFC 3550 section 11: RTP on even, RTCP on the odd
 port above), unless the range holds no even port at all; 20000-20999 thus
 serves 500 concurrent calls.
 
-When no port is free `allocate` raises `PortsExhausted`; the daemon reports
-the number as failed for now (a local fault, dialled again) and goes on.
+When no port is free `allocate` raises `PortsExhausted`; the daemon logs it,
+keeps the number on its line and tries it again after a back-off
+(agent/daemon.py, `PORT_WAIT_MIN`): the number was never dialled, so it gets
+no verdict from it.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ media server accepts them.
 
 Wiring in a call (the daemon does this)::
 
-    lease = pool.allocate()                      # PortsExhausted -> report, go on
+    lease = pool.allocate()                      # PortsExhausted -> the number waits
     offer = sdp_offer(local_ip, lease.port)      # SIP side
     ...on early media (remote addr, codec, payload type)...
     rx = await RtpReceiver.open(lease, MediaFormat(codec, pt, te_pt), remote, tee)

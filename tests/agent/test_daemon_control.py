@@ -43,6 +43,7 @@ from sipclient.config import (
     HeartbeatSettings,
     HostPort,
     LeaseSettings,
+    PortRange,
     RecordingSettings,
     ServerConfig,
     ServerLink,
@@ -50,6 +51,7 @@ from sipclient.config import (
     SpoolSettings,
 )
 from sipclient.lab.ports import free_port
+from sipclient.media.ports import PortsExhausted
 from sipclient.server.app import create_app
 
 
@@ -402,6 +404,10 @@ class FakeLine:
     async def dial(
         self, item: DialplanItem, on_answered: Callable[[], None], cancel: asyncio.Event
     ) -> CallRecord:
+        if self.world.no_port > 0:
+            self.world.no_port -= 1
+            self.world.no_port_for.append(item.phone)
+            raise PortsExhausted(PortRange(30000, 30001), 1, 1)
         self.world.dialled.append(item.phone)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(cancel.wait(), timeout=self.world.call_seconds)
@@ -419,6 +425,9 @@ class FakeWorld:
         self.dialled: list[str] = []
         self.refuse: set[str] = set()
         self.call_seconds = 0.05
+        self.no_port = 0
+        """The next this many calls find no free RTP port."""
+        self.no_port_for: list[str] = []
 
     def factory(self, account: Account) -> FakeLine:
         line = FakeLine(account, self.folder, self)
@@ -497,6 +506,27 @@ async def test_a_number_for_an_unregistered_extension_is_kept_and_dialled_later(
     finally:
         daemon.stop()
         assert await asyncio.wait_for(run, 15) == 0
+
+
+async def test_a_call_that_finds_no_rtp_port_keeps_its_number_and_dials_it_later(
+    server: LiveServer, tmp_path: Path
+) -> None:
+    phones = ["601", "602", "603"]
+    task_id = await server.push(["2001", "2002"], phones)
+    daemon, world, _notes = _daemon_noting(tmp_path, server, 2)
+    world.no_port = 4
+    run = asyncio.create_task(daemon.run())
+    try:
+        await _wait(lambda: _finished(server, task_id), timeout=20)
+    finally:
+        daemon.stop()
+        assert await asyncio.wait_for(run, 15) == 0
+    # no port: nothing uploaded for the try, the number dialled once a port came
+    assert len(world.no_port_for) == 4 and daemon.port_waits == 4
+    assert sorted(world.dialled) == phones
+    task = await server.task(task_id)
+    assert {d["result"] for d in task["dialplans"]} == {"empty"}
+    assert daemon.decided == 3
 
 
 async def test_unknown_client_starts_over_and_the_call_in_flight_still_uploads(
