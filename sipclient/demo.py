@@ -60,8 +60,9 @@ class Carrier:
     `provisional` is sent after 100 Trying ("180", "183" with SDP, "180+183",
     or "" for none); `audio` names a clip streamed as early media (needs a
     183); `final` is (code, reason, q850 cause or None) sent after `hold_ms`
-    unless our CANCEL came first (then 200 + 487). `expected` is the verdict
-    the daemon and the server should reach.
+    unless our CANCEL came first (then 200 + 487); a 2xx final carries the SDP
+    answer and then waits for our BYE. `expected` is the verdict the daemon
+    and the server should reach.
     """
 
     name: str
@@ -147,6 +148,29 @@ CARRIERS: tuple[Carrier, ...] = (
 )
 
 
+LIVE_EXTRAS: tuple[Carrier, ...] = (
+    Carrier(
+        "answered_200",
+        "1111",
+        "answered",
+        provisional="180",
+        final=(200, "OK", None),
+        hold_ms=300,
+    ),
+    Carrier(
+        "rejected_603",
+        "1112",
+        "rejected",
+        provisional="180",
+        final=(603, "Decline", None),
+        hold_ms=300,
+    ),
+)
+"""Live outcomes outside the demo's mix (so its figures stay comparable): a callee
+who answers after 300 ms of ringing (the daemon must BYE at once) and one who
+declines. The tests add them to the world's carriers."""
+
+
 def carrier_for(phone: str, carriers: Iterable[Carrier] = CARRIERS) -> Carrier | None:
     """The carrier a number is routed to (longest prefix)."""
     best = None
@@ -226,6 +250,14 @@ def _response(code: int, reason: str, extra: str = "", sdp: bool = False) -> str
     )
 
 
+_OK_TO_LAST = (
+    "  <send>\n    <![CDATA[\n\n      SIP/2.0 200 OK\n      [last_Via:]\n"
+    "      [last_From:]\n      [last_To:]\n      [last_Call-ID:]\n      [last_CSeq:]\n"
+    "      Content-Length: 0\n\n    ]]>\n  </send>\n"
+)
+"""200 OK to the request just received (our CANCEL, our BYE)."""
+
+
 def render_scenario(carrier: Carrier, clip: Path | None) -> str:
     """The sipp UAS scenario XML of one carrier."""
     out = [_HEAD.format(name=carrier.name)]
@@ -243,11 +275,7 @@ def render_scenario(carrier: Carrier, clip: Path | None) -> str:
     reason_hdr = f'      Reason: Q.850;cause={cause};text="{reason}"\n' if cause else ""
     if provisional and carrier.hold_ms:
         out.append(f'  <recv request="CANCEL" timeout="{carrier.hold_ms}" ontimeout="10"/>\n')
-        out.append(
-            "  <send>\n    <![CDATA[\n\n      SIP/2.0 200 OK\n      [last_Via:]\n"
-            "      [last_From:]\n      [last_To:]\n      [last_Call-ID:]\n      [last_CSeq:]\n"
-            "      Content-Length: 0\n\n    ]]>\n  </send>\n"
-        )
+        out.append(_OK_TO_LAST)
         if clip is not None:
             out.append('  <nop><action><exec rtp_stream="pause"/></action></nop>\n')
         out.append(_response(487, "Request Terminated"))
@@ -255,8 +283,13 @@ def render_scenario(carrier: Carrier, clip: Path | None) -> str:
         out.append('  <label id="10"/>\n')
     if clip is not None:
         out.append('  <nop><action><exec rtp_stream="pause"/></action></nop>\n')
-    out.append(_response(code, reason, reason_hdr))
+    answered = 200 <= code < 300
+    out.append(_response(code, reason, reason_hdr, sdp=answered))
     out.append('  <recv request="ACK"/>\n')
+    if answered:
+        # an answered call is ours to end: the daemon's BYE, at once (nothing billed)
+        out.append('  <recv request="BYE"/>\n')
+        out.append(_OK_TO_LAST)
     out.append('  <label id="99"/>\n')
     out.append("</scenario>\n")
     return "".join(out)

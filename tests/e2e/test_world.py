@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import pytest
 
-from sipclient.demo import CARRIERS, World, carrier_for, numbers_for
+from sipclient.demo import CARRIERS, LIVE_EXTRAS, World, carrier_for, numbers_for
 
 pytestmark = pytest.mark.peers
 
@@ -46,14 +46,19 @@ async def _run(world: World, phones: list[str], timeout: float) -> None:
 async def test_every_verdict_class_arrives_at_the_return_url(
     make_world: Callable[..., World],
 ) -> None:
-    world = make_world(lines=len(CARRIERS))
+    carriers = CARRIERS + LIVE_EXTRAS
+    world = make_world(lines=len(carriers), carriers=carriers)
     await world.start()
-    phones = numbers_for(len(CARRIERS))
+    phones = numbers_for(len(carriers), carriers)
     await _run(world, phones, 90)
     assert _wrong(world, phones) == []
     got = {world.receiver.verdicts.results[p][0] for p in phones}
-    assert {"empty", "busy", "ringing", "powered_off", "unreachable", "failed"} <= got
+    expected = {"empty", "busy", "ringing", "powered_off", "suspended", "unreachable", "failed"}
+    assert expected | {"answered", "rejected"} <= got
     assert all(n == 1 for n in world.receiver.verdicts.deliveries.values())
+    # the callee who answered was hung up on by our BYE (nothing billed past the answer)
+    answered = [m.method for m in world.carriers["answered_200"].messages() if m.method]
+    assert answered[-2:] == ["ACK", "BYE"], answered
     # every log line of a call carries clientId, extension, phone and call-id
     lines = [
         json.loads(x)
