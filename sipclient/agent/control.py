@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -110,11 +111,14 @@ class ControlClient:
         path: str,
         *,
         params: dict[str, str] | None = None,
-        data: aiohttp.FormData | None = None,
+        data: bytes | None = None,
+        headers: dict[str, str] | None = None,
     ) -> dict[str, Any]:
         url = self.base_url + path
         try:
-            async with self._http().request(method, url, params=params, data=data) as resp:
+            async with self._http().request(
+                method, url, params=params, data=data, headers=headers
+            ) as resp:
                 status = resp.status
                 try:
                     body = await resp.json(content_type=None)
@@ -194,14 +198,49 @@ class ControlClient:
         await self._call("GET", f"/status/{client_id}", params=params)
 
     async def upload(self, client_id: str, entry: SpoolEntry) -> None:
-        """POST /dial_wav with the entry's WAV and fields."""
-        form = aiohttp.FormData()
-        for key, value in entry.fields.items():
-            form.add_field(key, value)
+        """POST /dial_wav with the entry's WAV and fields (`form_data`)."""
         with open(entry.wav, "rb") as fh:
             wav = fh.read()
-        form.add_field("file_name", wav, filename=entry.wav.name, content_type="audio/wav")
-        await self._call("POST", f"/dial_wav/{client_id}", data=form)
+        body, content_type = form_data(entry.fields, "file_name", entry.wav.name, wav)
+        await self._call(
+            "POST", f"/dial_wav/{client_id}", data=body, headers={"Content-Type": content_type}
+        )
+
+
+def form_data(
+    fields: dict[str, str], file_field: str, filename: str, content: bytes
+) -> tuple[bytes, str]:
+    """A multipart/form-data body (RFC 7578) of text `fields` and one file; the body
+    and its Content-Type.
+
+    Built as one buffer: aiohttp's FormData writes each part's boundary,
+    headers and value separately, ~70 socket writes for an upload's 15 fields.
+    It cost the daemon 1.05 ms of CPU an upload against 0.29 ms for this
+    (`bench/upload.py`, 30 KB WAV), about 4 % of what a call costs it at 100
+    lines. Names are ours; a value may hold any text (a SIP reason phrase):
+    the random boundary cannot occur in it by chance.
+    """
+    boundary = uuid.uuid4().hex
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{_quote(name)}"\r\n\r\n'.encode()
+        + value.encode("utf-8")
+        + b"\r\n"
+        for name, value in fields.items()
+    ]
+    parts.append(
+        f"--{boundary}\r\nContent-Disposition: form-data; "
+        f'name="{_quote(file_field)}"; filename="{_quote(filename)}"\r\n'
+        "Content-Type: audio/wav\r\n\r\n".encode()
+        + content
+        + b"\r\n"
+    )
+    parts.append(f"--{boundary}--\r\n".encode())
+    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
+
+
+def _quote(name: str) -> str:
+    """A quoted-string's inside (RFC 7578 4.2): backslash and quote escaped, no line breaks."""
+    return name.replace("\\", "\\\\").replace('"', '\\"').replace("\r", " ").replace("\n", " ")
 
 
 T = TypeVar("T")

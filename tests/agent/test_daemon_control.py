@@ -34,6 +34,7 @@ from sipclient.agent.control import (
     StatusReporter,
     UnknownClient,
     Uploader,
+    form_data,
 )
 from sipclient.agent.daemon import CallRecord, Daemon
 from sipclient.agent.spool import Spool
@@ -53,6 +54,7 @@ from sipclient.config import (
 from sipclient.lab.ports import free_port
 from sipclient.media.ports import PortsExhausted
 from sipclient.server.app import create_app
+from sipclient.server.payloads import split_multipart
 
 
 class LiveServer:
@@ -197,6 +199,22 @@ async def test_control_client_leases_uploads_and_the_spool_empties(
         assert len(list((spool.folder / "refused").glob("*.json"))) == 1
     finally:
         await client.close()
+
+
+def test_the_upload_body_parses_back_to_every_field_and_the_wav() -> None:
+    fields = {
+        "phone": "13800000001",
+        "sipReason": 'Temporarily "Unavailable"\r\n--not-the-boundary\\',
+        "label": "您拨打的号码是空号",
+        "empty": "",
+    }
+    wav = bytes(range(256)) * 40 + b"\r\n--"
+    body, content_type = form_data(fields, "file_name", 'a "b".wav', wav)
+    boundary = content_type.split("boundary=", 1)[1]
+    parts = split_multipart(body, boundary)
+    assert [name for name, _ in parts] == [*fields, "file_name"]
+    assert {n: c.decode() for n, c in parts[:-1]} == fields
+    assert parts[-1][1] == wav
 
 
 async def test_unknown_client_id_raises_unknown_client(server: LiveServer) -> None:
