@@ -508,6 +508,9 @@ class WorldOptions:
     max_tries: int = 1
     log_level: str = "info"
     rtp_ports: str = ""
+    pbx_name: str = "127.0.0.1"
+    """How the daemon and the accounts name kamailio (it listens on 127.0.0.1):
+    "localhost" makes the daemon resolve a name, as with a PBX in the DNS."""
     register_expires: int = 60
     daemon_env: dict[str, str] = field(default_factory=dict)
     daemons: int = 1
@@ -648,7 +651,7 @@ class World:
         cfg = {
             "server": {"url": self.server_url, "timeout": 5.0},
             "threads": threads,
-            "pbx": {"host": f"127.0.0.1:{self.kamailio.port}", "transport": "udp"},
+            "pbx": {"host": f"{o.pbx_name}:{self.kamailio.port}", "transport": "udp"},
             "sip": {
                 "bind": "127.0.0.1:0",
                 "ring_timeout": o.ring_timeout,
@@ -746,7 +749,7 @@ class World:
 
     async def push_accounts(self) -> None:
         assert self.kamailio is not None
-        host = f"127.0.0.1:{self.kamailio.port}"
+        host = f"{self.options.pbx_name}:{self.kamailio.port}"
         accounts = [{"host": host, "name": e, "pwd": p} for e, p in self.extensions.items()]
         await self.post("/api/account", {"account": accounts})
 

@@ -49,8 +49,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ipaddress
 import os
 import signal
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -86,6 +88,11 @@ CALL_STOP_WAIT = 10.0
 
 STATUS_EVERY = 1.0
 """Seconds between two STATUS= notifications at most (see `Daemon._set_status`)."""
+
+RESOLVE_RETRY_MIN = 1.0
+RESOLVE_RETRY_MAX = 60.0
+"""A PBX host name that does not resolve is looked up again after
+RESOLVE_RETRY_MIN seconds, doubling up to RESOLVE_RETRY_MAX (`SipLine.start`)."""
 
 PORT_WAIT_MIN = 0.2
 PORT_WAIT_MAX = 5.0
@@ -866,6 +873,7 @@ class SipSide:
 
         self.config = config
         self._stacks: dict[tuple[str, str, int], Any] = {}
+        self._resolved: dict[str, str] = {}
         self._lock = asyncio.Lock()
         bind_host = config.sip.bind.host
         self.ports = PortPool(config.rtp.ports, host=bind_host)
@@ -885,6 +893,31 @@ class SipSide:
         """SIGHUP: the template library again (calls in flight keep the old one)."""
         self.library = _load_library(config)
         log.info("library_reloaded", templates=len(self.library))
+
+    async def resolve(self, host: str) -> str:
+        """The PBX `host` as an address to send to (raises OSError when it does not resolve).
+
+        A name is looked up once, off the loop, and kept for the daemon's life
+        (a PBX that moves to another address needs a restart). Sending to a name
+        would make every `sendto` run a blocking lookup on the event loop: a
+        slow or dead resolver would stall every call and trip the watchdog.
+        """
+        with contextlib.suppress(ValueError):
+            ipaddress.ip_address(host)
+            return host
+        hit = self._resolved.get(host)
+        if hit is not None:
+            return hit
+        family = socket.AF_INET6 if ":" in self.config.sip.bind.host else socket.AF_INET
+        infos = await asyncio.get_running_loop().getaddrinfo(
+            host, None, family=family, type=socket.SOCK_DGRAM
+        )
+        if not infos:
+            raise OSError(f"{host}: no {family.name} address")
+        address = str(infos[0][4][0])
+        self._resolved[host] = address
+        log.info("pbx_resolved", host=host, address=address)
+        return address
 
     async def stack_for(self, transport: str, host: str, port: int, key: str) -> Any:
         """The shared stack towards host:port (one per line when so configured)."""
@@ -971,19 +1004,78 @@ class SipLine:
         return pbx.host, pbx.port, transport
 
     async def start(self, on_change: Callable[[bool, str], None]) -> None:
+        host, port, transport = self._target()
+        try:
+            address = await self.side.resolve(host)
+        except OSError as exc:
+            # DNS down or the name unknown: the line is unregistered and the name is
+            # looked up again in the background until it resolves
+            self._task = asyncio.create_task(
+                self._start_when_resolved(host, port, transport, on_change, exc)
+            )
+            return
+        await self._begin(address, host, port, transport, on_change)
+
+    async def _start_when_resolved(
+        self,
+        host: str,
+        port: int,
+        transport: str,
+        on_change: Callable[[bool, str], None],
+        exc: OSError,
+    ) -> None:
+        delay = RESOLVE_RETRY_MIN
+        while True:
+            log.error(
+                "pbx_unresolvable",
+                extension=self.account.extension,
+                host=host,
+                error=str(exc),
+                retry_in=delay,
+            )
+            on_change(False, f"cannot resolve the PBX host {host}: {exc}")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RESOLVE_RETRY_MAX)
+            try:
+                address = await self.side.resolve(host)
+                break
+            except OSError as again:
+                exc = again
+        try:
+            await self._begin(address, host, port, transport, on_change)
+        except Exception as failed:
+            log.error("line_start_failed", extension=self.account.extension, reason=str(failed))
+            on_change(False, f"start failed: {failed}")
+
+    async def _begin(
+        self,
+        address: str,
+        host: str,
+        port: int,
+        transport: str,
+        on_change: Callable[[bool, str], None],
+    ) -> None:
+        """Open the stack towards `address` and start registering.
+
+        SIP goes to the resolved `address`; the AOR and the Request-URIs keep
+        the name (`host`:port is the domain unless one is configured), as the
+        PBX was told.
+        """
         from sipclient.agent.useragent import Account as UaAccount
         from sipclient.agent.useragent import UserAgent
         from sipclient.config import HostPort
 
-        host, port, transport = self._target()
-        stack = await self.side.stack_for(transport, host, port, self.account.extension)
+        stack = await self.side.stack_for(transport, address, port, self.account.extension)
         cfg = self.side.config
+        domain = self.account.domain or cfg.pbx.domain
+        if not domain and address != host:
+            domain = str(HostPort(host, port))
         ua_account = UaAccount(
             self.account.extension,
             self.account.password,
-            HostPort(host, port),
+            HostPort(address, port),
             transport,
-            self.account.domain or cfg.pbx.domain,
+            domain,
         )
 
         def changed(ua: Any) -> None:

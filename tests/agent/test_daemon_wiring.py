@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from pathlib import Path
 
 import pytest
@@ -60,3 +61,50 @@ async def test_an_in_memory_recording_goes_to_the_spool_without_a_file(tmp_path:
     assert entries[0].fields["phone"] == "13800000001" and entries[0].fields["sipCode"] == "404"
     assert not record.wav.exists()
     await daemon.client.close()
+
+
+async def test_a_pbx_name_is_resolved_once_and_an_unresolvable_one_is_retried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    side = daemon_mod.SipSide(_config(tmp_path))
+    lookups: list[str] = []
+    loop = asyncio.get_running_loop()
+    real = loop.getaddrinfo
+    down = {"dns": True}
+
+    async def getaddrinfo(host: str, *args: object, **kw: object) -> object:
+        lookups.append(host)
+        if host == "pbx.example" and down["dns"]:
+            raise socket.gaierror(-3, "Temporary failure in name resolution")
+        if host == "pbx.example":
+            host = "127.0.0.1"  # no query leaves the machine
+        return await real(host, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(loop, "getaddrinfo", getaddrinfo)
+    assert await side.resolve("10.1.2.3") == "10.1.2.3" and lookups == []  # a literal as is
+    assert await side.resolve("localhost") == "127.0.0.1"
+    assert await side.resolve("localhost") == "127.0.0.1" and lookups == ["localhost"]
+
+    # a line whose PBX does not resolve: unregistered with the reason, looked up again
+    monkeypatch.setattr(daemon_mod, "RESOLVE_RETRY_MIN", 0.05)
+    line = daemon_mod.SipLine(side, Account("2001", "pw", host="pbx.example:5060"))
+    begun: list[tuple[str, str]] = []
+
+    async def begin(address: str, host: str, *_rest: object) -> None:
+        begun.append((address, host))
+
+    monkeypatch.setattr(line, "_begin", begin)
+    changes: list[tuple[bool, str]] = []
+    await line.start(lambda ok, why: changes.append((ok, why)))
+    await asyncio.sleep(0.01)
+    assert begun == [] and changes and not changes[0][0]
+    assert "cannot resolve the PBX host pbx.example" in changes[0][1]
+    await asyncio.sleep(0.12)
+    assert begun == []  # still down: still retrying
+    down["dns"] = False
+    for _ in range(100):
+        if begun:
+            break
+        await asyncio.sleep(0.02)
+    assert begun == [("127.0.0.1", "pbx.example")]
+    assert lookups.count("pbx.example") >= 3

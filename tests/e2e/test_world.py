@@ -253,3 +253,17 @@ async def test_rtp_ports_exhausted_numbers_wait_for_a_port_and_get_their_verdict
     assert all(world.receiver.verdicts.deliveries[p] == 1 for p in phones)
     log = (world.workdir / "daemon" / "daemon.log").read_text(errors="replace")
     assert '"call_waits_for_rtp_port"' in log and '"call_failed"' not in log
+
+
+async def test_a_pbx_named_by_a_host_name_is_resolved_once_and_dialled_through(
+    make_world: Callable[..., World],
+) -> None:
+    # "localhost" resolves from /etc/hosts: no query leaves the machine
+    world = make_world(lines=2, carriers=FAST + MEDIA[:1], pbx_name="localhost")
+    await world.start()
+    phones = numbers_for(6, FAST + MEDIA[:1])
+    await _run(world, phones, 60)
+    assert _wrong(world, phones) == []
+    log = (world.workdir / "daemon" / "daemon.log").read_text(errors="replace")
+    resolved = [json.loads(x) for x in log.splitlines() if '"pbx_resolved"' in x]
+    assert [(e["host"], e["address"]) for e in resolved] == [("localhost", "127.0.0.1")]
