@@ -86,6 +86,9 @@ READY_AFTER = 15.0
 CALL_STOP_WAIT = 10.0
 """Seconds SIGTERM waits for cancelled calls to end."""
 
+UNREGISTER_WAIT_ON_STOP = 3.0
+"""Seconds SIGTERM waits for the lines' un-REGISTERs (all at once) to be answered."""
+
 STATUS_EVERY = 1.0
 """Seconds between two STATUS= notifications at most (see `Daemon._set_status`)."""
 
@@ -818,9 +821,15 @@ class Daemon:
             await asyncio.sleep(0.2)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.status.flush(), timeout=2.0)
-        for line in list(self.lines.values()):
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._drop_line(line), timeout=3.0)
+        # every line un-REGISTERs at once: one after the other, a PBX that does not
+        # answer held each for its timeout (24 lines: 72 s, past systemd's 40 s)
+        await asyncio.gather(
+            *(
+                asyncio.wait_for(self._drop_line(line), timeout=UNREGISTER_WAIT_ON_STOP)
+                for line in list(self.lines.values())
+            ),
+            return_exceptions=True,
+        )
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

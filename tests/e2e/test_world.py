@@ -267,3 +267,20 @@ async def test_a_pbx_named_by_a_host_name_is_resolved_once_and_dialled_through(
     log = (world.workdir / "daemon" / "daemon.log").read_text(errors="replace")
     resolved = [json.loads(x) for x in log.splitlines() if '"pbx_resolved"' in x]
     assert [(e["host"], e["address"]) for e in resolved] == [("localhost", "127.0.0.1")]
+
+
+async def test_sigterm_with_the_pbx_gone_exits_0_within_the_units_stop_timeout(
+    make_world: Callable[..., World],
+) -> None:
+    # one after the other, each un-REGISTER waited 2 s: 24 lines took past the 40 s
+    world = make_world(lines=24, carriers=FAST)
+    await world.start()
+    assert world.kamailio is not None
+    async with asyncio.timeout(30):
+        while _registrations_since(world, "") != set(world.extensions):
+            await asyncio.sleep(0.2)
+    await asyncio.to_thread(world.kamailio.stop)  # no answer to any un-REGISTER now
+    # systemd/sipclient.service: TimeoutStopSec=40, then SIGKILL (no exit 0)
+    assert await asyncio.to_thread(world.stop_daemon, 40.0) == 0
+    log = (world.workdir / "daemon" / "daemon.log").read_text(errors="replace")
+    assert log.count('"unregister_timeout"') == 24 and '"stopped"' in log
