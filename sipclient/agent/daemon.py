@@ -883,6 +883,7 @@ class SipSide:
         self.config = config
         self._stacks: dict[tuple[str, str, int], Any] = {}
         self._resolved: dict[str, str] = {}
+        self._lookups: dict[str, asyncio.Future[str]] = {}
         self._lock = asyncio.Lock()
         bind_host = config.sip.bind.host
         self.ports = PortPool(config.rtp.ports, host=bind_host)
@@ -917,6 +918,17 @@ class SipSide:
         hit = self._resolved.get(host)
         if hit is not None:
             return hit
+        # one lookup of a name at a time, shared by every line that waits for it: with
+        # the resolver down, 200 lines each asking would fill the default executor's
+        # few threads, which the spool's writes use too
+        lookup = self._lookups.get(host)
+        if lookup is None:
+            lookup = asyncio.ensure_future(self._lookup(host))
+            self._lookups[host] = lookup
+            lookup.add_done_callback(lambda _f: self._lookups.pop(host, None))
+        return await asyncio.shield(lookup)
+
+    async def _lookup(self, host: str) -> str:
         family = socket.AF_INET6 if ":" in self.config.sip.bind.host else socket.AF_INET
         infos = await asyncio.get_running_loop().getaddrinfo(
             host, None, family=family, type=socket.SOCK_DGRAM
