@@ -21,6 +21,8 @@ One `Daemon` supervises, on one asyncio loop:
   a call that finds no free port in `rtp.ports` was never dialled: its number
   goes back to the head of its line and is tried again after a back-off
   (PORT_WAIT_MIN..MAX), the line staying "during" meanwhile, nothing uploaded;
+  a spool that cannot be written holds the records in memory and stops all
+  dialling until a write works again (`Daemon._spool`);
 - the heartbeat (POST /heartbeat every `heartbeat.interval`), the uploader and
   the status reporter of `control.py`, systemd notifications (READY=1 after
   the first registrations, WATCHDOG=1 from the loop, STATUS= lines, STOPPING=1).
@@ -91,6 +93,11 @@ UNREGISTER_WAIT_ON_STOP = 3.0
 
 STATUS_EVERY = 1.0
 """Seconds between two STATUS= notifications at most (see `Daemon._set_status`)."""
+
+SPOOL_RETRY_MIN = 1.0
+SPOOL_RETRY_MAX = 30.0
+"""A spool write that failed is tried again after SPOOL_RETRY_MIN seconds,
+doubling up to SPOOL_RETRY_MAX; no call starts meanwhile (`Daemon._spool`)."""
 
 RESOLVE_RETRY_MIN = 1.0
 RESOLVE_RETRY_MAX = 60.0
@@ -268,6 +275,9 @@ class Daemon:
         self.calls_started = 0
         self.port_waits = 0
         """Calls put back because no RTP port was free (`_wait_for_port`)."""
+        self._unspooled: list[tuple[dict[str, Any], CallRecord]] = []
+        """Finished calls the spool could not take yet, oldest first (`_spool`)."""
+        self._spool_retry: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self._renotify = asyncio.Event()
         self._wake_dialer = asyncio.Event()
@@ -326,6 +336,11 @@ class Daemon:
             f"{_fmt_int(self.decided)} decided"
             + (f", {len(self.spool)} spooled" if len(self.spool) else "")
             + (f", {waiting} waiting for an RTP port" if waiting else "")
+            + (
+                f", spool unwritable ({len(self._unspooled)} held): not dialling"
+                if self._unspooled
+                else ""
+            )
             + (f", loop {round(self.loop_lag * 1000)} ms late" if self.loop_lag > LAG_WARN else "")
         )
 
@@ -639,7 +654,8 @@ class Daemon:
 
     def _free(self, line: Line) -> bool:
         return (
-            line.registered
+            not self._unspooled
+            and line.registered
             and not line.busy
             and not line.retired
             and line.hold_until <= asyncio.get_running_loop().time()
@@ -760,43 +776,105 @@ class Daemon:
         )
 
     async def _spool(self, line: Line, item: DialplanItem, record: CallRecord) -> None:
-        """The upload to disk (fsync'ed, off the loop); only then is it counted and uploaded."""
+        """The upload to disk (fsync'ed, off the loop); only then is it counted and uploaded.
+
+        A spool that cannot be written (disk full, the folder gone) stops the
+        dialling: the record is held in memory, no line starts a call, and the
+        held records go to the spool, in order, as soon as a write works again
+        (`_retry_spool`). Dialling on would make calls whose results could only
+        be thrown away, and the server would hand their numbers out again.
+        """
         fields: dict[str, Any] = {
             "extensionNum": line.extension,
             "phone": item.phone,
             "dialplanId": item.dialplan_id or "",
         }
         fields.update(record.fields)
-        keep = self.config.recordings.keep
-
-        def put() -> None:
-            # one trip to a worker thread: the write, its fsyncs and the unlink all
-            # block on the disk (an unlink on the loop took ~3 ms on ext4)
-            if record.data is not None:
-                self.spool.put(record.data, fields)
-                return
-            self.spool.put(record.wav, fields)
-            if not keep:
-                with contextlib.suppress(OSError):
-                    record.wav.unlink()
-
-        try:
-            await asyncio.to_thread(put)
-        except OSError as exc:
-            # the disk is gone: keep the WAV where it is; the lease brings the number back
-            log.error("spool_failed", phone=item.phone, error=str(exc))
+        if self._unspooled:  # after the ones held before it, in order
+            self._hold(fields, record, None)
             return
+        try:
+            await asyncio.to_thread(self._put, fields, record)
+        except OSError as exc:
+            self._hold(fields, record, exc)
+            return
+        self._spooled(fields, record)
+
+    def _put(self, fields: dict[str, Any], record: CallRecord) -> None:
+        # one trip to a worker thread: the write, its fsyncs and the unlink all
+        # block on the disk (an unlink on the loop took ~3 ms on ext4)
+        if record.data is not None:
+            self.spool.put(record.data, fields)
+            return
+        self.spool.put(record.wav, fields)
+        if not self.config.recordings.keep:
+            with contextlib.suppress(OSError):
+                record.wav.unlink()
+
+    def _spooled(self, fields: dict[str, Any], record: CallRecord) -> None:
         self.decided += 1
         log.info(
             "call_done",
-            extension=line.extension,
-            phone=item.phone,
+            extension=fields["extensionNum"],
+            phone=fields["phone"],
             local_verdict=record.verdict,
             sip_code=fields.get("sipCode"),
         )
         self.uploader.kick()
 
+    def _hold(self, fields: dict[str, Any], record: CallRecord, exc: OSError | None) -> None:
+        self._unspooled.append((fields, record))
+        if exc is not None:
+            log.error(
+                "spool_failed",
+                phone=fields["phone"],
+                error=str(exc),
+                held=len(self._unspooled),
+                hint="not dialling until the spool can be written again",
+            )
+        if self._spool_retry is None or self._spool_retry.done():
+            self._spool_retry = asyncio.get_running_loop().create_task(self._retry_spool())
+        self._set_status()
+
+    async def _retry_spool(self) -> None:
+        """Write the held records, oldest first, backing off while the spool fails."""
+        delay = SPOOL_RETRY_MIN
+        while self._unspooled:
+            await asyncio.sleep(delay)
+            while self._unspooled:
+                fields, record = self._unspooled[0]
+                try:
+                    await asyncio.to_thread(self._put, fields, record)
+                except OSError as exc:
+                    log.warning("spool_still_failing", error=str(exc), held=len(self._unspooled))
+                    delay = min(delay * 2, SPOOL_RETRY_MAX)
+                    break
+                self._unspooled.pop(0)
+                self._spooled(fields, record)
+        log.info("spool_writable_again")
+        self._set_status()
+        self._wake_dialer.set()
+
     # -------------------------------------------------------------- shutdown
+
+    async def _last_spool_try(self) -> None:
+        """Stopping with records held (the spool failing): one more try each, and
+        say how many are lost (their numbers are still leased to us: the server
+        hands them out again once it reclaims the lease)."""
+        if self._spool_retry is not None:
+            self._spool_retry.cancel()
+            await asyncio.gather(self._spool_retry, return_exceptions=True)
+        lost = 0
+        for fields, record in self._unspooled:
+            try:
+                await asyncio.to_thread(self._put, fields, record)
+            except OSError:
+                lost += 1
+                continue
+            self._spooled(fields, record)
+        self._unspooled.clear()
+        if lost:
+            log.error("unspooled_at_stop", lost=lost, hint="dialled again after the lease reclaim")
 
     async def _shutdown(self) -> None:
         if self._status_timer is not None:
@@ -813,6 +891,7 @@ class Daemon:
             for t in late:
                 t.cancel()
             await asyncio.gather(*late, return_exceptions=True)
+        await self._last_spool_try()
         # bounded wait for the uploads; what is left stays in the spool
         deadline = time.monotonic() + UPLOAD_WAIT_ON_STOP
         while len(self.spool) and time.monotonic() < deadline and self.client_id:

@@ -284,3 +284,39 @@ async def test_sigterm_with_the_pbx_gone_exits_0_within_the_units_stop_timeout(
     assert await asyncio.to_thread(world.stop_daemon, 40.0) == 0
     log = (world.workdir / "daemon" / "daemon.log").read_text(errors="replace")
     assert log.count('"unregister_timeout"') == 24 and '"stopped"' in log
+
+
+async def test_a_spool_that_cannot_be_written_stops_dialling_and_loses_nothing(
+    make_world: Callable[..., World],
+) -> None:
+    world = make_world(lines=3, carriers=FAST + MEDIA)
+    await world.start()
+    phones = numbers_for(18, FAST + MEDIA)
+    await world.push_numbers(phones)
+    async with asyncio.timeout(30):
+        while len(world.receiver.verdicts.results) < 3:
+            await asyncio.sleep(0.1)
+
+    def invites() -> int:
+        return sum(1 for s in world.carriers.values() for m in s.messages() if m.method == "INVITE")
+
+    # the spool's folder is gone and a file holds its name: every write fails
+    spool = world.workdir / "daemon" / "spool"
+    away = spool.with_name("spool.away")
+    at_break = invites()
+    spool.rename(away)
+    spool.write_text("not a folder")
+    await asyncio.sleep(8.0)  # the calls in flight end (2.2 s at most) and are held
+    # no call starts while results cannot be kept: at most one a line that was
+    # starting as the folder went (before, all 15 numbers left were dialled and
+    # their results thrown away, to be dialled again after the lease reclaim)
+    assert invites() - at_break <= 3
+    spool.unlink()
+    away.rename(spool)
+    assert await world.wait_for(phones, 90), sorted(
+        set(phones) - set(world.receiver.verdicts.results)
+    )
+    assert _wrong(world, phones) == []
+    assert all(world.receiver.verdicts.deliveries[p] == 1 for p in phones)
+    log = (world.workdir / "daemon" / "daemon.log").read_text(errors="replace")
+    assert '"spool_failed"' in log and '"spool_writable_again"' in log
