@@ -22,6 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from sipclient.classify.audio import RATE
+from sipclient.logs import get_logger
 
 SAME_MIN_VOTES = 10
 """Hashes on one offset that make two unknowns the same recording."""
@@ -76,11 +77,22 @@ def similarity(
     return int((padded[:-2] + padded[1:-1] + padded[2:]).max())
 
 
+MAX_KEPT = 10_000
+"""Recordings a store keeps at most (~0.5 MB each with its 30 s clip: 5 GB). A
+carrier that starts playing a new announcement makes every call to it an
+unknown: a tenth of a million numbers a day is 50 GB a day, and the first ten
+thousand are more than enough to label it. Past the cap `add` keeps nothing
+and says so once in the log (`unknown_store_full`)."""
+
+
 class UnknownStore:
     """A folder of unmatched announcements (module docstring)."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, *, max_kept: int = MAX_KEPT) -> None:
         self.folder = Path(folder)
+        self.max_kept = max_kept
+        self._kept: int | None = None  # counted once from the folder, then kept up to date
+        self._full_logged = False
 
     def add(
         self,
@@ -88,10 +100,23 @@ class UnknownStore:
         times: npt.NDArray[np.int64],
         pcm: npt.NDArray[np.int16],
         meta: dict[str, Any] | None = None,
-    ) -> str:
-        """Keep one unmatched recording; returns its id."""
+    ) -> str | None:
+        """Keep one unmatched recording; returns its id (None: the store is full)."""
         import soundfile as sf
 
+        if self._kept is None:
+            self._kept = len(self.ids())
+        if self._kept >= self.max_kept:
+            if not self._full_logged:
+                self._full_logged = True
+                get_logger(__name__).warning(
+                    "unknown_store_full",
+                    folder=str(self.folder),
+                    kept=self._kept,
+                    hint="label some (sipclient templates unknown) and clear the folder",
+                )
+            return None
+        self._kept += 1
         self.folder.mkdir(parents=True, exist_ok=True)
         uid = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:8]
         tmp = self.folder / f".{uid}.npz"

@@ -66,6 +66,22 @@ def test_unknown_speech_is_unknown_and_kept(
     assert Path(groups[0].example_wav).exists()
 
 
+def test_the_unknown_store_stops_keeping_at_its_cap_also_across_restarts(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "unknown"
+    h = np.arange(50, dtype=np.int64)
+    pcm = np.zeros(800, dtype=np.int16)
+    store = UnknownStore(folder, max_kept=3)
+    kept = [store.add(h, h, pcm) for _ in range(5)]
+    assert all(kept[:3]) and kept[3:] == [None, None]
+    assert len(store.ids()) == 3
+    # a new process (the server restarted) counts what the folder already holds
+    assert UnknownStore(folder, max_kept=4).add(h, h, pcm) is not None
+    assert UnknownStore(folder, max_kept=4).add(h, h, pcm) is None
+    assert len(store.ids()) == 4
+
+
 def test_library_add_list_reload(tmp_path: Path, speech_dir: dict[str, Pcm]) -> None:
     import soundfile as sf
 
