@@ -186,8 +186,8 @@ async def test_sighup_reloads_and_sigterm_mid_call_exits_0_losing_nothing(
         while '"registered"' not in log.read_text(errors="replace"):
             await asyncio.sleep(0.1)
     world.daemon.send_signal(signal.SIGHUP)
-    async with asyncio.timeout(20):
-        while '"reloaded"' not in log.read_text(errors="replace"):
+    async with asyncio.timeout(20):  # the library is loaded again off the loop
+        while '"library_reloaded"' not in log.read_text(errors="replace"):
             await asyncio.sleep(0.1)
     phones = numbers_for(6, MEDIA)
     await world.push_numbers(phones)
