@@ -488,11 +488,23 @@ class SqliteStore(Store):
             ).fetchall()
             if not idle:
                 return []
-            free = conn.execute(
-                "SELECT id, task_id, phone FROM dialplans WHERE status = 'free'"
-                " ORDER BY id LIMIT ?",
-                (len(idle),),
+            # Never the same phone twice at once (two tasks may hold it): our second
+            # call would find the callee's line taken by the first and come back
+            # `busy`. A copy waits until the phone is free; rows in one hand-out
+            # are made unique here, so a few more are read than lines are idle.
+            candidates = conn.execute(
+                "SELECT d.id, d.task_id, d.phone FROM dialplans d WHERE d.status = 'free'"
+                " AND NOT EXISTS (SELECT 1 FROM dialplans b"
+                "   WHERE b.phone = d.phone AND b.status = 'busy')"
+                " ORDER BY d.id LIMIT ?",
+                (2 * len(idle) + 8,),
             ).fetchall()
+            free: list[sqlite3.Row] = []
+            phones: set[str] = set()
+            for plan in candidates:
+                if plan["phone"] not in phones and len(free) < len(idle):
+                    phones.add(plan["phone"])
+                    free.append(plan)
             pairs = list(zip(idle, free, strict=False))
             conn.executemany(
                 "UPDATE dialplans SET status = 'busy', client_id = ?,"

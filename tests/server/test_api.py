@@ -249,6 +249,33 @@ async def test_transient_outcome_is_dialled_again_up_to_max_tries(api: Api) -> N
     assert task["dialplans"][0]["detail"]["tries"] == 3  # retries.max_tries default
 
 
+async def test_a_phone_in_two_tasks_is_never_dialled_twice_at_once(api: Api) -> None:
+    # lead lists overlap: a second call while the first rings finds the line taken
+    await _setup(api, ["888"])
+    second = await api.ok(
+        "POST",
+        "/api/dialplan",
+        json={"phone": ["888", "999"], "return_url": "http://127.0.0.1:9/cb"},
+    )
+    cid = await api.notify()
+    await api.ok("GET", f"/accounts/{cid}?threadsNum=2")
+    plans = (await api.ok("GET", f"/dialplan/{cid}"))["dialplans"]
+    assert sorted(p["phoneNum"] for p in plans) == ["888", "999"]
+    first_888 = next(p for p in plans if p["phoneNum"] == "888")
+    status, _ = await api.upload(
+        cid, first_888["extensionNum"], "888", sipCode=404, dialplanId=first_888["dialplanId"]
+    )
+    assert status == 200
+    await api.ok(
+        "GET", f"/status/{cid}?status=idle&extensionNum={first_888['extensionNum']}&phoneNum="
+    )
+    # 999's line is still busy; 888's line is free and the second copy goes now
+    [again] = (await api.ok("GET", f"/dialplan/{cid}"))["dialplans"]
+    assert again["phoneNum"] == "888" and again["dialplanId"] != first_888["dialplanId"]
+    task = await api.ok("GET", f"/api/tasks/{second['task_id']}")
+    assert task["dialplans"][0]["status"] == "busy"
+
+
 async def test_dialplan_id_ext_field_names_the_number(api: Api) -> None:
     await _setup(api, ["42"])
     cid = await api.notify()
