@@ -40,6 +40,20 @@ log = get_logger(__name__)
 
 _ACCOUNT_RE = re.compile(r"^(?P<ext>[^:@\s]+):(?P<pw>[^@]*)@(?P<host>.+)$")
 _USER_RE = re.compile(r"^[A-Za-z0-9._~+*#-]+$")
+_FORMATTED_PHONE_RE = re.compile(r"^\+?\(?[0-9][0-9\s().-]*$")
+_SEPARATORS_RE = re.compile(r"[\s().-]")
+
+
+def dial_string(number: str) -> str:
+    """What goes in the Request-URI for `number`: a phone number written for people
+    ("138 0000 0000", "(010) 1234-5678", "+86 138.0000.0000") loses its separators
+    (RFC 3966's visual separators, and spaces); anything else is dialled as it is.
+    The number keeps its written form everywhere else (the server's phone).
+    """
+    if _FORMATTED_PHONE_RE.match(number):
+        return _SEPARATORS_RE.sub("", number)
+    return number
+
 
 
 @dataclass(frozen=True)
@@ -166,11 +180,12 @@ class UserAgent:
         on_answered: Callable[[int], None] | None = None,
     ) -> Call:
         """A new outbound call from this extension (not started: `await call.start()`)."""
-        if not _USER_RE.match(number):
+        user = dial_string(number)
+        if not _USER_RE.match(user):
             raise ValueError(f"number {number!r} has characters a SIP user part cannot carry")
         domain = self.account.sip_domain
         spec = SessionSpec(
-            target=URI.parse(f"sip:{number}@{domain}"),
+            target=URI.parse(f"sip:{user}@{domain}"),
             from_uri=URI.parse(f"sip:{self.account.extension}@{domain}"),
             proxy=self._proxy,
             credentials=self.credentials,

@@ -16,7 +16,7 @@ import pytest
 
 from sipclient.agent.call import Call, CallOutcome
 from sipclient.agent.transport import SipStack, open_stack
-from sipclient.agent.useragent import Account, UserAgent
+from sipclient.agent.useragent import Account, UserAgent, dial_string
 from sipclient.classify.signalling import from_signalling
 from sipclient.classify.verdicts import Verdict
 from sipclient.config import HostPort
@@ -226,6 +226,29 @@ async def test_183_without_sdp_carries_the_cause(
     assert out.sip_code == 404 and out.q850_cause == 1
     assert out.media is None
     assert out.early_media is True  # a 183, even without SDP
+
+
+def test_a_phone_written_for_people_is_dialled_as_its_digits() -> None:
+    assert dial_string("138 0000 0000") == "13800000000"
+    assert dial_string("(010) 1234-5678") == "01012345678"
+    assert dial_string("+86 138.0000.0000") == "+8613800000000"
+    assert dial_string("13800000000") == "13800000000"
+    # not a written phone number: as it is (a SIP user, a code with * or #)
+    assert dial_string("echo-test") == "echo-test"
+    assert dial_string("*86#") == "*86#"
+    assert dial_string("- 123") == "- 123"
+
+
+async def test_a_formatted_number_reaches_the_carrier_as_digits(
+    sipp_uas: Callable[..., Sipp], kamailio_for: Callable[..., Kamailio]
+) -> None:
+    uas = sipp_uas("uas_183_reason_404.xml")
+    kam = kamailio_for([Route("404", "127.0.0.1", uas.port)])
+    async with agent(kam.port) as (_, ua):
+        _, out = await dial(ua, "(404) 555-0002")
+    assert out.sip_code == 404
+    invite = next(m for m in uas.messages() if m.method == "INVITE")
+    assert invite.first_line.startswith("INVITE sip:4045550002@")
 
 
 async def test_486_busy_through_kamailio(

@@ -255,13 +255,14 @@ async def test_rtp_ports_exhausted_numbers_wait_for_a_port_and_get_their_verdict
     assert '"call_waits_for_rtp_port"' in log and '"call_failed"' not in log
 
 
-async def test_a_pbx_named_by_a_host_name_is_resolved_once_and_dialled_through(
+async def test_a_pbx_host_name_is_resolved_once_and_a_written_number_dials_its_digits(
     make_world: Callable[..., World],
 ) -> None:
     # "localhost" resolves from /etc/hosts: no query leaves the machine
     world = make_world(lines=2, carriers=FAST + MEDIA[:1], pbx_name="localhost")
     await world.start()
-    phones = numbers_for(6, FAST + MEDIA[:1])
+    # and a number as people write it: dialled as its digits, reported as written
+    phones = [*numbers_for(6, FAST + MEDIA[:1]), "1100 2000-1"]
     await _run(world, phones, 60)
     assert _wrong(world, phones) == []
     log = (world.workdir / "daemon" / "daemon.log").read_text(errors="replace")
