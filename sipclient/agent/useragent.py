@@ -55,7 +55,6 @@ def dial_string(number: str) -> str:
     return number
 
 
-
 @dataclass(frozen=True)
 class Account:
     """An extension: its number, password, the PBX (registrar) and the SIP domain."""
