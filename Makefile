@@ -43,6 +43,7 @@ bench: install
 	$(BIN)/python bench/registrations.py
 	$(BIN)/python bench/calls.py
 	$(BIN)/python bench/rtp.py
+	$(BIN)/python bench/upload.py
 	$(BIN)/python bench/e2e.py --lines 24
 
 corpus: install
