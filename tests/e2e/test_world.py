@@ -36,6 +36,10 @@ def _wrong(world: World, phones: list[str]) -> list[tuple[str, str, str]]:
     return out
 
 
+def _daemon_log(world: World) -> str:
+    return (world.workdir / "daemon" / "daemon.log").read_text(errors="replace")
+
+
 async def _run(world: World, phones: list[str], timeout: float) -> None:
     await world.push_numbers(phones)
     done = await world.wait_for(phones, timeout)
@@ -60,11 +64,7 @@ async def test_every_verdict_class_arrives_at_the_return_url(
     answered = [m.method for m in world.carriers["answered_200"].messages() if m.method]
     assert answered[-2:] == ["ACK", "BYE"], answered
     # every log line of a call carries clientId, extension, phone and call-id
-    lines = [
-        json.loads(x)
-        for x in (world.workdir / "daemon" / "daemon.log").read_text().splitlines()
-        if x.startswith("{")
-    ]
+    lines = [json.loads(x) for x in _daemon_log(world).splitlines() if x.startswith("{")]
     call_lines = [x for x in lines if x.get("event") in ("call_ended", "call_classified")]
     assert len(call_lines) >= 2 * len(phones)
     for x in call_lines:
@@ -131,7 +131,7 @@ async def test_server_away_mid_run_nothing_is_lost_and_the_spool_drains(
 def _registrations_since(world: World, since: str) -> set[str]:
     """Extensions the user agents logged as registered at or after `since` (ISO time)."""
     out = set()
-    log = (world.workdir / "daemon" / "daemon.log").read_text(errors="replace")
+    log = _daemon_log(world)
     for line in log.splitlines():
         if not line.startswith("{"):
             continue
@@ -168,7 +168,7 @@ async def test_five_percent_rtp_loss_still_gives_the_right_verdicts(
     phones = numbers_for(6, MEDIA)
     await _run(world, phones, 90)
     assert _wrong(world, phones) == []
-    log = (world.workdir / "daemon" / "daemon.log").read_text(errors="replace")
+    log = _daemon_log(world)
     closed = [json.loads(x) for x in log.splitlines() if '"rtp_closed"' in x]
     received = sum(e["packets"] + e["test_dropped"] for e in closed)
     dropped = sum(e["test_dropped"] for e in closed)
@@ -251,7 +251,7 @@ async def test_rtp_ports_exhausted_numbers_wait_for_a_port_and_get_their_verdict
     await _run(world, phones, 120)
     assert _wrong(world, phones) == []
     assert all(world.receiver.verdicts.deliveries[p] == 1 for p in phones)
-    log = (world.workdir / "daemon" / "daemon.log").read_text(errors="replace")
+    log = _daemon_log(world)
     assert '"call_waits_for_rtp_port"' in log and '"call_failed"' not in log
 
 
@@ -265,7 +265,7 @@ async def test_a_pbx_host_name_is_resolved_once_and_a_written_number_dials_its_d
     phones = [*numbers_for(6, FAST + MEDIA[:1]), "1100 2000-1"]
     await _run(world, phones, 60)
     assert _wrong(world, phones) == []
-    log = (world.workdir / "daemon" / "daemon.log").read_text(errors="replace")
+    log = _daemon_log(world)
     resolved = [json.loads(x) for x in log.splitlines() if '"pbx_resolved"' in x]
     assert [(e["host"], e["address"]) for e in resolved] == [("localhost", "127.0.0.1")]
 
@@ -283,7 +283,7 @@ async def test_sigterm_with_the_pbx_gone_exits_0_within_the_units_stop_timeout(
     await asyncio.to_thread(world.kamailio.stop)  # no answer to any un-REGISTER now
     # systemd/sipclient.service: TimeoutStopSec=40, then SIGKILL (no exit 0)
     assert await asyncio.to_thread(world.stop_daemon, 40.0) == 0
-    log = (world.workdir / "daemon" / "daemon.log").read_text(errors="replace")
+    log = _daemon_log(world)
     assert log.count('"unregister_timeout"') == 24 and '"stopped"' in log
 
 
@@ -319,5 +319,5 @@ async def test_a_spool_that_cannot_be_written_stops_dialling_and_loses_nothing(
     )
     assert _wrong(world, phones) == []
     assert all(world.receiver.verdicts.deliveries[p] == 1 for p in phones)
-    log = (world.workdir / "daemon" / "daemon.log").read_text(errors="replace")
+    log = _daemon_log(world)
     assert '"spool_failed"' in log and '"spool_writable_again"' in log
