@@ -278,6 +278,7 @@ class Daemon:
         self._unspooled: list[tuple[dict[str, Any], CallRecord]] = []
         """Finished calls the spool could not take yet, oldest first (`_spool`)."""
         self._spool_retry: asyncio.Task[None] | None = None
+        self._spool_writing = False  # `_retry_spool` is in a write (a worker thread)
         self._stopping = asyncio.Event()
         self._renotify = asyncio.Event()
         self._wake_dialer = asyncio.Event()
@@ -843,12 +844,15 @@ class Daemon:
             await asyncio.sleep(delay)
             while self._unspooled:
                 fields, record = self._unspooled[0]
+                self._spool_writing = True
                 try:
                     await asyncio.to_thread(self._put, fields, record)
                 except OSError as exc:
                     log.warning("spool_still_failing", error=str(exc), held=len(self._unspooled))
                     delay = min(delay * 2, SPOOL_RETRY_MAX)
                     break
+                finally:
+                    self._spool_writing = False
                 self._unspooled.pop(0)
                 self._spooled(fields, record)
         log.info("spool_writable_again")
@@ -862,6 +866,10 @@ class Daemon:
         say how many are lost (their numbers are still leased to us: the server
         hands them out again once it reclaims the lease)."""
         if self._spool_retry is not None:
+            # not in the middle of a write: cancelled, its thread would go on writing
+            # the record this pass then writes again (a second upload of the number)
+            while self._spool_writing:
+                await asyncio.sleep(0.05)
             self._spool_retry.cancel()
             await asyncio.gather(self._spool_retry, return_exceptions=True)
         lost = 0
@@ -1428,12 +1436,13 @@ async def _amain(config: DaemonConfig, config_path: Path | None) -> int:
     reloads: set[asyncio.Task[None]] = set()  # referenced until done
 
     def reload_config() -> None:
-        reloads.difference_update([t for t in reloads if t.done()])
         if config_path is None:
             return
         fresh = load_config(DaemonConfig, config_path)
         configure(fresh.log.level, fresh.log.format)
-        reloads.add(loop.create_task(stack.reload_library(fresh)))
+        task = loop.create_task(stack.reload_library(fresh))
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
 
     daemon.on_reload(reload_config)
     loop.add_signal_handler(signal.SIGHUP, daemon.reload)

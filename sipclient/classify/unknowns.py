@@ -83,6 +83,8 @@ carrier that starts playing a new announcement makes every call to it an
 unknown: a tenth of a million numbers a day is 50 GB a day, and the first ten
 thousand are more than enough to label it. Past the cap `add` keeps nothing
 and says so once in the log (`unknown_store_full`)."""
+RECOUNT_S = 60.0
+"""While full, the folder is counted again at most this often (it may have been cleared)."""
 
 
 class UnknownStore:
@@ -91,7 +93,8 @@ class UnknownStore:
     def __init__(self, folder: Path, *, max_kept: int = MAX_KEPT) -> None:
         self.folder = Path(folder)
         self.max_kept = max_kept
-        self._kept: int | None = None  # counted once from the folder, then kept up to date
+        self._kept: int | None = None  # counted from the folder, then kept up to date
+        self._recount_at = 0.0
         self._full_logged = False
 
     def add(
@@ -104,8 +107,14 @@ class UnknownStore:
         """Keep one unmatched recording; returns its id (None: the store is full)."""
         import soundfile as sf
 
-        if self._kept is None:
+        now = time.monotonic()
+        if self._kept is None or (self._kept >= self.max_kept and now >= self._recount_at):
+            # counted from the folder at first, and again at most once a minute while
+            # full: a person who labelled and cleared it needs no restart
             self._kept = len(self.ids())
+            self._recount_at = now + RECOUNT_S
+            if self._kept < self.max_kept:
+                self._full_logged = False
         if self._kept >= self.max_kept:
             if not self._full_logged:
                 self._full_logged = True

@@ -80,6 +80,11 @@ def test_the_unknown_store_stops_keeping_at_its_cap_also_across_restarts(
     assert UnknownStore(folder, max_kept=4).add(h, h, pcm) is not None
     assert UnknownStore(folder, max_kept=4).add(h, h, pcm) is None
     assert len(store.ids()) == 4
+    # a person labels them and clears the folder: the store keeps again, no restart
+    for f in folder.iterdir():
+        f.unlink()
+    store._recount_at = 0.0  # (a minute later)
+    assert store.add(h, h, pcm) is not None and len(store.ids()) == 1
 
 
 def test_library_add_list_reload(tmp_path: Path, speech_dir: dict[str, Pcm]) -> None:
