@@ -105,6 +105,12 @@ class CallbackWorker:
         task = await self.store.get_task(item.task_id)
         if task is None:
             return
+        callback = task.get("callback") or {}
+        if callback.get("state") != "pending" or callback.get("tries") != item.tries:
+            # `item` came from a due list read before another delivery of this task
+            # was recorded (the round's query and that delivery overlap): it went
+            # already. Seen in the e2e tests as a return_url posted twice.
+            return
         body = {"code": 200, "msg": None, "data": task}
         status: int | None = None
         error: str | None = None

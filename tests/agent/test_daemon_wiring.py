@@ -110,4 +110,4 @@ async def test_a_pbx_name_is_resolved_once_and_an_unresolvable_one_is_retried(
             break
         await asyncio.sleep(0.02)
     assert begun == [("127.0.0.1", "pbx.example")]
-    assert lookups.count("pbx.example") >= 3
+    assert lookups.count("pbx.example") >= 2  # failed at least once, then resolved

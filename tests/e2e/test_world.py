@@ -59,7 +59,8 @@ async def test_every_verdict_class_arrives_at_the_return_url(
     got = {world.receiver.verdicts.results[p][0] for p in phones}
     expected = {"empty", "busy", "ringing", "powered_off", "suspended", "unreachable", "failed"}
     assert expected | {"answered", "rejected"} <= got
-    assert all(n == 1 for n in world.receiver.verdicts.deliveries.values())
+    deliveries = world.receiver.verdicts.deliveries
+    assert all(n == 1 for n in deliveries.values()), deliveries
     # the callee who answered was hung up on by our BYE (nothing billed past the answer)
     answered = [m.method for m in world.carriers["answered_200"].messages() if m.method]
     assert answered[-2:] == ["ACK", "BYE"], answered

@@ -13,8 +13,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from sipclient.config import CallbackSettings
-from sipclient.server.app import create_app
+from sipclient.server.app import CALLBACKS, create_app
 from sipclient.server.callbacks import backoff
+from sipclient.server.store import CallbackDue
 from tests.server.conftest import ACCOUNTS, Api, LiveServer, UrlClient, make_config
 
 ServerFactory = Callable[[web.Application], Awaitable[TestServer]]
@@ -79,6 +80,23 @@ async def test_callback_retried_until_2xx(api: Api, aiohttp_server: ServerFactor
     assert body["data"]["callback"]["tries"] == 2
     await asyncio.sleep(0.3)
     assert len(receiver.bodies) == 3  # nothing after the 2xx
+
+
+async def test_a_due_list_read_before_a_delivery_was_recorded_posts_nothing_again(
+    api: Api, aiohttp_server: ServerFactory
+) -> None:
+    receiver = Receiver(failures=0)
+    server = await aiohttp_server(receiver.app())
+    url = str(server.make_url("/cb"))
+    task_id = await _finish_task(api, url, ["1"])
+    await _wait_for(api, task_id, "delivered")
+    assert len(receiver.bodies) == 1
+    # what a round whose query overlapped that delivery holds: the task, still due
+    worker = api.client.app[CALLBACKS]
+    await worker._try_once(CallbackDue(task_id, url, 0))
+    await asyncio.sleep(0.1)
+    assert len(receiver.bodies) == 1
+    assert (await _wait_for(api, task_id, "delivered"))["callback"]["tries"] == 1
 
 
 async def test_callback_gives_up_after_configured_tries(
