@@ -508,6 +508,8 @@ class WorldOptions:
     max_tries: int = 1
     log_level: str = "info"
     rtp_ports: str = ""
+    pbx_transport: str = "udp"
+    """The daemon's SIP transport to kamailio (it listens on both)."""
     pbx_name: str = "127.0.0.1"
     """How the daemon and the accounts name kamailio (it listens on 127.0.0.1):
     "localhost" makes the daemon resolve a name, as with a PBX in the DNS."""
@@ -651,7 +653,7 @@ class World:
         cfg = {
             "server": {"url": self.server_url, "timeout": 5.0},
             "threads": threads,
-            "pbx": {"host": f"{o.pbx_name}:{self.kamailio.port}", "transport": "udp"},
+            "pbx": {"host": f"{o.pbx_name}:{self.kamailio.port}", "transport": o.pbx_transport},
             "sip": {
                 "bind": "127.0.0.1:0",
                 "ring_timeout": o.ring_timeout,

@@ -1056,6 +1056,13 @@ class SipSide:
                     user_agent=sip.user_agent,
                 )
                 self._stacks[k] = stack
+                local = stack.ep.local
+                log.info(
+                    "sip_stack_opened",
+                    transport=transport,
+                    local=f"{local[0]}:{local[1]}",
+                    remote=f"{host}:{port}",
+                )
             return stack
 
     def backend(self, account: Account) -> SipLine:

@@ -322,3 +322,17 @@ async def test_a_spool_that_cannot_be_written_stops_dialling_and_loses_nothing(
     assert all(world.receiver.verdicts.deliveries[p] == 1 for p in phones)
     log = _daemon_log(world)
     assert '"spool_failed"' in log and '"spool_writable_again"' in log
+
+
+async def test_the_daemon_over_tcp_gets_every_verdict_right(
+    make_world: Callable[..., World],
+) -> None:
+    # one TCP connection to kamailio carries every line's REGISTERs and calls
+    world = make_world(lines=3, carriers=FAST + MEDIA, pbx_transport="tcp")
+    await world.start()
+    phones = numbers_for(12, FAST + MEDIA)
+    await _run(world, phones, 60)
+    assert _wrong(world, phones) == []
+    assert all(world.receiver.verdicts.deliveries[p] == 1 for p in phones)
+    opened = [json.loads(x) for x in _daemon_log(world).splitlines() if '"sip_stack_opened"' in x]
+    assert [e["transport"] for e in opened] == ["tcp"]
