@@ -72,8 +72,8 @@ from sipclient.agent.control import (
     UnknownClient,
     Uploader,
 )
-from sipclient.agent.spool import Spool
-from sipclient.config import DaemonConfig, load_config
+from sipclient.agent.spool import Spool, SpoolBusy, claim
+from sipclient.config import ConfigError, DaemonConfig, load_config
 from sipclient.logs import configure, get_logger
 from sipclient.media.ports import PortsExhausted
 
@@ -1465,5 +1465,11 @@ def run_main(args: argparse.Namespace, config: DaemonConfig) -> int:
     """Entry of `sipclient run --config FILE`."""
     configure(config.log.level, config.log.format)
     config.recordings.dir.mkdir(parents=True, exist_ok=True)
-    config.spool.dir.mkdir(parents=True, exist_ok=True)
-    return asyncio.run(_amain(config, getattr(args, "config", None)))
+    try:
+        held = claim(config.spool.dir)  # released when the process ends
+    except SpoolBusy as exc:
+        raise ConfigError("spool.dir", f"{exc}: each daemon needs its own") from None
+    try:
+        return asyncio.run(_amain(config, getattr(args, "config", None)))
+    finally:
+        os.close(held)

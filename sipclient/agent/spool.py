@@ -13,6 +13,7 @@ an entry that cannot be read is moved to ``bad/``, never deleted.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import itertools
 import json
 import os
@@ -105,6 +106,30 @@ class Spool:
     def refuse(self, entry: SpoolEntry) -> None:
         """Keep an entry the server refused for good aside, in ``refused/``."""
         _set_aside((entry.wav, entry.meta), self.folder / "refused")
+
+
+class SpoolBusy(RuntimeError):
+    """Another running process holds the spool folder."""
+
+
+def claim(folder: Path) -> int:
+    """Hold `folder` for this process's life (an flock on ``.lock``); the open fd.
+
+    Two daemons on one spool would each upload the other's entries: the server
+    refuses the second copy and one daemon sets the entry aside while the other
+    still sends it. Raises SpoolBusy naming the holder's pid.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o640)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise SpoolBusy(f"{folder} is held by another running daemon (pid {holder})") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
 
 
 def _set_aside(files: tuple[Path, ...], folder: Path) -> None:

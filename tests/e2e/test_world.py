@@ -8,6 +8,8 @@ import datetime
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 
@@ -336,3 +338,27 @@ async def test_the_daemon_over_tcp_gets_every_verdict_right(
     assert all(world.receiver.verdicts.deliveries[p] == 1 for p in phones)
     opened = [json.loads(x) for x in _daemon_log(world).splitlines() if '"sip_stack_opened"' in x]
     assert [e["transport"] for e in opened] == ["tcp"]
+
+
+async def test_a_second_daemon_on_the_same_spool_stops_at_start_and_the_first_goes_on(
+    make_world: Callable[..., World],
+) -> None:
+    world = make_world(lines=2, carriers=FAST)
+    await world.start()
+    assert world.daemon is not None
+    async with asyncio.timeout(30):  # the first one is up and holds its spool
+        while '"registered"' not in _daemon_log(world):
+            await asyncio.sleep(0.1)
+    # an operator copies config 1 to config 2 and forgets spool.dir
+    second = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "sipclient.cli", "run", "--config", str(world.daemon_config(0))],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert second.returncode == 2
+    assert "spool.dir" in second.stderr and f"pid {world.daemon.pid}" in second.stderr
+    phones = numbers_for(4, FAST)
+    await _run(world, phones, 30)
+    assert _wrong(world, phones) == []
