@@ -554,7 +554,8 @@ class World:
             folder = self.workdir / "carriers" / c.name
             folder.mkdir(parents=True, exist_ok=True)
             xml = folder / f"{c.name}.xml"
-            xml.write_text(render_scenario(c, self.clips.get(c.audio or "")), encoding="utf-8")
+            # the declared ISO-8859-1: a reason phrase may carry raw bytes (a GBK one)
+            xml.write_text(render_scenario(c, self.clips.get(c.audio or "")), encoding="latin-1")
             sipp = Sipp(xml, workdir=folder, extra_args=["-aa", "-max_recv_loops", "100"])
             sipp.start()
             self.carriers[c.name] = sipp

@@ -17,6 +17,8 @@ from typing import Any, TextIO
 
 import structlog
 
+from sipclient.text import readable
+
 _SECRET_KEYS = ("password", "pwd", "passwd", "secret", "authorization", "proxy_authorization")
 REDACTED = "***"
 
@@ -27,6 +29,17 @@ def redact_secrets(
     """structlog processor: no password or digest response is ever written."""
     for key in [k for k in event_dict if _secret(k)]:
         event_dict[key] = REDACTED
+    return event_dict
+
+
+def printable(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """structlog processor: a value holding a peer's undecodable bytes is made text
+    (sipclient/text.py); written as it is, it would raise inside the log call."""
+    for key, value in event_dict.items():
+        if isinstance(value, str) and not value.isascii():
+            event_dict[key] = readable(value)
     return event_dict
 
 
@@ -61,6 +74,7 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=False),
             redact_secrets,
+            printable,
             structlog.processors.StackInfoRenderer(),
             structlog.processors.format_exc_info,
             renderer,

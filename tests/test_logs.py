@@ -27,3 +27,10 @@ def test_passwords_are_redacted(capsys: pytest.CaptureFixture[str]) -> None:
     line = json.loads(out)
     assert line["password"] == logs.REDACTED
     assert line["Authorization"] == logs.REDACTED
+
+
+def test_a_peers_undecodable_bytes_are_logged_as_text(capsys: pytest.CaptureFixture[str]) -> None:
+    logs.configure("info", "json")
+    gbk = "空号".encode("gbk").decode("utf-8", "surrogateescape")  # as SIP parsing keeps it
+    early.info("call_ended", reason=gbk)  # raised UnicodeEncodeError inside the call before
+    assert json.loads(capsys.readouterr().out)["reason"] == "空号"

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sipclient.text import readable
+
 
 @dataclass(frozen=True)
 class SpoolEntry:
@@ -74,7 +76,8 @@ class Spool:
             with open(tmp, "rb+") as fh:
                 os.fsync(fh.fileno())
             os.replace(tmp, wav)
-        clean = {k: "" if v is None else str(v) for k, v in fields.items()}
+        # readable: a peer's non-UTF-8 text (a GBK reason phrase) cannot go into JSON as is
+        clean = {k: "" if v is None else readable(str(v)) for k, v in fields.items()}
         _write_atomic(meta, json.dumps(clean, ensure_ascii=False).encode())
         return SpoolEntry(seq, wav, meta, clean)
 

@@ -70,6 +70,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from sipclient.text import readable
+
 __all__ = [
     "BRANCH_MAGIC",
     "COMPACT_FORMS",
@@ -1020,7 +1022,7 @@ def _parse_start_line(line: str, headers: Headers) -> Request | Response:
             raise ParseError(f"unsupported version {version!r}", 505)
         if len(code) != 3 or not code.isascii() or not code.isdigit() or not "1" <= code[0] <= "6":
             raise ParseError(f"bad status code {code[:20]!r}")
-        reason = parts[2] if len(parts) == 3 else ""
+        reason = readable(parts[2]) if len(parts) == 3 else ""  # only ever shown
         resp = Response(int(code), reason, headers)
         return resp
     parts = line.split(" ")

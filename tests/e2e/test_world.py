@@ -8,6 +8,7 @@ import datetime
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -15,7 +16,7 @@ from collections.abc import Callable
 
 import pytest
 
-from sipclient.demo import CARRIERS, LIVE_EXTRAS, World, carrier_for, numbers_for
+from sipclient.demo import CARRIERS, LIVE_EXTRAS, Carrier, World, carrier_for, numbers_for
 
 pytestmark = pytest.mark.peers
 
@@ -362,3 +363,24 @@ async def test_a_second_daemon_on_the_same_spool_stops_at_start_and_the_first_go
     phones = numbers_for(4, FAST)
     await _run(world, phones, 30)
     assert _wrong(world, phones) == []
+
+
+async def test_a_carrier_with_a_gbk_reason_phrase_gets_its_verdict(
+    make_world: Callable[..., World],
+) -> None:
+    # 404 空号 with the phrase in GBK, in the status line and the Reason header's text
+    gbk = "空号".encode("gbk").decode("latin-1")  # the scenario file is ISO-8859-1
+    carriers = (Carrier("empty_404_gbk", "1113", "empty", final=(404, gbk, 1)),)
+    world = make_world(lines=1, carriers=carriers)
+    await world.start()
+    phones = numbers_for(2, carriers)
+    await _run(world, phones, 30)  # each call crashed on writing the reason before
+    assert _wrong(world, phones) == []
+    # the upload carried the phrase as text: the server's record of each call has it
+    db = sqlite3.connect(world.workdir / "server" / "sipclient.db")
+    try:
+        rows = db.execute("SELECT fields FROM recordings").fetchall()
+        reasons = [json.loads(f)["sipReason"] for (f,) in rows]
+    finally:
+        db.close()
+    assert reasons == ["空号", "空号"]
