@@ -514,6 +514,8 @@ class WorldOptions:
     """How the daemon and the accounts name kamailio (it listens on 127.0.0.1):
     "localhost" makes the daemon resolve a name, as with a PBX in the DNS."""
     register_expires: int = 60
+    sip_t1: float = 0.5
+    """The daemon's T1: the tests shorten Timer B and F (64*T1) with it."""
     daemon_env: dict[str, str] = field(default_factory=dict)
     daemons: int = 1
     """Daemon processes sharing the lines (`World.daemon_config`): one asyncio loop
@@ -659,6 +661,7 @@ class World:
                 "bind": "127.0.0.1:0",
                 "ring_timeout": o.ring_timeout,
                 "register_expires": o.register_expires,
+                "t1": o.sip_t1,
             },
             "rtp": {"ports": ports, "no_rtp_wait": 2.0},
             "recordings": {"dir": str(folder / "recordings"), "keep": False},

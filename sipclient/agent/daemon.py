@@ -111,6 +111,13 @@ PORT_WAIT_MIN seconds, doubling per failure in a row up to PORT_WAIT_MAX (one of
 our calls ending frees a port in well under a second; other programs holding
 the ports may take longer, and the log says which)."""
 
+SILENT_TRIES_MAX = 3
+"""How often one number may meet a PBX that sends nothing back to its INVITE
+(Timer B, 64*T1) before its record (408, no response: `failed`) is uploaded.
+Until then each such call is not the number's outcome but the PBX's: the number
+goes back to the head of its line, and the line asks the registrar again
+(`Daemon._recheck`) before it dials anything more."""
+
 LAG_EVERY = 0.1
 """How often the event loop's lag is measured (`Daemon._lag_monitor`)."""
 LAG_WARN = 0.1
@@ -144,6 +151,8 @@ class CallRecord:
     verdict: str = "unknown"
     data: bytes | None = None
     """The WAV itself when it was built in memory (then no file exists at `wav`)."""
+    pbx_silent: bool = False
+    """The PBX sent nothing back to the INVITE (Timer B): the 408 is made up here."""
 
 
 CallHooks = Callable[[], None]
@@ -166,6 +175,11 @@ class LineBackend(Protocol):
     ) -> CallRecord:
         """Dial one number to its end; set `cancel` to hang up early. Never raises
         for a call outcome (busy, 404, timeout...): that is in the record."""
+        ...
+
+    async def recheck(self) -> bool:
+        """REGISTER again now; True when the registrar granted it. A refusal or no
+        answer also comes through `on_change(False, reason)`."""
         ...
 
     async def stop(self) -> None:
@@ -199,6 +213,10 @@ class Line:
     """Loop time before which the line starts no call: its number waits for an RTP port."""
     port_waits: int = 0
     """Calls in a row that found no free RTP port (the back-off grows with it)."""
+    silent_tries: dict[tuple[str, str], int] = field(default_factory=dict)
+    """Per number (dialplan id, phone): its INVITEs the PBX never answered."""
+    rechecking: bool = False
+    """An INVITE went unanswered: the line dials nothing until the registrar answers."""
 
     @property
     def extension(self) -> str:
@@ -275,6 +293,9 @@ class Daemon:
         self.calls_started = 0
         self.port_waits = 0
         """Calls put back because no RTP port was free (`_wait_for_port`)."""
+        self.pbx_silences = 0
+        """Calls whose INVITE the PBX never answered (`_pbx_silent`)."""
+        self._rechecks: set[asyncio.Task[None]] = set()
         self._unspooled: list[tuple[dict[str, Any], CallRecord]] = []
         """Finished calls the spool could not take yet, oldest first (`_spool`)."""
         self._spool_retry: asyncio.Task[None] | None = None
@@ -332,11 +353,13 @@ class Daemon:
         """The systemd STATUS= text, e.g. "24/24 registered, 18 in call, 1,204 decided"."""
         total = sum(1 for line in self.lines.values() if not line.retired)
         waiting = sum(1 for line in self.lines.values() if line.port_waits and line.pending)
+        silent = sum(1 for line in self.lines.values() if line.rechecking)
         return (
             f"{self.registered}/{total} registered, {self.in_call} in call, "
             f"{_fmt_int(self.decided)} decided"
             + (f", {len(self.spool)} spooled" if len(self.spool) else "")
             + (f", {waiting} waiting for an RTP port" if waiting else "")
+            + (f", PBX not answering on {silent}" if silent else "")
             + (
                 f", spool unwritable ({len(self._unspooled)} held): not dialling"
                 if self._unspooled
@@ -659,6 +682,7 @@ class Daemon:
             and line.registered
             and not line.busy
             and not line.retired
+            and not line.rechecking
             and line.hold_until <= asyncio.get_running_loop().time()
         )
 
@@ -721,6 +745,10 @@ class Daemon:
                 item, lambda: self.status.report(ext, "call", item.phone), line.cancel
             )
             line.port_waits = 0
+            if record.pbx_silent and self._pbx_silent(line, item, record):
+                record, no_port = None, True  # back on its line (as for a port)
+            else:
+                line.silent_tries.pop((item.dialplan_id or "", item.phone), None)
         except asyncio.CancelledError:
             raise
         except PortsExhausted as exc:
@@ -775,6 +803,77 @@ class Daemon:
             error=str(exc),
             hint="rtp.ports is smaller than the lines need, or other programs hold its ports",
         )
+
+    def _pbx_silent(self, line: Line, item: DialplanItem, record: CallRecord) -> bool:
+        """The PBX never answered this INVITE: True when the number was kept back.
+
+        Nothing came back, not even a 100 Trying, for 64*T1 (32 s): the PBX is
+        hung, gone, or drops our INVITEs. That says nothing of the number; uploaded,
+        it would be `failed` for good, and every number dialled through a dead PBX
+        with it. So the number goes back to the head of its line and the line asks
+        the registrar (a REGISTER now): when that is answered the line dials on, the
+        number first; when it is not, the line is unregistered (reported so) and
+        dials again once it registers. A number whose INVITE goes unanswered
+        SILENT_TRIES_MAX times with the registrar answering in between (a PBX that
+        drops only INVITEs, or only this one) is uploaded as it is: `failed`.
+        Stopping, the number is left to the server's lease reclaim.
+        """
+        key = (item.dialplan_id or "", item.phone)
+        tries = line.silent_tries.get(key, 0) + 1
+        self.pbx_silences += 1
+        if tries >= SILENT_TRIES_MAX:
+            line.silent_tries.pop(key, None)
+            log.error(
+                "pbx_never_answered_number",
+                extension=line.extension,
+                phone=item.phone,
+                tries=tries,
+                hint="uploaded as failed (no response)",
+            )
+            return False
+        if self._stopping.is_set():
+            log.warning("pbx_silent_at_stop", extension=line.extension, phone=item.phone)
+            self._drop_record(record)
+            return True
+        line.silent_tries[key] = tries
+        line.pending.insert(0, item)
+        self._drop_record(record)
+        log.error(
+            "pbx_not_answering",
+            extension=line.extension,
+            phone=item.phone,
+            tries=tries,
+            hint="no answer at all to the INVITE: the number waits, the line registers again",
+        )
+        if not line.rechecking:
+            line.rechecking = True
+            task = asyncio.get_running_loop().create_task(self._recheck(line))
+            self._rechecks.add(task)
+            task.add_done_callback(self._rechecks.discard)
+        return True
+
+    async def _recheck(self, line: Line) -> None:
+        """REGISTER the line again; it dials once the registrar has answered."""
+        ok = False
+        try:
+            ok = await line.backend.recheck()
+        except Exception as exc:  # never leave the line held for good
+            log.error("recheck_failed", extension=line.extension, error=repr(exc))
+        finally:
+            line.rechecking = False
+            self._wake_dialer.set()
+            self._set_status()
+        log.info(
+            "pbx_answers_register" if ok else "pbx_silent_line_unregistered",
+            extension=line.extension,
+            registered=line.registered,
+        )
+
+    @staticmethod
+    def _drop_record(record: CallRecord) -> None:
+        if record.data is None:
+            with contextlib.suppress(OSError):
+                record.wav.unlink()
 
     async def _spool(self, line: Line, item: DialplanItem, record: CallRecord) -> None:
         """The upload to disk (fsync'ed, off the loop); only then is it counted and uploaded.
@@ -917,9 +1016,9 @@ class Daemon:
             ),
             return_exceptions=True,
         )
-        for t in self._tasks:
+        for t in (*self._tasks, *self._rechecks):
             t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self._tasks, *self._rechecks, return_exceptions=True)
         await self.client.close()
         log.info("stopped", spooled=len(self.spool), decided=self.decided)
 
@@ -1230,6 +1329,12 @@ class SipLine:
             await self.ua.stop(timeout=2.0)
         self._registered = False
 
+    async def recheck(self) -> bool:
+        if self.ua is None:
+            return False
+        # Timer F (64*T1) ends the REGISTER; the margin covers a challenge round
+        return bool(await self.ua.recheck(timeout=64 * self.side.config.sip.t1 + 5.0))
+
     async def dial(
         self, item: DialplanItem, on_answered: CallHooks, cancel: asyncio.Event
     ) -> CallRecord:
@@ -1426,7 +1531,9 @@ async def _dial(
         sip_code=outcome.sip_code,
         call_ms=int((loop.time() - t0) * 1000),
     )
-    return CallRecord(result.path, fields, final.verdict.value, result.data)
+    # Timer B: not a word from the PBX, not even 100 Trying (Daemon._pbx_silent)
+    silent = outcome.local_code and outcome.sip_code == 408
+    return CallRecord(result.path, fields, final.verdict.value, result.data, silent)
 
 
 # ----------------------------------------------------------------- entry

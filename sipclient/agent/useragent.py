@@ -4,6 +4,7 @@
     ok = await ua.register(timeout=10)       # True once registered
     ua.state, ua.reason                      # "registered" / "unregistered", why not
     ua.on_state = lambda ua: ...             # called on every change of state
+    ok = await ua.recheck(timeout=40)        # REGISTER now: does the registrar answer?
     call = ua.call("4045550000", local_rtp=("10.0.0.9", 20000), ring_timeout=60)
     await ua.stop()                          # un-REGISTER
 
@@ -119,6 +120,7 @@ class UserAgent:
         )
         self._changed = asyncio.Event()
         self._stopped = asyncio.Event()
+        self._rechecks: list[asyncio.Future[bool]] = []
         self.last_status: int | None = None
         stack.subscribe(self.registration, self._on_event)
 
@@ -154,6 +156,26 @@ class UserAgent:
             if self.registration.state is RegState.UNREGISTERED:
                 return False
         return True
+
+    async def recheck(self, timeout: float) -> bool:
+        """REGISTER now and wait for the registrar's answer: True when it granted the
+        binding, False when it refused, did not answer (Timer F) or `timeout` passed.
+
+        The daemon asks this after an INVITE the PBX never answered: the PBX may be
+        gone. A failure also turns the state to "unregistered" (`on_state`), and the
+        core goes on retrying with its back-off as after any failure.
+        """
+        waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._rechecks.append(waiter)
+        try:
+            self.registration.refresh(self.stack.now())
+            self.stack.pump()
+            return await asyncio.wait_for(waiter, timeout)
+        except TimeoutError:
+            return False
+        finally:
+            if waiter in self._rechecks:
+                self._rechecks.remove(waiter)
 
     async def stop(self, timeout: float = 5.0) -> None:
         """Un-REGISTER and wait (bounded) for the registrar's answer."""
@@ -221,3 +243,9 @@ class UserAgent:
         self._changed.set()
         if self.on_state is not None:
             self.on_state(self)
+        if self._rechecks:
+            ok = isinstance(event, Registered)
+            for waiter in self._rechecks:
+                if not waiter.done():
+                    waiter.set_result(ok)
+            self._rechecks.clear()

@@ -28,12 +28,21 @@ class LabProcess:
     def start(self) -> Self:
         raise NotImplementedError
 
+    def freeze(self, frozen: bool = True) -> None:
+        """SIGSTOP (or SIGCONT) the program and its children: a peer that is hung,
+        whose sockets take datagrams and answer none."""
+        if self.proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGSTOP if frozen else signal.SIGCONT)
+
     def stop(self) -> None:
         """Ask the program to quit, then SIGKILL it and its process group."""
         proc, self.proc = self.proc, None
         if proc is None:
             return
         if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGCONT)  # a frozen one would not hear the signal
             proc.send_signal(self.stop_signal)
             try:
                 proc.wait(timeout=self.stop_grace)

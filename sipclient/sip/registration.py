@@ -3,6 +3,7 @@
     reg = Registration(endpoint, RegistrationSpec(aor, registrar, proxy, credentials))
     reg.start(now)     # REGISTER; after 401/407 again with digest credentials
     reg.stop(now)      # un-REGISTER (Expires: 0), then `RegistrationStopped`
+    reg.refresh(now)   # REGISTER again now (the registrar's liveness in doubt)
 
 State: `reg.state` is `RegState.REGISTERED` or `UNREGISTERED` (plus the
 transient `REGISTERING` / `UNREGISTERING`), `reg.reason` says why it is not
@@ -80,7 +81,10 @@ class RegistrationSpec:
     credentials: DigestCredentials | None = None
     expires: int = 300
     backoff_initial: float = 2.0
-    backoff_max: float = 300.0
+    backoff_max: float = 60.0
+    """A PBX back after a long outage sees each extension again within this
+    (jittered); 200 lines retrying a dead one send ~3 REGISTERs a second.
+    Until session 6 it was 300 s: five minutes of idle lines after an outage."""
     user_agent: str = "sipclient"
 
 
@@ -116,6 +120,18 @@ class Registration:
             self._started = True
             self.endpoint.add_usage(self)
         self._stopping = False
+        self._send(now, self.expires)
+        self.endpoint.touch(self)
+
+    def refresh(self, now: float) -> None:
+        """REGISTER again now, ahead of the refresh timer or the back-off.
+
+        For a binding in doubt: an INVITE the PBX never answered (Timer B) may
+        mean the PBX is gone, and a REGISTER says so within Timer F. A REGISTER
+        already in flight answers that question, so none is added to it.
+        """
+        if not self._started or self._stopping or self._tx is not None:
+            return
         self._send(now, self.expires)
         self.endpoint.touch(self)
 

@@ -430,7 +430,20 @@ class FakeLine:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(cancel.wait(), timeout=self.world.call_seconds)
         wav = _wav(self.folder / f"{item.phone}-{len(self.world.dialled)}.wav")
+        if item.phone in self.world.silent_for:
+            # Timer B: the PBX sent nothing back
+            fields = _fields(sipCode=408, sipReason="No response (Timer B)", q850Cause="")
+            fields["localVerdict"] = "failed"
+            return CallRecord(wav, fields, "failed", pbx_silent=True)
         return CallRecord(wav, _fields(), "empty")
+
+    async def recheck(self) -> bool:
+        self.world.rechecks.append(self.account.extension)
+        await asyncio.sleep(self.world.recheck_seconds)
+        ok = self.world.registrar_answers
+        if not ok:
+            self.set_registered(False)
+        return ok
 
     async def stop(self) -> None:
         self.stopped = True
@@ -446,6 +459,11 @@ class FakeWorld:
         self.no_port = 0
         """The next this many calls find no free RTP port."""
         self.no_port_for: list[str] = []
+        self.silent_for: set[str] = set()
+        """Phones whose INVITE the PBX never answers (a Timer B record)."""
+        self.rechecks: list[str] = []
+        self.registrar_answers = True
+        self.recheck_seconds = 0.05
 
     def factory(self, account: Account) -> FakeLine:
         line = FakeLine(account, self.folder, self)
@@ -545,6 +563,53 @@ async def test_a_call_that_finds_no_rtp_port_keeps_its_number_and_dials_it_later
     task = await server.task(task_id)
     assert {d["result"] for d in task["dialplans"]} == {"empty"}
     assert daemon.decided == 3
+
+
+async def test_a_number_the_pbx_never_answered_waits_while_the_line_registers_again(
+    server: LiveServer, tmp_path: Path
+) -> None:
+    task_id = await server.push(["2001"], ["701", "702"])
+    daemon, world, _notes = _daemon_noting(tmp_path, server, 1)
+    world.silent_for = {"701"}
+    world.registrar_answers = False
+    run = asyncio.create_task(daemon.run())
+    try:
+        # 701 met a silent PBX: kept, the line asked the registrar, which was silent too
+        await _wait(lambda: world.rechecks == ["2001"] and not daemon.lines["2001"].registered)
+        line = daemon.lines["2001"]
+        assert [p.phone for p in line.pending][:1] == ["701"] and world.dialled == ["701"]
+        assert await server.task(task_id) and daemon.decided == 0
+        # the PBX is back: the line registers and dials 701 first, then 702
+        world.silent_for = set()
+        world.lines["2001"].set_registered(True)
+        await _wait(lambda: _finished(server, task_id))
+        assert world.dialled == ["701", "701", "702"]
+        task = await server.task(task_id)
+        assert {d["result"] for d in task["dialplans"]} == {"empty"}
+        assert daemon.decided == 2 and daemon.pbx_silences == 1
+    finally:
+        daemon.stop()
+        assert await asyncio.wait_for(run, 15) == 0
+
+
+async def test_a_number_the_pbx_never_answers_with_the_registrar_up_is_failed_after_3_tries(
+    server: LiveServer, tmp_path: Path
+) -> None:
+    task_id = await server.push(["2001"], ["703"])
+    daemon, world, _notes = _daemon_noting(tmp_path, server, 1)
+    world.silent_for = {"703"}  # a PBX that drops this INVITE but answers REGISTER
+    world.recheck_seconds = 0.5
+    run = asyncio.create_task(daemon.run())
+    try:
+        await _wait(lambda: "PBX not answering on 1" in daemon.status_line())
+        await _wait(lambda: _finished(server, task_id))
+    finally:
+        daemon.stop()
+        assert await asyncio.wait_for(run, 15) == 0
+    assert world.dialled == ["703"] * 3 and world.rechecks == ["2001"] * 2
+    task = await server.task(task_id)
+    assert [d["result"] for d in task["dialplans"]] == ["failed"]
+    assert task["dialplans"][0]["detail"]["sip_code"] == 408
 
 
 async def test_unknown_client_starts_over_and_the_call_in_flight_still_uploads(

@@ -164,6 +164,36 @@ async def test_kamailio_restarted_extensions_register_again_and_dialling_resumes
             await asyncio.sleep(0.5)
 
 
+async def test_a_pbx_that_answers_nothing_for_a_while_misjudges_no_number(
+    make_world: Callable[..., World],
+) -> None:
+    # T1 0.1 s: Timer B and F are 6.4 s. Before, every number dialled while kamailio
+    # was hung came back `failed` (408, no response) and was final.
+    world = make_world(lines=2, carriers=FAST, sip_t1=0.1)
+    await world.start()
+    first = numbers_for(3, FAST)
+    await _run(world, first, 60)
+    assert world.kamailio is not None
+    world.kamailio.freeze()
+    try:
+        second = [f"{c.prefix}8{i:03d}" for i, c in enumerate(FAST * 2)]
+        await world.push_numbers(second)
+        async with asyncio.timeout(40):
+            while _daemon_log(world).count('"pbx_silent_line_unregistered"') < 2:
+                await asyncio.sleep(0.3)
+        # both lines held their number and asked the registrar, which did not answer
+        assert world.receiver.verdicts.results.keys().isdisjoint(second)
+    finally:
+        world.kamailio.freeze(False)
+    assert await world.wait_for(second, 90), sorted(
+        set(second) - set(world.receiver.verdicts.results)
+    )
+    assert _wrong(world, first + second) == []
+    assert all(world.receiver.verdicts.deliveries[p] == 1 for p in first + second)
+    log = _daemon_log(world)
+    assert log.count('"pbx_not_answering"') >= 2 and '"pbx_never_answered_number"' not in log
+
+
 async def test_five_percent_rtp_loss_still_gives_the_right_verdicts(
     make_world: Callable[..., World],
 ) -> None:

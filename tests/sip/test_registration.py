@@ -166,3 +166,41 @@ def test_unknown_request_to_a_registration_call_id_is_481() -> None:
     bye.headers.add("CSeq", "1 BYE")
     ep.receive(bye.serialize(), PBX, 0.1)
     assert [getattr(m, "status", None) for m, _ in sent(ep)] == [481]
+
+
+def test_refresh_registers_again_now_and_not_on_top_of_one_in_flight() -> None:
+    ep = endpoint()
+    reg, req = start(ep)
+    reg.refresh(0.05)
+    assert requests(ep) == []  # the first REGISTER is still out: it answers the question
+    answer(ep, req, 200, 0.1, headers=[contact_ok(req, 300)])
+    events(ep)
+    reg.refresh(5.0)  # long before the refresh timer (270 s)
+    (again,) = requests(ep)
+    assert again.cseq.seq == req.cseq.seq + 1 and reg.state is RegState.REGISTERING
+    # nothing answers: Timer F, and the line is unregistered with the reason
+    for _ in range(50):
+        at = ep.get_timer()
+        assert at is not None
+        ep.handle_timer(at)
+        requests(ep)
+        failed = [e for e in events(ep) if isinstance(e, RegistrationFailed)]
+        if failed:
+            break
+    assert failed and failed[0].reason == "no response from registrar"
+    assert reg.state is RegState.UNREGISTERED
+
+
+def test_refresh_before_start_or_after_stop_sends_nothing() -> None:
+    ep = endpoint()
+    reg = new_reg(ep)
+    reg.refresh(0.0)
+    assert requests(ep) == []
+    reg.start(0.1)
+    (req,) = requests(ep)
+    answer(ep, req, 200, 0.2, headers=[contact_ok(req, 300)])
+    reg.stop(1.0)
+    (unreg,) = requests(ep)
+    answer(ep, unreg, 200, 1.1)
+    reg.refresh(2.0)
+    assert requests(ep) == []
