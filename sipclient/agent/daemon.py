@@ -111,12 +111,18 @@ PORT_WAIT_MIN seconds, doubling per failure in a row up to PORT_WAIT_MAX (one of
 our calls ending frees a port in well under a second; other programs holding
 the ports may take longer, and the log says which)."""
 
-SILENT_TRIES_MAX = 3
-"""How often one number may meet a PBX that sends nothing back to its INVITE
-(Timer B, 64*T1) before its record (408, no response: `failed`) is uploaded.
-Until then each such call is not the number's outcome but the PBX's: the number
-goes back to the head of its line, and the line asks the registrar again
-(`Daemon._recheck`) before it dials anything more."""
+PBX_FAULT_TRIES_MAX = 3
+"""How often one number may meet a PBX fault (`CallRecord.pbx_fault`: no answer
+at all to its INVITE, or our credentials refused) before its record (`failed`)
+is uploaded. Until then each such call is not the number's outcome but the
+PBX's or ours: the number goes back to the head of its line, and the line asks
+the registrar again (`Daemon._recheck`) before it dials anything more."""
+
+PBX_FAULTS = {
+    "no_response": "no answer at all to the INVITE (Timer B): the PBX is hung or gone",
+    "credentials": "the PBX refused our credentials for the INVITE (401/407)",
+}
+"""`CallRecord.pbx_fault` values and what they tell the operator."""
 
 LAG_EVERY = 0.1
 """How often the event loop's lag is measured (`Daemon._lag_monitor`)."""
@@ -151,8 +157,10 @@ class CallRecord:
     verdict: str = "unknown"
     data: bytes | None = None
     """The WAV itself when it was built in memory (then no file exists at `wav`)."""
-    pbx_silent: bool = False
-    """The PBX sent nothing back to the INVITE (Timer B): the 408 is made up here."""
+    pbx_fault: str = ""
+    """Why the call says nothing of the number (PBX_FAULTS), else "": "no_response",
+    the PBX sent nothing back to the INVITE (Timer B: the 408 is made up here);
+    "credentials", it refused our digest for the INVITE (401/407)."""
 
 
 CallHooks = Callable[[], None]
@@ -213,10 +221,10 @@ class Line:
     """Loop time before which the line starts no call: its number waits for an RTP port."""
     port_waits: int = 0
     """Calls in a row that found no free RTP port (the back-off grows with it)."""
-    silent_tries: dict[tuple[str, str], int] = field(default_factory=dict)
-    """Per number (dialplan id, phone): its INVITEs the PBX never answered."""
+    fault_tries: dict[tuple[str, str], int] = field(default_factory=dict)
+    """Per number (dialplan id, phone): its calls that met a PBX fault."""
     rechecking: bool = False
-    """An INVITE went unanswered: the line dials nothing until the registrar answers."""
+    """A call met a PBX fault: the line dials nothing until the registrar answers."""
 
     @property
     def extension(self) -> str:
@@ -293,9 +301,13 @@ class Daemon:
         self.calls_started = 0
         self.port_waits = 0
         """Calls put back because no RTP port was free (`_wait_for_port`)."""
-        self.pbx_silences = 0
-        """Calls whose INVITE the PBX never answered (`_pbx_silent`)."""
+        self.pbx_faults = 0
+        """Calls that met a PBX fault (`_pbx_fault`)."""
         self._rechecks: set[asyncio.Task[None]] = set()
+        self._orphans: dict[str, list[DialplanItem]] = {}
+        self._leased: set[str] = set()
+        """The extensions of the latest lease (`_adopt_lines`)."""
+        """Numbers of a dropped line, for the line that replaces it (`_add_line`)."""
         self._unspooled: list[tuple[dict[str, Any], CallRecord]] = []
         """Finished calls the spool could not take yet, oldest first (`_spool`)."""
         self._spool_retry: asyncio.Task[None] | None = None
@@ -353,13 +365,13 @@ class Daemon:
         """The systemd STATUS= text, e.g. "24/24 registered, 18 in call, 1,204 decided"."""
         total = sum(1 for line in self.lines.values() if not line.retired)
         waiting = sum(1 for line in self.lines.values() if line.port_waits and line.pending)
-        silent = sum(1 for line in self.lines.values() if line.rechecking)
+        rechecking = sum(1 for line in self.lines.values() if line.rechecking)
         return (
             f"{self.registered}/{total} registered, {self.in_call} in call, "
             f"{_fmt_int(self.decided)} decided"
             + (f", {len(self.spool)} spooled" if len(self.spool) else "")
             + (f", {waiting} waiting for an RTP port" if waiting else "")
-            + (f", PBX not answering on {silent}" if silent else "")
+            + (f", {rechecking} re-registering after a PBX fault" if rechecking else "")
             + (
                 f", spool unwritable ({len(self._unspooled)} held): not dialling"
                 if self._unspooled
@@ -441,6 +453,15 @@ class Daemon:
             delay = min(delay * 2, max(self.config.dialplan.poll_max, 5.0))
         return False
 
+    def _lease_changed(self, accounts: list[Account]) -> bool:
+        """Whether `accounts` differ from the lines we run (added, gone or changed)."""
+        ours = {e: x.account for e, x in self.lines.items() if not x.retired}
+        if len(ours) != len({a.extension for a in accounts}):
+            return True
+        return any(
+            a.extension not in ours or not _same_account(a, ours[a.extension]) for a in accounts
+        )
+
     async def _adopt(self, accounts: list[Account]) -> None:
         """Make the lines match a (new) lease; keep lines whose account is unchanged."""
         self._adopting = True
@@ -452,6 +473,9 @@ class Daemon:
 
     async def _adopt_lines(self, accounts: list[Account]) -> None:
         wanted = {a.extension: a for a in accounts}
+        self._leased = set(wanted)
+        for ext in [e for e in self._orphans if e not in wanted]:
+            self._left_to_reclaim(ext, self._orphans.pop(ext))
         for ext, line in list(self.lines.items()):
             acc = wanted.get(ext)
             if acc is not None and _same_account(acc, line.account) and not line.retired:
@@ -470,6 +494,8 @@ class Daemon:
     async def _add_line(self, account: Account) -> None:
         backend = self.backend_factory(account)
         line = Line(account, backend)
+        # numbers the line held before its account changed (a new password) are its own
+        line.pending = self._orphans.pop(account.extension, [])
         self.lines[account.extension] = line
 
         def changed(registered: bool, reason: str) -> None:
@@ -484,10 +510,26 @@ class Daemon:
     async def _drop_line(self, line: Line) -> None:
         if self.lines.get(line.extension) is line:
             del self.lines[line.extension]
+        if line.pending and not self._stopping.is_set():
+            if line.extension in self._leased:
+                # its account changed (a new password): the line replacing it dials them
+                self._orphans.setdefault(line.extension, []).extend(line.pending)
+            else:
+                self._left_to_reclaim(line.extension, line.pending)
+            line.pending = []
         try:
             await line.backend.stop()
         except Exception as exc:
             log.warning("line_stop_failed", extension=line.extension, reason=str(exc))
+
+    @staticmethod
+    def _left_to_reclaim(extension: str, items: list[DialplanItem]) -> None:
+        log.warning(
+            "numbers_left_to_reclaim",
+            extension=extension,
+            phones=[i.phone for i in items],
+            hint="the extension is no longer leased to us: the server hands them out again",
+        )
 
     def _line_changed(self, line: Line, registered: bool, reason: str) -> None:
         was = line.registered
@@ -557,8 +599,15 @@ class Daemon:
         self.notify(f"STATUS={self.status_line()}")
 
     async def _heartbeat(self) -> None:
-        """POST /heartbeat; and while we hold fewer accounts than `threads`, ask again
-        (after a restart the old lease is the server's to reclaim first)."""
+        """POST /heartbeat, then GET /accounts and adopt what changed.
+
+        The lease is asked for at every beat: while we hold fewer accounts than
+        `threads` (after a restart the old lease is the server's to reclaim first)
+        it grows, and an account the operator pushed again with a new password or
+        host reaches its line within one beat (the line is replaced, its numbers
+        kept). Until session 6 it was asked only while short of `threads`: a line
+        whose password changed on the PBX stayed refused until a restart.
+        """
         while True:
             await asyncio.sleep(self.config.heartbeat.interval)
             client_id = self.client_id
@@ -566,13 +615,12 @@ class Daemon:
                 continue
             try:
                 await self.client.heartbeat(client_id)
-                active = sum(1 for line in self.lines.values() if not line.retired)
-                if active < self.config.threads:
-                    accounts = await self.client.accounts(client_id, self.config.threads)
-                    if len(accounts) > active:
-                        log.info("more_accounts", accounts=len(accounts), had=active)
-                        await self._adopt(accounts)
-                        self._set_status()
+                accounts = await self.client.accounts(client_id, self.config.threads)
+                if self._lease_changed(accounts):
+                    active = sum(1 for line in self.lines.values() if not line.retired)
+                    log.info("lease_changed", accounts=len(accounts), had=active)
+                    await self._adopt(accounts)
+                    self._set_status()
             except UnknownClient:
                 self._unknown_client()
             except Exception as exc:
@@ -745,10 +793,10 @@ class Daemon:
                 item, lambda: self.status.report(ext, "call", item.phone), line.cancel
             )
             line.port_waits = 0
-            if record.pbx_silent and self._pbx_silent(line, item, record):
+            if record.pbx_fault and self._pbx_fault(line, item, record):
                 record, no_port = None, True  # back on its line (as for a port)
             else:
-                line.silent_tries.pop((item.dialplan_id or "", item.phone), None)
+                line.fault_tries.pop((item.dialplan_id or "", item.phone), None)
         except asyncio.CancelledError:
             raise
         except PortsExhausted as exc:
@@ -804,46 +852,51 @@ class Daemon:
             hint="rtp.ports is smaller than the lines need, or other programs hold its ports",
         )
 
-    def _pbx_silent(self, line: Line, item: DialplanItem, record: CallRecord) -> bool:
-        """The PBX never answered this INVITE: True when the number was kept back.
+    def _pbx_fault(self, line: Line, item: DialplanItem, record: CallRecord) -> bool:
+        """The call met a PBX fault (PBX_FAULTS): True when the number was kept back.
 
-        Nothing came back, not even a 100 Trying, for 64*T1 (32 s): the PBX is
-        hung, gone, or drops our INVITEs. That says nothing of the number; uploaded,
-        it would be `failed` for good, and every number dialled through a dead PBX
-        with it. So the number goes back to the head of its line and the line asks
-        the registrar (a REGISTER now): when that is answered the line dials on, the
-        number first; when it is not, the line is unregistered (reported so) and
-        dials again once it registers. A number whose INVITE goes unanswered
-        SILENT_TRIES_MAX times with the registrar answering in between (a PBX that
-        drops only INVITEs, or only this one) is uploaded as it is: `failed`.
-        Stopping, the number is left to the server's lease reclaim.
+        No answer at all for 64*T1 (32 s), not even 100 Trying: the PBX is hung,
+        gone, or drops our INVITEs. Our credentials refused: the extension's
+        password changed on the PBX. Neither says anything of the number; uploaded,
+        it would be `failed` for good, and so would every number dialled on that
+        line until its registration refresh failed (minutes). So the number goes
+        back to the head of its line and the line asks the registrar (a REGISTER
+        now): when that is granted the line dials on, the number first; when it is
+        not, the line is unregistered (reported so) and dials again once it
+        registers: the PBX is back, or the new password reached us with the lease
+        (`_heartbeat`). A number that meets a fault PBX_FAULT_TRIES_MAX times with
+        the registrar granting in between (a PBX that drops only INVITEs, or only
+        this one) is uploaded as it is: `failed`. Stopping, the number is left to
+        the server's lease reclaim.
         """
         key = (item.dialplan_id or "", item.phone)
-        tries = line.silent_tries.get(key, 0) + 1
-        self.pbx_silences += 1
-        if tries >= SILENT_TRIES_MAX:
-            line.silent_tries.pop(key, None)
+        tries = line.fault_tries.get(key, 0) + 1
+        self.pbx_faults += 1
+        if tries >= PBX_FAULT_TRIES_MAX:
+            line.fault_tries.pop(key, None)
             log.error(
-                "pbx_never_answered_number",
+                "pbx_fault_number_failed",
                 extension=line.extension,
                 phone=item.phone,
+                fault=record.pbx_fault,
                 tries=tries,
-                hint="uploaded as failed (no response)",
+                hint="uploaded as failed: the registrar answers, the INVITE does not go through",
             )
             return False
-        if self._stopping.is_set():
-            log.warning("pbx_silent_at_stop", extension=line.extension, phone=item.phone)
-            self._drop_record(record)
-            return True
-        line.silent_tries[key] = tries
-        line.pending.insert(0, item)
         self._drop_record(record)
+        if self._stopping.is_set():
+            log.warning("pbx_fault_at_stop", extension=line.extension, phone=item.phone)
+            return True
+        line.fault_tries[key] = tries
+        line.pending.insert(0, item)
         log.error(
-            "pbx_not_answering",
+            "pbx_fault",
             extension=line.extension,
             phone=item.phone,
+            fault=record.pbx_fault,
             tries=tries,
-            hint="no answer at all to the INVITE: the number waits, the line registers again",
+            hint=PBX_FAULTS.get(record.pbx_fault, record.pbx_fault)
+            + "; the number waits, the line registers again",
         )
         if not line.rechecking:
             line.rechecking = True
@@ -864,7 +917,7 @@ class Daemon:
             self._wake_dialer.set()
             self._set_status()
         log.info(
-            "pbx_answers_register" if ok else "pbx_silent_line_unregistered",
+            "registrar_granted_after_fault" if ok else "unregistered_after_fault",
             extension=line.extension,
             registered=line.registered,
         )
@@ -1531,9 +1584,18 @@ async def _dial(
         sip_code=outcome.sip_code,
         call_ms=int((loop.time() - t0) * 1000),
     )
-    # Timer B: not a word from the PBX, not even 100 Trying (Daemon._pbx_silent)
-    silent = outcome.local_code and outcome.sip_code == 408
-    return CallRecord(result.path, fields, final.verdict.value, result.data, silent)
+    return CallRecord(result.path, fields, final.verdict.value, result.data, _fault(outcome))
+
+
+def _fault(outcome: Any) -> str:
+    """The PBX fault a call met (`CallRecord.pbx_fault`, Daemon._pbx_fault), else ""."""
+    if outcome.answered:
+        return ""
+    if outcome.local_code and outcome.sip_code == 408:
+        return "no_response"  # Timer B: not a word, not even 100 Trying
+    if outcome.sip_code in (401, 407):
+        return "credentials"  # our digest answered and challenged again, or refused
+    return ""
 
 
 # ----------------------------------------------------------------- entry

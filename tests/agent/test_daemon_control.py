@@ -434,7 +434,7 @@ class FakeLine:
             # Timer B: the PBX sent nothing back
             fields = _fields(sipCode=408, sipReason="No response (Timer B)", q850Cause="")
             fields["localVerdict"] = "failed"
-            return CallRecord(wav, fields, "failed", pbx_silent=True)
+            return CallRecord(wav, fields, "failed", pbx_fault="no_response")
         return CallRecord(wav, _fields(), "empty")
 
     async def recheck(self) -> bool:
@@ -544,6 +544,32 @@ async def test_a_number_for_an_unregistered_extension_is_kept_and_dialled_later(
         assert await asyncio.wait_for(run, 15) == 0
 
 
+async def test_an_account_pushed_again_reaches_its_line_which_keeps_its_numbers(
+    server: LiveServer, tmp_path: Path
+) -> None:
+    task_id = await server.push(["2001"], ["556"])
+    world = FakeWorld(tmp_path)
+    world.refuse = {"2001"}  # the password the lease carries is refused
+    (tmp_path / "rec").mkdir()
+    daemon = Daemon(_daemon_config(tmp_path, server, 1), world.factory, notify=lambda *a: True)
+    run = asyncio.create_task(daemon.run())
+    try:
+        await _wait(lambda: "2001" in daemon.lines and daemon.lines["2001"].pending)
+        old = daemon.lines["2001"]
+        # the operator pushes the right password: the next heartbeat brings it
+        world.refuse = set()
+        await server.post(
+            "/api/account", {"account": [{"host": "127.0.0.1:5999", "name": "2001", "pwd": "pw2"}]}
+        )
+        await _wait(lambda: _finished(server, task_id))
+        assert daemon.lines["2001"] is not old and old.pending == []
+        assert daemon.lines["2001"].account.password == "pw2"
+        assert world.dialled == ["556"]
+    finally:
+        daemon.stop()
+        assert await asyncio.wait_for(run, 15) == 0
+
+
 async def test_a_call_that_finds_no_rtp_port_keeps_its_number_and_dials_it_later(
     server: LiveServer, tmp_path: Path
 ) -> None:
@@ -586,7 +612,7 @@ async def test_a_number_the_pbx_never_answered_waits_while_the_line_registers_ag
         assert world.dialled == ["701", "701", "702"]
         task = await server.task(task_id)
         assert {d["result"] for d in task["dialplans"]} == {"empty"}
-        assert daemon.decided == 2 and daemon.pbx_silences == 1
+        assert daemon.decided == 2 and daemon.pbx_faults == 1
     finally:
         daemon.stop()
         assert await asyncio.wait_for(run, 15) == 0
@@ -601,7 +627,7 @@ async def test_a_number_the_pbx_never_answers_with_the_registrar_up_is_failed_af
     world.recheck_seconds = 0.5
     run = asyncio.create_task(daemon.run())
     try:
-        await _wait(lambda: "PBX not answering on 1" in daemon.status_line())
+        await _wait(lambda: "1 re-registering after a PBX fault" in daemon.status_line())
         await _wait(lambda: _finished(server, task_id))
     finally:
         daemon.stop()
