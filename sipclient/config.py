@@ -222,6 +222,11 @@ class CallbackSettings:
 class RetrySettings:
     max_tries: int = field(default=3, metadata=_positive())
     """How often a number with a transient outcome is dialled before it is final."""
+    spacing: float = field(default=60.0, metadata=_check(lambda v: v >= 0, "a number >= 0"))
+    """Seconds before a transient number is handed out again, doubling with each
+    try (60, 120 ...); 0 = at once. A congested trunk or a PBX answering 503 to
+    everything stays so for minutes: retried at once, every number dialled into
+    it spent its tries within a second and was `failed` for good."""
 
 
 @dataclass(frozen=True)

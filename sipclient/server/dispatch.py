@@ -132,7 +132,9 @@ class Dispatch:
     async def finish(self, upload: Upload) -> FinishOutcome:
         """Apply an upload; raise the refusals (404 unknown number, 409 finished)."""
         self.check_uploader(upload.client_id)
-        out = await self.store.finish_dialplan(upload, self.retries.max_tries, self.clock())
+        out = await self.store.finish_dialplan(
+            upload, self.retries.max_tries, self.clock(), self.retries.spacing
+        )
         if out.status is FinishStatus.NOT_FOUND:
             what = (
                 f"dialplanId: no dialplan {upload.dialplan_id}"

@@ -123,6 +123,10 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX recordings_dialplan ON recordings (dialplan_id);
     """,
+    # 2: a transient number waits before it is handed out again (retries.spacing)
+    """
+    ALTER TABLE dialplans ADD COLUMN retry_at REAL;
+    """,
 ]
 
 _BATCH_MAX = 256
@@ -492,12 +496,14 @@ class SqliteStore(Store):
             # call would find the callee's line taken by the first and come back
             # `busy`. A copy waits until the phone is free; rows in one hand-out
             # are made unique here, so a few more are read than lines are idle.
+            # A transient outcome waits out its spacing (retry_at) before it goes again.
             candidates = conn.execute(
                 "SELECT d.id, d.task_id, d.phone FROM dialplans d WHERE d.status = 'free'"
+                " AND (d.retry_at IS NULL OR d.retry_at <= ?)"
                 " AND NOT EXISTS (SELECT 1 FROM dialplans b"
                 "   WHERE b.phone = d.phone AND b.status = 'busy')"
                 " ORDER BY d.id LIMIT ?",
-                (2 * len(idle) + 8,),
+                (now, 2 * len(idle) + 8),
             ).fetchall()
             free: list[sqlite3.Row] = []
             phones: set[str] = set()
@@ -549,12 +555,14 @@ class SqliteStore(Store):
 
         return await self._writer.run(job)
 
-    async def finish_dialplan(self, upload: Upload, max_tries: int, now: float) -> FinishOutcome:
+    async def finish_dialplan(
+        self, upload: Upload, max_tries: int, now: float, spacing: float = 0.0
+    ) -> FinishOutcome:
         stamp = iso_local(now)
 
         def job(conn: sqlite3.Connection) -> FinishOutcome:
             _touch(conn, upload.client_id, now)  # liveness; an expired client stays expired
-            outcome = _finish(conn, upload, max_tries, now, stamp)
+            outcome = _finish(conn, upload, max_tries, now, stamp, spacing)
             conn.execute(
                 "INSERT INTO recordings (dialplan_id, client_id, extension, phone, path, outcome,"
                 " fields, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -665,7 +673,12 @@ def _touch(conn: sqlite3.Connection, client_id: str, now: float) -> bool:
 
 
 def _finish(
-    conn: sqlite3.Connection, upload: Upload, max_tries: int, now: float, stamp: str
+    conn: sqlite3.Connection,
+    upload: Upload,
+    max_tries: int,
+    now: float,
+    stamp: str,
+    spacing: float = 0.0,
 ) -> FinishOutcome:
     row: sqlite3.Row | None
     if upload.dialplan_id is not None:
@@ -699,9 +712,10 @@ def _finish(
     tries = int(row["tries"]) + 1
     detail = dict(upload.detail, tries=tries)
     if upload.transient and tries < max_tries:
+        retry_at = now + spacing * 2 ** (tries - 1)
         conn.execute(
-            f"UPDATE dialplans SET {_FREE_SET}, tries = ?, detail = ? WHERE id = ?",
-            (stamp, tries, json.dumps(detail, ensure_ascii=False), dialplan_id),
+            f"UPDATE dialplans SET {_FREE_SET}, tries = ?, detail = ?, retry_at = ? WHERE id = ?",
+            (stamp, tries, json.dumps(detail, ensure_ascii=False), retry_at, dialplan_id),
         )
         return FinishOutcome(FinishStatus.RETRY, dialplan_id, task_id, tries=tries)
     conn.execute(

@@ -156,10 +156,14 @@ class Store(abc.ABC):
         """Extension state; False: extension not leased to it; None: client not active."""
 
     @abc.abstractmethod
-    async def finish_dialplan(self, upload: Upload, max_tries: int, now: float) -> FinishOutcome:
+    async def finish_dialplan(
+        self, upload: Upload, max_tries: int, now: float, spacing: float = 0.0
+    ) -> FinishOutcome:
         """Apply an upload's verdict to its dialplan; the upload is recorded whatever happens.
 
-        Counts as liveness of an active uploader (an expired one stays expired)."""
+        A transient outcome short of `max_tries` frees the number for a hand-out
+        no sooner than `spacing` × 2^(tries-1) seconds from `now`. Counts as
+        liveness of an active uploader (an expired one stays expired)."""
 
     @abc.abstractmethod
     async def sweep(self, client_cutoff: float, number_cutoff: float, now: float) -> SweepOutcome:

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from sipclient.config import ServerConfig
+from sipclient.server.dispatch import FakeClock
 from tests.server.conftest import ACCOUNTS, Api, upload_form, wav_bytes
 
 # The seeds' curl bodies, verbatim (seed 000_59e7b47d2d83e2b8.txt).
@@ -229,7 +230,9 @@ async def test_status_validation(api: Api) -> None:
     assert status == 404 and body["msg"].startswith("extensionNum:")
 
 
-async def test_transient_outcome_is_dialled_again_up_to_max_tries(api: Api) -> None:
+async def test_transient_outcome_is_dialled_again_up_to_max_tries(
+    api: Api, clock: FakeClock
+) -> None:
     task_id = await _setup(api, ["777"])
     cid = await api.notify()
     await api.ok("GET", f"/accounts/{cid}?threadsNum=1")
@@ -241,6 +244,11 @@ async def test_transient_outcome_is_dialled_again_up_to_max_tries(api: Api) -> N
         task = await api.ok("GET", f"/api/tasks/{task_id}")
         assert task["dialplans"][0]["tries"] == attempt
         assert task["dialplans"][0]["status"] == "free"
+        await api.ok("GET", f"/status/{cid}?status=idle&extensionNum=1001")
+        # retries.spacing (60 s, doubling): not again before it has passed
+        clock.advance(60.0 * 2 ** (attempt - 1) - 1)
+        assert (await api.ok("GET", f"/dialplan/{cid}"))["dialplans"] == [], attempt
+        clock.advance(1.0)
     [plan] = (await api.ok("GET", f"/dialplan/{cid}"))["dialplans"]
     status, body = await api.upload(cid, "1001", "777", sipCode=503)
     assert body["data"]["status"] == "finish" and body["data"]["result"] == "failed"

@@ -26,6 +26,36 @@ async def test_fresh_database_gets_every_migration(tmp_path: Path) -> None:
     assert {"accounts", "clients", "tasks", "dialplans", "handouts", "recordings"} <= tables
 
 
+async def test_a_database_of_the_first_schema_is_migrated_keeping_its_rows(
+    tmp_path: Path,
+) -> None:
+    # a server of session 5 left this file: schema 1, a task with a free number
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path)
+    db.executescript(MIGRATIONS[0])
+    db.execute(
+        "INSERT INTO tasks (id, status, return_url, remaining, created_at, updated_at)"
+        " VALUES (1, 'free', 'http://127.0.0.1:9/', 1, 't', 't')"
+    )
+    db.execute(
+        "INSERT INTO dialplans (task_id, phone, status, created_at, updated_at)"
+        " VALUES (1, '555', 'free', 't', 't')"
+    )
+    db.execute("PRAGMA user_version = 1")
+    db.commit()
+    db.close()
+    store = SqliteStore(path)
+    await store.open()
+    try:
+        assert store.schema_version == len(MIGRATIONS) >= 2
+    finally:
+        await store.close()
+    db = sqlite3.connect(path)
+    rows = db.execute("SELECT phone, status, retry_at FROM dialplans").fetchall()
+    db.close()
+    assert rows == [("555", "free", None)]
+
+
 async def test_newer_schema_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "new.db"
     db = sqlite3.connect(path)
