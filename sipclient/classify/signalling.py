@@ -16,7 +16,9 @@ rules of `from_signalling`, in this order:
 4. user busy after ringing (486/600, or cause 17, after a 180) -> `rejected`:
    the phone rang and the callee pressed "decline" (PROTOCOL.md "Verdicts");
 5. 480 / 408 depend on whether it rang: with a 180 -> `no_answer`, without
-   -> `unreachable` (480) / `failed` (408, no response);
+   -> `unreachable` (480) / `failed`, transient (408, no response: a hung
+   trunk, or a proxy's timer behind which nothing answered, says nothing of
+   the number; the server dials it again after `retries.spacing`);
 6. the code's row in `CODES`, else the class default (other 4xx -> `failed`,
    5xx -> `failed`, 6xx -> `rejected`);
 7. no final code: a 180 -> `ringing` (weak), else `unknown` with a low
@@ -46,7 +48,7 @@ Q.850 causes (ITU-T Q.850; SIP codes as RFC 3398 section 8.2.6.1 maps them):
 | 47 | resource unavailable | failed | yes |
 | 50, 55, 57, 87 | not subscribed / barred / not authorised | restricted | |
 | 58, 63, 65, 70, 79, 88, 95, 111 | capability / protocol errors | failed | |
-| 102 | recovery on timer expiry | failed | |
+| 102 | recovery on timer expiry | failed | yes |
 
 Causes 16 (normal clearing), 31 (normal, unspecified), 127 (interworking)
 and any cause not listed say nothing: the code decides.
@@ -60,7 +62,7 @@ SIP final codes (RFC 3261; RFC 3398 section 7.2.4.1 for their ISUP causes):
 | 404, 604, 484, 485 | empty | |
 | 410 | changed | |
 | 480 | no_answer after 180, else unreachable | |
-| 408 | no_answer after 180, else failed | |
+| 408 | no_answer after 180, else failed | yes (without 180) |
 | 486, 600 | busy; after a 180 rejected | |
 | 487 | our CANCEL after 180: no_answer at the ring limit, else ringing; no 180: unknown | |
 | 603 | rejected | |
@@ -124,7 +126,7 @@ CAUSES: dict[int, Rule] = {
     79: Rule(V.FAILED, 0.8),
     88: Rule(V.FAILED, 0.8),
     95: Rule(V.FAILED, 0.8),
-    102: Rule(V.FAILED, 0.8),
+    102: Rule(V.FAILED, 0.8, transient=True),  # a timer ran out: nothing about the number
     111: Rule(V.FAILED, 0.8),
 }
 """Q.850 cause -> outcome. Causes absent here (16, 31, 127, ...) say nothing."""
@@ -198,7 +200,7 @@ def from_signalling(sig: Signalling) -> Decision:
     if code == 408:
         if sig.ringing:
             return _decision(Rule(V.NO_ANSWER, 0.8), sig, "408-after-180")
-        return _decision(Rule(V.FAILED, 0.7), sig, "408")
+        return _decision(Rule(V.FAILED, 0.7, transient=True), sig, "408")
     if code in CODES:
         return _decision(CODES[code], sig, f"sip:{code}")
     default = _CLASS_DEFAULT.get(code // 100)

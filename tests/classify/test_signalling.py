@@ -27,6 +27,7 @@ V = Verdict
         (41, V.FAILED, True),
         (42, V.FAILED, True),
         (47, V.FAILED, True),
+        (102, V.FAILED, True),
     ],
 )
 def test_q850_causes(cause: int, verdict: Verdict, transient: bool) -> None:
@@ -65,6 +66,12 @@ def test_sip_codes(code: int, ringing: bool, verdict: Verdict) -> None:
 def test_503_is_transient_and_404_is_not() -> None:
     assert from_signalling(Signalling(sip_code=503)).transient
     assert not from_signalling(Signalling(sip_code=404)).transient
+
+
+def test_no_response_is_transient_unless_it_rang() -> None:
+    # a 408 (a proxy's timer, or ours after Timer B) says nothing of the number
+    assert from_signalling(Signalling(sip_code=408)).transient
+    assert not from_signalling(Signalling(sip_code=408, ringing=True)).transient
 
 
 def test_cause_outranks_code() -> None:
