@@ -283,7 +283,14 @@ class Call:
         out.local_code = event.local
         out.times.end = self.stack.epoch(event.at)
         self.stack.unsubscribe(self.session)
-        self.session.close()
+        if event.ended_by == "timeout" and event.local:
+            # Timer B: a PBX that was hung may yet run our INVITE when it recovers, and
+            # a callee answer it. The session stays in the endpoint another 64*T1 so
+            # such a 2xx is ACKed and BYEd at once, not left up (and billed) until the
+            # callee's side gives up on its retransmissions.
+            self.stack.loop.call_later(64 * self.stack.ep.t1, self.session.close)
+        else:
+            self.session.close()
         self._log.info(
             "call_ended",
             number=out.number,

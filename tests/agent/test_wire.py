@@ -418,3 +418,19 @@ async def test_nothing_answers_timer_b(sipp_uas: Callable[..., Sipp]) -> None:
     # sends at 0, T1, 3T1, 7T1, 15T1, 31T1, 63T1 before Timer B at 64*T1
     assert len(invites) == 7
     assert len({m.branch for m in invites}) == 1
+
+
+async def test_a_2xx_after_timer_b_is_acked_and_byed(sipp_uas: Callable[..., Sipp]) -> None:
+    # a hung PBX that recovers runs our INVITE after we gave up on it (Timer B): the
+    # session lingers 64*T1 so the answer is ACKed and BYEd, not left up to be billed
+    uas = sipp_uas("uas_late_200.xml")
+    async with agent(uas.port) as (_, ua):
+        _, out = await dial(ua, "9991234", timeout=10)
+        assert (out.sip_code, out.local_code, out.ended_by) == (408, True, "timeout")
+        await uas.wait_for_async("BYE", timeout=5)
+    assert lines(uas.messages())[-4:] == [
+        ("sent", 200),
+        ("received", "ACK"),
+        ("received", "BYE"),
+        ("sent", 200),
+    ], uas.errors()

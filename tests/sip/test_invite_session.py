@@ -381,3 +381,17 @@ def test_2xx_with_an_unreadable_contact_ends_the_call_unacked() -> None:
     assert not any(isinstance(e, Answered) for e in evs)
     end = ended(evs)
     assert (end.status, end.ended_by) == (200, "remote")
+
+
+def test_a_2xx_after_timer_b_is_acked_and_byed_while_the_session_lingers() -> None:
+    # a hung PBX that recovers may still run our INVITE and a callee answer it
+    ep = endpoint()
+    _, invite = start(ep)
+    while (at := ep.get_timer()) is not None and at < 100:
+        ep.handle_timer(at)
+        if any(isinstance(e, SessionEnded) for e in events(ep)):
+            break
+    requests(ep)
+    answer(ep, invite, 200, 40.0, headers=[CONTACT])
+    ack, bye = requests(ep)
+    assert (ack.method, bye.method) == ("ACK", "BYE")
