@@ -76,6 +76,7 @@ from sipclient.agent.spool import Spool, SpoolBusy, claim
 from sipclient.config import ConfigError, DaemonConfig, load_config
 from sipclient.logs import configure, get_logger
 from sipclient.media.ports import PortsExhausted
+from sipclient.phone import not_dialable
 
 log = get_logger(__name__)
 
@@ -806,8 +807,13 @@ class Daemon:
             no_port = True
             self._wait_for_port(line, item, exc)
         except Exception as exc:
-            # our own failure (a bug): still upload so the number ends
-            log.error("call_failed", extension=ext, phone=item.phone, error=repr(exc))
+            # still upload so the number ends: a number no call can carry (a server
+            # before session 6 handed those out), or our own failure (a bug)
+            why = not_dialable(item.phone)
+            if why:
+                log.warning("number_not_dialable", extension=ext, phone=item.phone, reason=why)
+            else:
+                log.error("call_failed", extension=ext, phone=item.phone, error=repr(exc))
             record = _failed_record(self.config, exc)
         finally:
             # The line is free as soon as the call is over: its next number may start

@@ -25,6 +25,7 @@ from sipclient.agent.call import Call, MediaEnded, MediaStarted
 from sipclient.agent.transport import SipStack
 from sipclient.config import HostPort
 from sipclient.logs import get_logger
+from sipclient.phone import dial_string, is_user_part, not_dialable
 from sipclient.sip.auth import DigestCredentials
 from sipclient.sip.invite import SessionSpec
 from sipclient.sip.message import URI
@@ -40,20 +41,7 @@ from sipclient.sip.registration import (
 log = get_logger(__name__)
 
 _ACCOUNT_RE = re.compile(r"^(?P<ext>[^:@\s]+):(?P<pw>[^@]*)@(?P<host>.+)$")
-_USER_RE = re.compile(r"^[A-Za-z0-9._~+*#-]+$")
-_FORMATTED_PHONE_RE = re.compile(r"^\+?\(?[0-9][0-9\s().-]*$")
-_SEPARATORS_RE = re.compile(r"[\s().-]")
-
-
-def dial_string(number: str) -> str:
-    """What goes in the Request-URI for `number`: a phone number written for people
-    ("138 0000 0000", "(010) 1234-5678", "+86 138.0000.0000") loses its separators
-    (RFC 3966's visual separators, and spaces); anything else is dialled as it is.
-    The number keeps its written form everywhere else (the server's phone).
-    """
-    if _FORMATTED_PHONE_RE.match(number):
-        return _SEPARATORS_RE.sub("", number)
-    return number
+__all__ = ["Account", "UserAgent", "dial_string"]
 
 
 @dataclass(frozen=True)
@@ -73,7 +61,7 @@ class Account:
         if not match:
             raise ValueError(f'expected "EXT:PASSWORD@HOST:PORT", got {text!r}')
         ext = match.group("ext")
-        if not _USER_RE.match(ext):
+        if not is_user_part(ext):
             raise ValueError(f"extension {ext!r} has characters a SIP user part cannot carry")
         host = HostPort.parse(match.group("host"))
         return cls(ext, match.group("pw"), host, transport)
@@ -201,9 +189,10 @@ class UserAgent:
         on_answered: Callable[[int], None] | None = None,
     ) -> Call:
         """A new outbound call from this extension (not started: `await call.start()`)."""
+        why = not_dialable(number)
+        if why:
+            raise ValueError(why)
         user = dial_string(number)
-        if not _USER_RE.match(user):
-            raise ValueError(f"number {number!r} has characters a SIP user part cannot carry")
         domain = self.account.sip_domain
         spec = SessionSpec(
             target=URI.parse(f"sip:{user}@{domain}"),

@@ -20,6 +20,7 @@ from aiohttp import web
 from sipclient.classify.verdicts import Decision, Signalling, Verdict
 from sipclient.config import ServerConfig
 from sipclient.logs import get_logger
+from sipclient.phone import not_dialable
 from sipclient.server.callbacks import CallbackWorker
 from sipclient.server.dispatch import Clock, Dispatch
 from sipclient.server.errors import (
@@ -151,8 +152,19 @@ async def push_accounts(request: web.Request) -> web.Response:
 async def push_dialplan(request: web.Request) -> web.Response:
     phones, return_url = parse_push(parse_json(await request.read()))
     dispatch = request.app[DISPATCH]
-    task = await request.app[STORE].create_task(phones, return_url, dispatch.clock())
-    log.info("task pushed", task_id=task["task_id"], numbers=len(phones))
+    # A number no call can carry ("1380@x") is finished here, `unknown` with the
+    # reason, instead of costing a line a failed call and coming back the same.
+    finished = {
+        p: (Verdict.UNKNOWN.value, not_dialable_detail(why))
+        for p in phones
+        if (why := not_dialable(p))
+    }
+    task = await request.app[STORE].create_task(phones, return_url, dispatch.clock(), finished)
+    log.info(
+        "task pushed", task_id=task["task_id"], numbers=len(phones), not_dialable=len(finished)
+    )
+    if finished and len(finished) == len(phones):
+        request.app[CALLBACKS].wake()
     return envelope(task, msg=None)
 
 
@@ -302,6 +314,22 @@ def _boundary(request: web.Request) -> str:
         if key.strip().lower() == "boundary":
             return value.strip().strip('"')
     return ""
+
+
+def not_dialable_detail(why: str) -> JSON:
+    """The `detail` of a number finished at push time: never dialled (`tries` 0)."""
+    return {
+        "sip_code": None,
+        "q850_cause": None,
+        "answered": 0,
+        "answertype": "caller",
+        "calltime": None,
+        "duration": None,
+        "billsec": 0,
+        "evidence": {"kind": "not_dialable", "reason": why},
+        "label": None,
+        "tries": 0,
+    }
 
 
 def build_detail(fields: UploadFields, decision: Decision, info: WavInfo) -> JSON:

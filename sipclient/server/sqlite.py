@@ -18,7 +18,7 @@ import json
 import queue
 import sqlite3
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -372,21 +372,49 @@ class SqliteStore(Store):
 
         return await self._writer.run(job)
 
-    async def create_task(self, phones: Sequence[str], return_url: str, now: float) -> JSON:
+    async def create_task(
+        self,
+        phones: Sequence[str],
+        return_url: str,
+        now: float,
+        finished: Mapping[str, tuple[str, JSON]] | None = None,
+    ) -> JSON:
         stamp = iso_local(now)
+        done = finished or {}
 
         def job(conn: sqlite3.Connection) -> JSON:
+            remaining = sum(1 for p in phones if p not in done)
             cur = conn.execute(
                 "INSERT INTO tasks (status, return_url, remaining, created_at, updated_at)"
                 " VALUES ('free', ?, ?, ?, ?)",
-                (return_url, len(phones), stamp, stamp),
+                (return_url, remaining, stamp, stamp),
             )
             task_id = cur.lastrowid
             conn.executemany(
-                "INSERT INTO dialplans (task_id, phone, status, created_at, updated_at)"
-                " VALUES (?, ?, 'free', ?, ?)",
-                [(task_id, p, stamp, stamp) for p in phones],
+                "INSERT INTO dialplans (task_id, phone, status, result, detail, created_at,"
+                " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (task_id, p, "free", None, None, stamp, stamp)
+                    if p not in done
+                    else (
+                        task_id,
+                        p,
+                        "finish",
+                        done[p][0],
+                        json.dumps(done[p][1], ensure_ascii=False),
+                        stamp,
+                        stamp,
+                    )
+                    for p in phones
+                ],
             )
+            if remaining == 0:
+                # nothing to dial: finished, its callback due at once (as in _finish)
+                conn.execute(
+                    "UPDATE tasks SET status = 'finish', callback_state = 'pending',"
+                    " callback_next_at = 0 WHERE id = ?",
+                    (task_id,),
+                )
             rows = conn.execute(
                 "SELECT * FROM dialplans WHERE task_id = ? ORDER BY id", (task_id,)
             ).fetchall()

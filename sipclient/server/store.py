@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import abc
 import enum
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -115,8 +115,18 @@ class Store(abc.ABC):
         """Add or update accounts; answer the whole pool as {host, name, pwd}."""
 
     @abc.abstractmethod
-    async def create_task(self, phones: Sequence[str], return_url: str, now: float) -> JSON:
-        """A task of `phones` (already de-duplicated): {task_id, dialplans, return_url}."""
+    async def create_task(
+        self,
+        phones: Sequence[str],
+        return_url: str,
+        now: float,
+        finished: Mapping[str, tuple[str, JSON]] | None = None,
+    ) -> JSON:
+        """A task of `phones` (already de-duplicated): {task_id, dialplans, return_url}.
+
+        `finished` maps phones that are finished at once, never handed out, to
+        their (result, detail): numbers no call can carry. A task of only those is
+        finished, and its callback due, at once."""
 
     @abc.abstractmethod
     async def list_tasks(self, page: int, size: int) -> list[JSON]:

@@ -328,3 +328,27 @@ async def test_a_ring_timeout_cancel_after_180_is_no_answer(api: Api) -> None:
     assert body["data"]["result"] == "no_answer", body
     _, body = await api.upload(cid, "1002", "778", cancelReason="verdict", **common)
     assert body["data"]["result"] == "ringing", body
+
+
+async def test_a_number_no_call_can_carry_is_finished_at_push_never_handed_out(
+    api: Api,
+) -> None:
+    # before, it was handed to a line, the call failed locally and came back unknown
+    task_id = await _setup(api, ["555", "1380@x", "138 0000 0000"])
+    cid = await api.notify()
+    await api.ok("GET", f"/accounts/{cid}?threadsNum=2")
+    plans = (await api.ok("GET", f"/dialplan/{cid}"))["dialplans"]
+    assert sorted(p["phoneNum"] for p in plans) == ["138 0000 0000", "555"]
+    task = await api.ok("GET", f"/api/tasks/{task_id}")
+    bad = next(d for d in task["dialplans"] if d["phone"] == "1380@x")
+    assert (bad["status"], bad["result"]) == ("finish", "unknown")
+    assert bad["detail"]["evidence"]["kind"] == "not_dialable" and bad["detail"]["tries"] == 0
+    assert task["status"] != "finish"
+
+
+async def test_a_task_of_only_numbers_no_call_can_carry_is_finished_at_once(api: Api) -> None:
+    task_id = await _setup(api, ["a@b", "sip:1"])
+    task = await api.ok("GET", f"/api/tasks/{task_id}")
+    assert task["status"] == "finish"
+    assert {d["result"] for d in task["dialplans"]} == {"unknown"}
+    assert task["callback"]["state"] in ("pending", "failed")
