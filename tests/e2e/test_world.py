@@ -257,7 +257,9 @@ async def test_five_percent_rtp_loss_still_gives_the_right_verdicts(
     closed = [json.loads(x) for x in log.splitlines() if '"rtp_closed"' in x]
     received = sum(e["packets"] + e["test_dropped"] for e in closed)
     dropped = sum(e["test_dropped"] for e in closed)
-    assert received > 0 and 0.02 < dropped / received < 0.10
+    # ~400 packets at 5 %: 20 dropped, sd 4.4; 2 % (8) failed about one run in 300
+    # (seen in session 6; hash() seeds each call's drops differently every run)
+    assert received > 0 and 0.01 < dropped / received < 0.10
 
 
 async def test_sighup_reloads_and_sigterm_mid_call_exits_0_losing_nothing(
