@@ -878,32 +878,29 @@ class Daemon:
         key = (item.dialplan_id or "", item.phone)
         tries = line.fault_tries.get(key, 0) + 1
         self.pbx_faults += 1
-        if tries >= PBX_FAULT_TRIES_MAX:
-            line.fault_tries.pop(key, None)
+        failed = tries >= PBX_FAULT_TRIES_MAX
+        stopping = self._stopping.is_set()
+        if failed or not stopping:
             log.error(
-                "pbx_fault_number_failed",
+                "pbx_fault_number_failed" if failed else "pbx_fault",
                 extension=line.extension,
                 phone=item.phone,
                 fault=record.pbx_fault,
                 tries=tries,
-                hint="uploaded as failed: the registrar answers, the INVITE does not go through",
+                hint="uploaded as failed: the registrar answers, the INVITE does not go through"
+                if failed
+                else PBX_FAULTS.get(record.pbx_fault, record.pbx_fault)
+                + "; the number waits, the line registers again",
             )
+        if failed:
+            line.fault_tries.pop(key, None)
             return False
         self._drop_record(record)
-        if self._stopping.is_set():
+        if stopping:
             log.warning("pbx_fault_at_stop", extension=line.extension, phone=item.phone)
             return True
         line.fault_tries[key] = tries
         line.pending.insert(0, item)
-        log.error(
-            "pbx_fault",
-            extension=line.extension,
-            phone=item.phone,
-            fault=record.pbx_fault,
-            tries=tries,
-            hint=PBX_FAULTS.get(record.pbx_fault, record.pbx_fault)
-            + "; the number waits, the line registers again",
-        )
         if not line.rechecking:
             line.rechecking = True
             task = asyncio.get_running_loop().create_task(self._recheck(line))
