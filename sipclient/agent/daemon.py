@@ -306,9 +306,9 @@ class Daemon:
         """Calls that met a PBX fault (`_pbx_fault`)."""
         self._rechecks: set[asyncio.Task[None]] = set()
         self._orphans: dict[str, list[DialplanItem]] = {}
+        """Numbers of a dropped line, for the line that replaces it (`_add_line`)."""
         self._leased: set[str] = set()
         """The extensions of the latest lease (`_adopt_lines`)."""
-        """Numbers of a dropped line, for the line that replaces it (`_add_line`)."""
         self._unspooled: list[tuple[dict[str, Any], CallRecord]] = []
         """Finished calls the spool could not take yet, oldest first (`_spool`)."""
         self._spool_retry: asyncio.Task[None] | None = None

@@ -149,9 +149,10 @@ class UserAgent:
         """REGISTER now and wait for the registrar's answer: True when it granted the
         binding, False when it refused, did not answer (Timer F) or `timeout` passed.
 
-        The daemon asks this after an INVITE the PBX never answered: the PBX may be
-        gone. A failure also turns the state to "unregistered" (`on_state`), and the
-        core goes on retrying with its back-off as after any failure.
+        The daemon asks this after a PBX fault on a call (no answer at all to the
+        INVITE, or our digest refused): the PBX may be gone, or the password
+        changed. A failure also turns the state to "unregistered" (`on_state`), and
+        the core goes on retrying with its back-off as after any failure.
         """
         waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._rechecks.append(waiter)
