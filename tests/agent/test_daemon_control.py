@@ -548,10 +548,8 @@ async def test_an_account_pushed_again_reaches_its_line_which_keeps_its_numbers(
     server: LiveServer, tmp_path: Path
 ) -> None:
     task_id = await server.push(["2001"], ["556"])
-    world = FakeWorld(tmp_path)
+    daemon, world, _notes = _daemon_noting(tmp_path, server, 1)
     world.refuse = {"2001"}  # the password the lease carries is refused
-    (tmp_path / "rec").mkdir()
-    daemon = Daemon(_daemon_config(tmp_path, server, 1), world.factory, notify=lambda *a: True)
     run = asyncio.create_task(daemon.run())
     try:
         await _wait(lambda: "2001" in daemon.lines and daemon.lines["2001"].pending)
