@@ -135,6 +135,9 @@ class SipSettings:
     """Seconds to let a number ring with no verdict before CANCEL (-> no_answer)."""
     t1: float = field(default=0.5, metadata=_positive())
     user_agent: str = "sipclient/0.1"
+    prack: bool = True
+    """Say `Supported: 100rel` in INVITEs (RFC 3262: the far end may then send its
+    18x reliably, and we PRACK it). A reliable 18x is PRACKed even when off."""
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ from sipclient.sip.invite import (
     CancelSent,
     InviteSent,
     InviteSession,
+    PrackSent,
     ProvisionalReceived,
     SessionEnded,
     SessionSpec,
@@ -260,6 +261,8 @@ class Call:
             self._log.debug("call_cancel_sent", number=out.number, why=event.why)
         elif isinstance(event, ByeSent):
             self._log.debug("call_bye_sent", number=out.number)
+        elif isinstance(event, PrackSent):
+            self._log.debug("call_prack_sent", number=out.number, rseq=event.rseq)
         elif isinstance(event, SessionEnded):
             self._finish(event)
 

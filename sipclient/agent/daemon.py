@@ -1372,6 +1372,7 @@ class SipLine:
             ua_account,
             expires=cfg.sip.register_expires,
             user_agent=cfg.sip.user_agent,
+            prack=cfg.sip.prack,
             on_state=changed,
         )
         # the core keeps retrying after a failure; states arrive through `changed`

@@ -170,7 +170,11 @@ async def _dial(args: argparse.Namespace, config: DaemonConfig, account: Account
         _print({"error": f"cannot open SIP {account.transport} socket: {exc}", "verdict": None})
         return EXIT_RUNTIME
     ua = UserAgent(
-        stack, account, expires=config.sip.register_expires, user_agent=config.sip.user_agent
+        stack,
+        account,
+        expires=config.sip.register_expires,
+        user_agent=config.sip.user_agent,
+        prack=config.sip.prack,
     )
     registered = False
     try:

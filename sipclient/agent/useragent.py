@@ -85,11 +85,14 @@ class UserAgent:
         *,
         expires: int = 300,
         user_agent: str = "sipclient",
+        prack: bool = True,
         on_state: Callable[[UserAgent], None] | None = None,
     ) -> None:
         self.stack = stack
         self.account = account
         self.user_agent = user_agent
+        self.prack = prack
+        """Advertise reliable provisionals in our INVITEs (`sip.prack`, RFC 3262)."""
         self.on_state = on_state
         self.registered = asyncio.Event()
         self.credentials = DigestCredentials(account.extension, account.password)
@@ -202,6 +205,7 @@ class UserAgent:
             credentials=self.credentials,
             ring_timeout=ring_timeout,
             user_agent=self.user_agent,
+            prack=self.prack,
         )
         return Call(
             self.stack,

@@ -12,7 +12,9 @@ Events (frozen dataclasses, named as facts; drained with the endpoint's
 - `InviteSent(at, branch, cseq)` each INVITE put on the wire (again after a
   401/407 challenge, with credentials);
 - `ProvisionalReceived(at, status, reason, sdp, to_tag, q850)` each 1xx
-  (100 included); `sdp` is the body when it is one;
+  (100 included; a reliable one once, not its retransmissions); `sdp` is the
+  body when it is one;
+- `PrackSent(at, rseq)` each PRACK (below);
 - `Answered(at, status, reason, sdp, to_tag)` the first 2xx (ACKed at once;
   it is followed by a BYE when we had already cancelled: a 2xx that crossed
   our CANCEL);
@@ -34,6 +36,18 @@ requests) are `sipclient.sip.dialog`'s: one `DialogSet` per INVITE sent (a
 retry after a challenge has its own CSeq, so its own dialogs). A request
 from the far end is answered in its dialog (481 outside any, 500 when its
 CSeq goes backwards, §12.2.2).
+
+Reliable provisionals (RFC 3262): the INVITE says `Supported: 100rel` unless
+`SessionSpec.prack` is off (a trunk that insists on them answers an INVITE
+without it 421 Extension Required: every number would fail), and a 101-199
+that carries `Require: 100rel` and an RSeq is PRACKed in its early dialog
+(`RAck: rseq cseq INVITE`; through the route set, to the 18x's Contact)
+whether or not we advertised it: a far end that wants a PRACK otherwise
+retransmits its 18x for 32 s and may then fail the call with a 5xx. Its
+retransmissions (RSeq not above the last one) and one out of order (above
+last + 1) are neither PRACKed nor reported (§4); each fork counts its own.
+Our INVITE always carries the SDP offer, so a PRACK never carries an answer.
+What the PRACK's own transaction answers (200, 481, nothing) changes nothing.
 """
 
 from __future__ import annotations
@@ -85,6 +99,12 @@ class ProvisionalReceived:
 
 
 @dataclass(frozen=True)
+class PrackSent:
+    at: float
+    rseq: int
+
+
+@dataclass(frozen=True)
 class Answered:
     at: float
     status: int
@@ -132,11 +152,33 @@ class SessionSpec:
     """Seconds after the INVITE until we CANCEL; None for no limit."""
     user_agent: str = "sipclient"
     display_name: str = ""
+    prack: bool = True
+    """Advertise reliable provisionals (`Supported: 100rel`, RFC 3262). A reliable
+    18x is PRACKed either way; off only keeps the far end from choosing them."""
 
 
 def _is_sdp(resp: Response) -> bool:
     ctype = resp.headers.get("Content-Type") or ""
     return bool(resp.body) and ctype.split(";")[0].strip().lower() == "application/sdp"
+
+
+def _rseq(resp: Response) -> int | None:
+    """The RSeq of a reliable provisional (`Require: 100rel` and an RSeq), else None.
+
+    A 100 is never reliable (RFC 3262 §3); an RSeq that is not a number in
+    1..2**31-1 makes the response an unreliable one to us (we could not PRACK it).
+    """
+    if resp.status == 100:
+        return None
+    tokens = {
+        t.strip().lower() for value in resp.headers.get_all("Require") for t in value.split(",")
+    }
+    if "100rel" not in tokens:
+        return None
+    raw = (resp.headers.get("RSeq") or "").strip()
+    if not raw.isdigit() or not 0 < int(raw) < 2**31:
+        return None
+    return int(raw)
 
 
 class InviteSession:
@@ -163,6 +205,7 @@ class InviteSession:
         self._cancel_wanted: str | None = None  # why, when not sent yet
         self._cancel_sent = False
         self._got_provisional = False
+        self._rseqs: dict[tuple[int, str], int] = {}  # (INVITE CSeq, remote tag) -> last RSeq
         self._ring_at: float | None = None
         self._give_up_at: float | None = None  # no final after CANCEL / no BYE answer
 
@@ -227,6 +270,8 @@ class InviteSession:
         req = self._base_request("INVITE", self.spec.target, self.cseq, branch)
         req.headers.add("Contact", self._contact())
         req.headers.add("Allow", "INVITE, ACK, CANCEL, BYE, OPTIONS, NOTIFY")
+        if self.spec.prack:
+            req.headers.add("Supported", "100rel")
         req.headers.add("User-Agent", self.spec.user_agent)
         if self.spec.sdp_offer:
             req.headers.add("Content-Type", "application/sdp")
@@ -284,6 +329,20 @@ class InviteSession:
             self._auth.sign(bye)
         dialog.terminate()
         self.endpoint.start_transaction(bye, self._dest(dialog), self, now)
+
+    def _prack(self, dialog: Dialog, rseq: int, now: float) -> None:
+        prack = dialog.make_request(
+            "PRACK",
+            self.endpoint.via(self.endpoint.new_branch()),
+            headers=[
+                ("RAck", f"{rseq} {dialog.invite_seq} INVITE"),
+                ("User-Agent", self.spec.user_agent),
+            ],
+        )
+        if self._auth is not None:
+            self._auth.sign(prack)
+        self.endpoint.start_transaction(prack, self._dest(dialog), self, now)
+        self.endpoint.emit(self, PrackSent(now, rseq))
 
     def _send_bye(self, now: float) -> None:
         if self._call is None or self.state is SessionState.ENDING:
@@ -369,10 +428,18 @@ class InviteSession:
         status = resp.status
         reason = resp.reason or ""
         if status < 200:
+            dialog = self._dialog_for(resp)
+            rseq = _rseq(resp) if dialog is not None else None
+            if dialog is not None and rseq is not None:
+                key = (dialog.invite_seq, dialog.remote_tag)
+                last = self._rseqs.get(key)
+                if last is not None and rseq != last + 1:
+                    return  # a retransmission, or one out of order: RFC 3262 §4
+                self._rseqs[key] = rseq
+                self._prack(dialog, rseq, now)
             self._got_provisional = True
             if self.state is SessionState.CALLING:
                 self.state = SessionState.PROCEEDING
-            dialog = self._dialog_for(resp)
             sdp = resp.body if _is_sdp(resp) else None
             tag = dialog.remote_tag if dialog else None
             self.endpoint.emit(

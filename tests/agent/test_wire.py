@@ -33,7 +33,12 @@ RTP = ("127.0.0.1", 40000)
 
 @asynccontextmanager
 async def agent(
-    port: int, *, ext: str = "1001", password: str | None = None, transport: str = "udp"
+    port: int,
+    *,
+    ext: str = "1001",
+    password: str | None = None,
+    transport: str = "udp",
+    prack: bool = True,
 ) -> AsyncIterator[tuple[SipStack, UserAgent]]:
     stack = await open_stack(
         transport=transport,
@@ -42,7 +47,8 @@ async def agent(
         t1=T1,
     )
     pw = EXTENSIONS.get(ext, "x") if password is None else password
-    ua = UserAgent(stack, Account(ext, pw, HostPort("127.0.0.1", port), transport), expires=60)
+    account = Account(ext, pw, HostPort("127.0.0.1", port), transport)
+    ua = UserAgent(stack, account, expires=60, prack=prack)
     try:
         yield stack, ua
     finally:
@@ -214,6 +220,53 @@ async def test_183_with_sdp_then_404_through_kamailio(
     assert b"m=audio 40000 RTP/AVP 0 8 9 101" in invite.text.encode() or (
         "m=audio 40000" in invite.text
     )
+
+
+async def test_a_reliable_183_is_pracked_through_kamailio(
+    sipp_uas: Callable[..., Sipp], kamailio_for: Callable[..., Kamailio]
+) -> None:
+    """RFC 3262 end to end: our INVITE offers 100rel, the far end sends its 183 reliably
+    and retransmits it until a PRACK comes; ours goes through kamailio's record-route to
+    the 183's Contact, and the call goes on to its 404 as any other."""
+    uas = sipp_uas("uas_183_100rel_404.xml")
+    kam = kamailio_for([Route("404", "127.0.0.1", uas.port)])
+    async with agent(kam.port) as (_, ua):
+        assert await ua.register(5)
+        _, out = await dial(ua, "4045550002")
+        await ua.stop()
+    assert (out.sip_code, out.q850_cause, out.early_media) == (404, 1, True)
+    assert out.media is not None and out.media.remote_addr == ("127.0.0.1", uas.media_port)
+    await uas.wait_for_async("ACK")
+    far = uas.messages()
+    assert [x for x in lines(far) if x != ("sent", 183)] == [
+        ("received", "INVITE"),
+        ("sent", 100),
+        ("received", "PRACK"),
+        ("sent", 200),
+        ("sent", 404),
+        ("received", "ACK"),
+    ]
+    invite, prack = far[0], far[[m.method for m in far].index("PRACK")]
+    assert "100rel" in (invite.header("Supported") or "")
+    cseq = int((invite.header("CSeq") or "0").split()[0])
+    assert prack.header("RAck") == f"1 {cseq} INVITE"
+    assert prack.header("CSeq") == f"{cseq + 1} PRACK"
+    assert prack.header("Call-ID") == invite.header("Call-ID")
+    assert "SIPpTag01" in (prack.header("To") or "")  # in the 183's early dialog
+    assert prack.first_line.startswith("PRACK sip:sipp@127.0.0.1:")  # its Contact
+
+
+async def test_with_prack_off_the_invite_offers_no_100rel_but_a_reliable_183_is_pracked(
+    sipp_uas: Callable[..., Sipp],
+) -> None:
+    uas = sipp_uas("uas_183_100rel_404.xml")
+    async with agent(uas.port, prack=False) as (_, ua):
+        _, out = await dial(ua, "4045550003")
+    assert (out.sip_code, out.q850_cause) == (404, 1)
+    await uas.wait_for_async("ACK")
+    far = uas.messages()
+    assert far[0].header("Supported") is None
+    assert [m.header("RAck") for m in far if m.method == "PRACK"] == ["1 1 INVITE"]
 
 
 async def test_183_without_sdp_carries_the_cause(

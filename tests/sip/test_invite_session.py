@@ -12,6 +12,7 @@ from sipclient.sip.invite import (
     CancelSent,
     InviteSent,
     InviteSession,
+    PrackSent,
     ProvisionalReceived,
     SessionEnded,
     SessionSpec,
@@ -26,7 +27,11 @@ CONTACT = ("Contact", "<sip:far@10.0.0.3:5070>")
 
 
 def new_session(
-    ep: Endpoint, *, credentials: bool = False, ring_timeout: float | None = None
+    ep: Endpoint,
+    *,
+    credentials: bool = False,
+    ring_timeout: float | None = None,
+    prack: bool = True,
 ) -> InviteSession:
     spec = SessionSpec(
         target=URI.parse("sip:4045550000@pbx"),
@@ -35,6 +40,7 @@ def new_session(
         credentials=DigestCredentials("1001", "pw") if credentials else None,
         sdp_offer=b"v=0\r\n",
         ring_timeout=ring_timeout,
+        prack=prack,
     )
     return InviteSession(ep, spec)
 
@@ -395,3 +401,120 @@ def test_a_2xx_after_timer_b_is_acked_and_byed_while_the_session_lingers() -> No
     answer(ep, invite, 200, 40.0, headers=[CONTACT])
     ack, bye = requests(ep)
     assert (ack.method, bye.method) == ("ACK", "BYE")
+
+
+# ------------------------------------------------------------------ RFC 3262 (100rel)
+
+RELIABLE = ("Require", "100rel")
+
+
+def test_invite_says_100rel_is_supported_unless_told_not_to() -> None:
+    _, invite = start(endpoint())
+    assert invite.headers.get_all("Supported") == ["100rel"]
+    assert invite.headers.get("Require") is None  # we never insist
+    _, plain = start(endpoint(), prack=False)
+    assert plain.headers.get("Supported") is None
+
+
+def test_a_reliable_183_is_pracked_in_its_early_dialog_once() -> None:
+    ep = endpoint()
+    _, invite = start(ep)
+    headers = [RR, CONTACT, RELIABLE, ("RSeq", "7")]
+    r183 = answer(ep, invite, 183, 0.1, headers=headers, body=SDP_ANSWER)
+    ((prack, dest),) = sent(ep)
+    assert isinstance(prack, Request) and prack.method == "PRACK"
+    assert prack.headers.get("RAck") == "7 1 INVITE"
+    assert prack.cseq.seq == 2 and prack.cseq.method == "PRACK"
+    assert str(prack.uri) == "sip:far@10.0.0.3:5070"  # the 18x's Contact
+    assert prack.headers.get_all("Route") == ["<sip:10.0.0.2:5060;lr>"]
+    assert dest == ("10.0.0.2", 5060)
+    assert (prack.call_id, prack.from_.tag, prack.to.tag) == (
+        invite.call_id,
+        invite.from_.tag,
+        "far1",
+    )
+    assert prack.top_via.branch not in (None, invite.top_via.branch)
+    evs = events(ep)
+    assert [type(e) for e in evs[1:]] == [PrackSent, ProvisionalReceived]
+    assert evs[1] == PrackSent(0.1, 7)
+    # the far end did not get our PRACK yet and sends its 183 again: no second PRACK
+    # (our PRACK's own transaction retransmits it), no second event
+    ep.receive(r183.serialize(), PBX, 0.55)
+    assert requests(ep) == [] and events(ep) == []
+    ep.handle_timer(0.6)  # Timer E: the same PRACK again
+    (again,) = requests(ep)
+    assert again.serialize() == prack.serialize()
+    answer(ep, prack, 200, 0.7)
+    # the next reliable one (RSeq + 1) is PRACKed in turn, with the next CSeq
+    answer(ep, invite, 180, 0.8, headers=[RR, CONTACT, RELIABLE, ("RSeq", "8")])
+    (second,) = requests(ep)
+    assert second.method == "PRACK" and second.headers.get("RAck") == "8 1 INVITE"
+    assert second.cseq.seq == 3
+    answer(ep, invite, 404, 1.0)
+    assert [r.method for r in requests(ep)] == ["ACK"]
+    assert ended(events(ep)).status == 404
+
+
+def test_a_reliable_provisional_out_of_order_is_neither_pracked_nor_reported() -> None:
+    ep = endpoint()
+    _, invite = start(ep)
+    answer(ep, invite, 183, 0.1, headers=[CONTACT, RELIABLE, ("RSeq", "1")])
+    assert [r.method for r in requests(ep)] == ["PRACK"]
+    events(ep)
+    answer(ep, invite, 180, 0.2, headers=[CONTACT, RELIABLE, ("RSeq", "3")])  # 2 is missing
+    assert requests(ep) == [] and events(ep) == []
+    answer(ep, invite, 180, 0.3, headers=[CONTACT, RELIABLE, ("RSeq", "2")])
+    (prack,) = requests(ep)
+    assert prack.headers.get("RAck") == "2 1 INVITE"
+    assert any(isinstance(e, ProvisionalReceived) and e.status == 180 for e in events(ep))
+
+
+def test_each_fork_has_its_own_rseq_space() -> None:
+    ep = endpoint()
+    _, invite = start(ep)
+    answer(ep, invite, 183, 0.1, headers=[CONTACT, RELIABLE, ("RSeq", "1")])
+    answer(ep, invite, 183, 0.2, tag="far2", headers=[CONTACT, RELIABLE, ("RSeq", "1")])
+    pracks = requests(ep)
+    assert [(p.method, p.to.tag) for p in pracks] == [("PRACK", "far1"), ("PRACK", "far2")]
+
+
+def test_unreliable_provisionals_are_not_pracked() -> None:
+    ep = endpoint()
+    _, invite = start(ep)
+    answer(ep, invite, 180, 0.1, headers=[CONTACT])  # no Require
+    answer(ep, invite, 183, 0.2, headers=[CONTACT, RELIABLE])  # no RSeq: cannot be PRACKed
+    answer(ep, invite, 183, 0.3, headers=[CONTACT, RELIABLE, ("RSeq", "zero")])
+    answer(ep, invite, 183, 0.4, headers=[CONTACT, ("Supported", "100rel"), ("RSeq", "4")])
+    answer(ep, invite, 100, 0.5, headers=[RELIABLE, ("RSeq", "5")])  # a 100 never is
+    assert requests(ep) == []
+    statuses = [e.status for e in events(ep) if isinstance(e, ProvisionalReceived)]
+    assert statuses == [180, 183, 183, 183, 100]
+
+
+def test_a_reliable_183_is_pracked_even_when_we_did_not_offer_100rel() -> None:
+    ep = endpoint()
+    _, invite = start(ep, prack=False)
+    answer(ep, invite, 183, 0.1, headers=[CONTACT, ("Require", "timer, 100rel"), ("RSeq", "1")])
+    (prack,) = requests(ep)
+    assert prack.method == "PRACK" and prack.headers.get("RAck") == "1 1 INVITE"
+
+
+def test_a_cancel_after_a_reliable_183_keeps_the_invite_cseq_and_the_bye_counts_on() -> None:
+    ep = endpoint()
+    session, invite = start(ep, credentials=True)
+    answer(ep, invite, 407, 0.05, headers=[CHALLENGE])
+    _, retry = requests(ep)
+    answer(ep, retry, 183, 0.1, headers=[CONTACT, RELIABLE, ("RSeq", "1")])
+    (prack,) = requests(ep)
+    assert prack.headers.get("RAck") == "1 2 INVITE"  # the retry's CSeq
+    assert (prack.headers.get("Proxy-Authorization") or "").startswith("Digest ")
+    session.cancel(0.2)
+    (cancel,) = requests(ep)
+    assert cancel.method == "CANCEL" and cancel.cseq.seq == 2
+    # the PRACK transaction failing (481, or nothing) changes nothing for the call
+    answer(ep, prack, 481, 0.25)
+    answer(ep, cancel, 200, 0.3)
+    answer(ep, retry, 487, 0.35)
+    assert [r.method for r in requests(ep)] == ["ACK"]
+    end = ended(events(ep))
+    assert (end.status, end.cancelled_by_us, end.ended_by) == (487, True, "local")
