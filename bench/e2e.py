@@ -32,6 +32,7 @@ Figures (stdout and the JSON file):
 - decision time after the evidence started (median / p95): the classifier's
   `decided_ms` (audio received before it was sure); calls decided by
   signalling alone are counted apart;
+- the daemon's log at info: lines and bytes a call (what journald takes);
 - the daemon's CPU: (utime + stime) of its process over the steady window
   (sampled every 0.2 s from /proc and interpolated) and over the batch, as a
   percentage of one core, and per call in ms;
@@ -145,6 +146,16 @@ def _daemon_events(world: World) -> list[dict[str, Any]]:
             if line.startswith("{") and '"call_classified"' in line:
                 out.append(json.loads(line))
     return out
+
+
+def _log_volume(world: World) -> tuple[int, int]:
+    """Bytes and lines of every daemon's log (at info, as the bench runs it)."""
+    size = lines = 0
+    for i in range(max(1, world.options.daemons)):
+        data = (world.daemon_dir(i) / "daemon.log").read_bytes()
+        size += len(data)
+        lines += data.count(b"\n")
+    return size, lines
 
 
 def _span(event: dict[str, Any]) -> CallSpan:
@@ -333,7 +344,10 @@ async def run(
         if not spans:
             raise RuntimeError("the daemon finished no call")
         out = figures(spans, lines, push_at, cpu)
+        log_bytes, log_lines = _log_volume(world)
         out.update(
+            log_bytes_per_call=round(log_bytes / len(spans)),
+            log_lines_per_call=round(log_lines / len(spans), 2),
             daemons=len(pids),
             numbers=len(phones),
             finished_by_daemon=len(events),
@@ -376,6 +390,11 @@ def _print(r: dict[str, Any]) -> None:
         f" p95 {d['p95']} ms ({d['count']} by audio,"
         f" {r['decided_by_signalling_alone']} by signalling)"
     )
+    if "log_bytes_per_call" in r:
+        print(
+            f"      daemon log at info: {r['log_lines_per_call']} lines,"
+            f" {r['log_bytes_per_call']} bytes a call (start and registrations included)"
+        )
     crbt = r.get("classifier_crbt_s")
     if crbt is not None and crbt != EVIDENCE_S["ringing_crbt"]:
         print(

@@ -294,7 +294,8 @@ class Call:
             self.stack.loop.call_later(64 * self.stack.ep.t1, self.session.close)
         else:
             self.session.close()
-        self._log.info(
+        # debug: the daemon's `call_classified` is a call's one line at info
+        self._log.debug(
             "call_ended",
             number=out.number,
             sip_code=out.sip_code,

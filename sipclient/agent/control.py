@@ -354,7 +354,7 @@ class Uploader:
             return None
         await asyncio.to_thread(self.spool.remove, entry)
         self.uploaded += 1
-        log.info("uploaded", seq=entry.seq, phone=entry.fields.get("phone"))
+        log.debug("uploaded", seq=entry.seq, phone=entry.fields.get("phone"))
         if self.on_uploaded is not None:
             self.on_uploaded(entry)
         return True

@@ -207,7 +207,8 @@ class RtpReceiver:
             self._sock = None
         self.lease.release()
         self._result = self.stream.stats
-        _log().info("rtp_closed", port=self.lease.port, **self._result.as_dict())
+        # debug: the daemon's `call_classified` carries these counters as `rtp`
+        _log().debug("rtp_closed", port=self.lease.port, **self._result.as_dict())
         return self._result
 
     # ------------------------------------------------------------ receiving

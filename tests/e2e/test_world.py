@@ -78,13 +78,18 @@ async def test_every_verdict_class_arrives_at_the_return_url(
     # the callee who answered was hung up on by our BYE (nothing billed past the answer)
     answered = [m.method for m in world.carriers["answered_200"].messages() if m.method]
     assert answered[-2:] == ["ACK", "BYE"], answered
-    # every log line of a call carries clientId, extension, phone and call-id
+    # a call's one line at info carries clientId, extension, phone, call-id and RTP counters
     lines = [json.loads(x) for x in _daemon_log(world).splitlines() if x.startswith("{")]
-    call_lines = [x for x in lines if x.get("event") in ("call_ended", "call_classified")]
-    assert len(call_lines) >= 2 * len(phones)
+    call_lines = [x for x in lines if x.get("event") == "call_classified"]
+    assert sorted(x["phone"] for x in call_lines) == sorted(phones)
     for x in call_lines:
         assert x["client_id"] and x["extension"] and x["call_id"], x
-        assert x["phone"] in phones, x
+        assert "sip_code" in x and "q850" in x and x["ended_by"], x
+    media = [x for x in call_lines if x["media_ms"]]
+    assert media and all(x["rtp"]["packets"] > 0 for x in media)
+    # and nothing else a call does is logged at info (it was five lines a call)
+    per_call = ("call_ended", "rtp_closed", "call_done", "uploaded")
+    assert not [x for x in lines if x.get("event") in per_call]
 
 
 async def test_kill_9_mid_call_and_restart_every_number_finishes_once(
@@ -254,7 +259,8 @@ async def test_five_percent_rtp_loss_still_gives_the_right_verdicts(
     await _run(world, phones, 90)
     assert _wrong(world, phones) == []
     log = _daemon_log(world)
-    closed = [json.loads(x) for x in log.splitlines() if '"rtp_closed"' in x]
+    calls = [json.loads(x) for x in log.splitlines() if '"call_classified"' in x]
+    closed = [e["rtp"] for e in calls if e["rtp"] is not None]
     received = sum(e["packets"] + e["test_dropped"] for e in closed)
     dropped = sum(e["test_dropped"] for e in closed)
     # ~400 packets at 5 %: 20 dropped, sd 4.4; 2 % (8) failed about one run in 300
