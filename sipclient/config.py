@@ -173,6 +173,19 @@ class DialplanSettings:
 
 
 @dataclass(frozen=True)
+class TrunkSettings:
+    """The breaker of a trunk that fails every call (`sipclient.agent.trunk`)."""
+
+    fault_after: int = field(default=10, metadata=_check(lambda v: v >= 0, "an int >= 0"))
+    """Transient outcomes in a row (503, Q.850 34/38/41/42/47/102, 408 without a 180,
+    网络忙, congestion) after which no call starts through that PBX for a pause; 0: off."""
+    pause_min: float = field(default=5.0, metadata=_positive())
+    """The first pause, seconds; it doubles after each probe call that fails too..."""
+    pause_max: float = field(default=60.0, metadata=_positive())
+    """...up to this."""
+
+
+@dataclass(frozen=True)
 class ClassifySettings:
     templates: Path | None = None
     """Folder of the template library; none means the library shipped with the package."""
@@ -197,6 +210,7 @@ class DaemonConfig:
     spool: SpoolSettings = SpoolSettings()
     heartbeat: HeartbeatSettings = HeartbeatSettings()
     dialplan: DialplanSettings = DialplanSettings()
+    trunk: TrunkSettings = TrunkSettings()
     classify: ClassifySettings = ClassifySettings()
     log: LogSettings = LogSettings()
 

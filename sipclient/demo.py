@@ -517,6 +517,8 @@ class WorldOptions:
     sip_t1: float = 0.5
     """The daemon's T1: the tests shorten Timer B and F (64*T1) with it."""
     daemon_env: dict[str, str] = field(default_factory=dict)
+    trunk: dict[str, float] = field(default_factory=dict)
+    """The daemon's `trunk:` keys (the breaker of a failing trunk); empty: its defaults."""
     daemons: int = 1
     """Daemon processes sharing the lines (`World.daemon_config`): one asyncio loop
     runs on one core, so a box with more cores runs a daemon per core (what
@@ -670,6 +672,8 @@ class World:
             "dialplan": {"poll_min": o.poll_min, "poll_max": o.poll_max},
             "log": {"level": o.log_level, "format": "json"},
         }
+        if o.trunk:
+            cfg["trunk"] = dict(o.trunk)
         path = folder / "daemon.yaml"
         path.write_text(json.dumps(cfg), encoding="utf-8")
         return path

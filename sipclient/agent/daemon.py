@@ -73,6 +73,7 @@ from sipclient.agent.control import (
     Uploader,
 )
 from sipclient.agent.spool import Spool, SpoolBusy, claim
+from sipclient.agent.trunk import TrunkGuard
 from sipclient.config import ConfigError, DaemonConfig, load_config
 from sipclient.logs import configure, get_logger
 from sipclient.media.ports import PortsExhausted
@@ -162,6 +163,9 @@ class CallRecord:
     """Why the call says nothing of the number (PBX_FAULTS), else "": "no_response",
     the PBX sent nothing back to the INVITE (Timer B: the 408 is made up here);
     "credentials", it refused our digest for the INVITE (401/407)."""
+    transient: bool = False
+    """The outcome says nothing of the number, only of the network (503, cause 34...):
+    the server dials it again; in a row, they pause the trunk (`_trunk_outcome`)."""
 
 
 CallHooks = Callable[[], None]
@@ -226,6 +230,10 @@ class Line:
     """Per number (dialplan id, phone): its calls that met a PBX fault."""
     rechecking: bool = False
     """A call met a PBX fault: the line dials nothing until the registrar answers."""
+    probing: bool = False
+    """Its call in flight is its trunk's probe after a pause (`TrunkGuard`)."""
+    trunk: TrunkGuard | None = None
+    """The breaker of the PBX it dials through (`Daemon._trunk`), shared by lines."""
 
     @property
     def extension(self) -> str:
@@ -304,6 +312,8 @@ class Daemon:
         """Calls put back because no RTP port was free (`_wait_for_port`)."""
         self.pbx_faults = 0
         """Calls that met a PBX fault (`_pbx_fault`)."""
+        self._trunks: dict[tuple[str, str], TrunkGuard] = {}
+        """The breaker of each PBX the lines dial through (`_trunk`)."""
         self._rechecks: set[asyncio.Task[None]] = set()
         self._orphans: dict[str, list[DialplanItem]] = {}
         """Numbers of a dropped line, for the line that replaces it (`_add_line`)."""
@@ -373,6 +383,7 @@ class Daemon:
             + (f", {len(self.spool)} spooled" if len(self.spool) else "")
             + (f", {waiting} waiting for an RTP port" if waiting else "")
             + (f", {rechecking} re-registering after a PBX fault" if rechecking else "")
+            + self._trunks_status()
             + (
                 f", spool unwritable ({len(self._unspooled)} held): not dialling"
                 if self._unspooled
@@ -726,14 +737,69 @@ class Daemon:
         return woken
 
     def _free(self, line: Line) -> bool:
+        now = asyncio.get_running_loop().time()
         return (
             not self._unspooled
             and line.registered
             and not line.busy
             and not line.retired
             and not line.rechecking
-            and line.hold_until <= asyncio.get_running_loop().time()
+            and line.hold_until <= now
+            and self._trunk(line).allows(now)
         )
+
+    def _trunk(self, line: Line) -> TrunkGuard:
+        """The breaker of the PBX `line` dials through (its account's host, else pbx.host)."""
+        if line.trunk is not None:
+            return line.trunk
+        cfg = self.config
+        key = (
+            line.account.host or str(cfg.pbx.host),
+            (line.account.transport or cfg.pbx.transport).lower(),
+        )
+        guard = self._trunks.get(key)
+        if guard is None:
+            t = cfg.trunk
+            guard = TrunkGuard(t.fault_after, t.pause_min, max(t.pause_min, t.pause_max))
+            self._trunks[key] = guard
+        line.trunk = guard
+        return guard
+
+    def _trunk_outcome(self, line: Line, item: DialplanItem, record: CallRecord) -> None:
+        """Count a call's outcome for its trunk; log and schedule the probe on a change."""
+        guard = self._trunk(line)
+        loop = asyncio.get_running_loop()
+        probe, line.probing = line.probing, False
+        if not guard.finished(record.transient, loop.time(), probe=probe):
+            return
+        if guard.seconds_left(loop.time()) > 0:
+            log.error(
+                "trunk_fault",
+                extension=line.extension,
+                phone=item.phone,
+                sip_code=record.fields.get("sipCode"),
+                q850=record.fields.get("q850Cause"),
+                pause_s=guard.pause,
+                hint=f"{guard.fault_after} calls in a row failed in the network"
+                if not probe
+                else "the probe call failed too",
+            )
+            # the probe starts once the pause is over: wake the dialler then
+            loop.call_later(guard.pause, self._wake_dialer.set)
+        else:
+            log.warning("trunk_recovered", extension=line.extension, phone=item.phone)
+            self._wake_dialer.set()
+        self._set_status()
+
+    def _trunks_status(self) -> str:
+        now = asyncio.get_running_loop().time()
+        paused = [g for g in self._trunks.values() if g.seconds_left(now) > 0 or g.probe_in_flight]
+        if not paused:
+            return ""
+        left = max(g.seconds_left(now) for g in paused)
+        if left:
+            return f", trunk failing: dialling paused ({round(left)} s left)"
+        return ", trunk failing: one probe call"
 
     def _take(self, item: DialplanItem) -> None:
         """Put a number on its line (kept there until the line can dial it)."""
@@ -773,6 +839,7 @@ class Daemon:
     def _start_call(self, line: Line, item: DialplanItem) -> None:
         line.current = item
         line.cancel = asyncio.Event()
+        line.probing = self._trunk(line).started(asyncio.get_running_loop().time())
         self.calls_started += 1
         task = asyncio.create_task(self._call(line, item), name=f"call-{line.extension}")
         line.task = task
@@ -798,6 +865,7 @@ class Daemon:
                 record, no_port = None, True  # back on its line (as for a port)
             else:
                 line.fault_tries.pop((item.dialplan_id or "", item.phone), None)
+                self._trunk_outcome(line, item, record)
         except asyncio.CancelledError:
             raise
         except PortsExhausted as exc:
@@ -825,6 +893,9 @@ class Daemon:
             # waits for it.
             line.current = None
             line.task = None
+            if line.probing:  # no outcome counted (no port, a PBX fault, our failure)
+                line.probing = False
+                self._trunk(line).abandon_probe()
             if line.retired:
                 asyncio.get_running_loop().create_task(self._drop_line(line))
             elif not self._stopping.is_set() and not no_port:
@@ -1597,7 +1668,9 @@ async def _dial(
         call_ms=int((loop.time() - t0) * 1000),
         rtp=rtp,
     )
-    return CallRecord(result.path, fields, final.verdict.value, result.data, _fault(outcome))
+    return CallRecord(
+        result.path, fields, final.verdict.value, result.data, _fault(outcome), final.transient
+    )
 
 
 def _fault(outcome: Any) -> str:

@@ -50,6 +50,7 @@ from sipclient.config import (
     ServerLink,
     ServerRecordingSettings,
     SpoolSettings,
+    TrunkSettings,
 )
 from sipclient.lab.ports import free_port
 from sipclient.media.ports import PortsExhausted
@@ -422,8 +423,9 @@ class FakeLine:
     async def dial(
         self, item: DialplanItem, on_answered: Callable[[], None], cancel: asyncio.Event
     ) -> CallRecord:
-        if self.world.no_port > 0:
-            self.world.no_port -= 1
+        if self.world.no_port > 0 or item.phone in self.world.no_port_once:
+            self.world.no_port = max(0, self.world.no_port - 1)
+            self.world.no_port_once.discard(item.phone)
             self.world.no_port_for.append(item.phone)
             raise PortsExhausted(PortRange(30000, 30001), 1, 1)
         self.world.dialled.append(item.phone)
@@ -435,6 +437,10 @@ class FakeLine:
             fields = _fields(sipCode=408, sipReason="No response (Timer B)", q850Cause="")
             fields["localVerdict"] = "failed"
             return CallRecord(wav, fields, "failed", pbx_fault="no_response")
+        if item.phone in self.world.transient_for:
+            fields = _fields(sipCode=503, sipReason="Service Unavailable", q850Cause=34)
+            fields["localVerdict"] = "failed"
+            return CallRecord(wav, fields, "failed", transient=True)
         return CallRecord(wav, _fields(), "empty")
 
     async def recheck(self) -> bool:
@@ -459,6 +465,10 @@ class FakeWorld:
         self.no_port = 0
         """The next this many calls find no free RTP port."""
         self.no_port_for: list[str] = []
+        self.no_port_once: set[str] = set()
+        """Phones whose first try finds no free RTP port."""
+        self.transient_for: set[str] = set()
+        """Phones the trunk fails (503, cause 34: transient)."""
         self.silent_for: set[str] = set()
         """Phones whose INVITE the PBX never answers (a Timer B record)."""
         self.rechecks: list[str] = []
@@ -471,7 +481,9 @@ class FakeWorld:
         return line
 
 
-def _daemon_config(tmp_path: Path, server: LiveServer, threads: int) -> DaemonConfig:
+def _daemon_config(
+    tmp_path: Path, server: LiveServer, threads: int, trunk: TrunkSettings | None = None
+) -> DaemonConfig:
     return DaemonConfig(
         server=ServerLink(server.url, timeout=2.0),
         threads=threads,
@@ -479,18 +491,19 @@ def _daemon_config(tmp_path: Path, server: LiveServer, threads: int) -> DaemonCo
         spool=SpoolSettings(tmp_path / "spool"),
         heartbeat=HeartbeatSettings(0.5),
         dialplan=DialplanSettings(poll_min=0.05, poll_max=0.2),
+        trunk=trunk or TrunkSettings(),
     )
 
 
 def _daemon_noting(
-    tmp_path: Path, server: LiveServer, threads: int
+    tmp_path: Path, server: LiveServer, threads: int, trunk: TrunkSettings | None = None
 ) -> tuple[Daemon, FakeWorld, list[str]]:
     """A daemon over fake lines whose systemd notifications land in the returned list."""
     world = FakeWorld(tmp_path)
     (tmp_path / "rec").mkdir()
     notes: list[str] = []
     daemon = Daemon(
-        _daemon_config(tmp_path, server, threads),
+        _daemon_config(tmp_path, server, threads, trunk),
         world.factory,
         notify=lambda *lines: notes.extend(lines) or True,
     )
@@ -587,6 +600,27 @@ async def test_a_call_that_finds_no_rtp_port_keeps_its_number_and_dials_it_later
     task = await server.task(task_id)
     assert {d["result"] for d in task["dialplans"]} == {"empty"}
     assert daemon.decided == 3
+
+
+async def test_transient_outcomes_in_a_row_pause_the_trunk_until_a_probe_decides_a_number(
+    server: LiveServer, tmp_path: Path
+) -> None:
+    phones = ["801", "802", "803", "804"]
+    await server.push(["2001"], phones)
+    trunk = TrunkSettings(fault_after=2, pause_min=2.0, pause_max=4.0)  # STATUS: 1 a second
+    daemon, world, notes = _daemon_noting(tmp_path, server, 1, trunk)
+    world.transient_for = {"801", "802"}
+    world.no_port_once = {"803"}  # the probe finds no RTP port: the next try probes
+    run = asyncio.create_task(daemon.run())
+    try:
+        await _wait(lambda: world.dialled[-1:] == ["804"] and daemon.decided == 4, timeout=20)
+    finally:
+        daemon.stop()
+        assert await asyncio.wait_for(run, 15) == 0
+    assert world.dialled == ["801", "802", "803", "804"] and world.no_port_for == ["803"]
+    (guard,) = daemon._trunks.values()
+    assert guard.opened == 1 and guard.state.value == "closed" and not guard.probe_in_flight
+    assert any("trunk failing: dialling paused" in n for n in notes), notes
 
 
 async def test_a_number_the_pbx_never_answered_waits_while_the_line_registers_again(

@@ -210,6 +210,46 @@ async def test_a_pbx_that_answers_nothing_for_a_while_misjudges_no_number(
     assert log.count('"pbx_fault"') >= 2 and '"pbx_fault_number_failed"' not in log
 
 
+async def test_a_trunk_failing_every_call_spends_few_numbers_the_rest_wait_for_it(
+    make_world: Callable[..., World],
+) -> None:
+    """Every carrier hung (SIGSTOP) for OUTAGE_S: kamailio answers each INVITE 408 after
+    its 5 s timer, a transient outcome, final here (max_tries 1). Without the breaker each
+    line dialled on, ~3 lines x OUTAGE_S / 5 s numbers came back failed; with it, 3 in a
+    row pause the trunk, one probe a pause goes out, and the others wait for the thaw."""
+    outage_s = 25.0
+    world = make_world(
+        lines=3, carriers=FAST, trunk={"fault_after": 3, "pause_min": 2.0, "pause_max": 4.0}
+    )
+    await world.start()
+    first = numbers_for(3, FAST)
+    await _run(world, first, 60)
+    carriers = list(world.carriers.values())
+    for sipp in carriers:
+        sipp.freeze()
+    try:
+        second = [f"{c.prefix}7{i:03d}" for i, c in enumerate(FAST * 8)]
+        await world.push_numbers(second)
+        await asyncio.sleep(outage_s)
+    finally:
+        for sipp in carriers:
+            sipp.freeze(False)
+    assert await world.wait_for(second, 120), sorted(
+        set(second) - set(world.receiver.verdicts.results)
+    )
+    results = world.receiver.verdicts.results
+    spent = [p for p in second if results[p][0] == "failed"]
+    assert all(results[p][1].get("sip_code") == 408 for p in spent), spent
+    # 3 to open it, then a probe after 2 s, 4 s, 4 s (each 5 s long): 6, or 7 if one
+    # more went out just before the thaw; 12-15 without the breaker
+    assert 3 <= len(spent) <= 7, spent
+    assert _wrong(world, [p for p in second if p not in spent]) == []
+    assert all(world.receiver.verdicts.deliveries[p] == 1 for p in second)
+    events = [e.get("event") for e in _events(world)]
+    assert events.count("trunk_fault") >= 2  # opened, and at least one probe failed
+    assert "trunk_recovered" in events
+
+
 async def test_a_password_changed_on_the_pbx_misjudges_no_number_and_the_new_one_is_taken_up(
     make_world: Callable[..., World],
 ) -> None:
