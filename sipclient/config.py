@@ -135,6 +135,10 @@ class SipSettings:
     """Seconds to let a number ring with no verdict before CANCEL (-> no_answer)."""
     t1: float = field(default=0.5, metadata=_positive())
     user_agent: str = "sipclient/0.1"
+    answer_listen: float = field(default=4.0, metadata=_non_negative())
+    """Seconds to keep listening after a 2xx that came without a 180: a carrier that
+    answers to play its announcement (假应答) is then judged by what it plays, not
+    `answered`. A callee who answers after ringing is hung up on at once; 0: always."""
     prack: bool = True
     """Say `Supported: 100rel` in INVITEs (RFC 3262: the far end may then send its
     18x reliably, and we PRACK it). A reliable 18x is PRACKed even when off."""

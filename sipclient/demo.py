@@ -170,6 +170,11 @@ LIVE_EXTRAS: tuple[Carrier, ...] = (
 who answers after 300 ms of ringing (the daemon must BYE at once) and one who
 declines. The tests add them to the world's carriers."""
 
+FAKE_ANSWER = Carrier("empty_fake_answer", "1113", "empty", audio="empty", final=(200, "OK", None))
+"""A carrier that answers an unringing empty number (no 180) to play its announcement
+(假应答): the daemon listens `sip.answer_listen` after such a 2xx, and the verdict is
+the announcement's, not `answered`. Outside the demo's mix too; the tests add it."""
+
 
 def carrier_for(phone: str, carriers: Iterable[Carrier] = CARRIERS) -> Carrier | None:
     """The carrier a number is routed to (longest prefix)."""
@@ -281,14 +286,21 @@ def render_scenario(carrier: Carrier, clip: Path | None) -> str:
         out.append(_response(487, "Request Terminated"))
         out.append('  <recv request="ACK" next="99"/>\n')
         out.append('  <label id="10"/>\n')
-    if clip is not None:
-        out.append('  <nop><action><exec rtp_stream="pause"/></action></nop>\n')
     answered = 200 <= code < 300
+    if clip is not None and not answered:
+        out.append('  <nop><action><exec rtp_stream="pause"/></action></nop>\n')
+    if clip is not None and answered and "183" not in provisional:
+        # a carrier that answers to play its announcement (假应答): the stream goes
+        # with the 2xx
+        out.append(f'  <nop><action><exec rtp_stream="{clip},-1,0"/></action></nop>\n')
     out.append(_response(code, reason, reason_hdr, sdp=answered))
     out.append('  <recv request="ACK"/>\n')
     if answered:
-        # an answered call is ours to end: the daemon's BYE, at once (nothing billed)
+        # an answered call is ours to end: the daemon's BYE (at once after a 180; a
+        # fake answer once its announcement is recognised)
         out.append('  <recv request="BYE"/>\n')
+        if clip is not None:
+            out.append('  <nop><action><exec rtp_stream="pause"/></action></nop>\n')
         out.append(_OK_TO_LAST)
     out.append('  <label id="99"/>\n')
     out.append("</scenario>\n")

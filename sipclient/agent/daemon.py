@@ -1491,7 +1491,11 @@ async def _dial(
     # it loses nothing: the number is still leased to us and is dialled again.
     in_memory = not cfg.recordings.keep
     recorder = Recorder.from_settings(cfg.recordings, wav, in_memory=in_memory)
-    classifier = CallClassifier(side.library, no_rtp_wait_ms=int(cfg.rtp.no_rtp_wait * 1000))
+    classifier = CallClassifier(
+        side.library,
+        no_rtp_wait_ms=int(cfg.rtp.no_rtp_wait * 1000),
+        answer_listen_ms=int(cfg.sip.answer_listen * 1000),
+    )
     state: dict[str, Any] = {
         "decision": None,
         "decided_at": None,
@@ -1569,6 +1573,13 @@ async def _dial(
         state["answered"] = True
         on_answered()
         decided(classifier.on_signalling(call.outcome.signalling(), at_ms()))
+        if state["decision"] is None and classifier.answer_at is not None:
+            # a 2xx that came without a 180: the audio may yet say it was the carrier
+            # answering to play an announcement (sip.answer_listen); then `answered`
+            loop.call_later(
+                cfg.sip.answer_listen + TICK_SLACK_S,
+                lambda: None if call.done else decided(classifier.tick(at_ms())),
+            )
         arm_tick()
 
     try:

@@ -21,6 +21,14 @@ What decides, first come first served:
    announcement, after a 180 or a ringback cycle -> `ringing`;
 5. a 180 or 183 and then no RTP for `no_rtp_wait_ms` (`tick`): signalling.
 
+An answer (2xx) is conclusive at once, except with `answer_listen_ms` when no
+180 came before it: some carriers answer an unringing number to play their
+announcement (假应答, a "fake answer"), and a call hung up on its 2xx would
+be `answered`. Then the audio keeps its say for that long after the answer
+(an announcement or tone decides as without the answer: `finish` keeps it
+and marks the evidence `fake_answer`); at the end of the window `tick` says
+`answered`. A callee who picks up after a 180 is answered at once.
+
 `finish` then reconciles the streaming decision with the final response
 (rules in its docstring).
 """
@@ -81,9 +89,14 @@ class CallClassifier:
         unknown_store: UnknownStore | None = None,
         ringback_commit_ms: int = 12000,
         crbt_ms: int = 3000,
+        answer_listen_ms: int = 0,
     ) -> None:
         self.library = library if library is not None else _default_library()
         self.no_rtp_wait_ms = no_rtp_wait_ms
+        self.answer_listen_ms = answer_listen_ms
+        self.answer_at: int | None = None
+        """When a 2xx without a 180 came (ms since the INVITE), while `answer_listen_ms`
+        keeps the audio listened to (module docstring); None otherwise."""
         self.unknown_store = unknown_store
         self.ringback_commit_ms = ringback_commit_ms
         self.crbt_ms = crbt_ms
@@ -131,6 +144,10 @@ class CallClassifier:
         if self._decision is not None:
             return self._decision
         c = conclusive(sig)
+        if c is not None and sig.answered and self.answer_listen_ms > 0 and not sig.ringing:
+            if self.answer_at is None:
+                self.answer_at = at_ms
+            return self.tick(at_ms)
         if c is not None:
             ev = dict(c.evidence)
             if self._samples:
@@ -142,8 +159,23 @@ class CallClassifier:
         return self.tick(at_ms)
 
     def tick(self, at_ms: int) -> Decision | None:
-        """The clock: after a 180/183 and no RTP for `no_rtp_wait_ms`, signalling decides."""
+        """The clock: after a 180/183 and no RTP for `no_rtp_wait_ms`, signalling decides;
+        `answer_listen_ms` after a 2xx without a 180, `answered` does."""
         if self._decision is not None:
+            return self._decision
+        if self.answer_at is not None:
+            if at_ms - self.answer_at < self.answer_listen_ms:
+                return None
+            c = conclusive(self._sig)
+            if c is None:  # (cannot be: the signalling holds the 2xx)
+                return None
+            ev = dict(c.evidence)
+            ev["listened_ms"] = at_ms - self.answer_at
+            if self._samples:
+                ev["audio_ms"] = self.audio_ms
+            self._decision = _replace(
+                c, evidence=ev, decided_ms=self.audio_ms if self._samples else None
+            )
             return self._decision
         if (
             self._media_at is not None
@@ -356,7 +388,11 @@ class CallClassifier:
         audio = d is not None and d.evidence.get("kind") in ("tone", "announcement")
         final: Decision
         if sig.answered or fs.verdict == Verdict.ANSWERED:
-            final = d if d is not None and audio and d.verdict not in LIVE else fs
+            if d is not None and audio and d.verdict not in LIVE:
+                # the carrier answered to play this: the number is what it said
+                final = _replace(d, evidence={**d.evidence, "fake_answer": True})
+            else:
+                final = fs
         elif d is not None:
             if d.verdict == Verdict.RINGING and fs.verdict in (
                 Verdict.NO_ANSWER,

@@ -152,6 +152,50 @@ def test_finish_reconciles_with_the_final_response() -> None:
     assert final.verdict == Verdict.RINGING
 
 
+ANSWERED = Signalling(sip_code=200, answered=True)
+
+
+def test_a_2xx_without_180_is_listened_to_for_answer_listen_ms(
+    library: TemplateLibrary, speech_dir: dict[str, Pcm]
+) -> None:
+    """假应答: the carrier answers an unringing number and plays its announcement."""
+    c = CallClassifier(library, answer_listen_ms=4000)
+    assert c.on_signalling(Signalling(), 50) is None
+    assert c.on_signalling(ANSWERED, 300) is None  # not `answered` yet
+    assert c.answer_at == 300
+    assert c.tick(4299) is None
+    pcm = to_int16(speech_dir["kong"])
+    first = None
+    for i in range(0, len(pcm), 160):
+        first = c.feed(pcm[i : i + 160])
+        if first is not None:
+            break
+    assert first is not None and first.verdict == Verdict.EMPTY
+    assert c.tick(4300) is first  # decided: the window's end changes nothing
+    final = c.finish(ANSWERED)
+    assert final.verdict == Verdict.EMPTY and final.evidence["fake_answer"] is True
+
+
+def test_a_2xx_without_180_and_nothing_said_is_answered_when_the_window_ends() -> None:
+    c = CallClassifier(empty_lib(), answer_listen_ms=4000)
+    c.on_signalling(ANSWERED, 300)
+    c.feed(to_int16(0.01 * music(2.0)))  # a callee's room: no tone, no announcement
+    assert c.tick(4000) is None
+    d = c.tick(4300)
+    assert d is not None and d.verdict == Verdict.ANSWERED
+    assert d.evidence["listened_ms"] == 4000 and d.decided_ms == 2000
+    assert c.finish(ANSWERED).verdict == Verdict.ANSWERED
+
+
+def test_a_2xx_after_a_180_or_without_answer_listen_ms_is_answered_at_once() -> None:
+    c = CallClassifier(empty_lib(), answer_listen_ms=4000)
+    c.on_signalling(Signalling(ringing=True), 100)
+    d = c.on_signalling(Signalling(sip_code=200, answered=True, ringing=True), 900)
+    assert d is not None and d.verdict == Verdict.ANSWERED and c.answer_at is None
+    d = CallClassifier(empty_lib()).on_signalling(ANSWERED, 300)
+    assert d is not None and d.verdict == Verdict.ANSWERED
+
+
 def test_finish_is_stable_and_never_raises_on_odd_input() -> None:
     c = CallClassifier(empty_lib())
     assert c.feed(np.zeros(0, dtype=np.int16)) is None

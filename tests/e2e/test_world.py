@@ -17,7 +17,15 @@ from collections.abc import Callable
 
 import pytest
 
-from sipclient.demo import CARRIERS, LIVE_EXTRAS, Carrier, World, carrier_for, numbers_for
+from sipclient.demo import (
+    CARRIERS,
+    FAKE_ANSWER,
+    LIVE_EXTRAS,
+    Carrier,
+    World,
+    carrier_for,
+    numbers_for,
+)
 
 pytestmark = pytest.mark.peers
 
@@ -64,7 +72,7 @@ async def _run(world: World, phones: list[str], timeout: float) -> None:
 async def test_every_verdict_class_arrives_at_the_return_url(
     make_world: Callable[..., World],
 ) -> None:
-    carriers = CARRIERS + LIVE_EXTRAS
+    carriers = (*CARRIERS, *LIVE_EXTRAS, FAKE_ANSWER)
     world = make_world(lines=len(carriers), carriers=carriers)
     await world.start()
     phones = numbers_for(len(carriers), carriers)
@@ -78,6 +86,13 @@ async def test_every_verdict_class_arrives_at_the_return_url(
     # the callee who answered was hung up on by our BYE (nothing billed past the answer)
     answered = [m.method for m in world.carriers["answered_200"].messages() if m.method]
     assert answered[-2:] == ["ACK", "BYE"], answered
+    # a carrier answering an unringing number to play "empty" (假应答) is heard out:
+    # empty, not answered, and our BYE ends it
+    (fake,) = [p for p in phones if p.startswith(FAKE_ANSWER.prefix)]
+    result, detail = world.receiver.verdicts.results[fake]
+    assert result == "empty" and detail["evidence"].get("fake_answer") is True, detail
+    faked = [m.method for m in world.carriers[FAKE_ANSWER.name].messages() if m.method]
+    assert faked[-2:] == ["ACK", "BYE"], faked
     # a call's one line at info carries clientId, extension, phone, call-id and RTP counters
     lines = [json.loads(x) for x in _daemon_log(world).splitlines() if x.startswith("{")]
     call_lines = [x for x in lines if x.get("event") == "call_classified"]
