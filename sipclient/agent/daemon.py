@@ -787,7 +787,7 @@ class Daemon:
             # the probe starts once the pause is over: wake the dialler then
             loop.call_later(guard.pause, self._wake_dialer.set)
         else:
-            log.warning("trunk_recovered", extension=line.extension, phone=item.phone)
+            log.info("trunk_recovered", extension=line.extension, phone=item.phone)
             self._wake_dialer.set()
         self._set_status()
 

@@ -166,7 +166,7 @@ def _rseq(resp: Response) -> int | None:
     """The RSeq of a reliable provisional (`Require: 100rel` and an RSeq), else None.
 
     A 100 is never reliable (RFC 3262 §3); an RSeq that is not a number in
-    1..2**31-1 makes the response an unreliable one to us (we could not PRACK it).
+    1..2**32-1 makes the response an unreliable one to us (we could not PRACK it).
     """
     if resp.status == 100:
         return None
@@ -176,7 +176,7 @@ def _rseq(resp: Response) -> int | None:
     if "100rel" not in tokens:
         return None
     raw = (resp.headers.get("RSeq") or "").strip()
-    if not raw.isdigit() or not 0 < int(raw) < 2**31:
+    if not raw.isdigit() or not 0 < int(raw) < 2**32:
         return None
     return int(raw)
 
