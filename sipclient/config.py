@@ -251,6 +251,15 @@ class RetrySettings:
 
 
 @dataclass(frozen=True)
+class ReuseSettings:
+    within: float = field(default=0.0, metadata=_check(lambda v: v >= 0, "a number >= 0"))
+    """Seconds: a phone pushed again within this long of a verdict that says something
+    of it (anything but `failed` and `unknown`, in any task) gets that verdict at the
+    push, not a call (`detail.evidence.kind` "reused"). Lead lists overlap; 0 (the
+    default) dials every push, as the seeds do."""
+
+
+@dataclass(frozen=True)
 class ServerRecordingSettings:
     dir: Path = Path("/var/lib/sipclient-server/recordings")
 
@@ -263,6 +272,7 @@ class ServerConfig:
     leases: LeaseSettings = LeaseSettings()
     callbacks: CallbackSettings = CallbackSettings()
     retries: RetrySettings = RetrySettings()
+    reuse: ReuseSettings = ReuseSettings()
     max_body: int = field(default=8 * 1024 * 1024, metadata=_positive())
     """Largest request body accepted, bytes (a bigger one answers 413)."""
     classify: ClassifySettings = ClassifySettings()

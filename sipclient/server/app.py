@@ -159,9 +159,21 @@ async def push_dialplan(request: web.Request) -> web.Response:
         for p in phones
         if (why := not_dialable(p))
     }
-    task = await request.app[STORE].create_task(phones, return_url, dispatch.clock(), finished)
+    not_dialable_count = len(finished)
+    store, now = request.app[STORE], dispatch.clock()
+    within = request.app[CONFIG].reuse.within
+    if within > 0:
+        # lead lists overlap: a verdict on the phone this recent is given again, no call
+        recent = await store.recent_results([p for p in phones if p not in finished], now - within)
+        for phone, plan in recent.items():
+            finished[phone] = (plan["result"], reused_detail(plan))
+    task = await store.create_task(phones, return_url, now, finished)
     log.info(
-        "task pushed", task_id=task["task_id"], numbers=len(phones), not_dialable=len(finished)
+        "task pushed",
+        task_id=task["task_id"],
+        numbers=len(phones),
+        not_dialable=not_dialable_count,
+        reused=len(finished) - not_dialable_count,
     )
     if finished and len(finished) == len(phones):
         request.app[CALLBACKS].wake()
@@ -328,6 +340,30 @@ def not_dialable_detail(why: str) -> JSON:
         "billsec": 0,
         "evidence": {"kind": "not_dialable", "reason": why},
         "label": None,
+        "tries": 0,
+    }
+
+
+def reused_detail(plan: JSON) -> JSON:
+    """The `detail` of a phone given an earlier verdict at the push (`reuse.within`):
+    never dialled (`tries` 0, no call times); the evidence names the dialplan whose
+    call decided it, when, and what that call heard."""
+    earlier: JSON = plan.get("detail") or {}
+    return {
+        "sip_code": earlier.get("sip_code"),
+        "q850_cause": earlier.get("q850_cause"),
+        "answered": 0,
+        "answertype": earlier.get("answertype"),
+        "calltime": None,
+        "duration": None,
+        "billsec": 0,
+        "evidence": {
+            "kind": "reused",
+            "dialplan_id": plan["id"],
+            "decided_at": plan["updated_at"],
+            "evidence": earlier.get("evidence"),
+        },
+        "label": earlier.get("label"),
         "tries": 0,
     }
 

@@ -278,6 +278,10 @@ def _lease_json(row: sqlite3.Row) -> JSON:
     return out
 
 
+_IN_CHUNK = 500
+"""Phones per `IN (...)` query (SQLite allows 32,766 parameters; a push 100,000)."""
+
+
 def _dialplan_json(row: sqlite3.Row) -> JSON:
     return {
         "id": row["id"],
@@ -425,6 +429,30 @@ class SqliteStore(Store):
             }
 
         return await self._writer.run(job)
+
+    async def recent_results(self, phones: Sequence[str], since: float) -> dict[str, JSON]:
+        stamp = iso_local(since)
+        wanted = list(dict.fromkeys(phones))
+
+        def job(conn: sqlite3.Connection) -> dict[str, JSON]:
+            out: dict[str, JSON] = {}
+            for i in range(0, len(wanted), _IN_CHUNK):
+                chunk = wanted[i : i + _IN_CHUNK]
+                marks = ",".join("?" * len(chunk))
+                rows = conn.execute(
+                    f"SELECT * FROM dialplans WHERE phone IN ({marks}) AND status = 'finish'"
+                    " AND result NOT IN ('failed', 'unknown') AND updated_at >= ?"
+                    " ORDER BY id",
+                    (*chunk, stamp),
+                ).fetchall()
+                for row in rows:  # oldest first: the latest of a phone wins
+                    plan = _dialplan_json(row)
+                    evidence = (plan["detail"] or {}).get("evidence") or {}
+                    if evidence.get("kind") != "reused":  # its window ran from the call
+                        out[plan["phone"]] = plan
+            return out
+
+        return await self._reader.run(job)
 
     async def list_tasks(self, page: int, size: int) -> list[JSON]:
         def job(conn: sqlite3.Connection) -> list[JSON]:

@@ -129,6 +129,12 @@ class Store(abc.ABC):
         finished, and its callback due, at once."""
 
     @abc.abstractmethod
+    async def recent_results(self, phones: Sequence[str], since: float) -> dict[str, JSON]:
+        """The latest verdict on each of `phones` finished at `since` or later that says
+        something of the number (not `failed`, `unknown`, nor itself reused): phone ->
+        its dialplan (as in a task's `dialplans`)."""
+
+    @abc.abstractmethod
     async def list_tasks(self, page: int, size: int) -> list[JSON]:
         """Tasks newest first, without their dialplans."""
 

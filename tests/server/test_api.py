@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
-from sipclient.config import ServerConfig
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from sipclient.config import ReuseSettings, ServerConfig
+from sipclient.server.app import create_app
 from sipclient.server.dispatch import FakeClock
-from tests.server.conftest import ACCOUNTS, Api, upload_form, wav_bytes
+from tests.server.conftest import ACCOUNTS, Api, make_config, upload_form, wav_bytes
 
 # The seeds' curl bodies, verbatim (seed 000_59e7b47d2d83e2b8.txt).
 SEED_ACCOUNT_BODY = """{
@@ -344,6 +350,67 @@ async def test_a_number_no_call_can_carry_is_finished_at_push_never_handed_out(
     assert (bad["status"], bad["result"]) == ("finish", "unknown")
     assert bad["detail"]["evidence"]["kind"] == "not_dialable" and bad["detail"]["tries"] == 0
     assert task["status"] != "finish"
+
+
+async def test_a_phone_decided_recently_gets_that_verdict_at_the_push_when_reuse_is_on(
+    tmp_path: Path,
+    clock: FakeClock,
+    aiohttp_client: Callable[[web.Application], Awaitable[TestClient[Any, Any]]],
+) -> None:
+    config = make_config(tmp_path, reuse=ReuseSettings(within=3600.0))
+    api = Api(await aiohttp_client(create_app(config, clock=clock)))
+    await _setup(api, ["404404", "503503", "486486"])
+    cid = await api.notify()
+    await api.ok("GET", f"/accounts/{cid}?threadsNum=3")
+    plans = {p["phoneNum"]: p for p in (await api.ok("GET", f"/dialplan/{cid}"))["dialplans"]}
+    for phone, fields in (
+        ("404404", {"sipCode": 404, "q850Cause": 1}),
+        ("503503", {"sipCode": 503}),  # transient: dialled again later, not a verdict
+        ("486486", {"sipCode": 486}),
+    ):
+        plan = plans[phone]
+        status, _ = await api.upload(
+            cid, plan["extensionNum"], phone, dialplanId=plan["dialplanId"], **fields
+        )
+        assert status == 200
+    clock.advance(1800.0)
+    second = await api.ok(
+        "POST",
+        "/api/dialplan",
+        json={"phone": ["404404", "503503", "486486", "900900"], "return_url": "http://x:9/"},
+    )
+    got = {d["phone"]: d for d in second["dialplans"]}
+    assert (got["404404"]["status"], got["404404"]["result"]) == ("finish", "empty")
+    assert (got["486486"]["status"], got["486486"]["result"]) == ("finish", "busy")
+    assert got["503503"]["status"] == got["900900"]["status"] == "free"
+    evidence = got["404404"]["detail"]["evidence"]
+    assert evidence["kind"] == "reused" and evidence["dialplan_id"] == plans["404404"]["dialplanId"]
+    assert evidence["evidence"]["kind"] == "signalling"
+    assert got["404404"]["detail"]["tries"] == 0 and got["404404"]["detail"]["billsec"] == 0
+    # a task of only such phones is finished at once, its callback due
+    only = await api.ok(
+        "POST", "/api/dialplan", json={"phone": ["486486"], "return_url": "http://x:9/"}
+    )
+    task = await api.ok("GET", f"/api/tasks/{only['task_id']}")
+    assert task["status"] == "finish" and task["callback"]["state"] in ("pending", "failed")
+    # an hour after the call (not after the reuse, which is no call): dialled again
+    clock.advance(1801.0)
+    third = await api.ok(
+        "POST", "/api/dialplan", json={"phone": ["404404"], "return_url": "http://x:9/"}
+    )
+    assert third["dialplans"][0]["status"] == "free"
+
+
+async def test_without_reuse_a_phone_decided_before_is_dialled_again(api: Api) -> None:
+    await _setup(api, ["404405"])
+    cid = await api.notify()
+    await api.ok("GET", f"/accounts/{cid}?threadsNum=1")
+    [plan] = (await api.ok("GET", f"/dialplan/{cid}"))["dialplans"]
+    await api.upload(cid, plan["extensionNum"], "404405", sipCode=404)
+    again = await api.ok(
+        "POST", "/api/dialplan", json={"phone": ["404405"], "return_url": "http://x:9/"}
+    )
+    assert again["dialplans"][0]["status"] == "free"  # reuse.within is 0 by default
 
 
 async def test_a_task_of_only_numbers_no_call_can_carry_is_finished_at_once(api: Api) -> None:
