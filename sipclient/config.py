@@ -174,6 +174,10 @@ class HeartbeatSettings:
 class DialplanSettings:
     poll_min: float = field(default=0.5, metadata=_positive())
     poll_max: float = field(default=5.0, metadata=_positive())
+    max_cps: float = field(default=0.0, metadata=_non_negative())
+    """Calls started per second at most, by this daemon (a trunk's CPS limit, 呼叫频率:
+    past it a carrier answers 503 and numbers are spent); 0: no limit. Calls start
+    1/max_cps s apart; several daemons on one trunk each need their share."""
 
 
 @dataclass(frozen=True)

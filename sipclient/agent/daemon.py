@@ -314,6 +314,9 @@ class Daemon:
         """Calls that met a PBX fault (`_pbx_fault`)."""
         self._trunks: dict[tuple[str, str], TrunkGuard] = {}
         """The breaker of each PBX the lines dial through (`_trunk`)."""
+        self._next_start = 0.0
+        """Loop time before which no call starts (`dialplan.max_cps`, `_start_pending`)."""
+        self._pace_timer: asyncio.TimerHandle | None = None
         self._rechecks: set[asyncio.Task[None]] = set()
         self._orphans: dict[str, list[DialplanItem]] = {}
         """Numbers of a dropped line, for the line that replaces it (`_add_line`)."""
@@ -831,10 +834,24 @@ class Daemon:
     def _start_pending(self) -> None:
         if self._stopping.is_set():
             return
+        cps = self.config.dialplan.max_cps
+        loop = asyncio.get_running_loop()
         for line in self.lines.values():
             if line.pending and self._free(line):
+                if cps > 0:
+                    # paced, not bursty: carriers police CPS over short windows
+                    now = loop.time()
+                    if now < self._next_start:
+                        if self._pace_timer is None:
+                            self._pace_timer = loop.call_at(self._next_start, self._paced)
+                        return
+                    self._next_start = now + 1.0 / cps
                 item = line.pending.pop(0)
                 self._start_call(line, item)
+
+    def _paced(self) -> None:
+        self._pace_timer = None
+        self._wake_dialer.set()
 
     def _start_call(self, line: Line, item: DialplanItem) -> None:
         line.current = item

@@ -429,6 +429,7 @@ class FakeLine:
             self.world.no_port_for.append(item.phone)
             raise PortsExhausted(PortRange(30000, 30001), 1, 1)
         self.world.dialled.append(item.phone)
+        self.world.started_at.append(asyncio.get_running_loop().time())
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(cancel.wait(), timeout=self.world.call_seconds)
         wav = _wav(self.folder / f"{item.phone}-{len(self.world.dialled)}.wav")
@@ -460,6 +461,8 @@ class FakeWorld:
         self.folder = folder
         self.lines: dict[str, FakeLine] = {}
         self.dialled: list[str] = []
+        self.started_at: list[float] = []
+        """Loop time of each call's start (as `dialled`)."""
         self.refuse: set[str] = set()
         self.call_seconds = 0.05
         self.no_port = 0
@@ -482,7 +485,11 @@ class FakeWorld:
 
 
 def _daemon_config(
-    tmp_path: Path, server: LiveServer, threads: int, trunk: TrunkSettings | None = None
+    tmp_path: Path,
+    server: LiveServer,
+    threads: int,
+    trunk: TrunkSettings | None = None,
+    max_cps: float = 0.0,
 ) -> DaemonConfig:
     return DaemonConfig(
         server=ServerLink(server.url, timeout=2.0),
@@ -490,20 +497,24 @@ def _daemon_config(
         recordings=RecordingSettings(dir=tmp_path / "rec"),
         spool=SpoolSettings(tmp_path / "spool"),
         heartbeat=HeartbeatSettings(0.5),
-        dialplan=DialplanSettings(poll_min=0.05, poll_max=0.2),
+        dialplan=DialplanSettings(poll_min=0.05, poll_max=0.2, max_cps=max_cps),
         trunk=trunk or TrunkSettings(),
     )
 
 
 def _daemon_noting(
-    tmp_path: Path, server: LiveServer, threads: int, trunk: TrunkSettings | None = None
+    tmp_path: Path,
+    server: LiveServer,
+    threads: int,
+    trunk: TrunkSettings | None = None,
+    max_cps: float = 0.0,
 ) -> tuple[Daemon, FakeWorld, list[str]]:
     """A daemon over fake lines whose systemd notifications land in the returned list."""
     world = FakeWorld(tmp_path)
     (tmp_path / "rec").mkdir()
     notes: list[str] = []
     daemon = Daemon(
-        _daemon_config(tmp_path, server, threads, trunk),
+        _daemon_config(tmp_path, server, threads, trunk, max_cps),
         world.factory,
         notify=lambda *lines: notes.extend(lines) or True,
     )
@@ -600,6 +611,25 @@ async def test_a_call_that_finds_no_rtp_port_keeps_its_number_and_dials_it_later
     task = await server.task(task_id)
     assert {d["result"] for d in task["dialplans"]} == {"empty"}
     assert daemon.decided == 3
+
+
+async def test_max_cps_starts_calls_paced_whatever_the_free_lines(
+    server: LiveServer, tmp_path: Path
+) -> None:
+    phones = [f"90{i:02d}" for i in range(12)]
+    task_id = await server.push(["2001", "2002", "2003", "2004"], phones)
+    daemon, world, _notes = _daemon_noting(tmp_path, server, 4, max_cps=5.0)
+    world.call_seconds = 0.02  # the lines are free long before the next start
+    run = asyncio.create_task(daemon.run())
+    try:
+        await _wait(lambda: _finished(server, task_id), timeout=20)
+    finally:
+        daemon.stop()
+        assert await asyncio.wait_for(run, 15) == 0
+    assert sorted(world.dialled) == phones
+    gaps = [b - a for a, b in zip(world.started_at, world.started_at[1:], strict=False)]
+    # 5 a second: 0.2 s apart at least (a busy loop only makes the gaps longer)
+    assert min(gaps) >= 0.2 - 1e-3, gaps
 
 
 async def test_transient_outcomes_in_a_row_pause_the_trunk_until_a_probe_decides_a_number(
