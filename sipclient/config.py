@@ -266,6 +266,9 @@ class ReuseSettings:
 @dataclass(frozen=True)
 class ServerRecordingSettings:
     dir: Path = Path("/var/lib/sipclient-server/recordings")
+    keep_days: int = field(default=0, metadata=_check(lambda v: v >= 0, "an int >= 0"))
+    """Days of uploaded recordings kept (day folders older are deleted hourly; the
+    verdicts stay in the database); 0 keeps them all (`server/retention.py`)."""
 
 
 @dataclass(frozen=True)

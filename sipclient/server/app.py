@@ -43,6 +43,7 @@ from sipclient.server.payloads import (
     parse_upload_fields,
     split_multipart,
 )
+from sipclient.server.retention import run_pruner
 from sipclient.server.store import JSON, FinishStatus, Store, Upload, open_store
 
 log = get_logger(__name__)
@@ -126,13 +127,17 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     await dispatch.load()
     sweeper = asyncio.create_task(dispatch.run_sweeper(), name="lease-sweeper")
     deliverer = asyncio.create_task(app[CALLBACKS].run(), name="callbacks")
+    recordings = app[CONFIG].recordings
+    pruner = asyncio.create_task(
+        run_pruner(recordings.dir, recordings.keep_days, dispatch.clock), name="recordings-pruner"
+    )
     try:
         yield
     finally:
-        for task in (sweeper, deliverer):
+        for task in (sweeper, deliverer, pruner):
             task.cancel()
         # Bounded: a stuck background task must not keep the store open forever.
-        _, stuck = await asyncio.wait((sweeper, deliverer), timeout=_STOP_GRACE)
+        _, stuck = await asyncio.wait((sweeper, deliverer, pruner), timeout=_STOP_GRACE)
         for task in stuck:
             log.error("background task did not stop", task=task.get_name())
         await asyncio.to_thread(app[JUDGE_POOL].shutdown, wait=True)
