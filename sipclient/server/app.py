@@ -107,6 +107,7 @@ def create_app(
             web.get("/api/tasks", list_tasks),
             web.get("/api/tasks/{task_id}", get_task),
             web.get("/api/task/{task_id}", get_task),
+            web.get("/api/clients", list_clients),
             web.get("/notify", notify),
             web.get("/accounts/{clientId}", lease_accounts),
             web.get("/dialplan/{clientId}", lease_dialplans),
@@ -189,6 +190,18 @@ async def list_tasks(request: web.Request) -> web.Response:
     page = parse_positive_int(request.query.get("page"), "page", default=1)
     size = parse_positive_int(request.query.get("size"), "size", default=10, high=1000)
     return envelope(await request.app[STORE].list_tasks(page, size), msg="success")
+
+
+async def list_clients(request: web.Request) -> web.Response:
+    """(ext) The fleet: every daemon with its lines' latest status, for an operator
+    watching many boxes from the server (which one has lines unregistered, which
+    went silent)."""
+    state = request.query.get("state", "active")
+    if state not in ("active", "expired"):
+        raise bad_request("state", f"expected active or expired, got {state!r}")
+    page = parse_positive_int(request.query.get("page"), "page", default=1)
+    size = parse_positive_int(request.query.get("size"), "size", default=100, high=1000)
+    return envelope(await request.app[STORE].fleet(state, page, size), msg="success")
 
 
 async def get_task(request: web.Request) -> web.Response:

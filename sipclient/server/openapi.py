@@ -111,6 +111,52 @@ def _components() -> JSON:
                     "detail": {"type": "object", "nullable": True},
                 },
             },
+            "Fleet": {
+                "type": "object",
+                "required": ["clients", "totals"],
+                "properties": {
+                    "clients": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "required": ["id", "state", "last_seen", "extensions"],
+                            "properties": {
+                                "id": _STR,
+                                "state": {"type": "string", "enum": ["active", "expired"]},
+                                "created_at": _STR,
+                                "last_seen": _STR,
+                                "busy_numbers": _INT,
+                                "extensions": {
+                                    "type": "array",
+                                    "items": {
+                                        "type": "object",
+                                        "properties": {
+                                            "extensionNum": _STR,
+                                            "host": _STR,
+                                            "status": {
+                                                "type": "string",
+                                                "enum": [
+                                                    "idle",
+                                                    "during",
+                                                    "call",
+                                                    "unregistered",
+                                                    "unknown",
+                                                ],
+                                            },
+                                            "phone": _STR,
+                                            "since": _NULL_STR,
+                                        },
+                                    },
+                                },
+                            },
+                        },
+                    },
+                    "totals": {
+                        "type": "object",
+                        "additionalProperties": {"type": "integer"},
+                    },
+                },
+            },
             "TaskSummary": {
                 "type": "object",
                 "required": ["id", "status", "return_url", "created_at", "updated_at"],
@@ -278,6 +324,41 @@ def openapi_document() -> JSON:
                         "200": _ok(
                             {"type": "array", "items": {"$ref": "#/components/schemas/TaskSummary"}}
                         ),
+                        **_errors(400),
+                    },
+                }
+            },
+            "/api/clients": {
+                "get": {
+                    "summary": "(ext) the daemons with their lines' latest status",
+                    "parameters": [
+                        {
+                            "name": "state",
+                            "in": "query",
+                            "schema": {
+                                "type": "string",
+                                "enum": ["active", "expired"],
+                                "default": "active",
+                            },
+                        },
+                        {
+                            "name": "page",
+                            "in": "query",
+                            "schema": {"type": "integer", "minimum": 1, "default": 1},
+                        },
+                        {
+                            "name": "size",
+                            "in": "query",
+                            "schema": {
+                                "type": "integer",
+                                "minimum": 1,
+                                "maximum": 1000,
+                                "default": 100,
+                            },
+                        },
+                    ],
+                    "responses": {
+                        "200": _ok({"$ref": "#/components/schemas/Fleet"}),
                         **_errors(400),
                     },
                 }

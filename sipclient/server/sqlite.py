@@ -278,6 +278,8 @@ def _lease_json(row: sqlite3.Row) -> JSON:
     return out
 
 
+_LINE_STATES = ("idle", "during", "call", "unregistered", "unknown")
+"""An extension's latest /status in the fleet view; "unknown" before its first."""
 _IN_CHUNK = 500
 """Phones per `IN (...)` query (SQLite allows 32,766 parameters; a push 100,000)."""
 
@@ -451,6 +453,68 @@ class SqliteStore(Store):
                     if evidence.get("kind") != "reused":  # its window ran from the call
                         out[plan["phone"]] = plan
             return out
+
+        return await self._reader.run(job)
+
+    async def fleet(self, state: str, page: int, size: int) -> JSON:
+        def job(conn: sqlite3.Connection) -> JSON:
+            clients = conn.execute(
+                "SELECT * FROM clients WHERE state = ? ORDER BY last_seen DESC, id"
+                " LIMIT ? OFFSET ?",
+                (state, size, (page - 1) * size),
+            ).fetchall()
+            ids = [c["id"] for c in clients]
+            marks = ",".join("?" * len(ids))
+            lines: dict[str, list[JSON]] = {i: [] for i in ids}
+            busy: dict[str, int] = {}
+            if ids:
+                for a in conn.execute(
+                    f"SELECT * FROM accounts WHERE client_id IN ({marks}) ORDER BY name, host",
+                    ids,
+                ):
+                    lines[a["client_id"]].append(
+                        {
+                            "extensionNum": a["name"],
+                            "host": a["host"],
+                            "status": a["state"] or "unknown",
+                            "phone": a["state_phone"] or "",
+                            "since": iso_local(a["state_at"]) if a["state_at"] else None,
+                        }
+                    )
+                busy = {
+                    r[0]: r[1]
+                    for r in conn.execute(
+                        "SELECT client_id, COUNT(*) FROM dialplans WHERE status = 'busy'"
+                        f" AND client_id IN ({marks}) GROUP BY client_id",
+                        ids,
+                    )
+                }
+            totals: JSON = {"clients": 0, "extensions": 0}
+            totals.update({s: 0 for s in _LINE_STATES})
+            totals["clients"] = conn.execute(
+                "SELECT COUNT(*) FROM clients WHERE state = ?", (state,)
+            ).fetchone()[0]
+            for s, n in conn.execute(
+                "SELECT COALESCE(a.state, 'unknown'), COUNT(*) FROM accounts a"
+                " JOIN clients c ON c.id = a.client_id WHERE c.state = ? GROUP BY 1",
+                (state,),
+            ):
+                totals[s if s in _LINE_STATES else "unknown"] += n
+                totals["extensions"] += n
+            return {
+                "clients": [
+                    {
+                        "id": c["id"],
+                        "state": c["state"],
+                        "created_at": iso_local(c["created_at"]),
+                        "last_seen": iso_local(c["last_seen"]),
+                        "busy_numbers": busy.get(c["id"], 0),
+                        "extensions": lines[c["id"]],
+                    }
+                    for c in clients
+                ],
+                "totals": totals,
+            }
 
         return await self._reader.run(job)
 

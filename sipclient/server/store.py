@@ -135,6 +135,12 @@ class Store(abc.ABC):
         its dialplan (as in a task's `dialplans`)."""
 
     @abc.abstractmethod
+    async def fleet(self, state: str, page: int, size: int) -> JSON:
+        """The daemons (clients) in `state` ("active" or "expired"), last seen first, a
+        page of them, each with its leased extensions and their latest /status:
+        {clients: [...], totals: {...}} (totals over every client in that state)."""
+
+    @abc.abstractmethod
     async def list_tasks(self, page: int, size: int) -> list[JSON]:
         """Tasks newest first, without their dialplans."""
 

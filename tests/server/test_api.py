@@ -310,6 +310,46 @@ async def test_upload_for_a_number_never_handed_out_is_404(api: Api) -> None:
     assert status == 404 and body["msg"].startswith("phone:")
 
 
+async def test_the_fleet_shows_each_daemon_with_its_lines_latest_status(
+    api: Api, clock: FakeClock
+) -> None:
+    await _setup(api, ["13800000001", "13800000002"])
+    box_a = await api.notify()
+    box_b = await api.notify()
+    await api.ok("GET", f"/accounts/{box_a}?threadsNum=2")
+    await api.ok("GET", f"/accounts/{box_b}?threadsNum=1")
+    [plan, _] = (await api.ok("GET", f"/dialplan/{box_a}"))["dialplans"]
+    ext = plan["extensionNum"]
+    await api.ok(
+        "GET", f"/status/{box_a}?status=during&extensionNum={ext}&phoneNum={plan['phoneNum']}"
+    )
+    other = "1002" if ext == "1001" else "1001"
+    await api.ok("GET", f"/status/{box_a}?status=unregistered&extensionNum={other}")
+    clock.advance(5.0)
+    await api.ok("POST", f"/heartbeat/{box_b}")
+    fleet = await api.ok("GET", "/api/clients")
+    assert [c["id"] for c in fleet["clients"]] == [box_b, box_a]  # last seen first
+    a = fleet["clients"][1]
+    assert a["state"] == "active" and a["busy_numbers"] == 2
+    states = {e["extensionNum"]: (e["status"], e["phone"]) for e in a["extensions"]}
+    assert states == {ext: ("during", plan["phoneNum"]), other: ("unregistered", "")}
+    assert [e["status"] for e in fleet["clients"][0]["extensions"]] == ["unknown"]
+    assert fleet["totals"] == {
+        "clients": 2,
+        "extensions": 3,
+        "idle": 0,
+        "during": 1,
+        "call": 0,
+        "unregistered": 1,
+        "unknown": 1,
+    }
+    page = await api.ok("GET", "/api/clients?size=1&page=2")
+    assert [c["id"] for c in page["clients"]] == [box_a] and page["totals"]["clients"] == 2
+    assert (await api.ok("GET", "/api/clients?state=expired"))["clients"] == []
+    status, body = await api.call("GET", "/api/clients?state=gone")
+    assert status == 400 and body["msg"].startswith("state:")
+
+
 async def test_openapi_lists_every_route(api: Api, tmp_path: Path) -> None:
     async with api.client.get("/openapi.json") as resp:
         doc = await resp.json()
