@@ -116,6 +116,8 @@ class ServerLink:
     url: str = "http://127.0.0.1:8000"
     timeout: float = field(default=10.0, metadata=_positive())
     """Seconds one HTTP call to the server may take."""
+    token: str = ""
+    """Sent as `Authorization: Bearer <token>` (the server's `auth.client_token`)."""
 
 
 @dataclass(frozen=True)
@@ -255,6 +257,18 @@ class RetrySettings:
 
 
 @dataclass(frozen=True)
+class AuthSettings:
+    """Shared secrets a request must carry as `Authorization: Bearer <token>`; empty:
+    that API is open (the seeds' curl examples carry none). The 001 API hands out
+    the SIP passwords of the pool: a server listening beyond loopback wants both."""
+
+    api_token: str = ""
+    """For the 000 push/task API and the fleet view (`/api/...`)."""
+    client_token: str = ""
+    """For the 001 control API the daemons call (their `server.token`)."""
+
+
+@dataclass(frozen=True)
 class ReuseSettings:
     within: float = field(default=0.0, metadata=_check(lambda v: v >= 0, "a number >= 0"))
     """Seconds: a phone pushed again within this long of a verdict that says something
@@ -280,6 +294,7 @@ class ServerConfig:
     callbacks: CallbackSettings = CallbackSettings()
     retries: RetrySettings = RetrySettings()
     reuse: ReuseSettings = ReuseSettings()
+    auth: AuthSettings = AuthSettings()
     max_body: int = field(default=8 * 1024 * 1024, metadata=_positive())
     """Largest request body accepted, bytes (a bigger one answers 413)."""
     classify: ClassifySettings = ClassifySettings()

@@ -19,7 +19,15 @@ import structlog
 
 from sipclient.text import readable
 
-_SECRET_KEYS = ("password", "pwd", "passwd", "secret", "authorization", "proxy_authorization")
+_SECRET_KEYS = (
+    "password",
+    "pwd",
+    "passwd",
+    "secret",
+    "token",
+    "authorization",
+    "proxy_authorization",
+)
 REDACTED = "***"
 
 

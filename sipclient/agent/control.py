@@ -48,6 +48,11 @@ class ServerUnavailable(ControlError):
     """No usable answer: try again later."""
 
 
+class Unauthorized(ServerUnavailable):
+    """401: our `server.token` is missing or wrong. Nothing is refused for good (the
+    uploads stay in the spool, the statuses wait): the operator fixes the token."""
+
+
 class UnknownClient(ControlError):
     """The server does not know this clientId: /notify again."""
 
@@ -89,10 +94,11 @@ def _names_other_field(msg: object) -> bool:
 class ControlClient:
     """The 001 API. One instance per daemon; close it with `close()`."""
 
-    def __init__(self, base_url: str, *, timeout: float = 10.0) -> None:
+    def __init__(self, base_url: str, *, timeout: float = 10.0, token: str = "") -> None:
         self.base_url = base_url.rstrip("/")
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._session: aiohttp.ClientSession | None = None
+        self._auth = {"Authorization": f"Bearer {token}"} if token else {}
 
     async def close(self) -> None:
         """Close the HTTP session."""
@@ -102,7 +108,7 @@ class ControlClient:
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(timeout=self._timeout)
+            self._session = aiohttp.ClientSession(timeout=self._timeout, headers=self._auth)
         return self._session
 
     async def _call(
@@ -135,6 +141,8 @@ class ControlClient:
             data_obj = body.get("data")
             return data_obj if isinstance(data_obj, dict) else {}
         message = f"{method} {path}: code {code}: {body.get('msg')}"
+        if code == 401 or status == 401:
+            raise Unauthorized(message + " (check server.token)", code)
         if (code == 404 or status == 404) and not _names_other_field(body.get("msg")):
             raise UnknownClient(message, code)
         if status >= 500 or code >= 500:

@@ -291,7 +291,9 @@ class Daemon:
     ) -> None:
         self.config = config
         self.backend_factory = backend_factory
-        self.client = client or ControlClient(config.server.url, timeout=config.server.timeout)
+        self.client = client or ControlClient(
+            config.server.url, timeout=config.server.timeout, token=config.server.token
+        )
         self.spool = Spool(config.spool.dir)
         self.client_id: str | None = None
         self.lines: dict[str, Line] = {}

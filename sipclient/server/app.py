@@ -25,6 +25,7 @@ from sipclient.server.callbacks import CallbackWorker
 from sipclient.server.dispatch import Clock, Dispatch
 from sipclient.server.errors import (
     ApiError,
+    auth_middleware,
     bad_request,
     envelope,
     error_middleware,
@@ -90,7 +91,11 @@ def create_app(
     """The server application; `clock` drives leases (fake in tests)."""
     app = web.Application(
         client_max_size=config.max_body,
-        middlewares=[error_middleware, max_body_middleware(config.max_body)],
+        middlewares=[
+            error_middleware,
+            auth_middleware(config.auth.api_token, config.auth.client_token),
+            max_body_middleware(config.max_body),
+        ],
     )
     store = store if store is not None else open_store(config.database)
     app[CONFIG] = config

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -39,6 +40,30 @@ def envelope(
 
 def error_envelope(status: int, msg: str) -> web.Response:
     return envelope({}, code=status, msg=msg, status=status)
+
+
+def auth_middleware(api_token: str, client_token: str) -> Middleware:
+    """`Authorization: Bearer <token>` on /api/... (api_token) and on the 001 API
+    (client_token), when set; /openapi.json stays open. Checked before the body is read."""
+    expected = {"api": api_token.encode(), "client": client_token.encode()}
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        path = request.path
+        which = "api" if path.startswith("/api/") else "client"
+        token = expected[which]
+        if token and path != "/openapi.json":
+            given = request.headers.get("Authorization", "")
+            scheme, _, value = given.partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), token):
+                raise ApiError(
+                    401,
+                    "authorization: missing or wrong token (Authorization: Bearer <auth."
+                    f"{which}_token>)",
+                )
+        return await handler(request)
+
+    return middleware
 
 
 def max_body_middleware(max_body: int) -> Middleware:

@@ -32,6 +32,7 @@ from sipclient.agent.control import (
     Refused,
     ServerUnavailable,
     StatusReporter,
+    Unauthorized,
     UnknownClient,
     Uploader,
     form_data,
@@ -39,6 +40,7 @@ from sipclient.agent.control import (
 from sipclient.agent.daemon import CallRecord, Daemon
 from sipclient.agent.spool import Spool
 from sipclient.config import (
+    AuthSettings,
     DaemonConfig,
     DialplanSettings,
     HeartbeatSettings,
@@ -61,10 +63,11 @@ from sipclient.server.payloads import split_multipart
 class LiveServer:
     """The embedded server on 127.0.0.1:port; `stop()` / `start()` keep port and DB."""
 
-    def __init__(self, folder: Path, db_name: str = "server.db") -> None:
+    def __init__(self, folder: Path, db_name: str = "server.db", client_token: str = "") -> None:
         self.folder = folder
         self.port = free_port()
         self.db_name = db_name
+        self.client_token = client_token
         self.runner: web.AppRunner | None = None
 
     @property
@@ -77,6 +80,7 @@ class LiveServer:
             database=f"sqlite:///{self.folder / self.db_name}",
             recordings=ServerRecordingSettings(self.folder / "recordings"),
             leases=LeaseSettings(client_timeout=30.0, number_timeout=60.0, sweep_interval=1.0),
+            auth=AuthSettings(client_token=self.client_token),
         )
 
     async def start(self) -> None:
@@ -200,6 +204,41 @@ async def test_control_client_leases_uploads_and_the_spool_empties(
         assert len(list((spool.folder / "refused").glob("*.json"))) == 1
     finally:
         await client.close()
+
+
+async def test_the_token_the_server_wants_is_sent_and_a_wrong_one_loses_no_upload(
+    tmp_path: Path,
+) -> None:
+    server = LiveServer(tmp_path / "server", client_token="s3cret")
+    server.folder.mkdir()
+    await server.start()
+    good = ControlClient(server.url, token="s3cret")
+    bad = ControlClient(server.url, token="wrong")
+    none = ControlClient(server.url)
+    try:
+        task_id = await server.push(["2001"], ["13800000009"])  # the 000 API is open here
+        with pytest.raises(Unauthorized):
+            await bad.notify()
+        with pytest.raises(Unauthorized):
+            await none.notify()
+        cid = await good.notify()
+        await good.accounts(cid, 1)
+        [plan] = await good.dialplan(cid)
+        spool = Spool(tmp_path / "spool")
+        fields = {"extensionNum": "2001", "phone": plan.phone, "dialplanId": plan.dialplan_id}
+        spool.put(_wav(tmp_path / "a.wav"), fields | _fields())
+        # a wrong token is the operator's to fix: the upload waits in the spool,
+        # it is not refused for good (spool.dir/refused/)
+        refused_by_token = Uploader(bad, spool, lambda: cid)
+        assert not await refused_by_token.drain_once()
+        assert len(spool) == 1 and refused_by_token.refused == 0
+        assert await Uploader(good, spool, lambda: cid).drain_once()
+        assert len(spool) == 0
+        assert (await server.task(task_id))["dialplans"][0]["result"] == "empty"
+    finally:
+        for client in (good, bad, none):
+            await client.close()
+        await server.stop()
 
 
 def test_the_upload_body_parses_back_to_every_field_and_the_wav() -> None:

@@ -10,7 +10,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from sipclient.config import ReuseSettings, ServerConfig
+from sipclient.config import AuthSettings, ReuseSettings, ServerConfig
 from sipclient.server.app import create_app
 from sipclient.server.dispatch import FakeClock
 from tests.server.conftest import ACCOUNTS, Api, make_config, upload_form, wav_bytes
@@ -348,6 +348,30 @@ async def test_the_fleet_shows_each_daemon_with_its_lines_latest_status(
     assert (await api.ok("GET", "/api/clients?state=expired"))["clients"] == []
     status, body = await api.call("GET", "/api/clients?state=gone")
     assert status == 400 and body["msg"].startswith("state:")
+
+
+async def test_with_tokens_set_each_api_wants_its_own_and_openapi_stays_open(
+    tmp_path: Path,
+    clock: FakeClock,
+    aiohttp_client: Callable[[web.Application], Awaitable[TestClient[Any, Any]]],
+) -> None:
+    config = make_config(tmp_path, auth=AuthSettings(api_token="push-1", client_token="box-2"))
+    api = Api(await aiohttp_client(create_app(config, clock=clock)))
+    push = {"Authorization": "Bearer push-1"}
+    box = {"Authorization": "Bearer box-2"}
+    body = {"phone": ["1"], "return_url": "http://x:9/"}
+    for headers in ({}, {"Authorization": "Bearer box-2"}, {"Authorization": "Basic push-1"}):
+        status, answer = await api.call("POST", "/api/dialplan", json=body, headers=headers)
+        assert status == 401 and answer["msg"].startswith("authorization:"), headers
+    assert (await api.ok("POST", "/api/dialplan", json=body, headers=push))["task_id"]
+    status, _ = await api.call("GET", "/notify", headers=push)  # not the daemons' token
+    assert status == 401
+    assert (await api.ok("GET", "/notify", headers=box))["clientId"]
+    status, _ = await api.call("GET", "/api/clients", headers=box)
+    assert status == 401
+    assert (await api.ok("GET", "/api/clients", headers=push))["totals"]["clients"] == 1
+    async with api.client.get("/openapi.json") as resp:
+        assert resp.status == 200
 
 
 async def test_openapi_lists_every_route(api: Api, tmp_path: Path) -> None:
