@@ -1,12 +1,23 @@
 """logs.py: a logger taken before configure() obeys it; secrets never reach a line."""
 
 import json
+from collections.abc import Iterator
 
 import pytest
+import structlog
 
 from sipclient import logs
 
 early = logs.get_logger("early.module")  # taken at import time, like every module does
+
+
+@pytest.fixture(autouse=True)
+def _structlog_as_before() -> Iterator[None]:
+    """configure() here writes to this test's captured stdout, closed after it: left
+    so, every later log line of the session raised (a server under test answered 500
+    to everything when this file ran before tests/server)."""
+    yield
+    structlog.reset_defaults()
 
 
 def test_configure_applies_to_loggers_taken_earlier(capsys: pytest.CaptureFixture[str]) -> None:
@@ -21,12 +32,19 @@ def test_configure_applies_to_loggers_taken_earlier(capsys: pytest.CaptureFixtur
 
 def test_passwords_are_redacted(capsys: pytest.CaptureFixture[str]) -> None:
     logs.configure("info", "json")
-    early.info("account", extension="1001", password="s3cret", Authorization="Digest x")
+    early.info(
+        "account",
+        extension="1001",
+        password="s3cret",
+        Authorization="Digest x",
+        client_token="b0x",
+    )
     out = capsys.readouterr().out
-    assert "s3cret" not in out and "Digest x" not in out
+    assert "s3cret" not in out and "Digest x" not in out and "b0x" not in out
     line = json.loads(out)
     assert line["password"] == logs.REDACTED
     assert line["Authorization"] == logs.REDACTED
+    assert line["client_token"] == logs.REDACTED
 
 
 def test_a_peers_undecodable_bytes_are_logged_as_text(capsys: pytest.CaptureFixture[str]) -> None:
