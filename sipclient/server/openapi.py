@@ -25,6 +25,18 @@ def _envelope(data: JSON, *, msg_nullable: bool = True) -> JSON:
     }
 
 
+def _paging(size: int) -> list[JSON]:
+    """The `page` and `size` query parameters of a listing (`size` up to 1000)."""
+    return [
+        {"name": "page", "in": "query", "schema": {"type": "integer", "minimum": 1, "default": 1}},
+        {
+            "name": "size",
+            "in": "query",
+            "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": size},
+        },
+    ]
+
+
 def _ok(data: JSON, description: str = "success") -> JSON:
     return {
         "description": description,
@@ -303,23 +315,7 @@ def openapi_document() -> JSON:
             "/api/tasks": {
                 "get": {
                     "summary": "tasks, newest first",
-                    "parameters": [
-                        {
-                            "name": "page",
-                            "in": "query",
-                            "schema": {"type": "integer", "minimum": 1, "default": 1},
-                        },
-                        {
-                            "name": "size",
-                            "in": "query",
-                            "schema": {
-                                "type": "integer",
-                                "minimum": 1,
-                                "maximum": 1000,
-                                "default": 10,
-                            },
-                        },
-                    ],
+                    "parameters": _paging(10),
                     "responses": {
                         "200": _ok(
                             {"type": "array", "items": {"$ref": "#/components/schemas/TaskSummary"}}
@@ -341,21 +337,7 @@ def openapi_document() -> JSON:
                                 "default": "active",
                             },
                         },
-                        {
-                            "name": "page",
-                            "in": "query",
-                            "schema": {"type": "integer", "minimum": 1, "default": 1},
-                        },
-                        {
-                            "name": "size",
-                            "in": "query",
-                            "schema": {
-                                "type": "integer",
-                                "minimum": 1,
-                                "maximum": 1000,
-                                "default": 100,
-                            },
-                        },
+                        *_paging(100),
                     ],
                     "responses": {
                         "200": _ok({"$ref": "#/components/schemas/Fleet"}),
