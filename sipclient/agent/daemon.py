@@ -73,7 +73,7 @@ from sipclient.agent.control import (
     Uploader,
 )
 from sipclient.agent.spool import Spool, SpoolBusy, claim
-from sipclient.agent.trunk import TrunkGuard
+from sipclient.agent.trunk import TrunkGuard, TrunkState
 from sipclient.config import ConfigError, DaemonConfig, load_config
 from sipclient.logs import configure, get_logger
 from sipclient.media.ports import PortsExhausted
@@ -798,7 +798,7 @@ class Daemon:
 
     def _trunks_status(self) -> str:
         now = asyncio.get_running_loop().time()
-        paused = [g for g in self._trunks.values() if g.seconds_left(now) > 0 or g.probe_in_flight]
+        paused = [g for g in self._trunks.values() if g.state is not TrunkState.CLOSED]
         if not paused:
             return ""
         left = max(g.seconds_left(now) for g in paused)
