@@ -560,6 +560,17 @@ def _daemon_noting(
     return daemon, world, notes
 
 
+@contextlib.asynccontextmanager
+async def _running(daemon: Daemon) -> AsyncIterator[None]:
+    """`daemon.run()` for the block, then a clean stop: exit 0 within 15 s."""
+    run = asyncio.create_task(daemon.run())
+    try:
+        yield
+    finally:
+        daemon.stop()
+        assert await asyncio.wait_for(run, 15) == 0
+
+
 async def _finished(server: LiveServer, task_id: int) -> bool:
     task = await server.task(task_id)
     return all(d["status"] == "finish" for d in task["dialplans"])
@@ -571,10 +582,8 @@ async def test_daemon_dials_every_number_once_and_stops_cleanly(
     phones = [f"1380000{i:04d}" for i in range(9)]
     task_id = await server.push(["2001", "2002", "2003"], phones)
     daemon, world, notes = _daemon_noting(tmp_path, server, 3)
-    run = asyncio.create_task(daemon.run())
-    await _wait(lambda: _finished(server, task_id), timeout=20)
-    daemon.stop()
-    assert await asyncio.wait_for(run, 15) == 0
+    async with _running(daemon):
+        await _wait(lambda: _finished(server, task_id), timeout=20)
     assert sorted(world.dialled) == phones
     assert len(daemon.spool) == 0
     assert daemon.decided == 9
@@ -593,8 +602,7 @@ async def test_a_number_for_an_unregistered_extension_is_kept_and_dialled_later(
     world.refuse = {"2001"}
     (tmp_path / "rec").mkdir()
     daemon = Daemon(_daemon_config(tmp_path, server, 1), world.factory, notify=lambda *a: True)
-    run = asyncio.create_task(daemon.run())
-    try:
+    async with _running(daemon):
         await _wait(lambda: "2001" in world.lines)
         await asyncio.sleep(1.0)
         assert world.dialled == []
@@ -602,9 +610,6 @@ async def test_a_number_for_an_unregistered_extension_is_kept_and_dialled_later(
         world.lines["2001"].set_registered(True)
         await _wait(lambda: _finished(server, task_id))
         assert world.dialled == ["555"]
-    finally:
-        daemon.stop()
-        assert await asyncio.wait_for(run, 15) == 0
 
 
 async def test_an_account_pushed_again_reaches_its_line_which_keeps_its_numbers(
@@ -613,8 +618,7 @@ async def test_an_account_pushed_again_reaches_its_line_which_keeps_its_numbers(
     task_id = await server.push(["2001"], ["556"])
     daemon, world, _notes = _daemon_noting(tmp_path, server, 1)
     world.refuse = {"2001"}  # the password the lease carries is refused
-    run = asyncio.create_task(daemon.run())
-    try:
+    async with _running(daemon):
         await _wait(lambda: "2001" in daemon.lines and daemon.lines["2001"].pending)
         old = daemon.lines["2001"]
         # the operator pushes the right password: the next heartbeat brings it
@@ -626,9 +630,6 @@ async def test_an_account_pushed_again_reaches_its_line_which_keeps_its_numbers(
         assert daemon.lines["2001"] is not old and old.pending == []
         assert daemon.lines["2001"].account.password == "pw2"
         assert world.dialled == ["556"]
-    finally:
-        daemon.stop()
-        assert await asyncio.wait_for(run, 15) == 0
 
 
 async def test_a_call_that_finds_no_rtp_port_keeps_its_number_and_dials_it_later(
@@ -638,12 +639,8 @@ async def test_a_call_that_finds_no_rtp_port_keeps_its_number_and_dials_it_later
     task_id = await server.push(["2001", "2002"], phones)
     daemon, world, _notes = _daemon_noting(tmp_path, server, 2)
     world.no_port = 4
-    run = asyncio.create_task(daemon.run())
-    try:
+    async with _running(daemon):
         await _wait(lambda: _finished(server, task_id), timeout=20)
-    finally:
-        daemon.stop()
-        assert await asyncio.wait_for(run, 15) == 0
     # no port: nothing uploaded for the try, the number dialled once a port came
     assert len(world.no_port_for) == 4 and daemon.port_waits == 4
     assert sorted(world.dialled) == phones
@@ -659,12 +656,8 @@ async def test_max_cps_starts_calls_paced_whatever_the_free_lines(
     task_id = await server.push(["2001", "2002", "2003", "2004"], phones)
     daemon, world, _notes = _daemon_noting(tmp_path, server, 4, max_cps=5.0)
     world.call_seconds = 0.02  # the lines are free long before the next start
-    run = asyncio.create_task(daemon.run())
-    try:
+    async with _running(daemon):
         await _wait(lambda: _finished(server, task_id), timeout=20)
-    finally:
-        daemon.stop()
-        assert await asyncio.wait_for(run, 15) == 0
     assert sorted(world.dialled) == phones
     gaps = [b - a for a, b in zip(world.started_at, world.started_at[1:], strict=False)]
     # 5 a second: 0.2 s apart at least (a busy loop only makes the gaps longer)
@@ -680,12 +673,8 @@ async def test_transient_outcomes_in_a_row_pause_the_trunk_until_a_probe_decides
     daemon, world, notes = _daemon_noting(tmp_path, server, 1, trunk)
     world.transient_for = {"801", "802"}
     world.no_port_once = {"803"}  # the probe finds no RTP port: the next try probes
-    run = asyncio.create_task(daemon.run())
-    try:
+    async with _running(daemon):
         await _wait(lambda: world.dialled[-1:] == ["804"] and daemon.decided == 4, timeout=20)
-    finally:
-        daemon.stop()
-        assert await asyncio.wait_for(run, 15) == 0
     assert world.dialled == ["801", "802", "803", "804"] and world.no_port_for == ["803"]
     (guard,) = daemon._trunks.values()
     assert guard.opened == 1 and guard.state.value == "closed" and not guard.probe_in_flight
@@ -699,8 +688,7 @@ async def test_a_number_the_pbx_never_answered_waits_while_the_line_registers_ag
     daemon, world, _notes = _daemon_noting(tmp_path, server, 1)
     world.silent_for = {"701"}
     world.registrar_answers = False
-    run = asyncio.create_task(daemon.run())
-    try:
+    async with _running(daemon):
         # 701 met a silent PBX: kept, the line asked the registrar, which was silent too
         await _wait(lambda: world.rechecks == ["2001"] and not daemon.lines["2001"].registered)
         line = daemon.lines["2001"]
@@ -714,9 +702,6 @@ async def test_a_number_the_pbx_never_answered_waits_while_the_line_registers_ag
         task = await server.task(task_id)
         assert {d["result"] for d in task["dialplans"]} == {"empty"}
         assert daemon.decided == 2 and daemon.pbx_faults == 1
-    finally:
-        daemon.stop()
-        assert await asyncio.wait_for(run, 15) == 0
 
 
 async def test_a_number_the_pbx_never_answers_with_the_registrar_up_is_uploaded_after_3_tries(
@@ -726,18 +711,14 @@ async def test_a_number_the_pbx_never_answers_with_the_registrar_up_is_uploaded_
     daemon, world, _notes = _daemon_noting(tmp_path, server, 1)
     world.silent_for = {"703"}  # a PBX that drops this INVITE but answers REGISTER
     world.recheck_seconds = 0.5
-    run = asyncio.create_task(daemon.run())
 
     async def uploaded() -> bool:
         task = await server.task(task_id)
         return bool(task["dialplans"][0]["tries"] == 1)
 
-    try:
+    async with _running(daemon):
         await _wait(lambda: "1 re-registering after a PBX fault" in daemon.status_line())
         await _wait(uploaded)
-    finally:
-        daemon.stop()
-        assert await asyncio.wait_for(run, 15) == 0
     assert world.dialled == ["703"] * 3 and world.rechecks == ["2001"] * 2
     # uploaded as it is: a 408 without a 180 is `failed`, transient, so the server
     # dials the number again after retries.spacing (60 s), not at once
@@ -753,8 +734,7 @@ async def test_unknown_client_starts_over_and_the_call_in_flight_still_uploads(
     world.call_seconds = 3.0
     (tmp_path / "rec").mkdir()
     daemon = Daemon(_daemon_config(tmp_path, server, 1), world.factory, notify=lambda *a: True)
-    run = asyncio.create_task(daemon.run())
-    try:
+    async with _running(daemon):
         await _wait(lambda: world.dialled == ["777"])
         first_id = daemon.client_id
         # the server forgets us: a fresh database on the same port
@@ -768,9 +748,6 @@ async def test_unknown_client_starts_over_and_the_call_in_flight_still_uploads(
         # 777's upload went out under the new id and was refused by the new server
         # (it never handed out 777): kept aside, not lost, not retried forever
         await _wait(lambda: daemon.uploader.refused == 1)
-    finally:
-        daemon.stop()
-        assert await asyncio.wait_for(run, 15) == 0
     del task_id
 
 
@@ -788,10 +765,8 @@ async def test_watchdog_pings_come_from_the_loop_when_systemd_asks(
         world.factory,
         notify=lambda *lines: notes.extend(lines) or True,
     )
-    run = asyncio.create_task(daemon.run())
-    await asyncio.sleep(0.5)
-    daemon.stop()
-    assert await asyncio.wait_for(run, 15) == 0
+    async with _running(daemon):
+        await asyncio.sleep(0.5)
     assert notes.count("WATCHDOG=1") >= 3
 
 
