@@ -528,6 +528,8 @@ class WorldOptions:
     register_expires: int = 60
     sip_t1: float = 0.5
     """The daemon's T1: the tests shorten Timer B and F (64*T1) with it."""
+    answer_listen: float = 4.0
+    """The daemon's `sip.answer_listen`: how long a 2xx without a 180 is heard out (假应答)."""
     daemon_env: dict[str, str] = field(default_factory=dict)
     trunk: dict[str, float] = field(default_factory=dict)
     """The daemon's `trunk:` keys (the breaker of a failing trunk); empty: its defaults."""
@@ -676,6 +678,7 @@ class World:
                 "ring_timeout": o.ring_timeout,
                 "register_expires": o.register_expires,
                 "t1": o.sip_t1,
+                "answer_listen": o.answer_listen,
             },
             "rtp": {"ports": ports, "no_rtp_wait": 2.0},
             "recordings": {"dir": str(folder / "recordings"), "keep": False},
