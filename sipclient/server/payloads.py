@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 from sipclient.classify.verdicts import Signalling
 from sipclient.config import HostPort
 from sipclient.server.errors import bad_request
-from sipclient.server.store import AccountIn
+from sipclient.server.store import AccountIn, iso_local
 
 MAX_PHONE_LEN = 64
 MAX_PHONES = 100_000
@@ -330,22 +330,49 @@ def parse_upload_fields(form: dict[str, str]) -> UploadFields:
     if len(phone) > MAX_PHONE_LEN:
         raise bad_request("phone", f"longer than {MAX_PHONE_LEN} characters")
     local_verdict = form.get("localVerdict", "").strip() or None
-    started_at = form.get("startedAt", "").strip() or None
+    started_at = _call_time(form.get("startedAt", ""))
+    sip_code = _opt_int(form, "sipCode", 100, 699)
     return UploadFields(
         extension=extension,
         phone=phone,
         dialplan_id=_opt_int(form, "dialplanId", 1, 2**62),
-        sip_code=_opt_int(form, "sipCode", 100, 699),
+        sip_code=sip_code,
         sip_reason=form.get("sipReason", "")[:MAX_TEXT],
         q850_cause=_opt_int(form, "q850Cause", 0, 127),
         answered=_opt_flag(form, "answered"),
         early_media=_opt_flag(form, "earlyMedia"),
         ringing=_opt_flag(form, "ringing"),
-        cancelled_by_us=_opt_flag(form, "cancelledByUs"),
+        # (ext) beyond PROTOCOL.md's field list: a daemon that does not send it dials
+        # and hangs up once it has heard enough, so its 487 is its own CANCEL and the
+        # recording decides (read as "not ours", every live number it hung up on was
+        # `failed`)
+        cancelled_by_us=_opt_flag(form, "cancelledByUs")
+        if "cancelledByUs" in form
+        else sip_code == 487,
         cancel_reason=form.get("cancelReason", "").strip()[:MAX_TEXT],
-        started_at=started_at[:MAX_TEXT] if started_at else None,
+        started_at=started_at,
         ring_ms=_opt_int(form, "ringMs", 0, 10**9),
         media_ms=_opt_int(form, "mediaMs", 0, 10**9),
         local_verdict=local_verdict[:MAX_TEXT] if local_verdict else None,
         local_confidence=_opt_float(form, "localConfidence"),
     )
+
+
+def _call_time(value: str) -> str | None:
+    """`startedAt` as the callback's `calltime`: ISO 8601 local time without zone.
+
+    Our daemon sends epoch milliseconds (PROTOCOL.md gives no format); the
+    callback speaks the seed's timestamps, so a number of digits is converted
+    (milliseconds from 10^11 on, seconds below). Anything else is a daemon's own
+    rendering of the time and is kept as it is (cut to MAX_TEXT).
+    """
+    text = value.strip()
+    if not text:
+        return None
+    if text.isascii() and text.isdigit() and len(text) <= 15:
+        number = int(text)
+        try:
+            return iso_local(number / 1000 if number >= 10**11 else number)
+        except (OverflowError, OSError, ValueError):
+            pass  # out of the platform's range: kept as sent
+    return text[:MAX_TEXT]

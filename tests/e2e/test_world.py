@@ -8,6 +8,7 @@ import contextlib
 import datetime
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -85,6 +86,9 @@ async def test_every_verdict_class_arrives_at_the_return_url(
     assert expected | {"answered", "rejected"} <= got
     deliveries = world.receiver.verdicts.deliveries
     assert all(n == 1 for n in deliveries.values()), deliveries
+    # each call's time reaches the callback as the seed's timestamps are written
+    calltimes = [world.receiver.verdicts.results[p][1]["calltime"] for p in phones]
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d", t) for t in calltimes), calltimes
     # the callee who answered was hung up on by our BYE (nothing billed past the answer)
     answered = [m.method for m in world.carriers["answered_200"].messages() if m.method]
     assert answered[-2:] == ["ACK", "BYE"], answered

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import io
 import json
+import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import soundfile
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from sipclient.config import AuthSettings, ReuseSettings, ServerConfig
 from sipclient.server.app import create_app
 from sipclient.server.dispatch import FakeClock
+from sipclient.server.store import iso_local
 from tests.server.conftest import ACCOUNTS, Api, make_config, upload_form, wav_bytes
 
 # The seeds' curl bodies, verbatim (seed 000_59e7b47d2d83e2b8.txt).
@@ -183,6 +188,53 @@ async def test_a_seed_only_upload_works(api: Api) -> None:
     )
     assert status == 200 and body["data"]["status"] == "finish"
     assert body["data"]["result"] in {"unknown", "ringing"}
+
+
+def _ringback_wav(seconds: float = 6.0) -> bytes:
+    """The Chinese ringback (450 Hz, 1 s on, 4 s off) as a daemon records it."""
+    t = np.arange(int(seconds * 8000)) / 8000
+    on = (t % 5.0) < 1.0
+    samples = (np.sin(2 * np.pi * 450 * t) * 6000 * on).astype(np.int16)
+    buf = io.BytesIO()
+    soundfile.write(buf, samples, 8000, format="WAV", subtype="PCM_16")
+    return buf.getvalue()
+
+
+async def test_calltime_is_iso_local_time_whatever_startedat_carries(api: Api) -> None:
+    task_id = await _setup(api, ["301", "302", "303"])
+    cid = await api.notify()
+    await api.ok("GET", f"/accounts/{cid}?threadsNum=3")
+    await api.ok("GET", f"/dialplan/{cid}")
+    epoch = 1795478928.346
+    sent = {"301": str(int(epoch * 1000)), "302": str(int(epoch)), "303": "2026-01-01 10:00:00"}
+    for ext, (phone, started) in zip(("1001", "1002", "1003"), sent.items(), strict=True):
+        status, body = await api.upload(cid, ext, phone, sipCode=404, startedAt=started)
+        assert status == 200, body
+    task = await api.ok("GET", f"/api/tasks/{task_id}")
+    got = {p["phone"]: p["detail"]["calltime"] for p in task["dialplans"]}
+    # our daemon's epoch milliseconds (and seconds) become the seed's timestamp form
+    assert got["301"] == got["302"] == iso_local(int(epoch))
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d", got["301"])
+    assert got["303"] == "2026-01-01 10:00:00"  # a daemon's own rendering, kept
+
+
+async def test_a_487_without_cancelledbyus_is_our_cancel_and_the_recording_decides(
+    api: Api,
+) -> None:
+    # a daemon that sends PROTOCOL.md's (ext) fields but not ours: its 487 comes after
+    # its own CANCEL, so a ringback recording says `ringing` (it was `failed`, 487 "not
+    # ours", for every live number such a daemon hung up on)
+    await _setup(api, ["401", "402"])
+    cid = await api.notify()
+    await api.ok("GET", f"/accounts/{cid}?threadsNum=2")
+    await api.ok("GET", f"/dialplan/{cid}")
+    form = upload_form("1001", "401", _ringback_wav(), sipCode=487, earlyMedia=1)
+    status, body = await api.call("POST", f"/dial_wav/{cid}", data=form)
+    assert status == 200 and body["data"]["result"] == "ringing", body
+    # said outright, a 487 that was not ours is still a failure of the network
+    form = upload_form("1002", "402", _ringback_wav(), sipCode=487, earlyMedia=1, cancelledByUs=0)
+    status, body = await api.call("POST", f"/dial_wav/{cid}", data=form)
+    assert status == 200 and body["data"]["result"] == "failed", body
 
 
 async def test_account_lease_is_stable_and_exclusive(api: Api) -> None:
