@@ -39,9 +39,11 @@ log = get_logger(__name__)
 class ControlError(Exception):
     """A 001 call that did not succeed."""
 
-    def __init__(self, message: str, code: int | None = None) -> None:
+    def __init__(self, message: str, code: int | None = None, http_status: int = 0) -> None:
         super().__init__(message)
         self.code = code
+        """The envelope's `code`; None when the answer had no envelope."""
+        self.http_status = http_status
 
 
 class ServerUnavailable(ControlError):
@@ -146,8 +148,8 @@ class ControlClient:
         if (code == 404 or status == 404) and not _names_other_field(body.get("msg")):
             raise UnknownClient(message, code)
         if status >= 500 or code >= 500:
-            raise ServerUnavailable(message, code)
-        raise Refused(message, code)
+            raise ServerUnavailable(message, code, status)
+        raise Refused(message, code, status)
 
     async def notify(self) -> str:
         """Register this daemon; its clientId."""

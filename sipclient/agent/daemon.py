@@ -66,9 +66,11 @@ import structlog
 from sipclient.agent.control import (
     Account,
     ControlClient,
+    ControlError,
     DialplanItem,
     ServerUnavailable,
     StatusReporter,
+    Unauthorized,
     UnknownClient,
     Uploader,
 )
@@ -128,6 +130,9 @@ PBX_FAULTS = {
 
 LAG_EVERY = 0.1
 """How often the event loop's lag is measured (`Daemon._lag_monitor`)."""
+HEARTBEAT_REFUSED_MAX = 3
+"""Heartbeats in a row answered with a non-200 `code` (not 401) before the daemon
+takes it for an unknown clientId and calls /notify again (`Daemon._heartbeat`)."""
 LAG_WARN = 0.1
 """Smoothed lag above which STATUS= and the log say the daemon is overloaded."""
 LAG_WARN_EVERY = 30.0
@@ -624,14 +629,43 @@ class Daemon:
         host reaches its line within one beat (the line is replaced, its numbers
         kept). Until session 6 it was asked only while short of `threads`: a line
         whose password changed on the PBX stayed refused until a restart.
+
+        PROTOCOL.md: a call with an unknown clientId answers "a non-200 code";
+        the embedded server's is 404 (`UnknownClient` at once). A server that
+        knows only the seed may say it with any code, so HEARTBEAT_REFUSED_MAX
+        heartbeats in a row answered with a code that is not 200 in an envelope
+        on an HTTP status under 500 (the server is up and speaking; a 5xx is its
+        own failure, 401 our token, not our id) are taken the same way. A
+        heartbeat carries nothing but the id, so little else can make it fail
+        that often; a false start-over costs only the new id's lease (lines
+        whose account stays keep their calls).
         """
+        refused, refused_for = 0, ""
         while True:
             await asyncio.sleep(self.config.heartbeat.interval)
             client_id = self.client_id
             if client_id is None:
                 continue
             try:
-                await self.client.heartbeat(client_id)
+                try:
+                    await self.client.heartbeat(client_id)
+                except (UnknownClient, Unauthorized):
+                    raise
+                except ControlError as exc:
+                    if exc.code is None or exc.http_status >= 500:
+                        # no envelope, or an HTTP 5xx (the embedded server's answer to
+                        # its own failure): the server is away or failing, not refusing us
+                        raise
+                    # counted for this id only (a start-over elsewhere begins afresh)
+                    refused = refused + 1 if refused_for == client_id else 1
+                    refused_for = client_id
+                    log.warning(
+                        "heartbeat_refused", reason=str(exc), code=exc.code, in_a_row=refused
+                    )
+                    if refused >= HEARTBEAT_REFUSED_MAX:
+                        raise UnknownClient(str(exc), exc.code) from None
+                    continue
+                refused = 0
                 accounts = await self.client.accounts(client_id, self.config.threads)
                 if self._lease_changed(accounts):
                     active = sum(1 for line in self.lines.values() if not line.retired)
@@ -639,6 +673,7 @@ class Daemon:
                     await self._adopt(accounts)
                     self._set_status()
             except UnknownClient:
+                refused = 0
                 self._unknown_client()
             except Exception as exc:
                 log.info("heartbeat_failed", reason=str(exc))

@@ -69,6 +69,9 @@ class LiveServer:
         self.db_name = db_name
         self.client_token = client_token
         self.runner: web.AppRunner | None = None
+        self.unknown_client_code = 404
+        """The code an unknown clientId gets: another one makes the server answer it
+        as a server that knows only the seed might, HTTP 200 {"code": N}."""
 
     @property
     def url(self) -> str:
@@ -84,9 +87,21 @@ class LiveServer:
         )
 
     async def start(self) -> None:
-        self.runner = web.AppRunner(create_app(self.config()), access_log=None)
+        app = create_app(self.config())
+        if self.unknown_client_code != 404:
+            app.middlewares.insert(0, self._seed_unknown_client)  # outside the envelope one
+        self.runner = web.AppRunner(app, access_log=None)
         await self.runner.setup()
         await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
+
+    @web.middleware
+    async def _seed_unknown_client(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        resp = await handler(request)
+        body = getattr(resp, "body", None)
+        if resp.status == 404 and isinstance(body, bytes) and b'"clientId' in body:
+            envelope = {"code": self.unknown_client_code, "msg": "no such client", "data": None}
+            return web.json_response(envelope)
+        return cast(web.StreamResponse, resp)
 
     async def stop(self) -> None:
         if self.runner is not None:
@@ -749,6 +764,31 @@ async def test_unknown_client_starts_over_and_the_call_in_flight_still_uploads(
         # (it never handed out 777): kept aside, not lost, not retried forever
         await _wait(lambda: daemon.uploader.refused == 1)
     del task_id
+
+
+@pytest.mark.parametrize("code", [1, 400])
+async def test_a_seed_server_saying_unknown_client_with_another_code_makes_us_start_over(
+    server: LiveServer, tmp_path: Path, code: int
+) -> None:
+    # PROTOCOL.md: an unknown clientId answers "a non-200 code", which need not be 404
+    await server.stop()
+    server.unknown_client_code = code
+    await server.start()
+    await server.push(["2001"], ["777"])
+    world = FakeWorld(tmp_path)
+    (tmp_path / "rec").mkdir()
+    daemon = Daemon(_daemon_config(tmp_path, server, 1), world.factory, notify=lambda *a: True)
+    async with _running(daemon):
+        await _wait(lambda: world.dialled == ["777"])
+        first_id = daemon.client_id
+        await server.stop()  # the server forgets us: a fresh database on the same port
+        server.db_name = "fresh.db"
+        await server.start()
+        task2 = await server.push(["2001"], ["888"])
+        # three heartbeats (0.5 s apart) answered with that code, then /notify again
+        await _wait(lambda: daemon.client_id not in (None, first_id), timeout=15)
+        await _wait(lambda: _finished(server, task2), timeout=20)
+        assert world.dialled == ["777", "888"]
 
 
 async def test_watchdog_pings_come_from_the_loop_when_systemd_asks(
