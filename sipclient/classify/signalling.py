@@ -41,7 +41,7 @@ Q.850 causes (ITU-T Q.850; SIP codes as RFC 3398 section 8.2.6.1 maps them):
 | 28 | invalid number format | empty | |
 | 29 | facility rejected | restricted | |
 | 34 | no circuit available | failed | yes |
-| 38 | network out of order | unreachable | yes |
+| 38 | network out of order (PROTOCOL.md: `failed`, transient) | failed | yes |
 | 41 | temporary failure | failed | yes |
 | 42 | switching equipment congestion | failed | yes |
 | 44 | requested channel not available | failed | yes |
@@ -110,7 +110,7 @@ CAUSES: dict[int, Rule] = {
     28: Rule(V.EMPTY, 0.9),
     29: Rule(V.RESTRICTED, 0.8),
     34: Rule(V.FAILED, 0.9, transient=True),
-    38: Rule(V.UNREACHABLE, 0.85, transient=True),
+    38: Rule(V.FAILED, 0.85, transient=True),  # the network, not the number
     41: Rule(V.FAILED, 0.9, transient=True),
     42: Rule(V.FAILED, 0.9, transient=True),
     44: Rule(V.FAILED, 0.9, transient=True),

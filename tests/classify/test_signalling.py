@@ -21,7 +21,7 @@ V = Verdict
         (21, V.REJECTED, False),
         (22, V.CHANGED, False),
         (27, V.UNREACHABLE, False),
-        (38, V.UNREACHABLE, True),
+        (38, V.FAILED, True),  # PROTOCOL.md lists it with the transient failures
         (28, V.EMPTY, False),
         (34, V.FAILED, True),
         (41, V.FAILED, True),
