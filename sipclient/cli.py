@@ -59,9 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--account", required=True, metavar="EXT:PASSWORD@HOST:PORT", help="extension to use"
     )
     p.add_argument("--record", type=Path, default=None, metavar="F.wav", help="write the audio")
-    p.add_argument("--transport", choices=("udp", "tcp"), default="udp")
-    p.add_argument("--bind", default="127.0.0.1:0", metavar="IP:PORT", help="local SIP address")
-    p.add_argument("--ring-timeout", type=float, default=60.0, metavar="S")
+    # unset, these three come from --config (pbx.transport, sip.bind, sip.ring_timeout)
+    p.add_argument("--transport", choices=("udp", "tcp"), default=None)
+    p.add_argument(
+        "--bind", default=None, metavar="IP:PORT", help="local SIP address (default: sip.bind)"
+    )
+    p.add_argument("--ring-timeout", type=float, default=None, metavar="S")
     p.add_argument("--no-register", action="store_true", help="dial without registering first")
     _add_config(p, "daemon")
     p.set_defaults(entry="sipclient.agent.dial:dial_main", config_cls=DaemonConfig)

@@ -12,9 +12,17 @@ the outcome as ONE JSON object on stdout (logs go to stderr):
                  "duration_ms": 309},
      "evidence": {...}, "signalling": {...}, "media": {...}, "recording": {...}}
 
+`--transport`, `--bind` and `--ring-timeout` default to the config's
+`pbx.transport`, `sip.bind` (0.0.0.0:0: any address, the one facing the PBX
+goes in Via, Contact and SDP; "::" for an IPv6 PBX) and `sip.ring_timeout`.
+Until session 8 they defaulted to udp, 127.0.0.1:0 and 60 s whatever the
+config said, so `dial` reached no PBX beyond loopback (the sends failed and
+it printed a 408).
+
 Exit status: 0 when the call went through its life, whatever the verdict;
 1 on a runtime failure (cannot open the socket, cannot register); 2 on a
-malformed `--account` or `--bind`.
+malformed `--account` or `--bind`, or a `--bind` of the other address
+family than the PBX's.
 
 `--record F.wav`: the far end's audio from the first RTP packet to the end
 of the call, 8 kHz mono 16-bit (a zero-frame WAV when no media came), on a
@@ -155,9 +163,25 @@ class _Media:
         }
 
 
+def _bind(args: argparse.Namespace, config: DaemonConfig, account: Account) -> HostPort:
+    """`--bind`, else `sip.bind`; a wildcard follows the PBX's address family.
+
+    Raises ValueError for an address of the other family: nothing sent from it
+    reaches the PBX (it read as a 408 after Timer B, 32 s later).
+    """
+    bind = HostPort.parse(args.bind, allow_zero=True) if args.bind else config.sip.bind
+    pbx_v6 = ":" in account.host.host
+    if bind.host in ("0.0.0.0", "::"):
+        return HostPort("::" if pbx_v6 else "0.0.0.0", bind.port)
+    if (":" in bind.host) != pbx_v6:
+        raise ValueError(f"cannot reach the PBX {account.host} from the local address {bind}")
+    return bind
+
+
 async def _dial(args: argparse.Namespace, config: DaemonConfig, account: Account) -> int:
-    bind = HostPort.parse(args.bind, allow_zero=True)
+    bind = _bind(args, config, account)
     remote = (account.host.host, account.host.port)
+    ring_timeout = config.sip.ring_timeout if args.ring_timeout is None else args.ring_timeout
     try:
         stack: SipStack = await open_stack(
             transport=account.transport,
@@ -198,7 +222,7 @@ async def _dial(args: argparse.Namespace, config: DaemonConfig, account: Account
         call: Call = ua.call(
             args.number,
             local_rtp=media.local,
-            ring_timeout=args.ring_timeout,
+            ring_timeout=ring_timeout,
             on_early_media=media.started,
         )
         loop = asyncio.get_running_loop()
@@ -225,8 +249,8 @@ def dial_main(args: argparse.Namespace, config: DaemonConfig) -> int:
     fmt = "json" if config.log.format == "json" else "console"
     configure(config.log.level, fmt, stream=sys.stderr)
     try:
-        account = Account.parse(args.account, transport=args.transport)
-        HostPort.parse(args.bind, allow_zero=True)
+        account = Account.parse(args.account, transport=args.transport or config.pbx.transport)
+        _bind(args, config, account)
     except ValueError as exc:
         print(f"sipclient dial: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -6,6 +6,10 @@ import socket
 import time
 
 
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A port free for both UDP and TCP on `host` right now (the kernel picks it).
 
@@ -13,10 +17,10 @@ def free_port(host: str = "127.0.0.1") -> int:
     that fails to bind.
     """
     for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        with socket.socket(_family(host), socket.SOCK_DGRAM) as udp:
             udp.bind((host, 0))
             port = int(udp.getsockname()[1])
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+            with socket.socket(_family(host), socket.SOCK_STREAM) as tcp:
                 try:
                     tcp.bind((host, port))
                 except OSError:
@@ -51,7 +55,7 @@ def sip_options_ok(host: str, port: int, *, timeout: float = 0.2) -> bool:
 
 def udp_port_bound(host: str, port: int) -> bool:
     """Whether some process has bound UDP `host:port` (binding it ourselves fails)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+    with socket.socket(_family(host), socket.SOCK_DGRAM) as sock:
         try:
             sock.bind((host, port))
         except OSError:

@@ -94,3 +94,42 @@ def test_dial_without_register_straight_to_a_busy_uas(
     assert (out["verdict"], out["sip_code"]) == ("busy", 486)
     uas.wait_for("ACK")
     assert [m.method or m.status for m in uas.messages()] == ["INVITE", 486, "ACK"]
+
+
+def test_dial_reaches_a_pbx_beyond_127_0_0_1_with_the_default_bind(
+    sipp_uas: Callable[..., Sipp],
+) -> None:
+    # ::1 stands for any PBX not on 127.0.0.1: the default bind was 127.0.0.1:0, and
+    # every send to another address failed (a 408 after Timer B, exit 0)
+    uas = sipp_uas("uas_486.xml", host="::1")
+    done = run_dial("4861234", "--account", f"1001:x@[::1]:{uas.port}", "--no-register")
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert (out["verdict"], out["sip_code"]) == ("busy", 486)
+    # and a --bind that cannot reach it is a usage error at once, not a 408 32 s later
+    done = run_dial(
+        "4861234", "--account", f"1001:x@[::1]:{uas.port}", "--no-register", "--bind", "127.0.0.1:0"
+    )
+    assert done.returncode == 2 and "cannot reach the PBX" in done.stderr
+    assert done.stdout == ""
+
+
+def test_dial_takes_its_ring_timeout_from_the_config(
+    tmp_path: Path, sipp_uas: Callable[..., Sipp]
+) -> None:
+    uas = sipp_uas("uas_180_cancel.xml")
+    cfg = tmp_path / "daemon.yaml"
+    cfg.write_text("sip:\n  ring_timeout: 1\nlog:\n  level: warning\n")
+    done = run_dial(
+        "1801234",
+        "--account",
+        f"1001:x@127.0.0.1:{uas.port}",
+        "--no-register",
+        "--config",
+        str(cfg),
+    )
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    # rung, then our CANCEL at sip.ring_timeout (the option's old default, 60 s, won)
+    assert out["signalling"]["cancel_reason"] == "ring timeout", out
+    assert (out["verdict"], out["sip_code"]) == ("no_answer", 487)
