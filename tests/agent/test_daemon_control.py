@@ -69,6 +69,8 @@ class LiveServer:
         self.db_name = db_name
         self.client_token = client_token
         self.runner: web.AppRunner | None = None
+        self.statuses: list[tuple[str, str, str]] = []
+        """(status, extensionNum, phoneNum) of every /status the server answered 200."""
         self.unknown_client_code = 404
         """The code an unknown clientId gets: another one makes the server answer it
         as a server that knows only the seed might, HTTP 200 {"code": N}."""
@@ -88,11 +90,20 @@ class LiveServer:
 
     async def start(self) -> None:
         app = create_app(self.config())
+        app.middlewares.insert(0, self._note_status)
         if self.unknown_client_code != 404:
             app.middlewares.insert(0, self._seed_unknown_client)  # outside the envelope one
         self.runner = web.AppRunner(app, access_log=None)
         await self.runner.setup()
         await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
+
+    @web.middleware
+    async def _note_status(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        resp = cast(web.StreamResponse, await handler(request))
+        if request.path.startswith("/status/") and resp.status == 200:
+            q = request.query
+            self.statuses.append((q["status"], q["extensionNum"], q.get("phoneNum", "")))
+        return resp
 
     @web.middleware
     async def _seed_unknown_client(self, request: web.Request, handler: Any) -> web.StreamResponse:
@@ -484,6 +495,9 @@ class FakeLine:
             raise PortsExhausted(PortRange(30000, 30001), 1, 1)
         self.world.dialled.append(item.phone)
         self.world.started_at.append(asyncio.get_running_loop().time())
+        if item.phone in self.world.answer_for:
+            await asyncio.sleep(self.world.call_seconds / 2)
+            on_answered()  # the 2xx (the SIP side calls it from Call's on_answered)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(cancel.wait(), timeout=self.world.call_seconds)
         wav = _wav(self.folder / f"{item.phone}-{len(self.world.dialled)}.wav")
@@ -528,6 +542,8 @@ class FakeWorld:
         """Phones the trunk fails (503, cause 34: transient)."""
         self.silent_for: set[str] = set()
         """Phones whose INVITE the PBX never answers (a Timer B record)."""
+        self.answer_for: set[str] = set()
+        """Phones whose callee answers halfway through the call."""
         self.rechecks: list[str] = []
         self.registrar_answers = True
         self.recheck_seconds = 0.05
@@ -607,6 +623,31 @@ async def test_daemon_dials_every_number_once_and_stops_cleanly(
     assert any(n.startswith("STATUS=3/3 registered") for n in notes), notes
     task = await server.task(task_id)
     assert {d["result"] for d in task["dialplans"]} == {"empty"}
+
+
+async def test_each_number_is_reported_during_then_call_if_answered_then_idle(
+    server: LiveServer, tmp_path: Path
+) -> None:
+    # PROTOCOL.md's status table, as the server receives it: during (INVITE sent),
+    # call (2xx), idle (free again: phoneNum empty), per number
+    task_id = await server.push(["2001"], ["900", "901"])
+    daemon, world, _ = _daemon_noting(tmp_path, server, 1)
+    world.call_seconds = 0.2
+    world.answer_for = {"900"}
+    async with _running(daemon):
+        await _wait(lambda: _finished(server, task_id), timeout=20)
+        await _wait(lambda: server.statuses[-1:] == [("idle", "2001", "")])
+    said = [s for s in server.statuses if s[1] == "2001"]
+    assert said[0] == ("idle", "2001", "")  # registered, before any number
+    calls = said[1:]
+    dialled = world.dialled
+    assert set(dialled) == {"900", "901"}
+    expected: list[tuple[str, str, str]] = []
+    for phone in dialled:
+        expected += [("during", "2001", phone)]
+        expected += [("call", "2001", phone)] if phone == "900" else []
+        expected += [("idle", "2001", "")]
+    assert calls == expected, said
 
 
 async def test_a_number_for_an_unregistered_extension_is_kept_and_dialled_later(

@@ -1,9 +1,11 @@
-"""Daemon internals that need no server: STATUS= coalescing, in-memory WAVs to the spool."""
+"""Daemon internals: STATUS= coalescing, in-memory WAVs to the spool, PBX names and pbx.host."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import socket
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,17 @@ import pytest
 from sipclient.agent import daemon as daemon_mod
 from sipclient.agent.control import Account, DialplanItem
 from sipclient.agent.daemon import CallRecord, Daemon, Line
-from sipclient.config import DaemonConfig, RecordingSettings, ServerLink, SpoolSettings
+from sipclient.config import (
+    DaemonConfig,
+    HostPort,
+    PbxSettings,
+    RecordingSettings,
+    ServerLink,
+    SipSettings,
+    SpoolSettings,
+)
+from sipclient.lab.kamailio import Kamailio
+from sipclient.lab.ports import free_port
 
 
 def _config(tmp_path: Path) -> DaemonConfig:
@@ -111,3 +123,37 @@ async def test_a_pbx_name_is_resolved_once_and_an_unresolvable_one_is_retried(
         await asyncio.sleep(0.02)
     assert begun == [("127.0.0.1", "pbx.example")]
     assert lookups.count("pbx.example") >= 2  # failed at least once, then resolved
+
+
+@pytest.mark.peers
+async def test_an_account_without_host_registers_at_pbx_host(
+    tmp_path: Path, kamailio_for: Callable[..., Kamailio]
+) -> None:
+    # PROTOCOL.md: without `host` the daemon uses its configured PBX (a server that
+    # knows only the seed never sends one; the embedded server always does)
+    kam = kamailio_for()
+    config = dataclasses.replace(
+        _config(tmp_path),
+        pbx=PbxSettings(host=HostPort("127.0.0.1", kam.port)),
+        sip=SipSettings(bind=HostPort("127.0.0.1", 0)),
+    )
+    side = daemon_mod.SipSide(config)
+    await side.start()
+    plain = daemon_mod.SipLine(side, Account("1001", "secret1001"))
+    # an account's own host wins over pbx.host: nothing listens on this one
+    elsewhere = daemon_mod.SipLine(
+        side, Account("1002", "secret1002", host=f"127.0.0.1:{free_port()}")
+    )
+    changes: dict[str, list[bool]] = {"1001": [], "1002": []}
+    try:
+        await plain.start(lambda ok, _why: changes["1001"].append(ok))
+        await elsewhere.start(lambda ok, _why: changes["1002"].append(ok))
+        async with asyncio.timeout(10):
+            while not plain.registered:
+                await asyncio.sleep(0.05)
+        assert changes["1001"][-1] is True
+        assert not elsewhere.registered
+    finally:
+        await plain.stop()
+        await elsewhere.stop()
+        await side.close()

@@ -99,6 +99,15 @@ async def test_every_verdict_class_arrives_at_the_return_url(
     assert result == "empty" and detail["evidence"].get("fake_answer") is True, detail
     faked = [m.method for m in world.carriers[FAKE_ANSWER.name].messages() if m.method]
     assert faked[-2:] == ["ACK", "BYE"], faked
+    # seed 002's answertype: connected when the network answered (the fake answer
+    # too: its carrier bills it, so billsec says so), caller for our side's failure
+    for p in phones:
+        result, detail = world.receiver.verdicts.results[p]
+        answered = result == "answered" or p.startswith(FAKE_ANSWER.prefix)
+        kind = "connected" if answered else "caller" if result == "failed" else "callee"
+        assert (detail["answertype"], detail["answered"]) == (kind, int(answered)), (p, detail)
+        assert detail["billsec"] == 0 or answered, (p, detail)
+    assert world.receiver.verdicts.results[fake][1]["billsec"] >= 1
     # a call's one line at info carries clientId, extension, phone, call-id and RTP counters
     lines = [json.loads(x) for x in _daemon_log(world).splitlines() if x.startswith("{")]
     call_lines = [x for x in lines if x.get("event") == "call_classified"]
