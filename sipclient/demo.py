@@ -905,12 +905,14 @@ async def _demo(args: argparse.Namespace, workdir: Path) -> int:
             if gone:
                 print(f"demo: a daemon exited with {gone[0].returncode}", flush=True)
                 break
-        _summary(world, phones, started, args.lines)
+        _right, wrong = _summary(world, phones, started, args.lines)
         missing = [p for p in phones if p not in world.receiver.verdicts.results]
         if missing:
             print(f"demo: {len(missing)} numbers without a verdict in time: {missing[:10]}")
-            print(f"demo: logs are in {workdir}")
-        return 0 if not missing else 1
+        if missing or wrong:
+            print(f"demo: logs are in {workdir} (kept)")
+        # a self-check: exit 1 on a wrong verdict too (it was 0 unless one was missing)
+        return 0 if not missing and not wrong else 1
     finally:
         await world.stop()
 
@@ -923,14 +925,17 @@ def demo_main(args: argparse.Namespace) -> int:
             return 1
     own = args.workdir is None
     workdir = Path(tempfile.mkdtemp(prefix="sipclient-demo-")) if own else Path(args.workdir)
+    code = 1
     try:
-        return asyncio.run(_demo(args, workdir))
+        code = asyncio.run(_demo(args, workdir))
+        return code
     except KeyboardInterrupt:
         print("demo: interrupted; everything it started is stopped")
         return 1
     except LabError as exc:
-        print(f"demo: {exc}")
+        print(f"demo: {exc} (logs in {workdir})")
         return 1
     finally:
-        if own:
+        # a failed demo keeps its temp folder: the logs it pointed to are there
+        if own and code == 0:
             shutil.rmtree(workdir, ignore_errors=True)
