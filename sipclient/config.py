@@ -217,6 +217,13 @@ class DialplanSettings:
     past it a carrier answers 503 and numbers are spent); 0: no limit. Calls start
     1/max_cps s apart; several daemons on one trunk each need their share."""
 
+    hold_max: float = field(default=300.0, metadata=_non_negative())
+    """Seconds a number may wait on its line (unregistered, a PBX fault, a paused
+    trunk, no RTP port, the spool failing) before the daemon lets it go undialled:
+    the server's lease reclaim (`leases.number_timeout`, 600 s by default) hands it
+    out again, and dialled after that it would be dialled twice. Keep it below the
+    server's number_timeout; 0: never let go."""
+
     def __post_init__(self) -> None:
         _ordered("dialplan.poll_min", self.poll_min, "dialplan.poll_max", self.poll_max)
 

@@ -81,6 +81,8 @@ class DialplanItem:
     extension: str
     phone: str
     dialplan_id: str | None = None
+    taken_at: float = 0.0
+    """Loop time the daemon took it onto its line (`Daemon._take`); 0: not yet."""
 
 
 _NOT_THE_CLIENT = ("extensionNum:", "phone:", "phoneNum:", "dialplanId:", "task_id:")

@@ -57,7 +57,7 @@ import signal
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -319,6 +319,8 @@ class Daemon:
         """Calls put back because no RTP port was free (`_wait_for_port`)."""
         self.pbx_faults = 0
         """Calls that met a PBX fault (`_pbx_fault`)."""
+        self.let_go = 0
+        """Numbers held past `dialplan.hold_max` and left to the server (`_let_go_stale`)."""
         self._trunks: dict[tuple[str, str], TrunkGuard] = {}
         """The breaker of each PBX the lines dial through (`_trunk`)."""
         self._next_start = 0.0
@@ -856,7 +858,7 @@ class Daemon:
         ]
         if same:
             return  # handed again while we still hold it
-        line.pending.append(item)
+        line.pending.append(replace(item, taken_at=asyncio.get_running_loop().time()))
         if not line.registered:
             log.warning(
                 "dialplan_for_unregistered_extension",
@@ -873,7 +875,10 @@ class Daemon:
             return
         cps = self.config.dialplan.max_cps
         loop = asyncio.get_running_loop()
+        hold_max = self.config.dialplan.hold_max
         for line in self.lines.values():
+            if hold_max and line.pending:
+                self._let_go_stale(line, loop.time() - hold_max)
             if line.pending and self._free(line):
                 if cps > 0:
                     # paced, not bursty: carriers police CPS over short windows
@@ -885,6 +890,32 @@ class Daemon:
                     self._next_start = now + 1.0 / cps
                 item = line.pending.pop(0)
                 self._start_call(line, item)
+
+    def _let_go_stale(self, line: Line, taken_before: float) -> None:
+        """Drop the numbers held on `line` since before `taken_before` (`dialplan.hold_max`).
+
+        A number waits on its line while the line cannot dial (unregistered, a
+        PBX fault, a paused trunk, no RTP port, the spool failing). Past the
+        server's `leases.number_timeout` the server hands it out again, to
+        another line or box; dialled here after that, it was dialled twice (the
+        second upload refused, a live subscriber rung twice). Let go of, it
+        stays the server's: busy until that reclaim, then handed out anew.
+        """
+        stale = [p for p in line.pending if p.taken_at < taken_before]
+        if not stale:
+            return
+        line.pending = [p for p in line.pending if p.taken_at >= taken_before]
+        now = asyncio.get_running_loop().time()
+        for item in stale:
+            self.let_go += 1
+            log.warning(
+                "number_let_go",
+                extension=line.extension,
+                phone=item.phone,
+                held_s=round(now - item.taken_at, 1),
+                registered=line.registered,
+                hint="held past dialplan.hold_max: the server's lease reclaim hands it out again",
+            )
 
     def _paced(self) -> None:
         self._pace_timer = None

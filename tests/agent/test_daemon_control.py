@@ -71,6 +71,7 @@ class LiveServer:
         self.runner: web.AppRunner | None = None
         self.statuses: list[tuple[str, str, str]] = []
         """(status, extensionNum, phoneNum) of every /status the server answered 200."""
+        self.number_timeout = 60.0
         self.unknown_client_code = 404
         """The code an unknown clientId gets: another one makes the server answer it
         as a server that knows only the seed might, HTTP 200 {"code": N}."""
@@ -84,7 +85,9 @@ class LiveServer:
             listen=HostPort("127.0.0.1", self.port),
             database=f"sqlite:///{self.folder / self.db_name}",
             recordings=ServerRecordingSettings(self.folder / "recordings"),
-            leases=LeaseSettings(client_timeout=30.0, number_timeout=60.0, sweep_interval=1.0),
+            leases=LeaseSettings(
+                client_timeout=30.0, number_timeout=self.number_timeout, sweep_interval=0.5
+            ),
             auth=AuthSettings(client_token=self.client_token),
         )
 
@@ -494,6 +497,7 @@ class FakeLine:
             self.world.no_port_for.append(item.phone)
             raise PortsExhausted(PortRange(30000, 30001), 1, 1)
         self.world.dialled.append(item.phone)
+        self.world.dialled_on.setdefault(item.phone, []).append(self.account.extension)
         self.world.started_at.append(asyncio.get_running_loop().time())
         if item.phone in self.world.answer_for:
             await asyncio.sleep(self.world.call_seconds / 2)
@@ -529,6 +533,8 @@ class FakeWorld:
         self.folder = folder
         self.lines: dict[str, FakeLine] = {}
         self.dialled: list[str] = []
+        self.dialled_on: dict[str, list[str]] = {}
+        """Per phone, the extensions that dialled it, in order."""
         self.started_at: list[float] = []
         """Loop time of each call's start (as `dialled`)."""
         self.refuse: set[str] = set()
@@ -560,6 +566,7 @@ def _daemon_config(
     threads: int,
     trunk: TrunkSettings | None = None,
     max_cps: float = 0.0,
+    hold_max: float = 300.0,
 ) -> DaemonConfig:
     return DaemonConfig(
         server=ServerLink(server.url, timeout=2.0),
@@ -567,7 +574,7 @@ def _daemon_config(
         recordings=RecordingSettings(dir=tmp_path / "rec"),
         spool=SpoolSettings(tmp_path / "spool"),
         heartbeat=HeartbeatSettings(0.5),
-        dialplan=DialplanSettings(poll_min=0.05, poll_max=0.2, max_cps=max_cps),
+        dialplan=DialplanSettings(poll_min=0.05, poll_max=0.2, max_cps=max_cps, hold_max=hold_max),
         trunk=trunk or TrunkSettings(),
     )
 
@@ -758,6 +765,39 @@ async def test_a_number_the_pbx_never_answered_waits_while_the_line_registers_ag
         task = await server.task(task_id)
         assert {d["result"] for d in task["dialplans"]} == {"empty"}
         assert daemon.decided == 2 and daemon.pbx_faults == 1
+
+
+async def test_a_number_held_past_hold_max_is_left_to_the_server_not_dialled_twice(
+    server: LiveServer, tmp_path: Path
+) -> None:
+    # the server's lease on a number ends (number_timeout) while our line, cut off
+    # from the PBX, still holds it: the server hands it to another line, and when
+    # ours is back it must not dial that number again
+    await server.stop()
+    server.number_timeout = 2.0
+    await server.start()
+    task_id = await server.push(["2001", "2002"], ["701", "702"])
+    world = FakeWorld(tmp_path)
+    (tmp_path / "rec").mkdir()
+    world.silent_for = {"701"}
+    world.registrar_answers = False
+    config = _daemon_config(tmp_path, server, 2, hold_max=1.0)
+    daemon = Daemon(config, world.factory, notify=lambda *a: True)
+    async with _running(daemon):
+        await _wait(lambda: "2001" in world.rechecks and "701" in world.dialled)
+        silent_line = world.dialled_on["701"][0]
+        world.silent_for = set()  # the PBX answers the other line's INVITEs
+        # reclaimed by the server, 701 goes to the line that can dial, and finishes
+        await _wait(lambda: _finished(server, task_id), timeout=20)
+        assert world.dialled.count("701") == 2
+        # the silent line is back: what it held since the fault is not dialled again
+        world.lines[silent_line].set_registered(True)
+        await _wait(lambda: daemon.let_go == 1 or world.dialled.count("701") > 2)
+        await asyncio.sleep(0.5)
+        assert world.dialled.count("701") == 2, world.dialled  # 3 with hold_max 0
+        assert daemon.let_go == 1
+        assert daemon.lines[silent_line].pending == []
+    assert daemon.uploader.refused == 0  # no second upload of 701 for the server to refuse
 
 
 async def test_a_number_the_pbx_never_answers_with_the_registrar_up_is_uploaded_after_3_tries(
