@@ -196,6 +196,9 @@ class RecordingSettings:
     max_bytes: int = field(default=2_000_000, metadata=_positive())
     keep: bool = False
     """Keep the local WAV after a successful upload."""
+    keep_days: int = field(default=0, metadata=_check(lambda v: v >= 0, "an int >= 0"))
+    """With `keep`: kept WAVs older than this many days are deleted, at start and
+    hourly (`agent/housekeeping.py`); 0 keeps them all."""
 
 
 @dataclass(frozen=True)

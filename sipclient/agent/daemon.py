@@ -74,6 +74,7 @@ from sipclient.agent.control import (
     UnknownClient,
     Uploader,
 )
+from sipclient.agent.housekeeping import run_housekeeping
 from sipclient.agent.spool import Spool, SpoolBusy, claim
 from sipclient.agent.trunk import TrunkGuard, TrunkState
 from sipclient.config import ConfigError, DaemonConfig, load_config
@@ -412,6 +413,14 @@ class Daemon:
             asyncio.create_task(self.status.run(), name="status"),
             asyncio.create_task(self._watchdog(), name="watchdog"),
             asyncio.create_task(self._lag_monitor(), name="lag"),
+            asyncio.create_task(
+                run_housekeeping(
+                    self.config.recordings.dir,
+                    self.config.recordings.keep_days if self.config.recordings.keep else 0,
+                    self.config.spool.dir,
+                ),
+                name="housekeeping",
+            ),
         ]
         try:
             while not self._stopping.is_set():

@@ -20,12 +20,12 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+from sipclient.disk import warn_if_low
 from sipclient.logs import get_logger
 
 log = get_logger(__name__)
 
 PRUNE_EVERY_S = 3600.0
-LOW_FREE_SHARE = 0.05
 
 
 def expired_folders(root: Path, now: float, keep_days: int) -> list[Path]:
@@ -66,15 +66,12 @@ async def run_pruner(root: Path, keep_days: int, clock: Callable[[], float]) -> 
         try:
             for name, count in await asyncio.to_thread(prune, root, clock(), keep_days):
                 log.info("recordings_pruned", folder=name, files=count, keep_days=keep_days)
-            usage = await asyncio.to_thread(shutil.disk_usage, root)
-            if usage.free < LOW_FREE_SHARE * usage.total:
-                log.warning(
-                    "recordings_disk_low",
-                    folder=str(root),
-                    free_mb=usage.free // 2**20,
-                    total_mb=usage.total // 2**20,
-                    hint="set recordings.keep_days, or give the recordings more disk",
-                )
+            await asyncio.to_thread(
+                warn_if_low,
+                root,
+                "recordings_disk_low",
+                "set recordings.keep_days, or give the recordings more disk",
+            )
         except OSError as exc:
             log.error("recordings_prune_failed", folder=str(root), error=str(exc))
         await asyncio.sleep(PRUNE_EVERY_S)

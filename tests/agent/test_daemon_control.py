@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import inspect
+import os
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -655,6 +657,29 @@ async def test_each_number_is_reported_during_then_call_if_answered_then_idle(
         expected += [("call", "2001", phone)] if phone == "900" else []
         expected += [("idle", "2001", "")]
     assert calls == expected, said
+
+
+async def test_kept_recordings_older_than_keep_days_are_pruned_at_start(
+    server: LiveServer, tmp_path: Path
+) -> None:
+    task_id = await server.push(["2001"], ["910"])
+    world = FakeWorld(tmp_path)
+    rec = tmp_path / "rec"
+    rec.mkdir()
+    old, recent = rec / "2001-900-1.wav", rec / "2001-901-2.wav"
+    for wav, days in ((old, 3), (recent, 0.5)):
+        _wav(wav)
+        then = time.time() - days * 86400
+        os.utime(wav, (then, then))
+    config = _daemon_config(tmp_path, server, 1)
+    config = dataclasses.replace(
+        config, recordings=dataclasses.replace(config.recordings, keep=True, keep_days=2)
+    )
+    daemon = Daemon(config, world.factory, notify=lambda *a: True)
+    async with _running(daemon):
+        await _wait(lambda: _finished(server, task_id))
+        await _wait(lambda: not old.exists())
+    assert recent.exists()
 
 
 async def test_a_number_for_an_unregistered_extension_is_kept_and_dialled_later(
