@@ -41,6 +41,12 @@ def test_classify_files(tmp_path: Path, wav: Callable[..., Path]) -> None:
         "classify", str(silent), "--sip-code", "480", "--q850", "20", "--templates", str(lib)
     )
     assert code == 0 and lines[0]["verdict"] == "powered_off"
+    # the SIP code alone, no cause: silence and a 486 are busy, a 404 empty
+    for code_given, verdict in (("486", "busy"), ("404", "empty")):
+        code, lines, _ = run(
+            "classify", str(silent), "--sip-code", code_given, "--templates", str(lib)
+        )
+        assert code == 0 and lines[0]["verdict"] == verdict, lines
 
 
 def test_classify_ringing_flag_colour_ringback(tmp_path: Path, wav: Callable[..., Path]) -> None:
