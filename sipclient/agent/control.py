@@ -278,13 +278,25 @@ async def _in_flight(
 
 
 async def _retry_forever(
-    step: Callable[[], Awaitable[bool]], wake: asyncio.Event, low: float, high: float
+    step: Callable[[], Awaitable[bool]], wake: asyncio.Event, low: float, high: float, name: str
 ) -> None:
-    """Run `step` whenever woken; while it reports unfinished work, retry with back-off."""
+    """Run `step` whenever woken; while it reports unfinished work, retry with back-off.
+
+    A step that raises is logged and retried like unfinished work: this loop is
+    the uploader's (or the status reporter's) whole life, and nothing restarts
+    it. Until session 8 one OSError from the spool's disk work (an unlink as the
+    spool's folder went away) ended the uploader: nothing was uploaded until the
+    daemon stopped, and every number was dialled again after its lease ran out.
+    """
     delay = low
     while True:
         wake.clear()
-        if await step():
+        try:
+            done = await step()
+        except Exception as exc:  # CancelledError is no Exception: a stop still stops
+            log.error(f"{name}_failed", error=f"{type(exc).__name__}: {exc}", retry_in=delay)
+            done = False
+        if done:
             delay = low
             await wake.wait()
         else:
@@ -373,7 +385,9 @@ class Uploader:
 
     async def run(self) -> None:
         """Forever: drain, and back off while the server is away."""
-        await _retry_forever(self.drain_once, self._wake, self._retry_min, self._retry_max)
+        await _retry_forever(
+            self.drain_once, self._wake, self._retry_min, self._retry_max, "upload_pass"
+        )
 
 
 class StatusReporter:
@@ -449,4 +463,6 @@ class StatusReporter:
 
     async def run(self) -> None:
         """Forever: deliver states, backing off while the server is away."""
-        await _retry_forever(self.flush, self._wake, self._retry_min, self._retry_max)
+        await _retry_forever(
+            self.flush, self._wake, self._retry_min, self._retry_max, "status_pass"
+        )

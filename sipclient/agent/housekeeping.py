@@ -70,6 +70,6 @@ async def run_housekeeping(
                 "a full disk stops the spool and with it all dialling: free space, "
                 "or set recordings.keep_days",
             )
-        except OSError as exc:
-            log.error("housekeeping_failed", error=str(exc))
+        except Exception as exc:  # never ends the loop: nothing would restart it
+            log.error("housekeeping_failed", error=f"{type(exc).__name__}: {exc}")
         await asyncio.sleep(every)

@@ -72,6 +72,8 @@ async def run_pruner(root: Path, keep_days: int, clock: Callable[[], float]) -> 
                 "recordings_disk_low",
                 "set recordings.keep_days, or give the recordings more disk",
             )
-        except OSError as exc:
-            log.error("recordings_prune_failed", folder=str(root), error=str(exc))
+        except Exception as exc:  # never ends the loop: nothing would restart it
+            log.error(
+                "recordings_prune_failed", folder=str(root), error=f"{type(exc).__name__}: {exc}"
+            )
         await asyncio.sleep(PRUNE_EVERY_S)

@@ -40,7 +40,7 @@ from sipclient.agent.control import (
     form_data,
 )
 from sipclient.agent.daemon import CallRecord, Daemon
-from sipclient.agent.spool import Spool
+from sipclient.agent.spool import Spool, SpoolEntry
 from sipclient.config import (
     AuthSettings,
     DaemonConfig,
@@ -338,6 +338,49 @@ async def test_server_down_spools_then_drains_when_back(server: LiveServer, tmp_
         assert reporter.sent == 2  # coalesced: one /status per extension
         task = await server.task(task_id)
         assert sorted(d["status"] for d in task["dialplans"]) == ["finish", "finish"]
+    finally:
+        await client.close()
+
+
+class _DiskFailsOnce(Spool):
+    """A spool whose first removal meets a disk error (the folder went away)."""
+
+    failed = False
+
+    def remove(self, entry: SpoolEntry) -> None:
+        if not self.failed:
+            self.failed = True
+            raise NotADirectoryError(20, "Not a directory", str(entry.wav))
+        super().remove(entry)
+
+
+async def test_a_disk_error_in_a_drain_does_not_end_the_uploader(
+    server: LiveServer, tmp_path: Path
+) -> None:
+    # it did: the uploader's task died with the OSError, nothing went up until the
+    # daemon stopped, and every number was dialled again after its lease ran out
+    # (seen in the e2e spool test, when the folder was swapped mid-unlink)
+    task_id = await server.push(["2001", "2002", "2003"], ["1", "2", "3"])
+    client = ControlClient(server.url, timeout=2.0)
+    try:
+        cid = await client.notify()
+        await client.accounts(cid, 3)
+        plans = await client.dialplan(cid)
+        spool = _DiskFailsOnce(tmp_path / "spool")
+        uploader = Uploader(client, spool, lambda: cid, retry_min=0.05, retry_max=0.2)
+        run = asyncio.create_task(uploader.run())
+        for i, p in enumerate(plans):
+            fields = {"extensionNum": p.extension, "phone": p.phone, "dialplanId": p.dialplan_id}
+            spool.put(_wav(tmp_path / f"{i}.wav"), fields | _fields())
+            uploader.kick()
+            await asyncio.sleep(0.05)
+        await _wait(lambda: _finished(server, task_id))
+        assert spool.failed and not run.done()
+        # the entry whose removal failed was uploaded: sent again, refused, set aside
+        await _wait(lambda: len(spool) == 0)
+        assert uploader.uploaded == 2 and uploader.refused == 1
+        run.cancel()
+        await asyncio.gather(run, return_exceptions=True)
     finally:
         await client.close()
 
