@@ -18,6 +18,7 @@ import aiohttp
 
 from sipclient.config import CallbackSettings
 from sipclient.logs import get_logger
+from sipclient.server.errors import task_json
 from sipclient.server.store import CallbackDue, Store
 
 log = get_logger(__name__)
@@ -111,11 +112,12 @@ class CallbackWorker:
             # was recorded (the round's query and that delivery overlap): it went
             # already. Seen in the e2e tests as a return_url posted twice.
             return
-        body = {"code": 200, "msg": None, "data": task}
+        body = await asyncio.to_thread(task_json, task)  # 70 MB for 100,000 numbers
         status: int | None = None
         error: str | None = None
+        headers = {"Content-Type": "application/json"}
         try:
-            async with self._session.post(item.return_url, json=body) as resp:
+            async with self._session.post(item.return_url, data=body, headers=headers) as resp:
                 status = resp.status
                 await resp.read()
         except (aiohttp.ClientError, TimeoutError, ValueError, OSError) as exc:

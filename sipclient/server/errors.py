@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -36,6 +37,37 @@ def envelope(
 ) -> web.Response:
     """A JSON answer in the envelope."""
     return web.json_response({"code": code, "msg": msg, "data": data}, status=status)
+
+
+TASK_SLICE = 2000
+"""Dialplans encoded per json.dumps call in `task_json` (a few ms each)."""
+
+
+def task_json(data: dict[str, Any], msg: str | None = None) -> bytes:
+    """The envelope of a task (`data.dialplans` may hold 100,000 numbers) as JSON bytes.
+
+    Run it in a thread (`task_envelope`): json.dumps is one C call that holds the
+    GIL to its end, ~200 ms for 100,000 dialplans, during which no 001 call is
+    served. Encoded a slice of dialplans at a time, the event loop gets the GIL
+    between slices. Same separators as aiohttp's json_response; `dialplans`
+    comes last in `data`.
+    """
+    plans = data.get("dialplans")
+    if not isinstance(plans, list) or len(plans) <= TASK_SLICE:
+        return json.dumps({"code": 200, "msg": msg, "data": data}).encode()
+    rest = json.dumps({k: v for k, v in data.items() if k != "dialplans"})
+    parts = [f'{{"code": 200, "msg": {json.dumps(msg)}, "data": ', rest[:-1]]
+    parts.append(', "dialplans": [' if len(rest) > 2 else '"dialplans": [')
+    slices = (json.dumps(plans[i : i + TASK_SLICE])[1:-1] for i in range(0, len(plans), TASK_SLICE))
+    parts.append(", ".join(slices))
+    parts.append("]}}")
+    return "".join(parts).encode()
+
+
+async def task_envelope(data: dict[str, Any], msg: str | None = None) -> web.Response:
+    """`envelope(data)` for a task, encoded off the event loop (`task_json`)."""
+    body = await asyncio.to_thread(task_json, data, msg)
+    return web.Response(body=body, content_type="application/json")
 
 
 def error_envelope(status: int, msg: str) -> web.Response:

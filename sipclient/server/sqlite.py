@@ -300,6 +300,28 @@ def _dialplan_json(row: sqlite3.Row) -> JSON:
     }
 
 
+_TASK_IDS = "SELECT id FROM dialplans WHERE task_id = ? ORDER BY id"
+
+
+def _new_dialplan_json(
+    dialplan_id: int, phone: str, task_id: int, stamp: str, finished: tuple[str, JSON] | None
+) -> JSON:
+    """`_dialplan_json` of a row `create_task` has just inserted."""
+    return {
+        "id": dialplan_id,
+        "phone": phone,
+        "client_id": None,
+        "status": "free" if finished is None else "finish",
+        "result": None if finished is None else finished[0],
+        "created_at": stamp,
+        "updated_at": stamp,
+        "task_id": task_id,
+        "extensionNum": None,
+        "tries": 0,
+        "detail": None if finished is None else json.loads(json.dumps(finished[1])),
+    }
+
+
 def _task_json(row: sqlite3.Row) -> JSON:
     return {
         "id": row["id"],
@@ -421,12 +443,17 @@ class SqliteStore(Store):
                     " callback_next_at = 0 WHERE id = ?",
                     (task_id,),
                 )
-            rows = conn.execute(
-                "SELECT * FROM dialplans WHERE task_id = ? ORDER BY id", (task_id,)
-            ).fetchall()
+            # The answer is what was just inserted: only the ids are read back. They
+            # ascend in insertion order (this is the only writer), so they pair with
+            # `phones`. Reading the rows back whole took 0.4 s of 1 s for 100,000
+            # numbers, during which every other write (a heartbeat's) waited.
+            ids = [r[0] for r in conn.execute(_TASK_IDS, (task_id,))]
             return {
                 "task_id": task_id,
-                "dialplans": [_dialplan_json(r) for r in rows],
+                "dialplans": [
+                    _new_dialplan_json(i, p, task_id, stamp, done.get(p))
+                    for i, p in zip(ids, phones, strict=True)
+                ],
                 "return_url": return_url,
             }
 

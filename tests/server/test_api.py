@@ -17,6 +17,7 @@ from aiohttp.test_utils import TestClient
 from sipclient.config import AuthSettings, ReuseSettings, ServerConfig
 from sipclient.server.app import create_app
 from sipclient.server.dispatch import FakeClock
+from sipclient.server.errors import task_json
 from sipclient.server.store import iso_local
 from tests.server.conftest import ACCOUNTS, Api, make_config, upload_form, wav_bytes
 
@@ -188,6 +189,33 @@ async def test_a_seed_only_upload_works(api: Api) -> None:
     )
     assert status == 200 and body["data"]["status"] == "finish"
     assert body["data"]["result"] in {"unknown", "ringing"}
+
+
+async def test_the_push_answers_the_dialplans_as_the_task_shows_them(api: Api) -> None:
+    # the push builds its answer from what it inserted (no read-back of the rows):
+    # it must say exactly what GET /api/tasks/{id} says, a number finished at the
+    # push (not dialable) included, over more than one encoding slice
+    phones = [f"1{n:010d}" for n in range(4500)] + ["1380@x"]
+    pushed = await api.ok(
+        "POST", "/api/dialplan", json={"phone": phones, "return_url": "http://127.0.0.1:9/"}
+    )
+    task = await api.ok("GET", f"/api/tasks/{pushed['task_id']}")
+    assert pushed["dialplans"] == task["dialplans"]
+    assert [d["phone"] for d in pushed["dialplans"]] == phones
+    assert pushed["dialplans"][-1]["status"] == "finish"
+    assert pushed["dialplans"][-1]["detail"]["evidence"]["kind"] == "not_dialable"
+
+
+def test_a_task_encoded_in_slices_is_the_same_json() -> None:
+    plans = [{"id": i, "phone": f"1{i:05d}", "detail": {"x": [i, None]}} for i in range(4001)]
+    for data in (
+        {"task_id": 7, "dialplans": plans, "return_url": "http://h/é"},
+        {"dialplans": plans},  # nothing else in data
+        {"task_id": 7, "dialplans": plans[:3]},  # one slice: plain json.dumps
+        {"task_id": 7, "dialplans": []},
+    ):
+        assert json.loads(task_json(data)) == {"code": 200, "msg": None, "data": data}
+    assert json.loads(task_json({"dialplans": plans}, msg="ok"))["msg"] == "ok"
 
 
 def _ringback_wav(seconds: float = 6.0) -> bytes:
