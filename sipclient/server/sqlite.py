@@ -418,6 +418,7 @@ class SqliteStore(Store):
                 (return_url, remaining, stamp, stamp),
             )
             task_id = cur.lastrowid
+            assert task_id is not None  # an INSERT's row id
             conn.executemany(
                 "INSERT INTO dialplans (task_id, phone, status, result, detail, created_at,"
                 " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
