@@ -684,7 +684,12 @@ class World:
             "recordings": {"dir": str(folder / "recordings"), "keep": False},
             "spool": {"dir": str(folder / "spool")},
             "heartbeat": {"interval": o.heartbeat},
-            "dialplan": {"poll_min": o.poll_min, "poll_max": o.poll_max},
+            # hold_max below the server's number_timeout, as README tells operators
+            "dialplan": {
+                "poll_min": o.poll_min,
+                "poll_max": o.poll_max,
+                "hold_max": o.number_timeout / 2,
+            },
             "log": {"level": o.log_level, "format": "json"},
         }
         if o.trunk:
