@@ -113,6 +113,7 @@ def create_app(
             web.get("/api/tasks", list_tasks),
             web.get("/api/tasks/{task_id}", get_task),
             web.get("/api/task/{task_id}", get_task),
+            web.post("/api/tasks/{task_id}/cancel", cancel_task),
             web.get("/api/clients", list_clients),
             web.get("/notify", notify),
             web.get("/accounts/{clientId}", lease_accounts),
@@ -226,6 +227,21 @@ async def get_task(request: web.Request) -> web.Response:
     if task is None:
         raise ApiError(404, f"task_id: no task {task_id}")
     return await task_envelope(task)
+
+
+async def cancel_task(request: web.Request) -> web.Response:
+    """(ext) Stop a task (a wrong list pushed, an order withdrawn): its numbers not
+    being dialled are finished `unknown`, evidence "cancelled", at once; those on a
+    line finish with their call; the callback goes when the last one is in."""
+    task_id = parse_positive_int(request.match_info["task_id"], "task_id", high=2**62)
+    dispatch = request.app[DISPATCH]
+    outcome = await request.app[STORE].cancel_task(task_id, dispatch.clock())
+    if outcome is None:
+        raise ApiError(404, f"task_id: no task {task_id}")
+    log.info("task cancelled", **outcome)
+    if outcome["cancelled"] and not outcome["in_flight"]:
+        request.app[CALLBACKS].wake()
+    return envelope(outcome, msg=None)
 
 
 # ---------------------------------------------------------------- 001

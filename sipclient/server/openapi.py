@@ -190,6 +190,10 @@ def _components() -> JSON:
                                 "type": "array",
                                 "items": {"$ref": "#/components/schemas/Dialplan"},
                             },
+                            "cancelled_at": {
+                                **_NULL_STR,
+                                "description": "(ext) when POST /api/tasks/{id}/cancel stopped it",
+                            },
                             "callback": {
                                 "type": "object",
                                 "properties": {
@@ -347,6 +351,27 @@ def openapi_document() -> JSON:
             },
             "/api/tasks/{task_id}": _task_get("one task with its dialplans"),
             "/api/task/{task_id}": _task_get("the same, as the seed's example spells it"),
+            "/api/tasks/{task_id}/cancel": {
+                "post": {
+                    "summary": "(ext) stop a task: numbers not being dialled finish now as"
+                    " unknown (evidence kind cancelled), those on a line with their call",
+                    "parameters": [_TASK_ID],
+                    "responses": {
+                        "200": _ok(
+                            {
+                                "type": "object",
+                                "required": ["task_id", "cancelled", "in_flight"],
+                                "properties": {
+                                    "task_id": {"type": "integer"},
+                                    "cancelled": {"type": "integer", "minimum": 0},
+                                    "in_flight": {"type": "integer", "minimum": 0},
+                                },
+                            }
+                        ),
+                        **_errors(400, 404),
+                    },
+                }
+            },
             "/notify": {
                 "get": {
                     "summary": "register a daemon; data.clientId is its id",

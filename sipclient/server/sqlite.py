@@ -127,6 +127,10 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE dialplans ADD COLUMN retry_at REAL;
     """,
+    # 3: (ext) a task can be cancelled (POST /api/tasks/{id}/cancel)
+    """
+    ALTER TABLE tasks ADD COLUMN cancelled_at TEXT;
+    """,
 ]
 
 _BATCH_MAX = 256
@@ -460,6 +464,22 @@ class SqliteStore(Store):
 
         return await self._writer.run(job)
 
+    async def cancel_task(self, task_id: int, now: float) -> JSON | None:
+        stamp = iso_local(now)
+
+        def job(conn: sqlite3.Connection) -> JSON | None:
+            cur = conn.execute(
+                "UPDATE tasks SET cancelled_at = COALESCE(cancelled_at, ?) WHERE id = ?",
+                (stamp, task_id),
+            )
+            if cur.rowcount == 0:
+                return None
+            cancelled = _finish_cancelled(conn, task_id, stamp)
+            left = conn.execute("SELECT remaining FROM tasks WHERE id = ?", (task_id,)).fetchone()
+            return {"task_id": task_id, "cancelled": cancelled, "in_flight": int(left[0])}
+
+        return await self._writer.run(job)
+
     async def recent_results(self, phones: Sequence[str], since: float) -> dict[str, JSON]:
         stamp = iso_local(since)
         wanted = list(dict.fromkeys(phones))
@@ -567,6 +587,7 @@ class SqliteStore(Store):
             ).fetchall()
             task["dialplans"] = [_dialplan_json(r) for r in plans]
             task["callback"] = _callback_json(row)
+            task["cancelled_at"] = row["cancelled_at"]  # (ext), as callback: not in listings
             return task
 
         return await self._reader.run(job)
@@ -757,6 +778,12 @@ class SqliteStore(Store):
                 f"UPDATE dialplans SET {_FREE_SET} WHERE status = 'busy' AND leased_at < ?",
                 (stamp, number_cutoff),
             )
+            if freed_by_client or cur.rowcount:
+                for (task_id,) in conn.execute(
+                    "SELECT DISTINCT d.task_id FROM dialplans d JOIN tasks t ON t.id = d.task_id"
+                    " WHERE d.status = 'free' AND t.cancelled_at IS NOT NULL"
+                ).fetchall():
+                    _finish_cancelled(conn, task_id, stamp)
             return SweepOutcome(gone, freed_by_client, cur.rowcount)
 
         return await self._writer.run(job)
@@ -820,6 +847,46 @@ def _touch(conn: sqlite3.Connection, client_id: str, now: float) -> bool:
     return cur.rowcount > 0
 
 
+def _finish_cancelled(conn: sqlite3.Connection, task_id: int, stamp: str) -> int:
+    """Finish the cancelled task's numbers not out on a line (`free`, transient ones
+    waiting for a try included) as `unknown`, evidence "cancelled"; how many.
+
+    Run at the cancel and again whenever a number of such a task comes back free
+    (the sweep's reclaim): handed out again, a cancelled task would go on dialling.
+    """
+    free = conn.execute(
+        "SELECT id, tries, detail FROM dialplans WHERE task_id = ? AND status = 'free'",
+        (task_id,),
+    ).fetchall()
+    if not free:
+        return 0
+    rows = []
+    for r in free:
+        detail: JSON = {"evidence": {"kind": "cancelled", "at": stamp}, "tries": r["tries"]}
+        if r["detail"]:  # what an earlier try said stays readable
+            detail["before"] = json.loads(r["detail"])
+        rows.append((json.dumps(detail, ensure_ascii=False), stamp, r["id"]))
+    conn.executemany(
+        "UPDATE dialplans SET status = 'finish', result = 'unknown', detail = ?,"
+        " account_id = NULL, leased_at = NULL, retry_at = NULL, updated_at = ?"
+        " WHERE id = ?",
+        rows,
+    )
+    conn.execute(
+        "UPDATE tasks SET remaining = remaining - ?, updated_at = ? WHERE id = ?",
+        (len(rows), stamp, task_id),
+    )
+    left = conn.execute("SELECT remaining FROM tasks WHERE id = ?", (task_id,)).fetchone()[0]
+    if left == 0:
+        # as in _finish: due at once, the callback worker keeps its own clock
+        conn.execute(
+            "UPDATE tasks SET status = 'finish', callback_state = 'pending',"
+            " callback_next_at = 0 WHERE id = ?",
+            (task_id,),
+        )
+    return len(rows)
+
+
 def _finish(
     conn: sqlite3.Connection,
     upload: Upload,
@@ -859,7 +926,10 @@ def _finish(
         )
     tries = int(row["tries"]) + 1
     detail = dict(upload.detail, tries=tries)
-    if upload.transient and tries < max_tries:
+    cancelled = conn.execute(
+        "SELECT cancelled_at IS NOT NULL FROM tasks WHERE id = ?", (task_id,)
+    ).fetchone()[0]
+    if upload.transient and tries < max_tries and not cancelled:
         retry_at = now + spacing * 2 ** (tries - 1)
         conn.execute(
             f"UPDATE dialplans SET {_FREE_SET}, tries = ?, detail = ?, retry_at = ? WHERE id = ?",

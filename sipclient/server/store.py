@@ -145,6 +145,14 @@ class Store(abc.ABC):
         """Tasks newest first, without their dialplans."""
 
     @abc.abstractmethod
+    async def cancel_task(self, task_id: int, now: float) -> JSON | None:
+        """(ext) Stop a task: its numbers not out on a line are finished now,
+        `unknown` with `detail.evidence.kind` "cancelled"; those being dialled
+        finish with their call. Answers `{task_id, cancelled, in_flight}`; None
+        when there is no such task. A task left with nothing to finish is
+        finished and its callback is due."""
+
+    @abc.abstractmethod
     async def get_task(self, task_id: int) -> JSON | None:
         """One task with its dialplans and its callback state, or None."""
 
