@@ -114,6 +114,7 @@ def create_app(
             web.get("/api/tasks/{task_id}", get_task),
             web.get("/api/task/{task_id}", get_task),
             web.post("/api/tasks/{task_id}/cancel", cancel_task),
+            web.post("/api/tasks/{task_id}/callback", resend_callback),
             web.get("/api/clients", list_clients),
             web.get("/notify", notify),
             web.get("/accounts/{clientId}", lease_accounts),
@@ -242,6 +243,21 @@ async def cancel_task(request: web.Request) -> web.Response:
     if outcome["cancelled"] and not outcome["in_flight"]:
         request.app[CALLBACKS].wake()
     return envelope(outcome, msg=None)
+
+
+async def resend_callback(request: web.Request) -> web.Response:
+    """(ext) Deliver a finished task's callback again, with its full count of tries:
+    the receiver was down past them (`callback.state` failed) or lost what it got.
+    409 while the task is not finished (its callback goes when it is)."""
+    task_id = parse_positive_int(request.match_info["task_id"], "task_id", high=2**62)
+    queued = await request.app[STORE].resend_callback(task_id)
+    if queued is None:
+        raise ApiError(404, f"task_id: no task {task_id}")
+    if not queued:
+        raise ApiError(409, f"task_id: task {task_id} is not finished; its callback goes then")
+    log.info("callback queued again", task_id=task_id)
+    request.app[CALLBACKS].wake()
+    return envelope({"task_id": task_id, "callback": "pending"}, msg=None)
 
 
 # ---------------------------------------------------------------- 001

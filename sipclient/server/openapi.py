@@ -48,7 +48,7 @@ def _errors(*codes: int) -> JSON:
     text = {
         400: "bad input; msg names the field",
         404: "unknown clientId, task, extension or number",
-        409: "the number is already finished",
+        409: "the number is already finished (/dial_wav), the task not yet (its callback)",
         413: "body larger than max_body",
     }
     return {
@@ -351,6 +351,26 @@ def openapi_document() -> JSON:
             },
             "/api/tasks/{task_id}": _task_get("one task with its dialplans"),
             "/api/task/{task_id}": _task_get("the same, as the seed's example spells it"),
+            "/api/tasks/{task_id}/callback": {
+                "post": {
+                    "summary": "(ext) deliver a finished task's callback again, from its"
+                    " first try (409 while the task is not finished)",
+                    "parameters": [_TASK_ID],
+                    "responses": {
+                        "200": _ok(
+                            {
+                                "type": "object",
+                                "required": ["task_id", "callback"],
+                                "properties": {
+                                    "task_id": {"type": "integer"},
+                                    "callback": {"type": "string", "enum": ["pending"]},
+                                },
+                            }
+                        ),
+                        **_errors(400, 404, 409),
+                    },
+                }
+            },
             "/api/tasks/{task_id}/cancel": {
                 "post": {
                     "summary": "(ext) stop a task: numbers not being dialled finish now as"

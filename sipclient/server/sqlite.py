@@ -480,6 +480,23 @@ class SqliteStore(Store):
 
         return await self._writer.run(job)
 
+    async def resend_callback(self, task_id: int) -> bool | None:
+        def job(conn: sqlite3.Connection) -> bool | None:
+            row = conn.execute("SELECT status FROM tasks WHERE id = ?", (task_id,)).fetchone()
+            if row is None:
+                return None
+            if row["status"] != "finish":
+                return False
+            # due at once (epoch 0), as a task that has just finished
+            conn.execute(
+                "UPDATE tasks SET callback_state = 'pending', callback_tries = 0,"
+                " callback_next_at = 0 WHERE id = ?",
+                (task_id,),
+            )
+            return True
+
+        return await self._writer.run(job)
+
     async def recent_results(self, phones: Sequence[str], since: float) -> dict[str, JSON]:
         stamp = iso_local(since)
         wanted = list(dict.fromkeys(phones))

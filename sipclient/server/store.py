@@ -153,6 +153,12 @@ class Store(abc.ABC):
         finished and its callback is due."""
 
     @abc.abstractmethod
+    async def resend_callback(self, task_id: int) -> bool | None:
+        """(ext) Deliver a finished task's callback again, from its first try (a
+        receiver that was down past every try, or lost what it got): True when
+        queued, False when the task is not finished yet, None when there is none."""
+
+    @abc.abstractmethod
     async def get_task(self, task_id: int) -> JSON | None:
         """One task with its dialplans and its callback state, or None."""
 

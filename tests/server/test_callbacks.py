@@ -117,6 +117,33 @@ async def test_callback_gives_up_after_configured_tries(
     assert len(receiver.bodies) == 3
 
 
+async def test_a_failed_callback_is_sent_again_on_request_with_all_its_tries(
+    tmp_path: Path, aiohttp_client: Any, aiohttp_server: ServerFactory
+) -> None:
+    # (ext) POST /api/tasks/{id}/callback: the receiver was down past every try;
+    # fixed, it gets the task without a new push (before, only GET could fetch it)
+    config = make_config(
+        tmp_path,
+        callbacks=CallbackSettings(tries=2, backoff_initial=0.02, backoff_max=0.05, timeout=1.0),
+    )
+    api = Api(await aiohttp_client(create_app(config)))
+    receiver = Receiver(failures=2)
+    server = await aiohttp_server(receiver.app())
+    url = str(server.make_url("/cb"))
+    task_id = await _finish_task(api, url, ["1"])
+    assert (await _wait_for(api, task_id, "failed"))["callback"]["tries"] == 2
+    running = await api.ok("POST", "/api/dialplan", json={"phone": ["9"], "return_url": url})
+    status, body = await api.call("POST", f"/api/tasks/{running['task_id']}/callback")
+    assert status == 409 and body["msg"].startswith("task_id:")  # not finished: nothing to send
+    out = await api.ok("POST", f"/api/tasks/{task_id}/callback")
+    assert out == {"task_id": task_id, "callback": "pending"}
+    task = await _wait_for(api, task_id, "delivered")
+    assert task["callback"]["tries"] == 1  # counted afresh
+    assert len(receiver.bodies) == 3 and receiver.bodies[-1]["data"]["id"] == task_id
+    status, _ = await api.call("POST", "/api/tasks/424242/callback")
+    assert status == 404
+
+
 async def test_dead_return_url_is_recorded_and_retried(api: Api) -> None:
     task_id = await _finish_task(api, "http://127.0.0.1:9/cb", ["1"])  # port 9: nobody
     for _ in range(400):
