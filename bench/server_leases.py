@@ -141,22 +141,30 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
 
 
-async def run(args: argparse.Namespace) -> dict[str, Any]:
-    work = Path(tempfile.mkdtemp(prefix="bench-server-"))
+def start_server(
+    work: Path, extra_yaml: str = "", python_args: list[str] | None = None, wrap: str = ""
+) -> tuple[subprocess.Popen[bytes], str]:
+    """`sipclient server` on a free loopback port with a fresh SQLite file in `work`;
+    the process and its base URL (not waited for: the caller polls it)."""
     port = _free_port()
     config = work / "server.yaml"
     config.write_text(
         f"listen: 127.0.0.1:{port}\n"
         f"database: sqlite:///{work / 'server.db'}\n"
         f"recordings:\n  dir: {work / 'recordings'}\n"
-        "log:\n  level: warning\n  format: json\n"
+        "log:\n  level: warning\n  format: json\n" + extra_yaml
     )
+    command = [sys.executable, *(python_args or []), "-m", "sipclient.cli", "server"]
+    command += ["--config", str(config)]
+    if wrap:  # e.g. --wrap "py-spy record -o prof.svg --threads --"
+        command = [*wrap.split(), *command]
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL), f"http://127.0.0.1:{port}"
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    work = Path(tempfile.mkdtemp(prefix="bench-server-"))
     profile = ["-m", "cProfile", "-o", args.profile] if args.profile else []
-    command = [sys.executable, *profile, "-m", "sipclient.cli", "server", "--config", str(config)]
-    if args.wrap:  # e.g. --wrap "py-spy record -o prof.svg --threads --"
-        command = [*args.wrap.split(), *command]
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
+    server, base = start_server(work, python_args=profile, wrap=args.wrap or "")
     try:
         connector = aiohttp.TCPConnector(limit=args.clients * args.threads + 8)
         async with aiohttp.ClientSession(connector=connector) as session:

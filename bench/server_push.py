@@ -16,20 +16,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import aiohttp
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from server_leases import start_server  # bench/ is the script's folder, on sys.path
 
 
 async def _heartbeats(
@@ -49,18 +42,7 @@ def _worst_ms(latencies: list[float]) -> int:
 
 async def run(numbers: int) -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-push-"))
-    port = _free_port()
-    config = work / "server.yaml"
-    config.write_text(
-        f"listen: 127.0.0.1:{port}\n"
-        f"database: sqlite:///{work / 'server.db'}\n"
-        f"recordings:\n  dir: {work / 'recordings'}\n"
-        "max_body: 100000000\n"
-        "log:\n  level: warning\n"
-    )
-    command = [sys.executable, "-m", "sipclient.cli", "server", "--config", str(config)]
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
+    server, base = start_server(work, "max_body: 100000000\n")
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as s:
             for _ in range(200):

@@ -53,6 +53,12 @@ async def _finish_task(api: Api, return_url: str, phones: list[str]) -> int:
     return int(task["task_id"])
 
 
+async def _api_trying(tmp_path: Path, aiohttp_client: Any, tries: int) -> Api:
+    """A server whose callbacks give up after `tries`, a few tens of ms apart."""
+    settings = CallbackSettings(tries=tries, backoff_initial=0.02, backoff_max=0.05, timeout=1.0)
+    return Api(await aiohttp_client(create_app(make_config(tmp_path, callbacks=settings))))
+
+
 async def _wait_for(api: Api, task_id: int, state: str) -> dict[str, Any]:
     for _ in range(400):
         task: dict[str, Any] = await api.ok("GET", f"/api/tasks/{task_id}")
@@ -102,11 +108,7 @@ async def test_a_due_list_read_before_a_delivery_was_recorded_posts_nothing_agai
 async def test_callback_gives_up_after_configured_tries(
     tmp_path: Path, aiohttp_client: Any, aiohttp_server: ServerFactory
 ) -> None:
-    config = make_config(
-        tmp_path,
-        callbacks=CallbackSettings(tries=3, backoff_initial=0.02, backoff_max=0.05, timeout=1.0),
-    )
-    api = Api(await aiohttp_client(create_app(config)))
+    api = await _api_trying(tmp_path, aiohttp_client, 3)
     receiver = Receiver(failures=100)
     server = await aiohttp_server(receiver.app())
     task_id = await _finish_task(api, str(server.make_url("/cb")), ["1"])
@@ -122,11 +124,7 @@ async def test_a_failed_callback_is_sent_again_on_request_with_all_its_tries(
 ) -> None:
     # (ext) POST /api/tasks/{id}/callback: the receiver was down past every try;
     # fixed, it gets the task without a new push (before, only GET could fetch it)
-    config = make_config(
-        tmp_path,
-        callbacks=CallbackSettings(tries=2, backoff_initial=0.02, backoff_max=0.05, timeout=1.0),
-    )
-    api = Api(await aiohttp_client(create_app(config)))
+    api = await _api_trying(tmp_path, aiohttp_client, 2)
     receiver = Receiver(failures=2)
     server = await aiohttp_server(receiver.app())
     url = str(server.make_url("/cb"))
