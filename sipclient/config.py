@@ -224,8 +224,10 @@ class DialplanSettings:
     """Seconds a number may wait on its line (unregistered, a PBX fault, a paused
     trunk, no RTP port, the spool failing) before the daemon lets it go undialled:
     the server's lease reclaim (`leases.number_timeout`, 600 s by default) hands it
-    out again, and dialled after that it would be dialled twice. Keep it below the
-    server's number_timeout; 0: never let go."""
+    out again, and dialled after that it would be dialled twice. Never longer than
+    half the lease the server states with the number (`leaseSeconds`, ext), which
+    a server that knows only the seed does not: then keep it below that server's
+    lease; 0: no limit of our own."""
 
     def __post_init__(self) -> None:
         _ordered("dialplan.poll_min", self.poll_min, "dialplan.poll_max", self.poll_max)

@@ -684,12 +684,8 @@ class World:
             "recordings": {"dir": str(folder / "recordings"), "keep": False},
             "spool": {"dir": str(folder / "spool")},
             "heartbeat": {"interval": o.heartbeat},
-            # hold_max below the server's number_timeout, as README tells operators
-            "dialplan": {
-                "poll_min": o.poll_min,
-                "poll_max": o.poll_max,
-                "hold_max": o.number_timeout / 2,
-            },
+            # (hold_max: the default, capped at half the lease the server states)
+            "dialplan": {"poll_min": o.poll_min, "poll_max": o.poll_max},
             "log": {"level": o.log_level, "format": "json"},
         }
         if o.trunk:

@@ -83,6 +83,9 @@ class DialplanItem:
     dialplan_id: str | None = None
     taken_at: float = 0.0
     """Loop time the daemon took it onto its line (`Daemon._take`); 0: not yet."""
+    lease_s: float | None = None
+    """(ext) `leaseSeconds`: how long the server leaves it to us before handing it
+    out again (its leases.number_timeout); None from a server that does not say."""
 
 
 _NOT_THE_CLIENT = ("extensionNum:", "phone:", "phoneNum:", "dialplanId:", "task_id:")
@@ -191,11 +194,15 @@ class ControlClient:
                 log.warning("dialplan_ignored", reason="incomplete", item=str(d)[:200])
                 continue
             dp_id = d.get("dialplanId")
+            lease = d.get("leaseSeconds")
             out.append(
                 DialplanItem(
                     str(d["extensionNum"]),
                     str(d["phoneNum"]),
                     None if dp_id is None else str(dp_id),
+                    lease_s=float(lease)
+                    if isinstance(lease, int | float) and not isinstance(lease, bool) and lease > 0
+                    else None,
                 )
             )
         return out

@@ -52,6 +52,7 @@ import argparse
 import asyncio
 import contextlib
 import ipaddress
+import math
 import os
 import signal
 import socket
@@ -884,10 +885,9 @@ class Daemon:
             return
         cps = self.config.dialplan.max_cps
         loop = asyncio.get_running_loop()
-        hold_max = self.config.dialplan.hold_max
         for line in self.lines.values():
-            if hold_max and line.pending:
-                self._let_go_stale(line, loop.time() - hold_max)
+            if line.pending:
+                self._let_go_stale(line, loop.time())
             if line.pending and self._free(line):
                 if cps > 0:
                     # paced, not bursty: carriers police CPS over short windows
@@ -900,8 +900,17 @@ class Daemon:
                 item = line.pending.pop(0)
                 self._start_call(line, item)
 
-    def _let_go_stale(self, line: Line, taken_before: float) -> None:
-        """Drop the numbers held on `line` since before `taken_before` (`dialplan.hold_max`).
+    def _hold_limit(self, item: DialplanItem) -> float:
+        """Seconds `item` may wait on its line: `dialplan.hold_max` (0: no limit),
+        and at most half the lease the server gave it (`leaseSeconds`, ext), so an
+        operator need not keep the two configs in step; inf when neither says."""
+        limit = self.config.dialplan.hold_max or math.inf
+        if item.lease_s is not None:
+            limit = min(limit, item.lease_s / 2)
+        return limit
+
+    def _let_go_stale(self, line: Line, now: float) -> None:
+        """Drop the numbers held on `line` longer than `_hold_limit` allows.
 
         A number waits on its line while the line cannot dial (unregistered, a
         PBX fault, a paused trunk, no RTP port, the spool failing). Past the
@@ -910,11 +919,11 @@ class Daemon:
         second upload refused, a live subscriber rung twice). Let go of, it
         stays the server's: busy until that reclaim, then handed out anew.
         """
-        stale = [p for p in line.pending if p.taken_at < taken_before]
+        stale = [p for p in line.pending if now - p.taken_at > self._hold_limit(p)]
         if not stale:
             return
-        line.pending = [p for p in line.pending if p.taken_at >= taken_before]
-        now = asyncio.get_running_loop().time()
+        gone = {id(p) for p in stale}
+        line.pending = [p for p in line.pending if id(p) not in gone]
         for item in stale:
             self.let_go += 1
             log.warning(
@@ -923,7 +932,9 @@ class Daemon:
                 phone=item.phone,
                 held_s=round(now - item.taken_at, 1),
                 registered=line.registered,
-                hint="held past dialplan.hold_max: the server's lease reclaim hands it out again",
+                limit_s=round(self._hold_limit(item), 1),
+                hint="held past dialplan.hold_max (or half its lease): the server's lease"
+                " reclaim hands it out again",
             )
 
     def _paced(self) -> None:

@@ -111,7 +111,11 @@ class Dispatch:
         plans = await self.store.lease_dialplans(client_id, self.clock())
         if plans is None:
             raise self._gone(client_id)
-        return plans
+        # (ext) how long the number is the client's: past it the sweep hands it out
+        # again, so a daemon holding it undialled lets it go well before (its
+        # dialplan.hold_max, capped at half of this)
+        lease = self.leases.number_timeout
+        return [dict(plan, leaseSeconds=lease) for plan in plans]
 
     async def record_status(self, client_id: str, status: str, extension: str, phone: str) -> int:
         self._check(client_id)

@@ -464,6 +464,12 @@ def openapi_document() -> JSON:
                                                 "extensionNum": _STR,
                                                 "phoneNum": _STR,
                                                 "dialplanId": _INT,
+                                                "leaseSeconds": {
+                                                    "type": "number",
+                                                    "description": "(ext) the server's"
+                                                    " leases.number_timeout: past it the"
+                                                    " number is handed out again",
+                                                },
                                             },
                                         },
                                     }
