@@ -482,11 +482,15 @@ class SqliteStore(Store):
 
     async def resend_callback(self, task_id: int) -> bool | None:
         def job(conn: sqlite3.Connection) -> bool | None:
-            row = conn.execute("SELECT status FROM tasks WHERE id = ?", (task_id,)).fetchone()
+            row = conn.execute(
+                "SELECT status, callback_state FROM tasks WHERE id = ?", (task_id,)
+            ).fetchone()
             if row is None:
                 return None
             if row["status"] != "finish":
                 return False
+            if row["callback_state"] == "pending":
+                return True  # already on its way: a reset under a delivery would send twice
             # due at once (epoch 0), as a task that has just finished
             conn.execute(
                 "UPDATE tasks SET callback_state = 'pending', callback_tries = 0,"

@@ -156,7 +156,8 @@ class Store(abc.ABC):
     async def resend_callback(self, task_id: int) -> bool | None:
         """(ext) Deliver a finished task's callback again, from its first try (a
         receiver that was down past every try, or lost what it got): True when
-        queued, False when the task is not finished yet, None when there is none."""
+        queued (or already on its way: left as it is), False when the task is not
+        finished yet, None when there is none."""
 
     @abc.abstractmethod
     async def get_task(self, task_id: int) -> JSON | None:
