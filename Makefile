@@ -39,6 +39,7 @@ demo: install
 # Benchmarks print figures and write them to bench/out/; they never fail on a time.
 bench: install
 	$(BIN)/python bench/server_leases.py
+	$(BIN)/python bench/server_push.py
 	$(BIN)/python bench/sip_parse.py
 	$(BIN)/python bench/registrations.py
 	$(BIN)/python bench/calls.py

@@ -6,7 +6,8 @@ client /notify and then POST /heartbeat every 20 ms (a daemon's lightest call,
 and a write: liveness), and meanwhile pushes one task of `--numbers` phones and
 GETs it back. Prints how long each took, the answer's size and the worst
 heartbeat latency during each (the daemons' HTTP timeout is 10 s; past it their
-uploads wait). Figures, never assertions.
+uploads wait), and writes them to bench/out/server_push.json. Figures, never
+assertions.
 
     .venv/bin/python bench/server_push.py --numbers 100000
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import signal
 import sys
 import tempfile
@@ -23,6 +25,8 @@ from pathlib import Path
 
 import aiohttp
 from server_leases import start_server  # bench/ is the script's folder, on sys.path
+
+OUT = Path(__file__).resolve().parent / "out"
 
 
 async def _heartbeats(
@@ -87,6 +91,18 @@ async def run(numbers: int) -> None:
         f"  GET the task  {get_s:6.2f} s   heartbeat worst meanwhile {get_worst} ms ({mb:.1f} MB)"
     )
     print(f"  idle server: heartbeat worst {idle} ms")
+    out = {
+        "numbers": numbers,
+        "push_s": round(push_s, 3),
+        "push_heartbeat_worst_ms": push_worst,
+        "get_s": round(get_s, 3),
+        "get_heartbeat_worst_ms": get_worst,
+        "task_bytes": size,
+        "idle_heartbeat_worst_ms": idle,
+    }
+    OUT.mkdir(exist_ok=True)
+    (OUT / "server_push.json").write_text(json.dumps(out, indent=2) + "\n")
+    print(f"wrote {OUT / 'server_push.json'}")
 
 
 def main() -> int:
