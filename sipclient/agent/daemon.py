@@ -132,6 +132,9 @@ PBX_FAULTS = {
 
 LAG_EVERY = 0.1
 """How often the event loop's lag is measured (`Daemon._lag_monitor`)."""
+SESSION_RESTART_MIN = 1.0
+SESSION_RESTART_MAX = 30.0
+"""A failed dial loop or heartbeat starts again after this pause, doubling (`_run_session`)."""
 HEARTBEAT_REFUSED_MAX = 3
 """Heartbeats in a row answered with a non-200 `code` (not 401) before the daemon
 takes it for an unknown clientId and calls /notify again (`Daemon._heartbeat`)."""
@@ -427,19 +430,7 @@ class Daemon:
             while not self._stopping.is_set():
                 if not await self._start_session():
                     break
-                session = [
-                    asyncio.create_task(self._dial_loop(), name="dial"),
-                    asyncio.create_task(self._heartbeat(), name="heartbeat"),
-                ]
-                stop_w = asyncio.create_task(self._stopping.wait())
-                renot_w = asyncio.create_task(self._renotify.wait())
-                await asyncio.wait([*session, stop_w, renot_w], return_when=asyncio.FIRST_COMPLETED)
-                for t in (*session, stop_w, renot_w):
-                    t.cancel()
-                for t in session:
-                    if t.done() and not t.cancelled() and t.exception() is not None:
-                        log.error("session_task_failed", task=t.get_name(), error=t.exception())
-                await asyncio.gather(*session, stop_w, renot_w, return_exceptions=True)
+                await self._run_session()
                 if self._renotify.is_set() and not self._stopping.is_set():
                     log.warning("unknown_client", old_client_id=self.client_id)
                     self.client_id = None
@@ -448,6 +439,53 @@ class Daemon:
         return 0
 
     # --------------------------------------------------------------- session
+
+    async def _run_session(self) -> None:
+        """The dial loop and the heartbeat of one clientId, until a stop, an unknown
+        clientId, or a task that ends by itself (no clientId: start over).
+
+        A task that fails (a bug) is logged and started again after a pause
+        (doubling from SESSION_RESTART_MIN to SESSION_RESTART_MAX), in the same
+        session. Until session 8 such a failure ended the session: the daemon
+        called /notify again, its lease stayed with the old id until the server's
+        client_timeout, and its lines stood idle meanwhile.
+        """
+        makers = {"dial": self._dial_loop, "heartbeat": self._heartbeat}
+        tasks = {name: asyncio.create_task(make(), name=name) for name, make in makers.items()}
+        failures = dict.fromkeys(makers, 0)
+        stop_w = asyncio.create_task(self._stopping.wait())
+        renot_w = asyncio.create_task(self._renotify.wait())
+        try:
+            while True:
+                done, _ = await asyncio.wait(
+                    [*tasks.values(), stop_w, renot_w], return_when=asyncio.FIRST_COMPLETED
+                )
+                if stop_w in done or renot_w in done:
+                    return
+                failed = [
+                    n
+                    for n, t in tasks.items()
+                    if t.done() and not t.cancelled() and t.exception() is not None
+                ]
+                if not failed:
+                    return  # ended by itself: the session is over
+                for name in failed:
+                    pause = min(SESSION_RESTART_MIN * 2 ** failures[name], SESSION_RESTART_MAX)
+                    failures[name] += 1
+                    log.error(
+                        "session_task_failed",
+                        task=name,
+                        error=repr(tasks[name].exception()),
+                        restart_in=pause,
+                        hint="a bug: the task starts again, the clientId and lease are kept",
+                    )
+                    if await self._sleep_or_stop(pause):
+                        return
+                    tasks[name] = asyncio.create_task(makers[name](), name=name)
+        finally:
+            for t in (*tasks.values(), stop_w, renot_w):
+                t.cancel()
+            await asyncio.gather(*tasks.values(), stop_w, renot_w, return_exceptions=True)
 
     def _unknown_client(self) -> None:
         if self.client_id is not None:

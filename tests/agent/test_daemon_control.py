@@ -27,6 +27,7 @@ import pytest
 import soundfile as sf
 from aiohttp import web
 
+from sipclient.agent import daemon as daemon_mod
 from sipclient.agent.control import (
     Account,
     ControlClient,
@@ -723,6 +724,33 @@ async def test_kept_recordings_older_than_keep_days_are_pruned_at_start(
         await _wait(lambda: _finished(server, task_id))
         await _wait(lambda: not old.exists())
     assert recent.exists()
+
+
+async def test_a_failing_dial_loop_starts_again_in_the_same_session(
+    server: LiveServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a bug in the dial loop (injected: its first step raises) used to end the
+    # session: /notify again, the lease left with the old id until the server's
+    # client_timeout (30 s here) and its lines idle meanwhile
+    monkeypatch.setattr(daemon_mod, "SESSION_RESTART_MIN", 0.1)
+    task_id = await server.push(["2001"], ["930", "931"])
+    daemon, world, _ = _daemon_noting(tmp_path, server, 1)
+    real_start = daemon._start_pending
+    calls = {"n": 0}
+
+    def start_failing_once() -> None:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("injected: a bug in the dial loop")
+        real_start()
+
+    monkeypatch.setattr(daemon, "_start_pending", start_failing_once)
+    async with _running(daemon):
+        await _wait(lambda: daemon.client_id is not None)
+        first_id = daemon.client_id
+        await _wait(lambda: _finished(server, task_id), timeout=20)
+        assert daemon.client_id == first_id  # the same session, no /notify again
+    assert calls["n"] >= 3 and sorted(world.dialled) == ["930", "931"]
 
 
 async def test_a_number_for_an_unregistered_extension_is_kept_and_dialled_later(
