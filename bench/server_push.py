@@ -1,13 +1,14 @@
 """A big push and a big task's GET against the embedded server, and what the 001 API
 feels meanwhile.
 
-Starts `sipclient server` as its own process (fresh SQLite file, loopback), has a
-client /notify and then POST /heartbeat every 20 ms (a daemon's lightest call,
-and a write: liveness), and meanwhile pushes one task of `--numbers` phones and
-GETs it back. Prints how long each took, the answer's size and the worst
-heartbeat latency during each (the daemons' HTTP timeout is 10 s; past it their
-uploads wait), and writes them to bench/out/server_push.json. Figures, never
-assertions.
+Starts `sipclient server` as its own process (fresh SQLite file, loopback). A
+client /notify's, leases one extension, and then sends, every 20 ms each, a
+POST /heartbeat (liveness: kept in memory since session 8) and a GET /status
+(a database write, as /dialplan and /dial_wav are). Meanwhile one task of
+`--numbers` phones is pushed and then GET back. Prints how long each took, the
+answer's size and the worst latency of each kind of call during each (the
+daemons' HTTP timeout is 10 s; past it their uploads wait), and writes them to
+bench/out/server_push.json. Figures, never assertions.
 
     .venv/bin/python bench/server_push.py --numbers 100000
 """
@@ -29,22 +30,30 @@ from server_leases import start_server  # bench/ is the script's folder, on sys.
 OUT = Path(__file__).resolve().parent / "out"
 
 
-async def _heartbeats(
-    session: aiohttp.ClientSession, url: str, out: list[float], stop: asyncio.Event
+async def _ping(
+    session: aiohttp.ClientSession,
+    method: str,
+    url: str,
+    out: dict[str, list[float]],
+    key: str,
+    stop: asyncio.Event,
 ) -> None:
     while not stop.is_set():
         t = time.perf_counter()
-        async with session.post(url) as resp:
+        async with session.request(method, url) as resp:
             await resp.read()
-        out.append(time.perf_counter() - t)
+        out[key].append(time.perf_counter() - t)
         await asyncio.sleep(0.02)
 
 
-def _worst_ms(latencies: list[float]) -> int:
-    return round(1000 * max(latencies, default=0.0))
+def _worst_ms(latencies: dict[str, list[float]]) -> dict[str, int]:
+    worst = {k: round(1000 * max(v, default=0.0)) for k, v in latencies.items()}
+    for v in latencies.values():
+        v.clear()
+    return worst
 
 
-async def run(numbers: int) -> None:
+async def run(numbers: int) -> dict[str, object]:
     work = Path(tempfile.mkdtemp(prefix="bench-push-"))
     server, base = start_server(work, "max_body: 100000000\n")
     try:
@@ -56,16 +65,24 @@ async def run(numbers: int) -> None:
                     break
                 except aiohttp.ClientError:
                     await asyncio.sleep(0.05)
+            account = {"host": "127.0.0.1:5060", "name": "2001", "pwd": "x"}
+            async with s.post(base + "/api/account", json={"account": [account]}) as resp:
+                await resp.read()
             async with s.get(base + "/notify") as resp:
                 client_id = (await resp.json())["data"]["clientId"]
-            latencies: list[float] = []
+            async with s.get(f"{base}/accounts/{client_id}?threadsNum=1") as resp:
+                await resp.read()
+            latencies: dict[str, list[float]] = {"heartbeat": [], "status": []}
             stop = asyncio.Event()
-            beats = asyncio.create_task(
-                _heartbeats(s, f"{base}/heartbeat/{client_id}", latencies, stop)
-            )
+            status_url = f"{base}/status/{client_id}?status=idle&extensionNum=2001"
+            pings = [
+                asyncio.create_task(
+                    _ping(s, "POST", f"{base}/heartbeat/{client_id}", latencies, "heartbeat", stop)
+                ),
+                asyncio.create_task(_ping(s, "GET", status_url, latencies, "status", stop)),
+            ]
             await asyncio.sleep(0.5)
             idle = _worst_ms(latencies)
-            latencies.clear()
             body = {
                 "phone": [f"1{n:010d}" for n in range(numbers)],
                 "return_url": "http://127.0.0.1:9/",
@@ -74,41 +91,42 @@ async def run(numbers: int) -> None:
             async with s.post(base + "/api/dialplan", json=body) as resp:
                 task_id = (await resp.json())["data"]["task_id"]
             push_s, push_worst = time.perf_counter() - t, _worst_ms(latencies)
-            latencies.clear()
             t = time.perf_counter()
             async with s.get(f"{base}/api/tasks/{task_id}") as resp:
                 size = len(await resp.read())
             get_s, get_worst = time.perf_counter() - t, _worst_ms(latencies)
             stop.set()
-            await beats
+            await asyncio.gather(*pings)
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(60)
-    print(f"{numbers} numbers in one push:")
-    print(f"  push          {push_s:6.2f} s   heartbeat worst meanwhile {push_worst} ms")
-    mb = size / 1e6
+    print(f"{numbers} numbers in one push (worst latency meanwhile: heartbeat / status):")
     print(
-        f"  GET the task  {get_s:6.2f} s   heartbeat worst meanwhile {get_worst} ms ({mb:.1f} MB)"
+        f"  push          {push_s:6.2f} s   {push_worst['heartbeat']} / {push_worst['status']} ms"
     )
-    print(f"  idle server: heartbeat worst {idle} ms")
-    out = {
+    print(
+        f"  GET the task  {get_s:6.2f} s   {get_worst['heartbeat']} / {get_worst['status']} ms"
+        f" ({size / 1e6:.1f} MB)"
+    )
+    print(f"  idle server:              {idle['heartbeat']} / {idle['status']} ms")
+    return {
         "numbers": numbers,
         "push_s": round(push_s, 3),
-        "push_heartbeat_worst_ms": push_worst,
+        "push_worst_ms": push_worst,
         "get_s": round(get_s, 3),
-        "get_heartbeat_worst_ms": get_worst,
+        "get_worst_ms": get_worst,
         "task_bytes": size,
-        "idle_heartbeat_worst_ms": idle,
+        "idle_worst_ms": idle,
     }
-    OUT.mkdir(exist_ok=True)
-    (OUT / "server_push.json").write_text(json.dumps(out, indent=2) + "\n")
-    print(f"wrote {OUT / 'server_push.json'}")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--numbers", type=int, default=100_000)
-    asyncio.run(run(parser.parse_args().numbers))
+    out = asyncio.run(run(parser.parse_args().numbers))
+    OUT.mkdir(exist_ok=True)
+    (OUT / "server_push.json").write_text(json.dumps(out, indent=2) + "\n")
+    print(f"wrote {OUT / 'server_push.json'}")
     return 0
 
 

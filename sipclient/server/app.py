@@ -219,6 +219,7 @@ async def list_clients(request: web.Request) -> web.Response:
         raise bad_request("state", f"expected active or expired, got {state!r}")
     page = parse_positive_int(request.query.get("page"), "page", default=1)
     size = parse_positive_int(request.query.get("size"), "size", default=100, high=1000)
+    await request.app[DISPATCH].note_heard()  # last_seen as of now, heartbeats included
     return envelope(await request.app[STORE].fleet(state, page, size), msg="success")
 
 

@@ -630,8 +630,19 @@ class SqliteStore(Store):
 
         return await self._reader.run(job)
 
-    async def touch_client(self, client_id: str, now: float) -> bool:
-        return await self._writer.run(lambda conn: _touch(conn, client_id, now))
+    async def note_seen(self, seen: Mapping[str, float]) -> None:
+        rows = [(at, cid) for cid, at in seen.items()]
+        if not rows:
+            return
+
+        def job(conn: sqlite3.Connection) -> None:
+            conn.executemany(
+                "UPDATE clients SET last_seen = MAX(last_seen, ?)"
+                " WHERE id = ? AND state = 'active'",
+                rows,
+            )
+
+        await self._writer.run(job)
 
     async def lease_accounts(self, client_id: str, count: int, now: float) -> list[JSON] | None:
         def job(conn: sqlite3.Connection) -> list[JSON] | None:

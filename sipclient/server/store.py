@@ -172,8 +172,9 @@ class Store(abc.ABC):
         """Every client id with its state ("active" or "expired")."""
 
     @abc.abstractmethod
-    async def touch_client(self, client_id: str, now: float) -> bool:
-        """Record liveness; False when the client is not active."""
+    async def note_seen(self, seen: Mapping[str, float]) -> None:
+        """Liveness heard meanwhile (client id -> when), kept in memory by the
+        dispatcher: each active client's `last_seen` becomes at least that."""
 
     @abc.abstractmethod
     async def lease_accounts(self, client_id: str, count: int, now: float) -> list[JSON] | None:
