@@ -1165,7 +1165,7 @@ class Daemon:
             return
         try:
             await asyncio.to_thread(self._put, fields, record)
-        except OSError as exc:
+        except Exception as exc:  # OSError, or a bug: held and retried, never dropped
             self._hold(fields, record, exc)
             return
         self._spooled(fields, record)
@@ -1192,13 +1192,13 @@ class Daemon:
         )
         self.uploader.kick()
 
-    def _hold(self, fields: dict[str, Any], record: CallRecord, exc: OSError | None) -> None:
+    def _hold(self, fields: dict[str, Any], record: CallRecord, exc: Exception | None) -> None:
         self._unspooled.append((fields, record))
         if exc is not None:
             log.error(
                 "spool_failed",
                 phone=fields["phone"],
-                error=str(exc),
+                error=f"{type(exc).__name__}: {exc}",
                 held=len(self._unspooled),
                 hint="not dialling until the spool can be written again",
             )
@@ -1216,8 +1216,12 @@ class Daemon:
                 self._spool_writing = True
                 try:
                     await asyncio.to_thread(self._put, fields, record)
-                except OSError as exc:
-                    log.warning("spool_still_failing", error=str(exc), held=len(self._unspooled))
+                except Exception as exc:  # the task ending here would stop dialling for good
+                    log.warning(
+                        "spool_still_failing",
+                        error=f"{type(exc).__name__}: {exc}",
+                        held=len(self._unspooled),
+                    )
                     delay = min(delay * 2, SPOOL_RETRY_MAX)
                     break
                 finally:
@@ -1245,7 +1249,7 @@ class Daemon:
         for fields, record in self._unspooled:
             try:
                 await asyncio.to_thread(self._put, fields, record)
-            except OSError:
+            except Exception:
                 lost += 1
                 continue
             self._spooled(fields, record)

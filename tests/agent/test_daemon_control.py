@@ -753,6 +753,30 @@ async def test_a_failing_dial_loop_starts_again_in_the_same_session(
     assert calls["n"] >= 3 and sorted(world.dialled) == ["930", "931"]
 
 
+async def test_a_record_the_spool_write_fails_on_for_any_reason_is_held_not_lost(
+    server: LiveServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a failure that is no OSError (injected; a bug in building the entry) went out
+    # of the call's task: the record was lost and its number waited for the lease
+    monkeypatch.setattr(daemon_mod, "SPOOL_RETRY_MIN", 0.1)
+    task_id = await server.push(["2001"], ["940", "941"])
+    daemon, world, _ = _daemon_noting(tmp_path, server, 1)
+    real_put = daemon._put
+    calls = {"n": 0}
+
+    def put_failing_once(fields: dict[str, Any], record: CallRecord) -> None:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise ValueError("injected: not an OSError")
+        real_put(fields, record)
+
+    monkeypatch.setattr(daemon, "_put", put_failing_once)
+    async with _running(daemon):
+        await _wait(lambda: _finished(server, task_id), timeout=20)
+    assert sorted(world.dialled) == ["940", "941"]  # each once: nothing lost, nothing redone
+    assert daemon.decided == 2
+
+
 async def test_a_number_for_an_unregistered_extension_is_kept_and_dialled_later(
     server: LiveServer, tmp_path: Path
 ) -> None:
