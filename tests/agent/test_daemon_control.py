@@ -726,6 +726,23 @@ async def test_kept_recordings_older_than_keep_days_are_pruned_at_start(
     assert recent.exists()
 
 
+def _fails_once(
+    monkeypatch: pytest.MonkeyPatch, obj: object, name: str, exc: Exception
+) -> dict[str, int]:
+    """Make `obj.name` raise `exc` at its first call and work after; its call count."""
+    real = getattr(obj, name)
+    calls = {"n": 0}
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise exc
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(obj, name, wrapper)
+    return calls
+
+
 async def test_a_failing_dial_loop_starts_again_in_the_same_session(
     server: LiveServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -735,16 +752,7 @@ async def test_a_failing_dial_loop_starts_again_in_the_same_session(
     monkeypatch.setattr(daemon_mod, "SESSION_RESTART_MIN", 0.1)
     task_id = await server.push(["2001"], ["930", "931"])
     daemon, world, _ = _daemon_noting(tmp_path, server, 1)
-    real_start = daemon._start_pending
-    calls = {"n": 0}
-
-    def start_failing_once() -> None:
-        calls["n"] += 1
-        if calls["n"] == 1:
-            raise RuntimeError("injected: a bug in the dial loop")
-        real_start()
-
-    monkeypatch.setattr(daemon, "_start_pending", start_failing_once)
+    calls = _fails_once(monkeypatch, daemon, "_start_pending", RuntimeError("injected: a bug"))
     async with _running(daemon):
         await _wait(lambda: daemon.client_id is not None)
         first_id = daemon.client_id
@@ -761,16 +769,7 @@ async def test_a_record_the_spool_write_fails_on_for_any_reason_is_held_not_lost
     monkeypatch.setattr(daemon_mod, "SPOOL_RETRY_MIN", 0.1)
     task_id = await server.push(["2001"], ["940", "941"])
     daemon, world, _ = _daemon_noting(tmp_path, server, 1)
-    real_put = daemon._put
-    calls = {"n": 0}
-
-    def put_failing_once(fields: dict[str, Any], record: CallRecord) -> None:
-        calls["n"] += 1
-        if calls["n"] == 1:
-            raise ValueError("injected: not an OSError")
-        real_put(fields, record)
-
-    monkeypatch.setattr(daemon, "_put", put_failing_once)
+    _fails_once(monkeypatch, daemon, "_put", ValueError("injected: not an OSError"))
     async with _running(daemon):
         await _wait(lambda: _finished(server, task_id), timeout=20)
     assert sorted(world.dialled) == ["940", "941"]  # each once: nothing lost, nothing redone
