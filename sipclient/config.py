@@ -156,6 +156,9 @@ class PbxSettings:
     transport: str = field(default="udp", metadata=_one_of("udp", "tcp"))
     domain: str = ""
     """SIP domain of the accounts; empty means the host part of `pbx.host`."""
+    resolve_every: float = field(default=60.0, metadata=_non_negative())
+    """Seconds between two lookups of a PBX given by name (0: once at start). A
+    name that now points elsewhere moves its lines there (`SipSide.look_again`)."""
 
 
 @dataclass(frozen=True)

@@ -57,7 +57,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -109,6 +109,11 @@ RESOLVE_RETRY_MIN = 1.0
 RESOLVE_RETRY_MAX = 60.0
 """A PBX host name that does not resolve is looked up again after
 RESOLVE_RETRY_MIN seconds, doubling up to RESOLVE_RETRY_MAX (`SipLine.start`)."""
+
+LOOK_AGAIN_MIN = 10.0
+"""Seconds between two lookups of one PBX name asked by lines losing their
+registration (`SipSide.look_again_soon`): a dead PBX fails every line's
+REGISTER, and one lookup answers for all of them."""
 
 PORT_WAIT_MIN = 0.2
 PORT_WAIT_MAX = 5.0
@@ -1345,6 +1350,11 @@ class SipSide:
         self._resolved: dict[str, str] = {}
         self._lookups: dict[str, asyncio.Future[str]] = {}
         self._lock = asyncio.Lock()
+        self._followers: dict[str, set[SipLine]] = {}
+        """Lines registering at a PBX given by name, per name: moved when it moves."""
+        self._looked_again: dict[str, float] = {}
+        self._relook_lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[Any]] = set()
         bind_host = config.sip.bind.host
         self.ports = PortPool(config.rtp.ports, host=bind_host)
         self.library: Any = None
@@ -1358,6 +1368,8 @@ class SipSide:
         """
         self.library = await asyncio.to_thread(_load_library, self.config)
         await asyncio.to_thread(_import_call_modules)
+        if self.config.pbx.resolve_every > 0:
+            self._spawn(self._watch_names(self.config.pbx.resolve_every))
 
     async def reload_library(self, config: DaemonConfig) -> None:
         """SIGHUP: the template library again (calls in flight keep the old one).
@@ -1377,10 +1389,11 @@ class SipSide:
     async def resolve(self, host: str) -> str:
         """The PBX `host` as an address to send to (raises OSError when it does not resolve).
 
-        A name is looked up once, off the loop, and kept for the daemon's life
-        (a PBX that moves to another address needs a restart). Sending to a name
-        would make every `sendto` run a blocking lookup on the event loop: a
-        slow or dead resolver would stall every call and trip the watchdog.
+        A name is looked up once, off the loop, and kept: sending to a name would
+        make every `sendto` run a blocking lookup on the event loop, and a slow or
+        dead resolver would stall every call and trip the watchdog. It is looked
+        up again every `pbx.resolve_every` and when a line loses its registration
+        (`look_again`): a PBX moved to another address is followed.
         """
         with contextlib.suppress(ValueError):
             ipaddress.ip_address(host)
@@ -1399,16 +1412,86 @@ class SipSide:
         return await asyncio.shield(lookup)
 
     async def _lookup(self, host: str) -> str:
+        address = (await self._addresses(host))[0]
+        self._resolved[host] = address
+        log.info("pbx_resolved", host=host, address=address)
+        return address
+
+    async def _addresses(self, host: str) -> list[str]:
+        """Every address `host` has in our family, in the resolver's order (OSError if none)."""
         family = socket.AF_INET6 if ":" in self.config.sip.bind.host else socket.AF_INET
         infos = await asyncio.get_running_loop().getaddrinfo(
             host, None, family=family, type=socket.SOCK_DGRAM
         )
-        if not infos:
+        addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+        if not addresses:
             raise OSError(f"{host}: no {family.name} address")
-        address = str(infos[0][4][0])
-        self._resolved[host] = address
-        log.info("pbx_resolved", host=host, address=address)
-        return address
+        return addresses
+
+    def follow(self, host: str, line: SipLine) -> None:
+        """`line` registers at the PBX named `host`: move it when the name moves."""
+        if host in self._resolved:
+            self._followers.setdefault(host, set()).add(line)
+
+    def unfollow(self, host: str, line: SipLine) -> None:
+        lines = self._followers.get(host)
+        if lines is not None:
+            lines.discard(line)
+            if not lines:
+                del self._followers[host]
+
+    async def _watch_names(self, every: float) -> None:
+        while True:
+            await asyncio.sleep(every)
+            for host in list(self._followers):
+                try:
+                    await self.look_again(host)
+                except Exception as exc:  # a bug here must not end the watching
+                    log.error("pbx_look_again_failed", host=host, error=repr(exc))
+
+    def look_again_soon(self, host: str) -> None:
+        """A line at `host` lost its registration: has the name moved? (at most every
+        LOOK_AGAIN_MIN seconds per name; the periodic lookup covers the rest)."""
+        if host not in self._followers:
+            return
+        now = time.monotonic()
+        if now - self._looked_again.get(host, -LOOK_AGAIN_MIN) < LOOK_AGAIN_MIN:
+            return
+        self._looked_again[host] = now
+        self._spawn(self.look_again(host))
+
+    async def look_again(self, host: str) -> bool:
+        """Look the PBX name `host` up again; True when it moved and its lines with it.
+
+        A lookup that fails keeps the address we have (a resolver down says nothing
+        about the PBX). An answer that still holds our address is no move: a
+        name with several addresses may list them in another order each time, and
+        following the order would re-register every line at every lookup.
+        """
+        async with self._relook_lock:
+            current = self._resolved.get(host)
+            try:
+                addresses = await self._addresses(host)
+            except OSError as exc:
+                log.warning("pbx_lookup_failed", host=host, address=current, error=str(exc))
+                return False
+            if current is None or current in addresses:
+                return False
+            address = addresses[0]
+            self._resolved[host] = address
+            lines = list(self._followers.get(host, ()))
+            log.warning("pbx_moved", host=host, old=current, address=address, lines=len(lines))
+            for line in lines:
+                try:
+                    await line.move(address)
+                except Exception as exc:  # one line failing to move must not keep the others
+                    log.error("line_move_failed", extension=line.account.extension, error=repr(exc))
+            return True
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def stack_for(self, transport: str, host: str, port: int, key: str) -> Any:
         """The shared stack towards host:port (one per line when so configured)."""
@@ -1443,6 +1526,9 @@ class SipSide:
         return SipLine(self, account)
 
     async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         for stack in self._stacks.values():
             with contextlib.suppress(Exception):
                 await stack.close()
@@ -1481,6 +1567,10 @@ class SipLine:
         self.ua: Any = None
         self._registered = False
         self._task: asyncio.Task[Any] | None = None
+        self._retiring: set[asyncio.Task[Any]] = set()
+        """Un-REGISTERs of user agents left behind by a move (`move`)."""
+        self._on_change: Callable[[bool, str], None] = lambda _ok, _why: None
+        self._followed = ""
 
     @property
     def registered(self) -> bool:
@@ -1502,6 +1592,7 @@ class SipLine:
         return pbx.host, pbx.port, transport
 
     async def start(self, on_change: Callable[[bool, str], None]) -> None:
+        self._on_change = on_change
         host, port, transport = self._target()
         try:
             address = await self.side.resolve(host)
@@ -1577,6 +1668,8 @@ class SipLine:
         )
 
         def changed(ua: Any) -> None:
+            if ua is not self.ua:
+                return  # a user agent a move left behind (`move`) no longer speaks for us
             state = ua.state
             if state == "registered" and not self._registered:
                 self._registered = True
@@ -1584,6 +1677,8 @@ class SipLine:
             elif state == "unregistered" and (self._registered or not ua.registered.is_set()):
                 self._registered = False
                 on_change(False, ua.reason or "not registered")
+                if address != host:
+                    self.side.look_again_soon(host)  # the PBX may have moved
 
         self.ua = UserAgent(
             stack,
@@ -1593,15 +1688,46 @@ class SipLine:
             prack=cfg.sip.prack,
             on_state=changed,
         )
+        if address != host and not self._followed:
+            self._followed = host
+            self.side.follow(host, self)
         # the core keeps retrying after a failure; states arrive through `changed`
         self._task = asyncio.create_task(self.ua.register(timeout=30.0))
 
+    async def move(self, address: str) -> None:
+        """The PBX's name now points at `address`: register there from now on.
+
+        The line is unregistered until the new address grants the binding, so no
+        number is dialled in between. Calls in flight keep the old address to their
+        end (a `Call` holds its own route); the old user agent un-REGISTERs in the
+        background (a PBX still up, e.g. moved for maintenance, would otherwise keep
+        a binding to us that rings nobody) and no longer speaks for the line.
+        """
+        old = self.ua
+        if old is None or old.account.host.host == address:
+            return
+        host, port, transport = self._target()
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        log.warning("line_moved", extension=self.account.extension, host=host, address=address)
+        if self._registered:
+            self._registered = False
+            self._on_change(False, f"the PBX {host} moved to {address}: registering there")
+        await self._begin(address, host, port, transport, self._on_change)
+        retire = asyncio.create_task(old.stop(timeout=2.0))
+        self._retiring.add(retire)
+        retire.add_done_callback(self._retiring.discard)
+
     async def stop(self) -> None:
+        if self._followed:
+            self.side.unfollow(self._followed, self)
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         if self.ua is not None:
             await self.ua.stop(timeout=2.0)
+        await asyncio.gather(*self._retiring, return_exceptions=True)
         self._registered = False
 
     async def recheck(self) -> bool:

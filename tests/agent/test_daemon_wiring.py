@@ -22,7 +22,7 @@ from sipclient.config import (
     SipSettings,
     SpoolSettings,
 )
-from sipclient.lab.kamailio import Kamailio
+from sipclient.lab.kamailio import Kamailio, KamailioConfig
 from sipclient.lab.ports import free_port
 
 
@@ -157,3 +157,94 @@ async def test_an_account_without_host_registers_at_pbx_host(
         await plain.stop()
         await elsewhere.stop()
         await side.close()
+
+
+@pytest.mark.peers
+@pytest.mark.parametrize("resolve_every", [0.3, 0.0])
+async def test_a_pbx_whose_name_moves_is_followed_without_a_restart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, resolve_every: float
+) -> None:
+    # the PBX named pbx.example moves from 127.0.0.1 to 127.0.0.2 (a failover by DNS)
+    # and the old one goes away: the line registers at the new address on its own,
+    # found by the periodic lookup or (resolve_every 0) when its registration fails
+    from tests.agent.conftest import EXTENSIONS
+
+    old = Kamailio(config=KamailioConfig(extensions=EXTENSIONS, host="127.0.0.1"))
+    new: Kamailio | None = None
+    loop = asyncio.get_running_loop()
+    real = loop.getaddrinfo
+    dns: dict[str, object] = {"pbx.example": ["127.0.0.1"]}
+    lookups: list[str] = []
+
+    async def getaddrinfo(host: str, *args: object, **kw: object) -> object:
+        if host != "pbx.example":
+            return await real(host, *args, **kw)  # type: ignore[arg-type]
+        lookups.append(host)
+        answer = dns[host]
+        if isinstance(answer, Exception):
+            raise answer
+        infos: list[object] = []
+        for address in answer:  # type: ignore[attr-defined]
+            infos += await real(address, *args, **kw)  # type: ignore[arg-type]
+        return infos
+
+    monkeypatch.setattr(loop, "getaddrinfo", getaddrinfo)
+    side: daemon_mod.SipSide | None = None
+    line: daemon_mod.SipLine | None = None
+    try:
+        old.start()
+        new = Kamailio(
+            config=KamailioConfig(extensions=EXTENSIONS, host="127.0.0.2", port=old.port)
+        ).start()
+        config = dataclasses.replace(
+            _config(tmp_path),
+            pbx=PbxSettings(host=HostPort("pbx.example", old.port), resolve_every=resolve_every),
+            # Timer F 3.2 s: the REGISTER to the PBX that went away fails soon
+            sip=SipSettings(bind=HostPort("127.0.0.1", 0), t1=0.05),
+        )
+        side = daemon_mod.SipSide(config)
+        await side.start()
+        line = daemon_mod.SipLine(side, Account("1001", "secret1001"))
+        changes: list[tuple[bool, str]] = []
+        await line.start(lambda ok, why: changes.append((ok, why)))
+
+        async def registered_at(address: str) -> None:
+            assert line is not None
+            async with asyncio.timeout(15):
+                while not (line.registered and line.ua.account.host.host == address):
+                    await asyncio.sleep(0.05)
+
+        await registered_at("127.0.0.1")
+        # several lookups later, nothing moved while the name stayed
+        await asyncio.sleep(0.7)
+        assert lookups.count("pbx.example") >= (2 if resolve_every else 1)
+        assert changes == [(True, "")]
+
+        dns["pbx.example"] = ["127.0.0.2"]
+        await asyncio.to_thread(old.stop)
+        if not resolve_every:
+            assert lookups.count("pbx.example") == 1  # only the lookup at start
+            assert not await line.recheck()  # the old PBX is gone: Timer F
+        await registered_at("127.0.0.2")
+        assert changes[-1] == (True, "") and (False, "") not in changes
+        # unregistered in between (no number dialled), saying why
+        why_not = [why for ok, why in changes if not ok]
+        assert why_not and all(why_not)
+        if resolve_every:
+            assert "the PBX pbx.example moved to 127.0.0.2" in why_not[0]
+        assert await line.recheck()  # the new PBX answers a REGISTER: it holds us now
+
+        # a name with several addresses in another order, or a resolver down, is no move
+        dns["pbx.example"] = ["127.0.0.9", "127.0.0.2"]
+        assert not await side.look_again("pbx.example")
+        dns["pbx.example"] = socket.gaierror(-3, "Temporary failure in name resolution")
+        assert not await side.look_again("pbx.example")
+        assert line.registered and line.ua.account.host.host == "127.0.0.2"
+    finally:
+        if line is not None:
+            await line.stop()
+        if side is not None:
+            await side.close()
+        old.cleanup()
+        if new is not None:
+            new.cleanup()
