@@ -170,6 +170,8 @@ class SipSettings:
             **_check(_ip_literal, 'an "ip:port" (an address, not a name)'),
         },
     )
+    """Local SIP address. 0.0.0.0 or [::] (any address) reach each PBX in its own
+    family (`SipSide.bind_for`); an address reaches only PBXs of its family."""
     socket_per_extension: bool = False
     register_expires: int = field(default=300, metadata=_check(lambda v: v >= 30, "an int >= 30"))
     ring_timeout: float = field(default=60.0, metadata=_positive())

@@ -78,7 +78,7 @@ from sipclient.agent.control import (
 from sipclient.agent.housekeeping import run_housekeeping
 from sipclient.agent.spool import Spool, SpoolBusy, claim
 from sipclient.agent.trunk import TrunkGuard, TrunkState
-from sipclient.config import ConfigError, DaemonConfig, load_config
+from sipclient.config import ConfigError, DaemonConfig, HostPort, load_config
 from sipclient.logs import configure, get_logger
 from sipclient.media.ports import PortsExhausted
 from sipclient.phone import not_dialable
@@ -1418,15 +1418,48 @@ class SipSide:
         return address
 
     async def _addresses(self, host: str) -> list[str]:
-        """Every address `host` has in our family, in the resolver's order (OSError if none)."""
-        family = socket.AF_INET6 if ":" in self.config.sip.bind.host else socket.AF_INET
+        """Every address `host` has that we can reach, in the resolver's order (OSError if none).
+
+        With a wildcard `sip.bind` either family will do, IPv4 first: a name with
+        both kinds of address is reached as before IPv6 was followed, and a name
+        with only IPv6 ones still is. Otherwise only `sip.bind`'s family.
+        """
+        bind = self.config.sip.bind.host
+        if self.wildcard:
+            family = socket.AF_UNSPEC
+        else:
+            family = socket.AF_INET6 if ":" in bind else socket.AF_INET
         infos = await asyncio.get_running_loop().getaddrinfo(
             host, None, family=family, type=socket.SOCK_DGRAM
         )
-        addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+        found = dict.fromkeys(
+            str(info[4][0]) for info in infos if info[0] in (socket.AF_INET, socket.AF_INET6)
+        )
+        addresses = sorted(found, key=lambda a: ":" in a)  # stable: IPv4 first
         if not addresses:
-            raise OSError(f"{host}: no {family.name} address")
+            kind = "" if self.wildcard else f" {family.name}"
+            raise OSError(f"{host}: no{kind} address")
         return addresses
+
+    @property
+    def wildcard(self) -> bool:
+        """`sip.bind` is any address: each PBX is reached in its own family."""
+        return self.config.sip.bind.host in ("0.0.0.0", "::")
+
+    def bind_for(self, address: str) -> HostPort:
+        """The local address to reach the PBX at `address` from (`sip.bind`'s port).
+
+        A wildcard `sip.bind` follows the PBX's family ("0.0.0.0" or "::"); an
+        address of the other family than a given `sip.bind` is a ValueError.
+        """
+
+        bind = self.config.sip.bind
+        v6 = ":" in address
+        if self.wildcard:
+            return HostPort("::" if v6 else "0.0.0.0", bind.port)
+        if (":" in bind.host) != v6:
+            raise ValueError(f"the PBX {address} cannot be reached from sip.bind {bind}")
+        return bind
 
     def follow(self, host: str, line: SipLine) -> None:
         """`line` registers at the PBX named `host`: move it when the name moves."""
@@ -1498,15 +1531,17 @@ class SipSide:
         from sipclient.agent.transport import open_stack
 
         sip = self.config.sip
-        k = (transport, key if sip.socket_per_extension else "", 0)
+        bind = self.bind_for(host)  # ValueError: the other family than sip.bind's
+        family = 6 if ":" in bind.host else 4
+        k = (transport, key if sip.socket_per_extension else "", family)
         if transport == "tcp":
-            k = (transport, f"{host}:{port}" + k[1], 0)
+            k = (transport, f"{host}:{port}" + k[1], family)
         async with self._lock:
             stack = self._stacks.get(k)
             if stack is None:
                 stack = await open_stack(
                     transport=transport,
-                    bind=sip.bind,
+                    bind=bind,
                     remote=(host, port),
                     t1=sip.t1,
                     user_agent=sip.user_agent,
@@ -1520,6 +1555,12 @@ class SipSide:
                     remote=f"{host}:{port}",
                 )
             return stack
+
+    def rtp_host(self, local_ip: str) -> str:
+        """Where a call whose SIP goes out from `local_ip` receives its RTP."""
+        if self.wildcard:
+            return "::" if ":" in local_ip else "0.0.0.0"
+        return self.config.sip.bind.host
 
     def backend(self, account: Account) -> SipLine:
         """The `BackendFactory` of the daemon."""
@@ -1577,7 +1618,6 @@ class SipLine:
         return self._registered
 
     def _target(self) -> tuple[str, int, str]:
-        from sipclient.config import HostPort
 
         cfg = self.side.config
         pbx = cfg.pbx.host
@@ -1602,6 +1642,14 @@ class SipLine:
             self._task = asyncio.create_task(
                 self._start_when_resolved(host, port, transport, on_change, exc)
             )
+            return
+        try:
+            self.side.bind_for(address)
+        except ValueError as wrong:
+            # an IPv6 PBX with an IPv4 sip.bind or the other way round: nothing we
+            # send would reach it (a name resolves in sip.bind's family only)
+            log.error("pbx_unreachable", extension=self.account.extension, reason=str(wrong))
+            on_change(False, str(wrong))
             return
         await self._begin(address, host, port, transport, on_change)
 
@@ -1652,7 +1700,6 @@ class SipLine:
         """
         from sipclient.agent.useragent import Account as UaAccount
         from sipclient.agent.useragent import UserAgent
-        from sipclient.config import HostPort
 
         stack = await self.side.stack_for(transport, address, port, self.account.extension)
         cfg = self.side.config
@@ -1755,9 +1802,10 @@ async def _dial(
 
     side, cfg = line.side, line.side.config
     loop = asyncio.get_running_loop()
-    lease = side.ports.allocate()  # PortsExhausted: Daemon._call keeps the number for later
     ua = line.ua
     local_ip = ua.stack.ep.local[0]
+    # PortsExhausted: Daemon._call keeps the number for later
+    lease = side.ports.allocate(side.rtp_host(local_ip))
     wav = cfg.recordings.dir / f"{line.account.extension}-{item.phone}-{time.time_ns()}.wav"
     # Without recordings.keep the WAV only exists for the spool, which writes and fsyncs
     # its own copy: build it in memory (media/recorder.py). A crash before the spool has

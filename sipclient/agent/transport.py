@@ -316,6 +316,10 @@ async def open_stack(
             # buffer drops some, and a lost 487 costs a call 64*T1 (the kernel caps it)
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+            if family == socket.AF_INET6:
+                # "::" only for IPv6: the daemon may hold "0.0.0.0" on the same port
+                # for its IPv4 PBXs
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             sock.bind((bind.host, bind.port))
         except OSError:
             sock.close()

@@ -60,6 +60,11 @@ class KamailioConfig:
     nonce_expire: int = 300
 
 
+def _uri_host(host: str) -> str:
+    """An IPv6 address in brackets, as SIP URIs and kamailio's listen= want it."""
+    return f"[{host}]" if ":" in host else host
+
+
 def _quote(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
@@ -79,7 +84,7 @@ def render_config(cfg: KamailioConfig, port: int) -> str:
         pattern = "^" + re.escape(route.prefix)
         routes.append(
             f'\t\tif ($rU =~ "{pattern}") {{\n'
-            f'\t\t\t$du = "sip:{route.host}:{route.port}";\n'
+            f'\t\t\t$du = "sip:{_uri_host(route.host)}:{route.port}";\n'
             "\t\t\troute(TO_PEER);\n"
             "\t\t}"
         )
@@ -87,7 +92,7 @@ def render_config(cfg: KamailioConfig, port: int) -> str:
     values = {
         "DEBUG": str(cfg.debug),
         "CHILDREN": str(cfg.children),
-        "HOST": cfg.host,
+        "HOST": _uri_host(cfg.host),
         "PORT": str(port),
         "DOMAIN": cfg.domain,
         "MPATH": str(MODULES_DIR),

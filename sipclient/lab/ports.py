@@ -31,17 +31,18 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 def sip_options_ok(host: str, port: int, *, timeout: float = 0.2) -> bool:
     """Send one OPTIONS over UDP and say whether any SIP response came back."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+    with socket.socket(_family(host), socket.SOCK_DGRAM) as sock:
         sock.bind((host, 0))
         sock.settimeout(timeout)
         local = sock.getsockname()[1]
+        uri_host = f"[{host}]" if ":" in host else host
         msg = (
-            f"OPTIONS sip:{host}:{port} SIP/2.0\r\n"
-            f"Via: SIP/2.0/UDP {host}:{local};branch=z9hG4bK-probe{time.monotonic_ns()}\r\n"
+            f"OPTIONS sip:{uri_host}:{port} SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP {uri_host}:{local};branch=z9hG4bK-probe{time.monotonic_ns()}\r\n"
             "Max-Forwards: 70\r\n"
-            f"From: <sip:probe@{host}>;tag=probe\r\n"
-            f"To: <sip:{host}:{port}>\r\n"
-            f"Call-ID: probe-{time.monotonic_ns()}@{host}\r\n"
+            f"From: <sip:probe@{uri_host}>;tag=probe\r\n"
+            f"To: <sip:{uri_host}:{port}>\r\n"
+            f"Call-ID: probe-{time.monotonic_ns()}@probe\r\n"
             "CSeq: 1 OPTIONS\r\n"
             "Content-Length: 0\r\n\r\n"
         )

@@ -94,9 +94,15 @@ class PortPool:
         """How many leases are out."""
         return len(self._leased)
 
-    def allocate(self) -> PortLease:
-        """Bind and lease the next free port; raises `PortsExhausted` when none is."""
-        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+    def allocate(self, host: str | None = None) -> PortLease:
+        """Bind and lease the next free port; raises `PortsExhausted` when none is.
+
+        `host` overrides the pool's address for this lease: the daemon with a
+        wildcard `sip.bind` receives an IPv6 PBX's calls on "::" and the others on
+        "0.0.0.0", from one range (a port is leased in one family at a time).
+        """
+        host = self.host if host is None else host
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
         n = len(self._candidates)
         for step in range(n):
             index = (self._next + step) % n
@@ -105,7 +111,10 @@ class PortPool:
                 continue
             sock = socket.socket(family, socket.SOCK_DGRAM)
             try:
-                sock.bind((self.host, port))
+                if family == socket.AF_INET6:
+                    # "::" alone: not also IPv4's port (held by another program, or ours)
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.bind((host, port))
             except OSError as exc:
                 sock.close()
                 if exc.errno not in (errno.EADDRINUSE, errno.EACCES):
@@ -113,7 +122,7 @@ class PortPool:
                 continue
             sock.setblocking(False)
             self._next = (index + 1) % n
-            lease = PortLease(self.host, port, sock, self)
+            lease = PortLease(host, port, sock, self)
             self._leased[port] = lease
             return lease
         _log().warning("rtp_ports_exhausted", ports=str(self.ports), in_use=self.in_use)

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import io
 import socket
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile as sf
 
 from sipclient.agent import daemon as daemon_mod
 from sipclient.agent.control import Account, DialplanItem
@@ -17,13 +20,16 @@ from sipclient.config import (
     DaemonConfig,
     HostPort,
     PbxSettings,
+    PortRange,
     RecordingSettings,
+    RtpSettings,
     ServerLink,
     SipSettings,
     SpoolSettings,
 )
-from sipclient.lab.kamailio import Kamailio, KamailioConfig
+from sipclient.lab.kamailio import Kamailio, KamailioConfig, Route
 from sipclient.lab.ports import free_port
+from sipclient.lab.sipp import Sipp
 
 
 def _config(tmp_path: Path) -> DaemonConfig:
@@ -248,3 +254,62 @@ async def test_a_pbx_whose_name_moves_is_followed_without_a_restart(
         old.cleanup()
         if new is not None:
             new.cleanup()
+
+
+@pytest.mark.peers
+async def test_an_ipv6_pbx_is_reached_from_the_default_bind_and_its_early_media_heard(
+    tmp_path: Path, sipp_uas: Callable[..., Sipp]
+) -> None:
+    # sip.bind 0.0.0.0:0 (the default) follows each PBX's family: SIP and RTP over
+    # IPv6 for this one. Before, every send to it failed and the line never registered
+    from tests.agent.conftest import EXTENSIONS
+    from tests.agent.test_dial import tone_pcmu
+
+    uas = sipp_uas("uas_183_rtp_404.xml", host="::1", files={"early.pcmu": tone_pcmu()})
+    kam = Kamailio(
+        config=KamailioConfig(
+            extensions=EXTENSIONS, host="::1", routes=[Route("404", "::1", uas.port)]
+        )
+    )
+    side: daemon_mod.SipSide | None = None
+    line: daemon_mod.SipLine | None = None
+    try:
+        kam.start()
+        config = dataclasses.replace(
+            _config(tmp_path), rtp=RtpSettings(ports=PortRange(31000, 31099))
+        )
+        assert config.sip.bind == HostPort("0.0.0.0", 0)
+        side = daemon_mod.SipSide(config)
+        await side.start()
+        line = daemon_mod.SipLine(side, Account("1001", "secret1001", host=f"[::1]:{kam.port}"))
+        await line.start(lambda _ok, _why: None)
+        async with asyncio.timeout(10):
+            while not line.registered:
+                await asyncio.sleep(0.05)
+        assert line.ua.stack.ep.local[0] == "::1"
+        item = DialplanItem("1001", "4045550000", "7")
+        record = await line.dial(item, lambda: None, asyncio.Event())
+        assert record.fields["sipCode"] == 404 and record.verdict == "empty"
+        assert record.data is not None
+        audio, rate = sf.read(io.BytesIO(record.data), dtype="int16")
+        assert rate == 8000 and np.abs(audio[:4000]).max() > 4000  # the tone, over IPv6
+        assert side.ports.in_use == 0
+    finally:
+        if line is not None:
+            await line.stop()
+        if side is not None:
+            await side.close()
+        kam.cleanup()
+
+
+async def test_a_pbx_of_the_other_family_than_a_given_sip_bind_is_refused_with_the_reason(
+    tmp_path: Path,
+) -> None:
+    config = dataclasses.replace(_config(tmp_path), sip=SipSettings(bind=HostPort("127.0.0.1", 0)))
+    side = daemon_mod.SipSide(config)
+    line = daemon_mod.SipLine(side, Account("1001", "pw", host="[::1]:5060"))
+    changes: list[tuple[bool, str]] = []
+    await line.start(lambda ok, why: changes.append((ok, why)))
+    assert changes == [(False, "the PBX ::1 cannot be reached from sip.bind 127.0.0.1:0")]
+    assert line.ua is None
+    await side.close()
