@@ -164,7 +164,8 @@ def start_server(
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="bench-server-"))
     profile = ["-m", "cProfile", "-o", args.profile] if args.profile else []
-    server, base = start_server(work, python_args=profile, wrap=args.wrap or "")
+    share = f"leases:\n  share: {args.share}\n" if args.share else ""
+    server, base = start_server(work, share, python_args=profile, wrap=args.wrap or "")
     try:
         connector = aiohttp.TCPConnector(limit=args.clients * args.threads + 8)
         async with aiohttp.ClientSession(connector=connector) as session:
@@ -179,11 +180,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 for i in range(args.clients * args.threads)
             ]
             await _call(session, "POST", f"{base}/api/account", json={"account": accounts})
-            # The return_url is a closed loopback port: callbacks fail cheaply.
-            chunk = 10_000
-            for start in range(0, args.numbers, chunk):
+            # The return_url is a closed loopback port: callbacks fail cheaply. Each
+            # pusher (leases.share) has its own loopback address.
+            chunk = args.task_size
+            for k, start in enumerate(range(0, args.numbers, chunk)):
                 phones = [f"1{n:010d}" for n in range(start, min(args.numbers, start + chunk))]
-                body = {"phone": phones, "return_url": "http://127.0.0.1:9/cb"}
+                url = f"http://127.0.0.{k % args.pushers + 1}:9/cb"
+                body = {"phone": phones, "return_url": url}
                 await _call(session, "POST", f"{base}/api/dialplan", json=body)
 
             stats = Stats()
@@ -221,6 +224,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "clients": args.clients,
         "threads_per_client": args.threads,
         "numbers": args.numbers,
+        "task_size": args.task_size,
+        "pushers": args.pushers,
+        "share": args.share or "(default)",
         "seconds": round(elapsed, 3),
         "leased": stats.leased,
         "finished": stats.finished,
@@ -252,6 +258,9 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=8, help="concurrent fake daemons")
     parser.add_argument("--threads", type=int, default=16, help="extensions per daemon")
     parser.add_argument("--numbers", type=int, default=20_000, help="numbers to dial")
+    parser.add_argument("--task-size", type=int, default=10_000, help="numbers per task pushed")
+    parser.add_argument("--pushers", type=int, default=1, help="return_url origins, in turn")
+    parser.add_argument("--share", default="", help="leases.share (default: the server's)")
     parser.add_argument("--profile", default=None, help="run the server under cProfile to FILE")
     parser.add_argument("--keep", action="store_true", help="keep the database and WAVs")
     parser.add_argument("--wrap", default=None, help="command prefix for the server process")

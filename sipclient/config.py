@@ -294,6 +294,12 @@ class LeaseSettings:
     number_timeout: float = field(default=600.0, metadata=_positive())
     """Seconds a handed-out number may stay unfinished before it is free again."""
     sweep_interval: float = field(default=5.0, metadata=_positive())
+    share: str = field(default="pusher", metadata=_one_of("pusher", "task", "none"))
+    """How unfinished tasks share the lines. "pusher": the tasks of each return_url
+    origin (scheme://host:port, as far as the server can tell who pushed) take
+    turns with the other origins' hand-out by hand-out, oldest task first within
+    one origin; "task": every task takes its turn; "none": the oldest free numbers
+    first, whoever pushed them (a big push then holds back every later one)."""
 
 
 @dataclass(frozen=True)

@@ -117,7 +117,7 @@ class Dispatch:
 
     async def lease_dialplans(self, client_id: str) -> list[JSON]:
         self._check(client_id)
-        plans = await self.store.lease_dialplans(client_id, self.clock())
+        plans = await self.store.lease_dialplans(client_id, self.clock(), self.leases.share)
         if plans is None:
             raise self._gone(client_id)
         # (ext) how long the number is the client's: past it the sweep hands it out

@@ -21,6 +21,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from sipclient.server.store import (
     JSON,
@@ -131,7 +132,17 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE tasks ADD COLUMN cancelled_at TEXT;
     """,
+    # 4: lines shared between unfinished tasks (leases.share): their free numbers
+    # task by task, and the unfinished tasks without reading the finished ones
+    """
+    CREATE INDEX dialplans_free_task ON dialplans (task_id, id) WHERE status = 'free';
+    CREATE INDEX tasks_open ON tasks (id) WHERE status != 'finish';
+    """,
 ]
+
+SHARE_VISITS_MAX = 64
+"""Groups of tasks (`leases.share`) one hand-out looks into at most; the rotation
+starts the next hand-out where this one stopped, so the rest get their turn."""
 
 _BATCH_MAX = 256
 
@@ -364,6 +375,9 @@ class SqliteStore(Store):
         self._writer = _SerialThread(self._open_writer, "sqlite-writer", write=True)
         self._reader = _SerialThread(lambda: _connect(self.path), "sqlite-reader", write=False)
         self.schema_version = 0
+        self._share_after = 0
+        """The oldest task id of the group of tasks served last: the next hand-out
+        starts with the group after it (`_shared_plans`; the writer thread's alone)."""
 
     def _open_writer(self) -> sqlite3.Connection:
         conn = _connect(self.path)
@@ -672,7 +686,9 @@ class SqliteStore(Store):
 
         return await self._writer.run(job)
 
-    async def lease_dialplans(self, client_id: str, now: float) -> list[JSON] | None:
+    async def lease_dialplans(
+        self, client_id: str, now: float, share: str = "none"
+    ) -> list[JSON] | None:
         stamp = iso_local(now)
 
         def job(conn: sqlite3.Connection) -> list[JSON] | None:
@@ -693,25 +709,10 @@ class SqliteStore(Store):
             ).fetchall()
             if not idle:
                 return []
-            # Never the same phone twice at once (two tasks may hold it): our second
-            # call would find the callee's line taken by the first and come back
-            # `busy`. A copy waits until the phone is free; rows in one hand-out
-            # are made unique here, so a few more are read than lines are idle.
-            # A transient outcome waits out its spacing (retry_at) before it goes again.
-            candidates = conn.execute(
-                "SELECT d.id, d.task_id, d.phone FROM dialplans d WHERE d.status = 'free'"
-                " AND (d.retry_at IS NULL OR d.retry_at <= ?)"
-                " AND NOT EXISTS (SELECT 1 FROM dialplans b"
-                "   WHERE b.phone = d.phone AND b.status = 'busy')"
-                " ORDER BY d.id LIMIT ?",
-                (now, 2 * len(idle) + 8),
-            ).fetchall()
-            free: list[sqlite3.Row] = []
-            phones: set[str] = set()
-            for plan in candidates:
-                if plan["phone"] not in phones and len(free) < len(idle):
-                    phones.add(plan["phone"])
-                    free.append(plan)
+            if share == "none":
+                free = _unique_phones([_free_plans(conn, now, 2 * len(idle) + 8)], len(idle))
+            else:
+                free = self._shared_plans(conn, now, len(idle), share)
             pairs = list(zip(idle, free, strict=False))
             conn.executemany(
                 "UPDATE dialplans SET status = 'busy', client_id = ?,"
@@ -740,6 +741,48 @@ class SqliteStore(Store):
             ]
 
         return await self._writer.run(job)
+
+    def _shared_plans(
+        self, conn: sqlite3.Connection, now: float, count: int, share: str
+    ) -> list[sqlite3.Row]:
+        """Up to `count` free numbers taken in turn from the groups of unfinished
+        tasks (`leases.share`: by "pusher", the return_url's origin, or by "task"),
+        each group's oldest task first. Groups are ordered by their oldest task, and
+        the next hand-out starts with the group after the one this one served last.
+        """
+        groups: dict[str, list[int]] = {}
+        for row in conn.execute(
+            "SELECT id, return_url FROM tasks WHERE status != 'finish' ORDER BY id"
+        ):
+            key = str(row["id"]) if share == "task" else _origin(row["return_url"])
+            groups.setdefault(key, []).append(row["id"])
+        if not groups:
+            return []
+        order = list(groups.values())  # by oldest task: ids ascend within each
+        start = next((i for i, ids in enumerate(order) if ids[0] > self._share_after), 0)
+        order = order[start:] + order[:start]
+        # each group's share of this hand-out and a few more (a phone out on another
+        # line waits); read again in full only when the groups fell short
+        per = -(-count // min(count, len(order))) + 2
+        lists: list[list[sqlite3.Row]] = []
+        visited: list[list[int]] = []
+        for task_ids in order[:SHARE_VISITS_MAX]:
+            plans = _free_plans(conn, now, per, task_ids)
+            if plans:
+                lists.append(plans)
+                visited.append(task_ids)
+                if len(lists) == count:
+                    break  # one number each at least: the rest wait for their turn
+        chosen = _unique_phones(lists, count)
+        if len(chosen) < count and any(len(plans) == per for plans in lists):
+            lists = [_free_plans(conn, now, count + 8, task_ids) for task_ids in visited]
+            chosen = _unique_phones(lists, count)
+        if chosen:
+            last = chosen[-1]["task_id"]
+            self._share_after = next(ids[0] for ids in order if last in ids)
+        elif len(order) > SHARE_VISITS_MAX:
+            self._share_after = order[SHARE_VISITS_MAX - 1][0]  # the rest's turn next
+        return chosen
 
     async def record_status(
         self, client_id: str, status: str, extension: str, phone: str, now: float
@@ -870,6 +913,55 @@ class SqliteStore(Store):
             )
 
         await self._writer.run(job)
+
+
+def _free_plans(
+    conn: sqlite3.Connection, now: float, limit: int, task_ids: Sequence[int] = ()
+) -> list[sqlite3.Row]:
+    """Free numbers that may go out now, oldest first (of `task_ids` when given).
+
+    Never the same phone twice at once (two tasks may hold it): our second call
+    would find the callee's line taken by the first and come back `busy`, so a
+    copy waits until the phone is free. A transient outcome waits out its spacing
+    (retry_at) before it goes again.
+    """
+    where = ""
+    if task_ids:
+        where = f" AND d.task_id IN ({_placeholders(len(task_ids))})"
+    return conn.execute(
+        "SELECT d.id, d.task_id, d.phone FROM dialplans d WHERE d.status = 'free'"
+        f"{where} AND (d.retry_at IS NULL OR d.retry_at <= ?)"
+        " AND NOT EXISTS (SELECT 1 FROM dialplans b"
+        "   WHERE b.phone = d.phone AND b.status = 'busy')"
+        f" ORDER BY {'d.task_id, ' if task_ids else ''}d.id LIMIT ?",
+        (*task_ids, now, limit),
+    ).fetchall()
+
+
+def _unique_phones(lists: Sequence[Sequence[sqlite3.Row]], count: int) -> list[sqlite3.Row]:
+    """Up to `count` plans taken from `lists` in turn, one phone once (lists may share
+    phones: two tasks may hold one)."""
+    chosen: list[sqlite3.Row] = []
+    phones: set[str] = set()
+    iters = [iter(plans) for plans in lists]
+    while iters and len(chosen) < count:
+        for it in list(iters):
+            for plan in it:
+                if plan["phone"] not in phones:
+                    phones.add(plan["phone"])
+                    chosen.append(plan)
+                    break
+            else:
+                iters.remove(it)
+            if len(chosen) == count:
+                break
+    return chosen
+
+
+def _origin(url: str) -> str:
+    """Who pushed a task, as far as the server can tell: its return_url's origin."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}".lower()
 
 
 def _touch(conn: sqlite3.Connection, client_id: str, now: float) -> bool:

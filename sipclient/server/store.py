@@ -181,11 +181,15 @@ class Store(abc.ABC):
         """The client's lease topped up to `count` accounts; None: client not active."""
 
     @abc.abstractmethod
-    async def lease_dialplans(self, client_id: str, now: float) -> list[JSON] | None:
+    async def lease_dialplans(
+        self, client_id: str, now: float, share: str = "none"
+    ) -> list[JSON] | None:
         """One free number per free extension of the client; None: client not active.
 
         Free: no busy number on it, or its client reported it idle after the
-        latest hand-out (docs/server.md)."""
+        latest hand-out (docs/server.md). `share` (`leases.share`): "none" hands
+        out the oldest free numbers first; "pusher" and "task" take them in turn
+        from the groups of unfinished tasks (by return_url origin, or each task)."""
 
     @abc.abstractmethod
     async def record_status(

@@ -1,0 +1,99 @@
+"""leases.share: unfinished tasks take turns for the lines, over a real socket and SQLite."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from sipclient.config import ServerConfig
+from tests.server.conftest import ACCOUNTS, Api, make_config
+
+# two pushers as the server tells them apart: their return_url's origin
+FIRST = "http://127.0.0.1:9/cb"
+SECOND = "http://127.0.0.2:9/cb"
+
+
+@pytest.fixture
+def config(tmp_path: Path, request: pytest.FixtureRequest) -> ServerConfig:
+    base = make_config(tmp_path)
+    share = getattr(request, "param", "pusher")
+    return replace(base, leases=replace(base.leases, share=share))
+
+
+async def _push(api: Api, phones: list[str], url: str) -> int:
+    await api.ok("POST", "/api/account", json={"account": ACCOUNTS})
+    task = await api.ok("POST", "/api/dialplan", json={"phone": phones, "return_url": url})
+    return int(task["task_id"])
+
+
+async def _dial_all_on_one_line(api: Api) -> list[str]:
+    """Hand-outs to one line, each number finished before the next: the order dialled."""
+    cid = await api.notify()
+    await api.ok("GET", f"/accounts/{cid}?threadsNum=1")
+    order: list[str] = []
+    while True:
+        plans = (await api.ok("GET", f"/dialplan/{cid}"))["dialplans"]
+        if not plans:
+            return order
+        (plan,) = plans
+        order.append(plan["phoneNum"])
+        status, _ = await api.upload(cid, plan["extensionNum"], plan["phoneNum"], sipCode=404)
+        assert status == 200
+
+
+@pytest.mark.parametrize(
+    ("config", "expected"),
+    [
+        # the default: the second pusher's small task is not held behind the first's big
+        # one; the first pusher's own tasks go oldest first
+        ("pusher", ["a1", "b1", "a2", "b2", "a3", "a4", "a5", "a6", "c1", "c2"]),
+        ("task", ["a1", "c1", "b1", "a2", "c2", "b2", "a3", "a4", "a5", "a6"]),
+        # oldest first whoever pushed (before session 9, always)
+        ("none", ["a1", "a2", "a3", "a4", "a5", "a6", "c1", "c2", "b1", "b2"]),
+    ],
+    indirect=["config"],
+)
+async def test_unfinished_tasks_take_turns_for_the_lines_as_leases_share_says(
+    api: Api, expected: list[str]
+) -> None:
+    await _push(api, ["a1", "a2", "a3", "a4", "a5", "a6"], FIRST)
+    await _push(api, ["c1", "c2"], FIRST.replace("/cb", "/other"))  # same origin
+    await _push(api, ["b1", "b2"], SECOND)
+    assert await _dial_all_on_one_line(api) == expected
+
+
+async def test_one_hand_out_to_several_lines_interleaves_the_pushers_without_a_phone_twice(
+    api: Api,
+) -> None:
+    big = await _push(api, [f"9{n:03d}" for n in range(40)] + ["5555"], FIRST)
+    small = await _push(api, ["5555", "7001", "7002"], SECOND)
+    cid = await api.notify()
+    await api.ok("GET", f"/accounts/{cid}?threadsNum=3")
+    plans = (await api.ok("GET", f"/dialplan/{cid}"))["dialplans"]
+    assert [p["phoneNum"] for p in plans] == ["9000", "5555", "9001"]
+    ids = {p["dialplanId"] for p in plans}
+    small_task = await api.ok("GET", f"/api/tasks/{small}")
+    assert {p["id"] for p in small_task["dialplans"] if p["phone"] == "5555"} <= ids
+    # the big task's 5555 waits while the small task's is out: never one phone twice
+    for plan in plans:
+        await api.upload(cid, plan["extensionNum"], plan["phoneNum"], sipCode=404)
+    plans = (await api.ok("GET", f"/dialplan/{cid}"))["dialplans"]
+    assert [p["phoneNum"] for p in plans] == ["7001", "9002", "7002"]
+    big_task = await api.ok("GET", f"/api/tasks/{big}")
+    assert big_task["status"] == "running"
+
+
+async def test_a_pusher_with_fewer_numbers_than_its_share_leaves_the_rest_to_the_others(
+    api: Api,
+) -> None:
+    accounts = [{"host": "127.0.0.1:5060", "name": str(2000 + n), "pwd": "x"} for n in range(10)]
+    await api.ok("POST", "/api/account", json={"account": accounts})
+    await _push(api, [f"8{n:03d}" for n in range(30)], FIRST)
+    await _push(api, ["7001"], SECOND)
+    cid = await api.notify()
+    await api.ok("GET", f"/accounts/{cid}?threadsNum=10")
+    plans = (await api.ok("GET", f"/dialplan/{cid}"))["dialplans"]
+    # every free line gets a number: one from the second pusher, nine from the first
+    assert [p["phoneNum"] for p in plans] == ["8000", "7001", *(f"8{n:03d}" for n in range(1, 9))]
