@@ -89,7 +89,12 @@ async def run(numbers: int) -> dict[str, object]:
             }
             t = time.perf_counter()
             async with s.post(base + "/api/dialplan", json=body) as resp:
-                task_id = (await resp.json())["data"]["task_id"]
+                answer = await resp.json()
+                if answer.get("code") != 200:
+                    raise SystemExit(
+                        f"the push was refused: {answer.get('code')} {answer.get('msg')}"
+                    )
+                task_id = answer["data"]["task_id"]
             push_s, push_worst = time.perf_counter() - t, _worst_ms(latencies)
             t = time.perf_counter()
             async with s.get(f"{base}/api/tasks/{task_id}") as resp:

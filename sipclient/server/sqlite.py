@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+from sipclient.logs import get_logger
 from sipclient.server.store import (
     JSON,
     AccountIn,
@@ -35,6 +36,8 @@ from sipclient.server.store import (
     Upload,
     iso_local,
 )
+
+log = get_logger(__name__)
 
 T = TypeVar("T")
 Job = Callable[[sqlite3.Connection], Any]
@@ -138,7 +141,18 @@ MIGRATIONS: list[str] = [
     CREATE INDEX dialplans_free_task ON dialplans (task_id, id) WHERE status = 'free';
     CREATE INDEX tasks_open ON tasks (id) WHERE status != 'finish';
     """,
+    # 5: a push is inserted in slices (PUSH_SLICE); its task stays hidden until whole
+    """
+    ALTER TABLE tasks ADD COLUMN loading INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
+
+PUSH_SLICE = 10_000
+"""Numbers of a push inserted per writer job. One job for a whole push held every
+other write (a /status, an upload, a hand-out) behind it: ~0.9 s per 100,000
+numbers, ~5 s at `max_body`. A slice takes ~0.1 s; the task stays hidden
+(`tasks.loading`) until its last slice is in, and a push cut short (the
+server stopped, the pusher gone) is deleted (`_drop_loading`)."""
 
 SHARE_VISITS_MAX = 64
 """Groups of tasks (`leases.share`) one hand-out looks into at most; the rotation
@@ -315,7 +329,7 @@ def _dialplan_json(row: sqlite3.Row) -> JSON:
     }
 
 
-_TASK_IDS = "SELECT id FROM dialplans WHERE task_id = ? ORDER BY id"
+_TASK_IDS_AFTER = "SELECT id FROM dialplans WHERE task_id = ? AND id > ? ORDER BY id"
 
 
 def _new_dialplan_json(
@@ -383,9 +397,15 @@ class SqliteStore(Store):
         conn = _connect(self.path)
         try:
             self.schema_version = migrate(conn)
+            conn.execute("BEGIN IMMEDIATE")
+            dropped = _drop_loading(conn)
+            conn.execute("COMMIT")
         except BaseException:
             conn.close()
             raise
+        if dropped:
+            # the server stopped mid-push: that pusher got no task id and pushes again
+            log.warning("partial_push_dropped", tasks=dropped)
         return conn
 
     async def open(self) -> None:
@@ -427,63 +447,83 @@ class SqliteStore(Store):
     ) -> JSON:
         stamp = iso_local(now)
         done = finished or {}
+        remaining = sum(1 for p in phones if p not in done)
 
-        def job(conn: sqlite3.Connection) -> JSON:
-            remaining = sum(1 for p in phones if p not in done)
+        def begin(conn: sqlite3.Connection) -> int:
             cur = conn.execute(
-                "INSERT INTO tasks (status, return_url, remaining, created_at, updated_at)"
-                " VALUES ('free', ?, ?, ?, ?)",
+                "INSERT INTO tasks (status, return_url, remaining, created_at, updated_at,"
+                " loading) VALUES ('free', ?, ?, ?, ?, 1)",
                 (return_url, remaining, stamp, stamp),
             )
-            task_id = cur.lastrowid
-            assert task_id is not None  # an INSERT's row id
-            conn.executemany(
-                "INSERT INTO dialplans (task_id, phone, status, result, detail, created_at,"
-                " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (task_id, p, "free", None, None, stamp, stamp)
-                    if p not in done
-                    else (
-                        task_id,
-                        p,
-                        "finish",
-                        done[p][0],
-                        json.dumps(done[p][1], ensure_ascii=False),
-                        stamp,
-                        stamp,
-                    )
-                    for p in phones
-                ],
-            )
-            if remaining == 0:
-                # nothing to dial: finished, its callback due at once (as in _finish)
-                conn.execute(
-                    "UPDATE tasks SET status = 'finish', callback_state = 'pending',"
-                    " callback_next_at = 0 WHERE id = ?",
-                    (task_id,),
-                )
-            # The answer is what was just inserted: only the ids are read back. They
-            # ascend in insertion order (this is the only writer), so they pair with
-            # `phones`. Reading the rows back whole took 0.4 s of 1 s for 100,000
-            # numbers, during which every other write (a heartbeat's) waited.
-            ids = [r[0] for r in conn.execute(_TASK_IDS, (task_id,))]
-            return {
-                "task_id": task_id,
-                "dialplans": [
-                    _new_dialplan_json(i, p, task_id, stamp, done.get(p))
-                    for i, p in zip(ids, phones, strict=True)
-                ],
-                "return_url": return_url,
-            }
+            assert cur.lastrowid is not None  # an INSERT's row id
+            return cur.lastrowid
 
-        return await self._writer.run(job)
+        def insert(task_id: int, part: Sequence[str], after: int) -> Callable[..., list[JSON]]:
+            def job(conn: sqlite3.Connection) -> list[JSON]:
+                conn.executemany(
+                    "INSERT INTO dialplans (task_id, phone, status, result, detail, created_at,"
+                    " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        (task_id, p, "free", None, None, stamp, stamp)
+                        if p not in done
+                        else (
+                            task_id,
+                            p,
+                            "finish",
+                            done[p][0],
+                            json.dumps(done[p][1], ensure_ascii=False),
+                            stamp,
+                            stamp,
+                        )
+                        for p in part
+                    ],
+                )
+                # The answer is what was just inserted: only the ids are read back. They
+                # ascend in insertion order, so they pair with `part`. Reading the rows
+                # back whole took 0.4 s of 1 s for 100,000 numbers, during which every
+                # other write waited.
+                ids = [r[0] for r in conn.execute(_TASK_IDS_AFTER, (task_id, after))]
+                return [
+                    _new_dialplan_json(i, p, task_id, stamp, done.get(p))
+                    for i, p in zip(ids, part, strict=True)
+                ]
+
+            return job
+
+        def show(task_id: int) -> Callable[..., None]:
+            def job(conn: sqlite3.Connection) -> None:
+                conn.execute("UPDATE tasks SET loading = 0 WHERE id = ?", (task_id,))
+                if remaining == 0:
+                    # nothing to dial: finished, its callback due at once (as in _finish)
+                    conn.execute(
+                        "UPDATE tasks SET status = 'finish', callback_state = 'pending',"
+                        " callback_next_at = 0 WHERE id = ?",
+                        (task_id,),
+                    )
+
+            return job
+
+        task_id = await self._writer.run(begin)
+        plans: list[JSON] = []
+        try:
+            for start in range(0, len(phones), PUSH_SLICE):
+                after = plans[-1]["id"] if plans else 0
+                part = phones[start : start + PUSH_SLICE]
+                plans += await self._writer.run(insert(task_id, part, after))
+            await self._writer.run(show(task_id))
+        except BaseException:
+            # the pusher got no task id: nothing of it may stay (a restart would drop it too)
+            await asyncio.shield(self._writer.run(lambda conn: _drop_loading(conn, task_id)))
+            raise
+        return {"task_id": task_id, "dialplans": plans, "return_url": return_url}
 
     async def cancel_task(self, task_id: int, now: float) -> JSON | None:
         stamp = iso_local(now)
 
         def job(conn: sqlite3.Connection) -> JSON | None:
             cur = conn.execute(
-                "UPDATE tasks SET cancelled_at = COALESCE(cancelled_at, ?) WHERE id = ?",
+                "UPDATE tasks SET cancelled_at = COALESCE(cancelled_at, ?)"
+                " WHERE id = ? AND loading = 0",
                 (stamp, task_id),
             )
             if cur.rowcount == 0:
@@ -497,7 +537,8 @@ class SqliteStore(Store):
     async def resend_callback(self, task_id: int) -> bool | None:
         def job(conn: sqlite3.Connection) -> bool | None:
             row = conn.execute(
-                "SELECT status, callback_state FROM tasks WHERE id = ?", (task_id,)
+                "SELECT status, callback_state FROM tasks WHERE id = ? AND loading = 0",
+                (task_id,),
             ).fetchone()
             if row is None:
                 return None
@@ -604,7 +645,7 @@ class SqliteStore(Store):
     async def list_tasks(self, page: int, size: int) -> list[JSON]:
         def job(conn: sqlite3.Connection) -> list[JSON]:
             rows = conn.execute(
-                "SELECT * FROM tasks ORDER BY id DESC LIMIT ? OFFSET ?",
+                "SELECT * FROM tasks WHERE loading = 0 ORDER BY id DESC LIMIT ? OFFSET ?",
                 (size, (page - 1) * size),
             ).fetchall()
             return [_task_json(r) for r in rows]
@@ -613,7 +654,9 @@ class SqliteStore(Store):
 
     async def get_task(self, task_id: int) -> JSON | None:
         def job(conn: sqlite3.Connection) -> JSON | None:
-            row = conn.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchone()
+            row = conn.execute(
+                "SELECT * FROM tasks WHERE id = ? AND loading = 0", (task_id,)
+            ).fetchone()
             if row is None:
                 return None
             task = _task_json(row)
@@ -709,10 +752,7 @@ class SqliteStore(Store):
             ).fetchall()
             if not idle:
                 return []
-            if share == "none":
-                free = _unique_phones([_free_plans(conn, now, 2 * len(idle) + 8)], len(idle))
-            else:
-                free = self._shared_plans(conn, now, len(idle), share)
+            free = self._shared_plans(conn, now, len(idle), share)
             pairs = list(zip(idle, free, strict=False))
             conn.executemany(
                 "UPDATE dialplans SET status = 'busy', client_id = ?,"
@@ -746,15 +786,21 @@ class SqliteStore(Store):
         self, conn: sqlite3.Connection, now: float, count: int, share: str
     ) -> list[sqlite3.Row]:
         """Up to `count` free numbers taken in turn from the groups of unfinished
-        tasks (`leases.share`: by "pusher", the return_url's origin, or by "task"),
-        each group's oldest task first. Groups are ordered by their oldest task, and
-        the next hand-out starts with the group after the one this one served last.
+        tasks (`leases.share`: by "pusher", the return_url's origin, or by "task";
+        "none" is one group), each group's oldest task first. Groups are ordered by
+        their oldest task, and the next hand-out starts with the group after the one
+        this one served last. A task still being inserted is not among them.
         """
         groups: dict[str, list[int]] = {}
         for row in conn.execute(
-            "SELECT id, return_url FROM tasks WHERE status != 'finish' ORDER BY id"
+            "SELECT id, return_url FROM tasks WHERE status != 'finish' AND loading = 0 ORDER BY id"
         ):
-            key = str(row["id"]) if share == "task" else _origin(row["return_url"])
+            if share == "none":
+                key = ""
+            elif share == "task":
+                key = str(row["id"])
+            else:
+                key = _origin(row["return_url"])
             groups.setdefault(key, []).append(row["id"])
         if not groups:
             return []
@@ -916,24 +962,22 @@ class SqliteStore(Store):
 
 
 def _free_plans(
-    conn: sqlite3.Connection, now: float, limit: int, task_ids: Sequence[int] = ()
+    conn: sqlite3.Connection, now: float, limit: int, task_ids: Sequence[int]
 ) -> list[sqlite3.Row]:
-    """Free numbers that may go out now, oldest first (of `task_ids` when given).
+    """Free numbers of `task_ids` that may go out now, oldest task first.
 
     Never the same phone twice at once (two tasks may hold it): our second call
     would find the callee's line taken by the first and come back `busy`, so a
     copy waits until the phone is free. A transient outcome waits out its spacing
     (retry_at) before it goes again.
     """
-    where = ""
-    if task_ids:
-        where = f" AND d.task_id IN ({_placeholders(len(task_ids))})"
     return conn.execute(
         "SELECT d.id, d.task_id, d.phone FROM dialplans d WHERE d.status = 'free'"
-        f"{where} AND (d.retry_at IS NULL OR d.retry_at <= ?)"
+        f" AND d.task_id IN ({_placeholders(len(task_ids))})"
+        " AND (d.retry_at IS NULL OR d.retry_at <= ?)"
         " AND NOT EXISTS (SELECT 1 FROM dialplans b"
         "   WHERE b.phone = d.phone AND b.status = 'busy')"
-        f" ORDER BY {'d.task_id, ' if task_ids else ''}d.id LIMIT ?",
+        " ORDER BY d.task_id, d.id LIMIT ?",
         (*task_ids, now, limit),
     ).fetchall()
 
@@ -962,6 +1006,17 @@ def _origin(url: str) -> str:
     """Who pushed a task, as far as the server can tell: its return_url's origin."""
     parts = urlsplit(url)
     return f"{parts.scheme}://{parts.netloc}".lower()
+
+
+def _drop_loading(conn: sqlite3.Connection, task_id: int | None = None) -> int:
+    """Delete a push that was not inserted whole (all such, at start); how many."""
+    where = "loading = 1" + ("" if task_id is None else " AND id = ?")
+    args = () if task_id is None else (task_id,)
+    ids = [r[0] for r in conn.execute(f"SELECT id FROM tasks WHERE {where}", args)]
+    for dropped in ids:
+        conn.execute("DELETE FROM dialplans WHERE task_id = ?", (dropped,))
+        conn.execute("DELETE FROM tasks WHERE id = ?", (dropped,))
+    return len(ids)
 
 
 def _touch(conn: sqlite3.Connection, client_id: str, now: float) -> bool:
