@@ -1452,7 +1452,6 @@ class SipSide:
         A wildcard `sip.bind` follows the PBX's family ("0.0.0.0" or "::"); an
         address of the other family than a given `sip.bind` is a ValueError.
         """
-
         bind = self.config.sip.bind
         v6 = ":" in address
         if self.wildcard:
@@ -1618,7 +1617,6 @@ class SipLine:
         return self._registered
 
     def _target(self) -> tuple[str, int, str]:
-
         cfg = self.side.config
         pbx = cfg.pbx.host
         if self.account.host:

@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sipclient.lab.ports import free_port, sip_options_ok
+from sipclient.lab.ports import free_port, sip_host, sip_options_ok
 from sipclient.lab.process import LabProcess
 
 MODULES_DIR = Path("/usr/lib/x86_64-linux-gnu/kamailio/modules")
@@ -60,11 +60,6 @@ class KamailioConfig:
     nonce_expire: int = 300
 
 
-def _uri_host(host: str) -> str:
-    """An IPv6 address in brackets, as SIP URIs and kamailio's listen= want it."""
-    return f"[{host}]" if ":" in host else host
-
-
 def _quote(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
@@ -84,7 +79,7 @@ def render_config(cfg: KamailioConfig, port: int) -> str:
         pattern = "^" + re.escape(route.prefix)
         routes.append(
             f'\t\tif ($rU =~ "{pattern}") {{\n'
-            f'\t\t\t$du = "sip:{_uri_host(route.host)}:{route.port}";\n'
+            f'\t\t\t$du = "sip:{sip_host(route.host)}:{route.port}";\n'
             "\t\t\troute(TO_PEER);\n"
             "\t\t}"
         )
@@ -92,7 +87,7 @@ def render_config(cfg: KamailioConfig, port: int) -> str:
     values = {
         "DEBUG": str(cfg.debug),
         "CHILDREN": str(cfg.children),
-        "HOST": _uri_host(cfg.host),
+        "HOST": sip_host(cfg.host),
         "PORT": str(port),
         "DOMAIN": cfg.domain,
         "MPATH": str(MODULES_DIR),

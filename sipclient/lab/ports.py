@@ -29,13 +29,18 @@ def free_port(host: str = "127.0.0.1") -> int:
     raise OSError("no free UDP+TCP port on " + host)
 
 
+def sip_host(host: str) -> str:
+    """An IPv6 address in brackets, as SIP URIs and kamailio's listen= want it."""
+    return f"[{host}]" if ":" in host else host
+
+
 def sip_options_ok(host: str, port: int, *, timeout: float = 0.2) -> bool:
     """Send one OPTIONS over UDP and say whether any SIP response came back."""
     with socket.socket(_family(host), socket.SOCK_DGRAM) as sock:
         sock.bind((host, 0))
         sock.settimeout(timeout)
         local = sock.getsockname()[1]
-        uri_host = f"[{host}]" if ":" in host else host
+        uri_host = sip_host(host)
         msg = (
             f"OPTIONS sip:{uri_host}:{port} SIP/2.0\r\n"
             f"Via: SIP/2.0/UDP {uri_host}:{local};branch=z9hG4bK-probe{time.monotonic_ns()}\r\n"
