@@ -184,7 +184,8 @@ class SipSettings:
     `answered`. A callee who answers after ringing is hung up on at once; 0: always."""
     prack: bool = True
     """Say `Supported: 100rel` in INVITEs (RFC 3262: the far end may then send its
-    18x reliably, and we PRACK it). A reliable 18x is PRACKed even when off."""
+    18x reliably, and we PRACK it). A reliable 18x is PRACKed even when off, and
+    a 421 whose Require names 100rel has the INVITE sent once more offering it."""
 
 
 @dataclass(frozen=True)

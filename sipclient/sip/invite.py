@@ -39,7 +39,9 @@ CSeq goes backwards, §12.2.2).
 
 Reliable provisionals (RFC 3262): the INVITE says `Supported: 100rel` unless
 `SessionSpec.prack` is off (a trunk that insists on them answers an INVITE
-without it 421 Extension Required: every number would fail), and a 101-199
+without it 421 Extension Required: every number would fail; with it off, a 421
+whose Require names 100rel has the INVITE sent once more offering it, RFC 3261
+§21.4.16, as the far end leaves no other way through), and a 101-199
 that carries `Require: 100rel` and an RSeq is PRACKed in its early dialog
 (`RAck: rseq cseq INVITE`; through the route set, to the 18x's Contact)
 whether or not we advertised it: a far end that wants a PRACK otherwise
@@ -162,6 +164,11 @@ def _is_sdp(resp: Response) -> bool:
     return bool(resp.body) and ctype.split(";")[0].strip().lower() == "application/sdp"
 
 
+def _tokens(resp: Response, header: str) -> set[str]:
+    """The option tags a Require/Supported header lists, lower case."""
+    return {t.strip().lower() for value in resp.headers.get_all(header) for t in value.split(",")}
+
+
 def _rseq(resp: Response) -> int | None:
     """The RSeq of a reliable provisional (`Require: 100rel` and an RSeq), else None.
 
@@ -170,10 +177,7 @@ def _rseq(resp: Response) -> int | None:
     """
     if resp.status == 100:
         return None
-    tokens = {
-        t.strip().lower() for value in resp.headers.get_all("Require") for t in value.split(",")
-    }
-    if "100rel" not in tokens:
+    if "100rel" not in _tokens(resp, "Require"):
         return None
     raw = (resp.headers.get("RSeq") or "").strip()
     if not raw.isdigit() or not 0 < int(raw) < 2**32:
@@ -206,6 +210,7 @@ class InviteSession:
         self._cancel_sent = False
         self._got_provisional = False
         self._rseqs: dict[tuple[int, str], int] = {}  # (INVITE CSeq, remote tag) -> last RSeq
+        self._offer_100rel = spec.prack  # also after a 421 asking for it
         self._ring_at: float | None = None
         self._give_up_at: float | None = None  # no final after CANCEL / no BYE answer
 
@@ -270,7 +275,7 @@ class InviteSession:
         req = self._base_request("INVITE", self.spec.target, self.cseq, branch)
         req.headers.add("Contact", self._contact())
         req.headers.add("Allow", "INVITE, ACK, CANCEL, BYE, OPTIONS, NOTIFY")
-        if self.spec.prack:
+        if self._offer_100rel:
             req.headers.add("Supported", "100rel")
         req.headers.add("User-Agent", self.spec.user_agent)
         if self.spec.sdp_offer:
@@ -461,6 +466,18 @@ class InviteSession:
                 self._end(now, "auth")
                 return
             # the challenge is not the call's outcome: the retry's final response will be
+            self.final_status = None
+            self.final_reason = ""
+            self._send_invite(now)
+            return
+        if (
+            status == 421
+            and not self._offer_100rel
+            and "100rel" in _tokens(resp, "Require")
+            and self._may_retry_auth()
+        ):
+            # the far end insists on reliable provisionals: once more, offering them
+            self._offer_100rel = True
             self.final_status = None
             self.final_reason = ""
             self._send_invite(now)

@@ -487,3 +487,25 @@ async def test_a_2xx_after_timer_b_is_acked_and_byed(sipp_uas: Callable[..., Sip
         ("received", "BYE"),
         ("sent", 200),
     ], uas.errors()
+
+
+async def test_with_prack_off_a_421_asking_for_100rel_is_answered_by_offering_it(
+    sipp_uas: Callable[..., Sipp],
+) -> None:
+    # a trunk that insists on reliable provisionals (421 Extension Required, Require:
+    # 100rel): the INVITE goes again with Supported: 100rel, and the number gets its
+    # outcome; before, with sip.prack off, every number ended 421
+    uas = sipp_uas("uas_421_100rel_404.xml")
+    async with agent(uas.port, prack=False) as (_, ua):
+        _, out = await dial(ua, "4045550004")
+    assert (out.sip_code, out.q850_cause) == (404, 1)
+    await uas.wait_for_async("ACK")
+    far = uas.messages()
+    invites = [m for m in far if m.method == "INVITE"]
+    assert len(invites) == 2
+    assert invites[0].header("Supported") is None
+    assert "100rel" in (invites[1].header("Supported") or "")
+    assert invites[0].header("Call-ID") == invites[1].header("Call-ID")
+    seqs = [int((m.header("CSeq") or "0").split()[0]) for m in invites]
+    assert seqs[1] == seqs[0] + 1
+    assert [m.header("RAck") for m in far if m.method == "PRACK"] == [f"1 {seqs[1]} INVITE"]

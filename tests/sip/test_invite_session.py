@@ -518,3 +518,32 @@ def test_a_cancel_after_a_reliable_183_keeps_the_invite_cseq_and_the_bye_counts_
     assert [r.method for r in requests(ep)] == ["ACK"]
     end = ended(events(ep))
     assert (end.status, end.cancelled_by_us, end.ended_by) == (487, True, "local")
+
+
+def test_a_421_asking_for_100rel_has_the_invite_sent_once_more_offering_it() -> None:
+    ep = endpoint()
+    _, invite = start(ep, prack=False)
+    answer(ep, invite, 421, 0.1, headers=[("Require", "timer, 100rel")])
+    ack, retry = requests(ep)
+    assert (ack.method, retry.method) == ("ACK", "INVITE")
+    assert retry.headers.get_all("Supported") == ["100rel"]
+    assert retry.cseq.seq == invite.cseq.seq + 1 and retry.call_id == invite.call_id
+    assert not any(isinstance(e, SessionEnded) for e in events(ep))  # not the outcome
+    # once only: a second 421 is the call's outcome
+    answer(ep, retry, 421, 0.2, headers=[("Require", "100rel")])
+    assert [r.method for r in requests(ep)] == ["ACK"]
+    assert ended(events(ep)).status == 421
+
+
+@pytest.mark.parametrize(
+    ("prack", "require"), [(False, "precondition"), (False, None), (True, "100rel")]
+)
+def test_a_421_for_anything_else_or_after_offering_100rel_is_the_outcome(
+    prack: bool, require: str | None
+) -> None:
+    ep = endpoint()
+    _, invite = start(ep, prack=prack)
+    headers = [("Require", require)] if require else []
+    answer(ep, invite, 421, 0.1, headers=headers)
+    assert [r.method for r in requests(ep)] == ["ACK"]
+    assert ended(events(ep)).status == 421
