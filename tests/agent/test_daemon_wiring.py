@@ -41,6 +41,13 @@ def _config(tmp_path: Path) -> DaemonConfig:
     )
 
 
+async def _close(line: daemon_mod.SipLine | None, side: daemon_mod.SipSide | None) -> None:
+    if line is not None:
+        await line.stop()
+    if side is not None:
+        await side.close()
+
+
 def _no_backend(_account: Account) -> daemon_mod.LineBackend:
     raise AssertionError("no line is started here")
 
@@ -247,10 +254,7 @@ async def test_a_pbx_whose_name_moves_is_followed_without_a_restart(
         assert not await side.look_again("pbx.example")
         assert line.registered and line.ua.account.host.host == "127.0.0.2"
     finally:
-        if line is not None:
-            await line.stop()
-        if side is not None:
-            await side.close()
+        await _close(line, side)
         old.cleanup()
         if new is not None:
             new.cleanup()
@@ -295,10 +299,7 @@ async def test_an_ipv6_pbx_is_reached_from_the_default_bind_and_its_early_media_
         assert rate == 8000 and np.abs(audio[:4000]).max() > 4000  # the tone, over IPv6
         assert side.ports.in_use == 0
     finally:
-        if line is not None:
-            await line.stop()
-        if side is not None:
-            await side.close()
+        await _close(line, side)
         kam.cleanup()
 
 
