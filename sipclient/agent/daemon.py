@@ -1009,7 +1009,10 @@ class Daemon:
                 item, lambda: self.status.report(ext, "call", item.phone), line.cancel
             )
             line.port_waits = 0
-            if record.pbx_fault and self._pbx_fault(line, item, record):
+            if self._stopping.is_set() and _cut_short(record):
+                self._let_go_at_stop(item)
+                record = None
+            elif record.pbx_fault and self._pbx_fault(line, item, record):
                 record, no_port = None, True  # back on its line (as for a port)
             else:
                 line.fault_tries.pop((item.dialplan_id or "", item.phone), None)
@@ -1057,6 +1060,19 @@ class Daemon:
             self._set_status()
             if record is not None:
                 await self._spool(line, item, record)
+
+    def _let_go_at_stop(self, item: DialplanItem) -> None:
+        """Our stop cut this call short before anything was known of the number: not
+        its outcome. Uploaded, it came back `unknown` for good (12 numbers a restart
+        at 12 lines, in the soak of session 9); not uploaded, the number is still
+        leased to our old clientId, and the server hands it out again once it
+        reclaims that lease, as after a kill -9."""
+        log.warning(
+            "number_let_go",
+            phone=item.phone,
+            reason="stopped mid-call before anything was known",
+            hint="dialled again after the server reclaims our lease",
+        )
 
     def _wait_for_port(self, line: Line, item: DialplanItem, exc: PortsExhausted) -> None:
         """Keep `item` on `line` and try it again after a back-off (PORT_WAIT_*)."""
@@ -1300,6 +1316,12 @@ class Daemon:
         await asyncio.gather(*self._tasks, *self._rechecks, return_exceptions=True)
         await self.client.close()
         log.info("stopped", spooled=len(self.spool), decided=self.decided)
+
+
+def _cut_short(record: CallRecord) -> bool:
+    """A call our stop cancelled before the audio or the signalling said anything:
+    a 180 (`ringing`), a final response or a decision all say something."""
+    return record.fields.get("cancelReason") == "shutdown" and record.verdict == "unknown"
 
 
 def _failed_record(config: DaemonConfig, exc: BaseException) -> CallRecord:
