@@ -4,7 +4,10 @@ A port is handed out already bound (a UDP socket in the lease), so nothing
 else can take it between our check and our use; ports another program holds
 are skipped. Allocation walks the range round-robin from the last port
 handed out, so a port just released is the last to be reused: stray packets
-of a finished call then rarely reach the next one.
+of a finished call then rarely reach the next one. The walk starts at a random
+port: a daemon restarted after a kill -9 would otherwise hand out first the
+very ports on which the far ends of its predecessor's calls still send (the
+receive side keeps such streams out too, `stream.RtpStream`'s latching).
 
 Only even ports are used (RFC 3550 section 11: RTP on even, RTCP on the odd
 port above), unless the range holds no even port at all; 20000-20999 thus
@@ -19,6 +22,7 @@ no verdict from it.
 from __future__ import annotations
 
 import errno
+import random
 import socket
 from dataclasses import dataclass, field
 from typing import Any
@@ -75,14 +79,23 @@ class PortLease:
 class PortPool:
     """Leases UDP ports from `ports` on `host` (the address RTP is received on)."""
 
-    def __init__(self, ports: PortRange, host: str = "0.0.0.0", *, even: bool = True) -> None:
+    def __init__(
+        self,
+        ports: PortRange,
+        host: str = "0.0.0.0",
+        *,
+        even: bool = True,
+        first: int | None = None,
+    ) -> None:
         self.ports = ports
         self.host = host
         candidates = list(range(ports.low, ports.high + 1))
         evens = [p for p in candidates if p % 2 == 0]
         self._candidates = evens if even and evens else candidates
         self._leased: dict[int, PortLease] = {}
-        self._next = 0
+        # where the walk starts: `first` (an index into the candidates), else at random
+        n = len(self._candidates)
+        self._next = (first if first is not None else random.randrange(n)) % n
 
     @property
     def size(self) -> int:

@@ -88,6 +88,7 @@ class StreamOptions:
     max_hold: float = 0.1
     probation: int = 2
     relatch_idle: float = 1.0
+    sdp_grace: float = 1.0
     pad_to_end: bool = True
     drop_fraction: float = 0.0
     drop_seed: int = 0
@@ -118,6 +119,7 @@ class RtpReceiver:
             max_hold=options.max_hold,
             probation=options.probation,
             relatch_idle=options.relatch_idle,
+            sdp_grace=options.sdp_grace,
             drop_fraction=options.drop_fraction,
             drop_seed=options.drop_seed,
             g722_native_8k=options.g722_native_8k,

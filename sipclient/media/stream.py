@@ -30,18 +30,27 @@ What it does to each datagram, in order:
    restarting its timestamps, a bogus value) re-bases the stream on arrival
    time instead of inserting minutes of silence.
 
-Latching (symmetric RTP). Before the first packet is accepted we latch to:
+Latching (symmetric RTP). We latch to:
 
-- a packet from the address in the SDP answer, or from its IP with another
-  port (NAT or an SBC that rewrites the port): at once;
-- a packet from any other address (carriers' media servers often send from
-  an address the SDP does not name): after `probation` packets from it in a
-  row with consecutive sequence numbers and one SSRC (RFC 3550's
-  MIN_SEQUENTIAL idea). Those probation packets are played, not lost.
+- a packet from the address and port in the SDP answer: at once, also away
+  from another source latched before (the SDP names the call's media);
+- a packet from any other address or port (carriers' media servers may send
+  from an address the SDP does not name, NAT and SBCs rewrite ports): after
+  `probation` packets from it in a row with consecutive sequence numbers and
+  one SSRC (RFC 3550's MIN_SEQUENTIAL idea), and not before `sdp_grace`
+  seconds after the first packet this call received, so that the SDP's own
+  source, when it sends, wins. Those held packets are played once it latches,
+  not lost: such media is only heard later.
 
-Once latched, packets from other addresses are counted as `foreign` and
-dropped: stray packets of an earlier call on a reused port, spoofing. Two
-ways to move: `set_remote()` with a new SDP address (a new 183/200 SDP)
+Once latched, packets from other sources are counted as `foreign` and
+dropped. What this keeps out is the stream of an earlier call still arriving
+on a reused port: after a kill -9 the far ends of the calls the dead daemon
+never ended go on sending (for as long as their announcement lasts) to ports
+the restarted daemon hands out again. Until session 9 a packet from the SDP's
+IP with another port latched at once, and on one carrier's media gateway (the
+same IP for every call) such a stream was heard as this call's: a soak with a
+kill -9 at 12 lines gave ten calls the verdict of another number's recording.
+Two ways to move: `set_remote()` with a new SDP address (a new 183/200 SDP)
 unlatches, and if the latched source has been silent for `relatch_idle`
 seconds another source may win the probation (an announcement server handing
 over to a ringback server without new SDP).
@@ -190,6 +199,7 @@ class RtpStream:
         max_hold: float = 0.1,
         probation: int = 2,
         relatch_idle: float = 1.0,
+        sdp_grace: float = 1.0,
         jitter_tolerance: float = 0.04,
         drop_fraction: float = 0.0,
         drop_seed: int = 0,
@@ -203,6 +213,7 @@ class RtpStream:
         self.max_hold = max_hold
         self.probation = max(1, probation)
         self.relatch_idle = relatch_idle
+        self.sdp_grace = sdp_grace
         self._tolerance = int(jitter_tolerance * SAMPLE_RATE)
         self.drop_fraction = drop_fraction
         self._rng = random.Random(drop_seed)
@@ -212,6 +223,7 @@ class RtpStream:
         self._latched: Addr | None = None
         self._latched_at_seen = 0.0
         self._candidate: _Candidate | None = None
+        self._first_arrival: float | None = None  # of any RTP packet: `sdp_grace` runs from it
 
         # Current stream (one SSRC).
         self._ssrc: int | None = None
@@ -277,12 +289,14 @@ class RtpStream:
             return []
         source = _norm(addr)
         out: list[AudioFrame] = []
+        if self._first_arrival is None:
+            self._first_arrival = now
         if self._latched is not None and source == self._latched:
             self._latched_at_seen = now
             self._accept(packet, len(data), now, out)
             return out
-        if self._latched is None and self.remote is not None and source[0] == self.remote[0]:
-            self._latch(source, now)
+        if source == self.remote:
+            self._latch(source, now)  # the SDP's own source, also away from another
             self._accept(packet, len(data), now, out)
             return out
         if self._latched is not None and now - self._latched_at_seen < self.relatch_idle:
@@ -354,10 +368,16 @@ class RtpStream:
                 self.stats.foreign += len(cand.packets)
             cand = _Candidate(source, packet.ssrc, packet.sequence_number, [(packet, size, now)])
             self._candidate = cand
-        if len(cand.packets) >= self.probation:
+        if len(cand.packets) >= self.probation and self._grace_over(now):
             self._latch(source, now)
             for held, held_size, arrival in cand.packets:
                 self._accept(held, held_size, arrival, out)
+
+    def _grace_over(self, now: float) -> bool:
+        """May a source the SDP does not name latch now? (`sdp_grace`)"""
+        if self.remote is None or self._first_arrival is None:
+            return True  # no SDP source to wait for
+        return now - self._first_arrival >= self.sdp_grace
 
     # ------------------------------------------------------------ ordering
 

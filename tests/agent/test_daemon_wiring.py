@@ -30,6 +30,7 @@ from sipclient.config import (
 from sipclient.lab.kamailio import Kamailio, KamailioConfig, Route
 from sipclient.lab.ports import free_port
 from sipclient.lab.sipp import Sipp
+from sipclient.media.g711 import ulaw_encode
 
 
 def _config(tmp_path: Path) -> DaemonConfig:
@@ -314,3 +315,64 @@ async def test_a_pbx_of_the_other_family_than_a_given_sip_bind_is_refused_with_t
     assert changes == [(False, "the PBX ::1 cannot be reached from sip.bind 127.0.0.1:0")]
     assert line.ua is None
     await side.close()
+
+
+@pytest.mark.peers
+async def test_a_stream_left_on_a_reused_port_is_not_heard_as_the_call(
+    tmp_path: Path,
+    sipp_uas: Callable[..., Sipp],
+    kamailio_for: Callable[..., Kamailio],
+) -> None:
+    # After a kill -9 the far ends of the dead daemon's calls go on sending to ports the
+    # restarted daemon hands out again. Here one such stream (a 1 kHz tone from the
+    # carrier's IP, another port) runs on the only RTP port while a call to a carrier
+    # playing 440 Hz gets it. Before, a source on the SDP's IP latched at once: the call
+    # recorded (and was judged on) the other stream.
+    from tests.agent.test_dial import tone_pcmu
+    from tests.media.conftest import dominant_frequency, rtp_packet
+
+    uas = sipp_uas("uas_183_rtp_404.xml", files={"early.pcmu": tone_pcmu()})
+    kam = kamailio_for([Route("404", "127.0.0.1", uas.port)])
+    ports = PortRange(31200, 31200)
+    config = dataclasses.replace(
+        _config(tmp_path),
+        pbx=PbxSettings(host=HostPort("127.0.0.1", kam.port)),
+        sip=SipSettings(bind=HostPort("127.0.0.1", 0)),
+        rtp=RtpSettings(ports=ports),
+    )
+    t = np.arange(8000 * 20) / 8000
+    stale_audio = ulaw_encode((8000 * np.sin(2 * np.pi * 1000 * t)).astype(np.int16))
+    stop = asyncio.Event()
+
+    async def stale_stream() -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            n = 0
+            while not stop.is_set():
+                chunk = stale_audio[160 * n : 160 * (n + 1)]
+                sock.sendto(rtp_packet(n, 160 * n, chunk, ssrc=0x5A5A), ("127.0.0.1", 31200))
+                n += 1
+                await asyncio.sleep(0.02)
+
+    side = daemon_mod.SipSide(config)
+    line: daemon_mod.SipLine | None = None
+    sender = asyncio.ensure_future(stale_stream())
+    try:
+        await side.start()
+        line = daemon_mod.SipLine(side, Account("1001", "secret1001"))
+        await line.start(lambda _ok, _why: None)
+        async with asyncio.timeout(10):
+            while not line.registered:
+                await asyncio.sleep(0.05)
+        record = await line.dial(
+            DialplanItem("1001", "4045550000", "7"), lambda: None, asyncio.Event()
+        )
+        assert record.fields["sipCode"] == 404 and record.verdict == "empty"
+        assert record.data is not None
+        audio, _rate = sf.read(io.BytesIO(record.data), dtype="int16")
+        assert np.abs(audio[:4000]).max() > 4000
+        assert abs(dominant_frequency(audio[:8000]) - 440) < 20  # the call's own media
+    finally:
+        stop.set()
+        await sender
+        await _close(line, side)

@@ -24,7 +24,7 @@ def test_leases_are_distinct_even_and_really_bound(port_range: PortRange) -> Non
 
 
 def test_ports_held_by_other_programs_are_skipped(port_range: PortRange) -> None:
-    pool = PortPool(port_range, "127.0.0.1")
+    pool = PortPool(port_range, "127.0.0.1", first=0)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as squatter:
         squatter.bind(("127.0.0.1", port_range.low))  # even: the pool's first choice
         lease = pool.allocate()
@@ -75,6 +75,17 @@ def test_a_range_without_even_ports_uses_odd_ones(port_range: PortRange) -> None
     lease = pool.allocate()
     assert lease.port == odd
     lease.release()
+
+
+def test_the_walk_starts_at_a_random_port_so_a_restart_does_not_reuse_the_same_first(
+    port_range: PortRange,
+) -> None:
+    firsts = set()
+    for _ in range(20):  # 20 daemons starting: their first ports are not all the same
+        lease = PortPool(port_range, "127.0.0.1").allocate()
+        firsts.add(lease.port)
+        lease.release()
+    assert len(firsts) > 1
 
 
 def test_exhaustion_message_counts_ports_held_by_others(port_range: PortRange) -> None:

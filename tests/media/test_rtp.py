@@ -215,9 +215,16 @@ async def test_keepalives_follow_the_latched_source(
     pool: PortPool, peer: Peer, other_peer: Peer
 ) -> None:
     # The SDP names `peer`, but the media comes from `other_peer` (a carrier's media server).
-    rx = await open_rx(pool, peer, Collector(), keepalive=KeepAlive(burst=1, interval=0.05))
-    for i in range(3):
+    rx = await open_rx(
+        pool,
+        peer,
+        Collector(),
+        options=StreamOptions(pad_to_end=False, sdp_grace=0.1),
+        keepalive=KeepAlive(burst=1, interval=0.05),
+    )
+    for i in range(8):
         other_peer.send(rtp_packet(i, 160 * i, b"\x40" * 160), rx.local_port)
+        await asyncio.sleep(0.02)
     await until(lambda: rx.stats.latched == other_peer.addr)
     other_peer.sock.setblocking(False)
     data, addr = await asyncio.wait_for(

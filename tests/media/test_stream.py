@@ -232,14 +232,48 @@ def test_latch_to_sdp_address_then_ignore_others() -> None:
     assert f.packet_levels() == [level_of(1), level_of(2), level_of(3)]
 
 
-def test_same_host_other_port_latches_at_once() -> None:
-    f = Feeder(RtpStream(FMT, SDP))
-    f.send(0, src=("127.0.0.1", 40010))
-    assert f.stream.latched == ("127.0.0.1", 40010)
+def test_same_host_other_port_waits_like_any_source_the_sdp_does_not_name() -> None:
+    # one carrier's media gateway sends every call from one IP: a stream on our port
+    # from that IP and another port may be an earlier call's (a port reused after a
+    # kill -9), so it gets the probation and the grace, not the latch at once
+    f = Feeder(RtpStream(FMT, SDP, sdp_grace=0.5))
+    gateway = ("127.0.0.1", 40010)
+    for i in range(25):  # 0.48 s
+        assert f.send(i, src=gateway) == []
+    assert f.stream.latched is None
+    assert len(f.send(25, src=gateway)) == 26  # grace over: every held packet is played
+    assert f.stream.latched == gateway
+
+
+def test_a_stale_stream_on_the_port_loses_to_the_sdp_source_and_is_never_heard() -> None:
+    f = Feeder(RtpStream(FMT, SDP, sdp_grace=1.0))
+    stale = ("127.0.0.1", 40010)
+    for i in range(15):  # an earlier call's announcement, still arriving
+        f.send(i, src=stale, payload=marked(90), ssrc=99)
+    for i in range(15, 60):  # this call's media starts 0.3 s later; the stale one goes on
+        f.send(i, src=stale, payload=marked(90), ssrc=99)
+        f.send(i, src=SDP)
+    f.finish()
+    assert f.stream.latched == SDP
+    assert level_of(90) not in f.packet_levels()
+    assert f.stream.stats.foreign >= 45
+
+
+def test_the_sdp_source_takes_over_from_a_source_latched_before_it_sent() -> None:
+    f = Feeder(RtpStream(FMT, SDP, sdp_grace=0.0))
+    f.send(0, src=ELSEWHERE, payload=marked(90), ssrc=99)
+    f.send(1, src=ELSEWHERE, payload=marked(90), ssrc=99)
+    assert f.stream.latched == ELSEWHERE
+    f.send(2, src=SDP)
+    f.send(3, src=ELSEWHERE, payload=marked(90), ssrc=99)
+    f.send(3, src=SDP)
+    f.finish()
+    assert f.stream.latched == SDP and f.stream.stats.relatches == 1
+    assert f.packet_levels()[-2:] == [level_of(3), level_of(4)]
 
 
 def test_source_unlike_sdp_latches_after_probation_and_keeps_those_packets() -> None:
-    f = Feeder(RtpStream(FMT, SDP, probation=3))
+    f = Feeder(RtpStream(FMT, SDP, probation=3, sdp_grace=0.0))
     assert f.send(0, src=ELSEWHERE) == []
     assert f.send(1, src=ELSEWHERE) == []
     assert len(f.send(2, src=ELSEWHERE)) == 3
@@ -249,7 +283,7 @@ def test_source_unlike_sdp_latches_after_probation_and_keeps_those_packets() -> 
 
 
 def test_probation_needs_consecutive_packets_from_one_source() -> None:
-    f = Feeder(RtpStream(FMT, SDP, probation=2))
+    f = Feeder(RtpStream(FMT, SDP, probation=2, sdp_grace=0.0))
     f.send(0, src=ELSEWHERE)
     f.send(2, src=ELSEWHERE)  # not consecutive: probation restarts
     assert f.stream.latched is None
