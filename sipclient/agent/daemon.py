@@ -94,6 +94,13 @@ READY_AFTER = 15.0
 CALL_STOP_WAIT = 10.0
 """Seconds SIGTERM waits for cancelled calls to end."""
 
+CALL_GIVE_UP_AT_STOP = 6.0
+"""Seconds after SIGTERM a call whose far end has not answered our CANCEL (or BYE)
+is given up with what it knows: a CANCEL lost with a PBX restarted leaves its
+INVITE waiting 64*T1 (32 s), and cut off at CALL_STOP_WAIT the call lost the
+verdict it had (no upload: the number was dialled twice). What is left of the
+stop's wait is for its spool write."""
+
 UNREGISTER_WAIT_ON_STOP = 3.0
 """Seconds SIGTERM waits for the lines' un-REGISTERs (all at once) to be answered."""
 
@@ -101,9 +108,12 @@ STATUS_EVERY = 1.0
 """Seconds between two STATUS= notifications at most (see `Daemon._set_status`)."""
 
 SPOOL_RETRY_MIN = 1.0
-SPOOL_RETRY_MAX = 30.0
+SPOOL_RETRY_MAX = 5.0
 """A spool write that failed is tried again after SPOOL_RETRY_MIN seconds,
-doubling up to SPOOL_RETRY_MAX; no call starts meanwhile (`Daemon._spool`)."""
+doubling up to SPOOL_RETRY_MAX; no call starts meanwhile (`Daemon._spool`). A
+try is one small file write: with 30 s (before session 9) every line stood idle
+up to 30 s after the disk came back, and the held records waited as long in
+memory, lost to a kill -9 meanwhile (the soak saw 10 of them)."""
 
 RESOLVE_RETRY_MIN = 1.0
 RESOLVE_RETRY_MAX = 60.0
@@ -1319,9 +1329,13 @@ class Daemon:
 
 
 def _cut_short(record: CallRecord) -> bool:
-    """A call our stop cancelled before the audio or the signalling said anything:
-    a 180 (`ringing`), a final response or a decision all say something."""
-    return record.fields.get("cancelReason") == "shutdown" and record.verdict == "unknown"
+    """A call that ended (with the daemon stopping) before the audio or the
+    signalling said anything of the number: no final response but the 487 to our
+    own CANCEL, or none at all (given up, CALL_GIVE_UP_AT_STOP), and no verdict. A
+    180 (`ringing`), another final response or a decision all say something."""
+    code = record.fields.get("sipCode")
+    ours = code in ("", None) or (code == 487 and bool(record.fields.get("cancelledByUs")))
+    return ours and record.verdict == "unknown"
 
 
 def _failed_record(config: DaemonConfig, exc: BaseException) -> CallRecord:
@@ -1958,6 +1972,11 @@ async def _dial(
                 if state["decision"] is None:
                     state["decision"] = "stopped"
                     call.cancel("daemon stopping")
+                stuck_timer.cancel()
+                stuck_timer = loop.call_later(CALL_GIVE_UP_AT_STOP, mark_stuck)
+            if stuck.done() and not ended.done() and stop.done():
+                log.warning("call_given_up_at_stop", phone=item.phone)
+                break
             if stuck.done() and not ended.done():
                 log.warning("call_stuck", phone=item.phone)
                 call.hangup()

@@ -372,6 +372,34 @@ async def test_sighup_reloads_and_sigterm_mid_call_exits_0_losing_nothing(
     assert _wrong(world, phones) == []
 
 
+async def test_a_call_whose_cancel_is_lost_keeps_its_verdict_when_the_daemon_stops(
+    make_world: Callable[..., World],
+) -> None:
+    # kamailio restarted mid-call forgets the INVITE: our CANCEL after the verdict
+    # (`ringing`) is answered 481 and the INVITE waits 64*T1 (32 s) for a final. SIGTERM
+    # then gave up on the call after 10 s without a record: the verdict was lost and
+    # the number dialled a second time after the server's reclaim
+    ringing = tuple(c for c in CARRIERS if c.name == "ringing_180")  # its 480 after 40 s
+    world = make_world(lines=1, carriers=ringing)
+    await world.start()
+    (phone,) = numbers_for(1, ringing)
+    await world.push_numbers([phone])
+    carrier = world.carriers["ringing_180"]
+    async with asyncio.timeout(30):  # the 180 is on its way to us through kamailio
+        while not any(m.direction == "sent" and m.status == 180 for m in carrier.messages()):
+            await asyncio.sleep(0.05)
+    await asyncio.sleep(0.5)
+    await asyncio.to_thread(world.restart_kamailio)
+    await asyncio.sleep(4.0)  # decided (no RTP 2 s after the 180), its CANCEL lost
+    assert await asyncio.to_thread(world.stop_daemon, 30.0) == 0
+    assert any(e.get("event") == "call_given_up_at_stop" for e in _events(world))
+    world.start_daemon()
+    assert await world.wait_for([phone], 60)
+    assert world.receiver.verdicts.results[phone][0] == "ringing"
+    invites = {m.header("Call-ID") for m in carrier.messages() if m.method == "INVITE"}
+    assert len(invites) == 1  # dialled once
+
+
 async def test_two_daemons_share_the_lines_and_each_number_finishes_once(
     make_world: Callable[..., World],
 ) -> None:
