@@ -211,6 +211,10 @@ class ControlClient:
         """Liveness."""
         await self._call("POST", f"/heartbeat/{client_id}")
 
+    async def leave(self, client_id: str) -> dict[str, Any]:
+        """(ext) We stop: our lease ends now (accounts, numbers released)."""
+        return await self._call("POST", f"/leave/{client_id}")
+
     async def status(self, client_id: str, status: str, extension: str, phone: str = "") -> None:
         """State change of one extension."""
         params = {"status": status, "extensionNum": extension, "phoneNum": phone}

@@ -101,6 +101,9 @@ INVITE waiting 64*T1 (32 s), and cut off at CALL_STOP_WAIT the call lost the
 verdict it had (no upload: the number was dialled twice). What is left of the
 stop's wait is for its spool write."""
 
+LEAVE_WAIT_ON_STOP = 2.0
+"""Seconds SIGTERM waits for the server to take our /leave (`Daemon._leave`)."""
+
 UNREGISTER_WAIT_ON_STOP = 3.0
 """Seconds SIGTERM waits for the lines' un-REGISTERs (all at once) to be answered."""
 
@@ -1324,8 +1327,26 @@ class Daemon:
         for t in (*self._tasks, *self._rechecks):
             t.cancel()
         await asyncio.gather(*self._tasks, *self._rechecks, return_exceptions=True)
+        await self._leave()
         await self.client.close()
         log.info("stopped", spooled=len(self.spool), decided=self.decided)
+
+    async def _leave(self) -> None:
+        """Tell the server we are gone (ext /leave), so the daemon started in our place
+        gets the accounts at once: otherwise they stay ours until the server's
+        `leases.client_timeout` (60 s) and the new daemon's lines stand idle that
+        long. Only with nothing left in the spool: a number whose upload waits
+        there is still ours, and freed now it would be dialled again before that
+        upload came in. A server without /leave answers 404: no harm, the lease
+        then ends at its timeout."""
+        if not self.client_id or len(self.spool) or self._unspooled:
+            return
+        try:
+            out = await asyncio.wait_for(self.client.leave(self.client_id), LEAVE_WAIT_ON_STOP)
+        except (ControlError, TimeoutError) as exc:
+            log.info("leave_not_taken", reason=str(exc) or type(exc).__name__)
+            return
+        log.info("left_the_server", accounts=out.get("accounts"), numbers=out.get("numbers"))
 
 
 def _cut_short(record: CallRecord) -> bool:

@@ -120,6 +120,7 @@ def create_app(
             web.get("/accounts/{clientId}", lease_accounts),
             web.get("/dialplan/{clientId}", lease_dialplans),
             web.post("/heartbeat/{clientId}", heartbeat),
+            web.post("/leave/{clientId}", leave),
             web.get("/status/{clientId}", status),
             web.post("/dial_wav/{clientId}", dial_wav),
             web.get("/openapi.json", openapi),
@@ -272,6 +273,11 @@ async def lease_accounts(request: web.Request) -> web.Response:
     count = parse_positive_int(request.query.get("threadsNum"), "threadsNum", high=10_000)
     accounts = await request.app[DISPATCH].lease_accounts(request.match_info["clientId"], count)
     return envelope({"accounts": accounts})
+
+
+async def leave(request: web.Request) -> web.Response:
+    accounts, numbers = await request.app[DISPATCH].leave(request.match_info["clientId"])
+    return envelope({"accounts": accounts, "numbers": numbers})
 
 
 async def lease_dialplans(request: web.Request) -> web.Response:

@@ -108,6 +108,21 @@ class Dispatch:
         self._heard[client_id] = now
         return int(now * 1000)
 
+    async def leave(self, client_id: str) -> tuple[int, int]:
+        """(ext) The client stops (a daemon's SIGTERM with its spool empty): its lease
+        ends now, not `leases.client_timeout` later. Its accounts go back to the pool
+        at once, so the daemon started in its place (a restart, an upgrade) has lines
+        at once instead of after the timeout, and its busy numbers (none but the
+        calls its stop cut short) are handed out again."""
+        self._check(client_id)
+        out = await self.store.leave_client(client_id, self.clock())
+        if out is None:
+            raise self._gone(client_id)
+        self._clients[client_id] = EXPIRED
+        self._heard.pop(client_id, None)
+        log.info("client left", clientId=client_id, accounts=out[0], numbers=out[1])
+        return out
+
     async def lease_accounts(self, client_id: str, count: int) -> list[JSON]:
         self._check(client_id)
         accounts = await self.store.lease_accounts(client_id, count, self.clock())

@@ -487,6 +487,26 @@ def openapi_document() -> JSON:
                     "responses": {"200": _ok(_TIMESTAMP), **_errors(404)},
                 }
             },
+            "/leave/{clientId}": {
+                "post": {
+                    "summary": "(ext) the client stops: its lease ends now, not at"
+                    " leases.client_timeout (accounts back to the pool, busy numbers free)",
+                    "parameters": [_CLIENT_ID],
+                    "responses": {
+                        "200": _ok(
+                            {
+                                "type": "object",
+                                "required": ["accounts", "numbers"],
+                                "properties": {
+                                    "accounts": {"type": "integer", "minimum": 0},
+                                    "numbers": {"type": "integer", "minimum": 0},
+                                },
+                            }
+                        ),
+                        **_errors(404),
+                    },
+                }
+            },
             "/status/{clientId}": {
                 "get": {
                     "summary": "state change of one extension",

@@ -882,30 +882,28 @@ class SqliteStore(Store):
                     (client_cutoff,),
                 )
             ]
-            freed_by_client = 0
-            for cid in gone:
-                conn.execute("UPDATE clients SET state = 'expired' WHERE id = ?", (cid,))
-                conn.execute(
-                    "UPDATE accounts SET client_id = NULL, leased_at = NULL, state = NULL,"
-                    " state_phone = NULL, state_at = NULL WHERE client_id = ?",
-                    (cid,),
-                )
-                cur = conn.execute(
-                    f"UPDATE dialplans SET {_FREE_SET} WHERE status = 'busy' AND client_id = ?",
-                    (stamp, cid),
-                )
-                freed_by_client += cur.rowcount
+            freed_by_client = sum(_expire_client(conn, cid, stamp)[1] for cid in gone)
             cur = conn.execute(
                 f"UPDATE dialplans SET {_FREE_SET} WHERE status = 'busy' AND leased_at < ?",
                 (stamp, number_cutoff),
             )
             if freed_by_client or cur.rowcount:
-                for (task_id,) in conn.execute(
-                    "SELECT DISTINCT d.task_id FROM dialplans d JOIN tasks t ON t.id = d.task_id"
-                    " WHERE d.status = 'free' AND t.cancelled_at IS NOT NULL"
-                ).fetchall():
-                    _finish_cancelled(conn, task_id, stamp)
+                _finish_cancelled_freed(conn, stamp)
             return SweepOutcome(gone, freed_by_client, cur.rowcount)
+
+        return await self._writer.run(job)
+
+    async def leave_client(self, client_id: str, now: float) -> tuple[int, int] | None:
+        stamp = iso_local(now)
+
+        def job(conn: sqlite3.Connection) -> tuple[int, int] | None:
+            row = conn.execute("SELECT state FROM clients WHERE id = ?", (client_id,)).fetchone()
+            if row is None or row["state"] != "active":
+                return None
+            accounts, numbers = _expire_client(conn, client_id, stamp)
+            if numbers:
+                _finish_cancelled_freed(conn, stamp)
+            return accounts, numbers
 
         return await self._writer.run(job)
 
@@ -1006,6 +1004,31 @@ def _origin(url: str) -> str:
     """Who pushed a task, as far as the server can tell: its return_url's origin."""
     parts = urlsplit(url)
     return f"{parts.scheme}://{parts.netloc}".lower()
+
+
+def _expire_client(conn: sqlite3.Connection, client_id: str, stamp: str) -> tuple[int, int]:
+    """The client is gone: its accounts back to the pool, its busy numbers free again;
+    how many of each."""
+    conn.execute("UPDATE clients SET state = 'expired' WHERE id = ?", (client_id,))
+    accounts = conn.execute(
+        "UPDATE accounts SET client_id = NULL, leased_at = NULL, state = NULL,"
+        " state_phone = NULL, state_at = NULL WHERE client_id = ?",
+        (client_id,),
+    ).rowcount
+    numbers = conn.execute(
+        f"UPDATE dialplans SET {_FREE_SET} WHERE status = 'busy' AND client_id = ?",
+        (stamp, client_id),
+    ).rowcount
+    return accounts, numbers
+
+
+def _finish_cancelled_freed(conn: sqlite3.Connection, stamp: str) -> None:
+    """Numbers just freed in a cancelled task are finished, not handed out again."""
+    for (task_id,) in conn.execute(
+        "SELECT DISTINCT d.task_id FROM dialplans d JOIN tasks t ON t.id = d.task_id"
+        " WHERE d.status = 'free' AND t.cancelled_at IS NOT NULL"
+    ).fetchall():
+        _finish_cancelled(conn, task_id, stamp)
 
 
 def _drop_loading(conn: sqlite3.Connection, task_id: int | None = None) -> int:

@@ -177,6 +177,11 @@ class Store(abc.ABC):
         dispatcher: each active client's `last_seen` becomes at least that."""
 
     @abc.abstractmethod
+    async def leave_client(self, client_id: str, now: float) -> tuple[int, int] | None:
+        """The client says it is gone: as its expiry, at once. (accounts released,
+        numbers freed); None when it is not an active client."""
+
+    @abc.abstractmethod
     async def lease_accounts(self, client_id: str, count: int, now: float) -> list[JSON] | None:
         """The client's lease topped up to `count` accounts; None: client not active."""
 

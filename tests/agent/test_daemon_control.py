@@ -78,6 +78,8 @@ class LiveServer:
         self.unknown_client_code = 404
         """The code an unknown clientId gets: another one makes the server answer it
         as a server that knows only the seed might, HTTP 200 {"code": N}."""
+        self.uploads_fail = False
+        """/dial_wav answers 503 (the server's disk failing): uploads stay spooled."""
 
     @property
     def url(self) -> str:
@@ -105,6 +107,8 @@ class LiveServer:
 
     @web.middleware
     async def _note_status(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        if self.uploads_fail and request.path.startswith("/dial_wav/"):
+            return web.json_response({"code": 503, "msg": "disk", "data": None}, status=503)
         resp = cast(web.StreamResponse, await handler(request))
         if request.path.startswith("/status/") and resp.status == 200:
             q = request.query
@@ -676,6 +680,40 @@ async def test_daemon_dials_every_number_once_and_stops_cleanly(
     assert any(n.startswith("STATUS=3/3 registered") for n in notes), notes
     task = await server.task(task_id)
     assert {d["result"] for d in task["dialplans"]} == {"empty"}
+
+
+async def test_a_stopped_daemon_leaves_so_the_next_one_has_its_lines_at_once(
+    server: LiveServer, tmp_path: Path
+) -> None:
+    # a restart (an upgrade, a config change): the daemon started in the old one's
+    # place got no account until the server's client_timeout (30 s here, 60 s shipped)
+    task_id = await server.push(["2001", "2002"], ["700", "701", "702"])
+    daemon, _world, _ = _daemon_noting(tmp_path, server, 2)
+    async with _running(daemon):
+        await _wait(lambda: _finished(server, task_id), timeout=20)
+    text = (await server.get("/notify"))["data"]
+    leased = await server.get(f"/accounts/{text['clientId']}?threadsNum=2")
+    assert sorted(a["extensionNum"] for a in leased["data"]["accounts"]) == ["2001", "2002"]
+    # the old id is gone for good: its heartbeat says so (it would /notify again)
+    assert daemon.client_id
+    gone = await server.get(f"/dialplan/{daemon.client_id}")
+    assert gone["code"] == 404
+
+
+async def test_a_daemon_with_uploads_left_in_its_spool_does_not_leave(
+    server: LiveServer, tmp_path: Path
+) -> None:
+    # a number whose upload waits in the spool is still ours: freed at the stop, it
+    # would be dialled again before the upload came in
+    await server.push(["2001"], ["710"])
+    server.uploads_fail = True  # the upload cannot go in: it stays in the spool
+    daemon, world, _ = _daemon_noting(tmp_path, server, 1)
+    async with _running(daemon):
+        await _wait(lambda: bool(world.dialled))
+        await _wait(lambda: len(daemon.spool) == 1)
+    assert len(daemon.spool) == 1 and daemon.client_id
+    kept = await server.get(f"/dialplan/{daemon.client_id}")
+    assert kept["code"] == 200  # still a live client, its number still busy
 
 
 async def test_each_number_is_reported_during_then_call_if_answered_then_idle(

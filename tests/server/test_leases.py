@@ -201,3 +201,24 @@ async def test_idle_after_the_hand_out_frees_the_extension_before_the_upload(
     [third] = (await api.ok("GET", f"/dialplan/{a}"))["dialplans"]
     assert third["phoneNum"] == "33"
     assert (await _statuses(api, task_id))["11"] == ("finish", a)
+
+
+async def test_a_client_that_leaves_releases_its_lease_at_once(api: Api) -> None:
+    task_id = await _push(api, ["400", "500", "600"])
+    a = await api.notify()
+    await api.ok("GET", f"/accounts/{a}?threadsNum=3")
+    plans = (await api.ok("GET", f"/dialplan/{a}"))["dialplans"]
+    await api.upload(a, plans[0]["extensionNum"], plans[0]["phoneNum"], sipCode=404)
+    # (ext) the daemon stops: its accounts and the numbers still out on it come back now
+    assert await api.ok("POST", f"/leave/{a}") == {"accounts": 3, "numbers": 2}
+    statuses = await _statuses(api, task_id)
+    assert statuses["500"] == ("free", None) and statuses["600"] == ("free", None)
+    b = await api.notify()
+    leased = (await api.ok("GET", f"/accounts/{b}?threadsNum=3"))["accounts"]
+    assert len(leased) == 3
+    # gone for good: leaving again, or any other call, is the unknown-client 404
+    for method, path in (("POST", f"/leave/{a}"), ("POST", f"/heartbeat/{a}")):
+        code, _ = await api.call(method, path)
+        assert code == 404
+    code, _ = await api.call("POST", "/leave/nosuchclient")
+    assert code == 404
