@@ -70,6 +70,8 @@ class Dispatch:
         # Heartbeats not yet written (client id -> when): `note_heard` writes them,
         # before a sweep looks for silent clients and before the fleet is listed.
         self._heard: dict[str, float] = {}
+        self._started_at = clock()
+        """When this server started: silence before it is not the clients' (`sweep`)."""
 
     async def load(self) -> None:
         """Read the known clients (after a restart)."""
@@ -184,12 +186,26 @@ class Dispatch:
         await self.store.note_seen(heard)
 
     async def sweep(self) -> SweepOutcome:
-        """Reclaim the leases of silent clients and of numbers held too long."""
+        """Reclaim the leases of silent clients and of numbers held too long.
+
+        Only time this server was up counts: a client is silent for
+        `leases.client_timeout` (a number held for `leases.number_timeout`) at the
+        earliest that long after the server started. While it was down no daemon
+        could call it, and its calls in flight go on: expired at the restart's
+        first sweep, their numbers went to other lines (dialled twice) and every
+        daemon had to start over.
+        """
         await self.note_heard()
         now = self.clock()
-        out = await self.store.sweep(
-            now - self.leases.client_timeout, now - self.leases.number_timeout, now
+        up = now - self._started_at
+        never = float("-inf")
+        client_cutoff = (
+            now - self.leases.client_timeout if up >= self.leases.client_timeout else never
         )
+        number_cutoff = (
+            now - self.leases.number_timeout if up >= self.leases.number_timeout else never
+        )
+        out = await self.store.sweep(client_cutoff, number_cutoff, now)
         for cid in out.expired_clients:
             self._clients[cid] = EXPIRED
         if out.expired_clients or out.freed_by_timeout:

@@ -8,6 +8,8 @@ from pathlib import Path
 import aiohttp
 
 from sipclient.config import ServerConfig, sqlite_path
+from sipclient.server.app import DISPATCH
+from sipclient.server.dispatch import FakeClock
 from tests.server.conftest import ACCOUNTS, Api, LiveServer, UrlClient
 
 URL = "http://127.0.0.1:9/cb"
@@ -85,3 +87,38 @@ async def test_schema_is_versioned_and_reopened(live: LiveServer, config: Server
         db.close()
     await live.start()  # migrations are not re-applied
     await live.stop()
+
+
+async def test_a_server_down_longer_than_client_timeout_expires_nobody_at_its_restart(
+    config: ServerConfig, session: aiohttp.ClientSession
+) -> None:
+    # The daemons could not call while the server was down: silence then is not
+    # theirs. Expired at the first sweep, their numbers in flight went to other lines
+    # and were dialled twice, and every daemon had to start over with /notify.
+    clock = FakeClock()
+    live = LiveServer(config, clock=clock)
+    await live.start()
+    try:
+        api = Api(UrlClient(session, live))
+        await api.ok("POST", "/api/account", json={"account": ACCOUNTS})
+        task = await api.ok(
+            "POST", "/api/dialplan", json={"phone": ["901", "902"], "return_url": URL}
+        )
+        cid = await api.notify()
+        await api.ok("GET", f"/accounts/{cid}?threadsNum=2")
+        assert len((await api.ok("GET", f"/dialplan/{cid}"))["dialplans"]) == 2
+        await live.stop()
+        clock.advance(700)  # down past client_timeout (60 s) and number_timeout (600 s)
+        await live.start()
+        out = await live.app[DISPATCH].sweep()
+        assert out.expired_clients == [] and out.freed_by_timeout == 0
+        states = [
+            p["status"] for p in (await api.ok("GET", f"/api/tasks/{task['task_id']}"))["dialplans"]
+        ]
+        assert states == ["busy", "busy"]
+        # the timeouts run again from the restart: silent that long after it, it goes
+        clock.advance(61)
+        out = await live.app[DISPATCH].sweep()
+        assert out.expired_clients == [cid]
+    finally:
+        await live.stop()
