@@ -1053,6 +1053,15 @@ class Analysis:
             if timed_out
             else "freed (no reclaim logged)"
         )
+        let_go = [
+            e
+            for e in phone_events.get(prev.phone, [])
+            if e.get("event") == "number_let_go" and prev.at <= e.get("_t", 0) <= nxt.at
+        ]
+        if let_go and prev_rec is None:
+            # the daemon left it undialled or cut short (a stop before anything was
+            # known, held past hold_max): by design the server hands it out again
+            return f"expected: let go by the daemon ({let_go[0].get('reason')}; {why_free})"
         if inc_rec is not None and inc_rec.how == "kill9" and inc_rec.ended < nxt.at:
             if done is None and inc_rec.ended >= prev.at:
                 return f"expected: kill -9 with the call in flight ({why_free})"
