@@ -256,15 +256,19 @@ async def test_a_reliable_183_is_pracked_through_kamailio(
     assert prack.first_line.startswith("PRACK sip:sipp@127.0.0.1:")  # its Contact
 
 
+async def _dial_with_prack_off(uas: Sipp, number: str) -> list[TracedMessage]:
+    """One call with `sip.prack` off to a far end that ends it 404 cause 1; what it saw."""
+    async with agent(uas.port, prack=False) as (_, ua):
+        _, out = await dial(ua, number)
+    assert (out.sip_code, out.q850_cause) == (404, 1)
+    await uas.wait_for_async("ACK")
+    return uas.messages()
+
+
 async def test_with_prack_off_the_invite_offers_no_100rel_but_a_reliable_183_is_pracked(
     sipp_uas: Callable[..., Sipp],
 ) -> None:
-    uas = sipp_uas("uas_183_100rel_404.xml")
-    async with agent(uas.port, prack=False) as (_, ua):
-        _, out = await dial(ua, "4045550003")
-    assert (out.sip_code, out.q850_cause) == (404, 1)
-    await uas.wait_for_async("ACK")
-    far = uas.messages()
+    far = await _dial_with_prack_off(sipp_uas("uas_183_100rel_404.xml"), "4045550003")
     assert far[0].header("Supported") is None
     assert [m.header("RAck") for m in far if m.method == "PRACK"] == ["1 1 INVITE"]
 
@@ -495,12 +499,7 @@ async def test_with_prack_off_a_421_asking_for_100rel_is_answered_by_offering_it
     # a trunk that insists on reliable provisionals (421 Extension Required, Require:
     # 100rel): the INVITE goes again with Supported: 100rel, and the number gets its
     # outcome; before, with sip.prack off, every number ended 421
-    uas = sipp_uas("uas_421_100rel_404.xml")
-    async with agent(uas.port, prack=False) as (_, ua):
-        _, out = await dial(ua, "4045550004")
-    assert (out.sip_code, out.q850_cause) == (404, 1)
-    await uas.wait_for_async("ACK")
-    far = uas.messages()
+    far = await _dial_with_prack_off(sipp_uas("uas_421_100rel_404.xml"), "4045550004")
     invites = [m for m in far if m.method == "INVITE"]
     assert len(invites) == 2
     assert invites[0].header("Supported") is None
