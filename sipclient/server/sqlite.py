@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import queue
 import sqlite3
@@ -149,14 +150,20 @@ MIGRATIONS: list[str] = [
 
 PUSH_SLICE = 10_000
 """Numbers of a push inserted per writer job. One job for a whole push held every
-other write (a /status, an upload, a hand-out) behind it: ~0.9 s per 100,000
-numbers, ~5 s at `max_body`. A slice takes ~0.1 s; the task stays hidden
+other write (a /status, an upload, a hand-out) behind it: ~0.9 s for 100,000
+numbers, the most one push carries. A slice takes ~0.1 s; the task stays hidden
 (`tasks.loading`) until its last slice is in, and a push cut short (the
 server stopped, the pusher gone) is deleted (`_drop_loading`)."""
 
 SHARE_VISITS_MAX = 64
 """Groups of tasks (`leases.share`) one hand-out looks into at most; the rotation
 starts the next hand-out where this one stopped, so the rest get their turn."""
+
+SHARE_TASKS_MAX = 256
+"""Unfinished tasks a hand-out sorts into groups at most, the oldest: a pusher that
+pushes one number a task can leave 100,000 of them open, and reading them all at
+every hand-out would cost the writer ~50 ms (1,000 of them: ~1 ms). Past that
+many, a later pusher's turn waits until the older tasks are fewer (docs/server.md)."""
 
 _BATCH_MAX = 256
 
@@ -793,7 +800,9 @@ class SqliteStore(Store):
         """
         groups: dict[str, list[int]] = {}
         for row in conn.execute(
-            "SELECT id, return_url FROM tasks WHERE status != 'finish' AND loading = 0 ORDER BY id"
+            "SELECT id, return_url FROM tasks WHERE status != 'finish' AND loading = 0"
+            " ORDER BY id LIMIT ?",
+            (SHARE_TASKS_MAX,),
         ):
             if share == "none":
                 key = ""
@@ -1000,6 +1009,7 @@ def _unique_phones(lists: Sequence[Sequence[sqlite3.Row]], count: int) -> list[s
     return chosen
 
 
+@functools.lru_cache(maxsize=1024)
 def _origin(url: str) -> str:
     """Who pushed a task, as far as the server can tell: its return_url's origin."""
     parts = urlsplit(url)

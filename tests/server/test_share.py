@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from sipclient.config import ServerConfig
+from sipclient.server import sqlite as sqlite_store
 from tests.server.conftest import ACCOUNTS, Api, make_config
 
 # two pushers as the server tells them apart: their return_url's origin
@@ -97,3 +98,16 @@ async def test_a_pusher_with_fewer_numbers_than_its_share_leaves_the_rest_to_the
     plans = (await api.ok("GET", f"/dialplan/{cid}"))["dialplans"]
     # every free line gets a number: one from the second pusher, nine from the first
     assert [p["phoneNum"] for p in plans] == ["8000", "7001", *(f"8{n:03d}" for n in range(1, 9))]
+
+
+async def test_past_share_tasks_max_open_tasks_the_oldest_are_grouped_and_all_get_dialled(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # one number a task, more tasks open than a hand-out reads: the oldest go first
+    # and the later ones follow as those finish (reading every open task at every
+    # hand-out cost ~50 ms at 100,000)
+    monkeypatch.setattr(sqlite_store, "SHARE_TASKS_MAX", 3)
+    phones = [f"6{n:03d}" for n in range(8)]
+    for phone in phones:
+        await _push(api, [phone], FIRST if phone < "6004" else SECOND)
+    assert await _dial_all_on_one_line(api) == phones
