@@ -1076,10 +1076,10 @@ class Daemon:
 
     def _let_go_at_stop(self, item: DialplanItem) -> None:
         """Our stop cut this call short before anything was known of the number: not
-        its outcome. Uploaded, it came back `unknown` for good (12 numbers a restart
-        at 12 lines, in the soak of session 9); not uploaded, the number is still
-        leased to our old clientId, and the server hands it out again once it
-        reclaims that lease, as after a kill -9."""
+        its outcome. Uploaded, it came back `unknown` for good (4-7 numbers a stop at
+        12 lines, in the soak of session 9); not uploaded, the number is still
+        leased to our clientId, and the server hands it out again when we leave
+        (`_leave`) or once it reclaims that lease, as after a kill -9."""
         log.warning(
             "number_let_go",
             phone=item.phone,
