@@ -380,7 +380,7 @@ async def test_a_call_whose_cancel_is_lost_keeps_its_verdict_when_the_daemon_sto
     # then gave up on the call after 10 s without a record: the verdict was lost and
     # the number dialled a second time after the server's reclaim
     ringing = tuple(c for c in CARRIERS if c.name == "ringing_180")  # its 480 after 40 s
-    world = make_world(lines=1, carriers=ringing)
+    world = make_world(lines=1, carriers=ringing, log_level="debug")
     await world.start()
     (phone,) = numbers_for(1, ringing)
     await world.push_numbers([phone])
@@ -390,7 +390,9 @@ async def test_a_call_whose_cancel_is_lost_keeps_its_verdict_when_the_daemon_sto
             await asyncio.sleep(0.05)
     await asyncio.sleep(0.5)
     await asyncio.to_thread(world.restart_kamailio)
-    await asyncio.sleep(4.0)  # decided (no RTP 2 s after the 180), its CANCEL lost
+    async with asyncio.timeout(30):  # decided (no RTP 2 s after the 180), its CANCEL lost
+        while not any(e.get("event") == "call_cancel_sent" for e in _events(world)):
+            await asyncio.sleep(0.1)
     assert await asyncio.to_thread(world.stop_daemon, 30.0) == 0
     assert any(e.get("event") == "call_given_up_at_stop" for e in _events(world))
     world.start_daemon()
