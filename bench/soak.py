@@ -934,6 +934,10 @@ class Analysis:
             if rec["dialplan_id"] is not None:
                 recs[rec["dialplan_id"]].append(rec)
         reclaims = [e for e in sev if e.get("event") == "leases reclaimed"]
+        # a daemon leaving at its stop (ext /leave) ends its lease as an expiry would
+        reclaims += [
+            dict(e, clients=[e.get("clientId")]) for e in sev if e.get("event") == "client left"
+        ]
 
         counts = Counter(len(by_phone.get(p, [])) for p in self.pushed)
         not_dialled = [
