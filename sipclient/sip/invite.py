@@ -459,7 +459,7 @@ class InviteSession:
         self._dialog_for(resp)  # ends this INVITE's early dialogs
         self.final_status = status
         self.final_reason = reason
-        if status in (401, 407) and self._auth is not None and self._may_retry_auth():
+        if status in (401, 407) and self._auth is not None and self._may_invite_again():
             try:
                 self._auth.handle_challenge(resp)
             except AuthError:
@@ -474,7 +474,7 @@ class InviteSession:
             status == 421
             and not self._offer_100rel
             and "100rel" in _tokens(resp, "Require")
-            and self._may_retry_auth()
+            and self._may_invite_again()
         ):
             # the far end insists on reliable provisionals: once more, offering them
             self._offer_100rel = True
@@ -484,8 +484,8 @@ class InviteSession:
             return
         self._end(now, "local" if self.cancelled_by_us and status == 487 else "remote")
 
-    def _may_retry_auth(self) -> bool:
-        # a CANCEL asked before the challenge: do not start a new INVITE
+    def _may_invite_again(self) -> bool:
+        # a CANCEL asked before the challenge (or the 421): do not start a new INVITE
         return self._cancel_wanted is None and not self._cancel_sent
 
     def _on_2xx(self, resp: Response, now: float) -> None:
