@@ -146,6 +146,14 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE tasks ADD COLUMN loading INTEGER NOT NULL DEFAULT 0;
     """,
+    # 6: the groups of leases.share read from an index, not from the oldest 256 open
+    # tasks (one-number tasks past them starved lines and later pushers)
+    """
+    ALTER TABLE tasks ADD COLUMN origin TEXT NOT NULL DEFAULT '';
+    UPDATE tasks SET origin = url_origin(return_url);
+    CREATE INDEX tasks_ready_origin ON tasks (origin, id) WHERE status != 'finish' AND loading = 0;
+    CREATE INDEX tasks_ready ON tasks (id) WHERE status != 'finish' AND loading = 0;
+    """,
 ]
 
 PUSH_SLICE = 10_000
@@ -155,15 +163,10 @@ numbers, the most one push carries. A slice takes ~0.1 s; the task stays hidden
 (`tasks.loading`) until its last slice is in, and a push cut short (the
 server stopped, the pusher gone) is deleted (`_drop_loading`)."""
 
-SHARE_VISITS_MAX = 64
-"""Groups of tasks (`leases.share`) one hand-out looks into at most; the rotation
-starts the next hand-out where this one stopped, so the rest get their turn."""
-
-SHARE_TASKS_MAX = 256
-"""Unfinished tasks a hand-out sorts into groups at most, the oldest: a pusher that
-pushes one number a task can leave 100,000 of them open, and reading them all at
-every hand-out would cost the writer ~50 ms (1,000 of them: ~1 ms). Past that
-many, a later pusher's turn waits until the older tasks are fewer (docs/server.md)."""
+SHARE_EMPTY_MAX = 64
+"""Groups of tasks (`leases.share`) without a number free now that one hand-out
+looks past at most (their numbers all out on lines, or waiting out a retry
+spacing); the rotation starts the next hand-out where this one stopped."""
 
 _BATCH_MAX = 256
 
@@ -271,6 +274,8 @@ def _connect(path: Path) -> sqlite3.Connection:
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA busy_timeout=10000")
     conn.execute("PRAGMA foreign_keys=ON")
+    # migration 6 fills tasks.origin from return_url with the code the pushes use
+    conn.create_function("url_origin", 1, _origin, deterministic=True)
     return conn
 
 
@@ -396,9 +401,10 @@ class SqliteStore(Store):
         self._writer = _SerialThread(self._open_writer, "sqlite-writer", write=True)
         self._reader = _SerialThread(lambda: _connect(self.path), "sqlite-reader", write=False)
         self.schema_version = 0
-        self._share_after = 0
-        """The oldest task id of the group of tasks served last: the next hand-out
-        starts with the group after it (`_shared_plans`; the writer thread's alone)."""
+        self._share_after: str | int | None = None
+        """The group of tasks served last (an origin, or a task id): the next
+        hand-out starts with the group after it (`_shared_plans`; the writer
+        thread's alone)."""
 
     def _open_writer(self) -> sqlite3.Connection:
         conn = _connect(self.path)
@@ -458,9 +464,9 @@ class SqliteStore(Store):
 
         def begin(conn: sqlite3.Connection) -> int:
             cur = conn.execute(
-                "INSERT INTO tasks (status, return_url, remaining, created_at, updated_at,"
-                " loading) VALUES ('free', ?, ?, ?, ?, 1)",
-                (return_url, remaining, stamp, stamp),
+                "INSERT INTO tasks (status, return_url, origin, remaining, created_at,"
+                " updated_at, loading) VALUES ('free', ?, ?, ?, ?, ?, 1)",
+                (return_url, _origin(return_url), remaining, stamp, stamp),
             )
             assert cur.lastrowid is not None  # an INSERT's row id
             return cur.lastrowid
@@ -794,49 +800,45 @@ class SqliteStore(Store):
     ) -> list[sqlite3.Row]:
         """Up to `count` free numbers taken in turn from the groups of unfinished
         tasks (`leases.share`: by "pusher", the return_url's origin, or by "task";
-        "none" is one group), each group's oldest task first. Groups are ordered by
-        their oldest task, and the next hand-out starts with the group after the one
-        this one served last. A task still being inserted is not among them.
+        "none" is one group), each group's oldest task first. The groups take turns
+        in a fixed cycle (origins in text order, tasks by id): the hand-out starts
+        with the group after the one the last hand-out served last. A task still
+        being inserted is in no group.
+
+        Every group is read from an index (`tasks_ready_origin`, `tasks_ready`):
+        until session 10 only the 256 oldest unfinished tasks were, and a pusher of
+        one-number tasks left every line past the 256th idle and every later
+        pusher waiting until its backlog was done.
         """
-        groups: dict[str, list[int]] = {}
-        for row in conn.execute(
-            "SELECT id, return_url FROM tasks WHERE status != 'finish' AND loading = 0"
-            " ORDER BY id LIMIT ?",
-            (SHARE_TASKS_MAX,),
-        ):
-            if share == "none":
-                key = ""
-            elif share == "task":
-                key = str(row["id"])
-            else:
-                key = _origin(row["return_url"])
-            groups.setdefault(key, []).append(row["id"])
-        if not groups:
+        keys = _group_keys(conn, share, self._share_after, count + SHARE_EMPTY_MAX)
+        if not keys:
             return []
-        order = list(groups.values())  # by oldest task: ids ascend within each
-        start = next((i for i, ids in enumerate(order) if ids[0] > self._share_after), 0)
-        order = order[start:] + order[:start]
         # each group's share of this hand-out and a few more (a phone out on another
         # line waits); read again in full only when the groups fell short
-        per = -(-count // min(count, len(order))) + 2
+        per = -(-count // min(count, len(keys))) + 2
         lists: list[list[sqlite3.Row]] = []
-        visited: list[list[int]] = []
-        for task_ids in order[:SHARE_VISITS_MAX]:
-            plans = _free_plans(conn, now, per, task_ids)
+        visited: list[str | int | None] = []
+        empty = 0
+        for key in keys:
+            plans = _free_plans(conn, now, per, share, key)
             if plans:
                 lists.append(plans)
-                visited.append(task_ids)
+                visited.append(key)
                 if len(lists) == count:
                     break  # one number each at least: the rest wait for their turn
+            else:
+                empty += 1
+                if empty > SHARE_EMPTY_MAX:
+                    break
         chosen = _unique_phones(lists, count)
         if len(chosen) < count and any(len(plans) == per for plans in lists):
-            lists = [_free_plans(conn, now, count + 8, task_ids) for task_ids in visited]
+            lists = [_free_plans(conn, now, count + 8, share, key) for key in visited]
             chosen = _unique_phones(lists, count)
-        if chosen:
-            last = chosen[-1]["task_id"]
-            self._share_after = next(ids[0] for ids in order if last in ids)
-        elif len(order) > SHARE_VISITS_MAX:
-            self._share_after = order[SHARE_VISITS_MAX - 1][0]  # the rest's turn next
+        if chosen and share in ("pusher", "task"):
+            last = chosen[-1]
+            self._share_after = last["task_id"] if share == "task" else last["origin"]
+        elif not chosen and empty > SHARE_EMPTY_MAX:
+            self._share_after = keys[SHARE_EMPTY_MAX]  # the rest's turn next
         return chosen
 
     async def record_status(
@@ -968,24 +970,83 @@ class SqliteStore(Store):
         await self._writer.run(job)
 
 
+def _group_keys(
+    conn: sqlite3.Connection, share: str, after: str | int | None, limit: int
+) -> list[str | int | None]:
+    """Up to `limit` groups of unfinished tasks (`leases.share`) in their cycle,
+    starting with the one after `after`: origins ("pusher"), task ids ("task"),
+    or the one group of every task ("none": [None])."""
+    ready = "status != 'finish' AND loading = 0"
+    if share == "task":
+        first = after if isinstance(after, int) else 0
+        ids = [
+            int(r[0])
+            for r in conn.execute(
+                f"SELECT id FROM tasks WHERE {ready} AND id > ? ORDER BY id LIMIT ?",
+                (first, limit),
+            )
+        ]
+        if len(ids) < limit:
+            ids += [
+                int(r[0])
+                for r in conn.execute(
+                    f"SELECT id FROM tasks WHERE {ready} AND id <= ? ORDER BY id LIMIT ?",
+                    (first, limit - len(ids)),
+                )
+            ]
+        return list(dict.fromkeys(ids))
+    if share == "pusher":
+        # the distinct origins, one index seek each (a skip scan): a pusher's
+        # 100,000 open tasks cost what one costs
+        origins: list[str | int | None] = []
+        start = after if isinstance(after, str) else None
+        passes: list[tuple[str | None, str | None]] = [(start, None)]
+        if start is not None:
+            passes.append((None, start))
+        for lo, hi in passes:  # after `after` to the end, then from the start up to it
+            while len(origins) < limit:
+                where, args = ready, list[str]()
+                if lo is not None:
+                    where, args = where + " AND origin > ?", [lo]
+                if hi is not None:
+                    where, args = where + " AND origin <= ?", [*args, hi]
+                row = conn.execute(
+                    f"SELECT origin FROM tasks WHERE {where} ORDER BY origin LIMIT 1", args
+                ).fetchone()
+                if row is None:
+                    break
+                lo = str(row[0])
+                origins.append(lo)
+        return origins
+    exists = conn.execute(f"SELECT 1 FROM tasks WHERE {ready} LIMIT 1").fetchone()
+    return [None] if exists else []
+
+
 def _free_plans(
-    conn: sqlite3.Connection, now: float, limit: int, task_ids: Sequence[int]
+    conn: sqlite3.Connection, now: float, limit: int, share: str, key: str | int | None
 ) -> list[sqlite3.Row]:
-    """Free numbers of `task_ids` that may go out now, oldest task first.
+    """Free numbers of the group `key` (`_group_keys`) that may go out now, oldest
+    task first.
 
     Never the same phone twice at once (two tasks may hold it): our second call
     would find the callee's line taken by the first and come back `busy`, so a
     copy waits until the phone is free. A transient outcome waits out its spacing
     (retry_at) before it goes again.
     """
+    group, args = "", list[str | int | None]()
+    if share == "pusher":
+        group, args = " AND t.origin = ?", [key]
+    elif share == "task":
+        group, args = " AND t.id = ?", [key]
     return conn.execute(
-        "SELECT d.id, d.task_id, d.phone FROM dialplans d WHERE d.status = 'free'"
-        f" AND d.task_id IN ({_placeholders(len(task_ids))})"
+        "SELECT d.id, d.task_id, d.phone, t.origin"
+        " FROM tasks t CROSS JOIN dialplans d ON d.task_id = t.id AND d.status = 'free'"
+        f" WHERE t.status != 'finish' AND t.loading = 0{group}"
         " AND (d.retry_at IS NULL OR d.retry_at <= ?)"
         " AND NOT EXISTS (SELECT 1 FROM dialplans b"
         "   WHERE b.phone = d.phone AND b.status = 'busy')"
-        " ORDER BY d.task_id, d.id LIMIT ?",
-        (*task_ids, now, limit),
+        " ORDER BY t.id, d.id LIMIT ?",
+        (*args, now, limit),
     ).fetchall()
 
 

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from sipclient.config import ServerConfig
-from sipclient.server import sqlite as sqlite_store
 from tests.server.conftest import ACCOUNTS, Api, make_config
 
 # two pushers as the server tells them apart: their return_url's origin
@@ -100,14 +99,32 @@ async def test_a_pusher_with_fewer_numbers_than_its_share_leaves_the_rest_to_the
     assert [p["phoneNum"] for p in plans] == ["8000", "7001", *(f"8{n:03d}" for n in range(1, 9))]
 
 
-async def test_past_share_tasks_max_open_tasks_the_oldest_are_grouped_and_all_get_dialled(
-    api: Api, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("config", ["pusher", "task", "none"], indirect=True)
+async def test_more_lines_than_a_hand_out_once_read_tasks_all_get_a_number(api: Api) -> None:
+    # One number a task (as `sipclient demo` pushes), more lines than the 256
+    # oldest unfinished tasks a hand-out read until session 10: the lines past
+    # them stood idle while those tasks' numbers were all out.
+    lines, tasks = 270, 300
+    accounts = [{"host": "127.0.0.1:5060", "name": str(3000 + n), "pwd": "x"} for n in range(lines)]
+    await api.ok("POST", "/api/account", json={"account": accounts})
+    for n in range(tasks):
+        await api.ok("POST", "/api/dialplan", json={"phone": [f"6{n:04d}"], "return_url": FIRST})
+    cid = await api.notify()
+    await api.ok("GET", f"/accounts/{cid}?threadsNum={lines}")
+    plans = (await api.ok("GET", f"/dialplan/{cid}"))["dialplans"]
+    assert len(plans) == lines
+    assert [p["phoneNum"] for p in plans] == [f"6{n:04d}" for n in range(lines)]
+
+
+async def test_a_pusher_of_many_one_number_tasks_does_not_hold_back_a_later_pusher(
+    api: Api,
 ) -> None:
-    # one number a task, more tasks open than a hand-out reads: the oldest go first
-    # and the later ones follow as those finish (reading every open task at every
-    # hand-out cost ~50 ms at 100,000)
-    monkeypatch.setattr(sqlite_store, "SHARE_TASKS_MAX", 3)
-    phones = [f"6{n:03d}" for n in range(8)]
-    for phone in phones:
-        await _push(api, [phone], FIRST if phone < "6004" else SECOND)
-    assert await _dial_all_on_one_line(api) == phones
+    # 300 tasks of one number from the first pusher, then one from the second: the
+    # second's turn comes at the next hand-out, not after the first's backlog
+    # (until session 10 a hand-out grouped only the 256 oldest unfinished tasks).
+    for n in range(300):
+        await _push(api, [f"6{n:04d}"], FIRST)
+    await _push(api, ["7001", "7002"], SECOND)
+    order = await _dial_all_on_one_line(api)
+    assert order[:5] == ["60000", "7001", "60001", "7002", "60002"]
+    assert sorted(order) == sorted([f"6{n:04d}" for n in range(300)] + ["7001", "7002"])

@@ -52,8 +52,11 @@ async def test_a_database_of_the_first_schema_is_migrated_keeping_its_rows(
         await store.close()
     db = sqlite3.connect(path)
     rows = db.execute("SELECT phone, status, retry_at FROM dialplans").fetchall()
+    # migration 6 gave the task the origin its pusher is told apart by (leases.share)
+    origins = db.execute("SELECT origin FROM tasks").fetchall()
     db.close()
     assert rows == [("555", "free", None)]
+    assert origins == [("http://127.0.0.1:9",)]
 
 
 async def test_newer_schema_is_refused(tmp_path: Path) -> None:
