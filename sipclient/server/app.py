@@ -86,10 +86,12 @@ def create_app(
     config: ServerConfig,
     *,
     clock: Clock = time.time,
+    steady: Clock | None = None,
     judge: Judge | None = None,
     store: Store | None = None,
 ) -> web.Application:
-    """The server application; `clock` drives leases (fake in tests)."""
+    """The server application; `clock` drives leases (fake in tests), `steady` (by
+    default time.monotonic with the real clock) tells when it jumped."""
     app = web.Application(
         client_max_size=config.max_body,
         middlewares=[
@@ -101,7 +103,9 @@ def create_app(
     store = store if store is not None else open_store(config.database)
     app[CONFIG] = config
     app[STORE] = store
-    app[DISPATCH] = Dispatch(store, config.leases, config.retries, clock)
+    if steady is None and clock is time.time:
+        steady = time.monotonic
+    app[DISPATCH] = Dispatch(store, config.leases, config.retries, clock, steady)
     app[CALLBACKS] = CallbackWorker(store, config.callbacks)
     app[JUDGE] = judge if judge is not None else default_judge(config)
     app[JUDGE_POOL] = ThreadPoolExecutor(max_workers=2, thread_name_prefix="judge")

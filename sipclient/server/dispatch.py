@@ -37,6 +37,12 @@ ACTIVE = "active"
 EXPIRED = "expired"
 
 
+CLOCK_JUMP_S = 10.0
+"""How much further the wall clock may run than the steady one between two sweeps
+before the server counts it as a restart (`Dispatch._watch_clock`). Well above a
+slewing NTP's drift, well below `leases.client_timeout`."""
+
+
 class FakeClock:
     """A settable clock for tests and benchmarks: `advance(s)` moves time on."""
 
@@ -59,6 +65,7 @@ class Dispatch:
         leases: LeaseSettings,
         retries: RetrySettings,
         clock: Clock = time.time,
+        steady: Clock | None = None,
     ) -> None:
         self.store = store
         self.leases = leases
@@ -71,7 +78,12 @@ class Dispatch:
         # before a sweep looks for silent clients and before the fleet is listed.
         self._heard: dict[str, float] = {}
         self._started_at = clock()
-        """When this server started: silence before it is not the clients' (`sweep`)."""
+        """When this server started, or its clock last jumped: silence before it is
+        not the clients' (`sweep`)."""
+        self.steady = steady
+        """A clock that only runs forward with time (time.monotonic), read next to
+        `clock` at each sweep to see the wall clock jump; None: not watched."""
+        self._last_read: tuple[float, float] | None = None  # (clock, steady) at the last sweep
 
     async def load(self) -> None:
         """Read the known clients (after a restart)."""
@@ -197,6 +209,7 @@ class Dispatch:
         """
         await self.note_heard()
         now = self.clock()
+        self._watch_clock(now)
         up = now - self._started_at
         never = float("-inf")
         client_cutoff = (
@@ -216,6 +229,28 @@ class Dispatch:
                 numbers_timed_out=out.freed_by_timeout,
             )
         return out
+
+    def _watch_clock(self, now: float) -> None:
+        """A wall clock that moved on CLOCK_JUMP_S more than the steady one since the
+        last sweep counts as a restart (`_started_at`).
+
+        An NTP step after a boot with a wrong RTC, or a VM suspended and resumed
+        (live migration, a host's snapshot: CLOCK_MONOTONIC does not count the
+        suspension), moves the wall clock on at once: every client then looked
+        silent past `leases.client_timeout` at the next sweep, and every number
+        in flight went out again to other lines, dialled twice. While the server
+        was suspended nobody could call it, as while it was down.
+        """
+        if self.steady is None:
+            return
+        steady = self.steady()
+        last, self._last_read = self._last_read, (now, steady)
+        if last is None:
+            return
+        jump = (now - last[0]) - (steady - last[1])
+        if jump > CLOCK_JUMP_S:
+            self._started_at = now
+            log.warning("clock jumped: lease timeouts run again from now", seconds=round(jump, 1))
 
     async def run_sweeper(self) -> None:
         """Sweep every `leases.sweep_interval` seconds until cancelled."""

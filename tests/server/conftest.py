@@ -121,9 +121,15 @@ async def api(
 class LiveServer:
     """The app on a real loopback port, stoppable and restartable (for restart tests)."""
 
-    def __init__(self, config: ServerConfig, clock: FakeClock | None = None) -> None:
+    def __init__(
+        self,
+        config: ServerConfig,
+        clock: FakeClock | None = None,
+        steady: FakeClock | None = None,
+    ) -> None:
         self.config = config
         self.clock = clock
+        self.steady = steady
         self.runner: web.AppRunner | None = None
         self.url = ""
 
@@ -134,7 +140,7 @@ class LiveServer:
 
     async def start(self) -> str:
         app = (
-            create_app(self.config, clock=self.clock)
+            create_app(self.config, clock=self.clock, steady=self.steady)
             if self.clock is not None
             else create_app(self.config)
         )

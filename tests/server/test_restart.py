@@ -89,6 +89,45 @@ async def test_schema_is_versioned_and_reopened(live: LiveServer, config: Server
     await live.stop()
 
 
+async def test_a_clock_jump_expires_nobody_and_the_timeouts_run_again_from_it(
+    config: ServerConfig, session: aiohttp.ClientSession
+) -> None:
+    # An NTP step or a VM suspended and resumed: the wall clock moves on 700 s at
+    # once while the steady clock moves 1 s. Every client looked silent, and its
+    # numbers in flight went out again to other lines (dialled twice).
+    clock, steady = FakeClock(), FakeClock(0.0)
+    live = LiveServer(config, clock=clock, steady=steady)
+    await live.start()
+    try:
+        api = Api(UrlClient(session, live))
+        await api.ok("POST", "/api/account", json={"account": ACCOUNTS})
+        task = await api.ok(
+            "POST", "/api/dialplan", json={"phone": ["901", "902"], "return_url": URL}
+        )
+        cid = await api.notify()
+        await api.ok("GET", f"/accounts/{cid}?threadsNum=2")
+        assert len((await api.ok("GET", f"/dialplan/{cid}"))["dialplans"]) == 2
+        clock.advance(100)
+        steady.advance(100)  # up past client_timeout: from here a silence would count
+        await api.ok("POST", f"/heartbeat/{cid}")
+        assert (await live.app[DISPATCH].sweep()).expired_clients == []
+        clock.advance(700)  # past client_timeout (60 s) and number_timeout (600 s)
+        steady.advance(1)
+        out = await live.app[DISPATCH].sweep()
+        assert out.expired_clients == [] and out.freed_by_timeout == 0
+        states = [
+            p["status"] for p in (await api.ok("GET", f"/api/tasks/{task['task_id']}"))["dialplans"]
+        ]
+        assert states == ["busy", "busy"]
+        # the timeouts run again from the jump: silent that long after it, it goes
+        clock.advance(61)
+        steady.advance(61)
+        out = await live.app[DISPATCH].sweep()
+        assert out.expired_clients == [cid]
+    finally:
+        await live.stop()
+
+
 async def test_a_server_down_longer_than_client_timeout_expires_nobody_at_its_restart(
     config: ServerConfig, session: aiohttp.ClientSession
 ) -> None:
