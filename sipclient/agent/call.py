@@ -28,6 +28,7 @@ from typing import Any
 
 import structlog
 
+from sipclient.agent.leftovers import Leftover
 from sipclient.agent.transport import SipStack
 from sipclient.classify.verdicts import Signalling
 from sipclient.logs import get_logger
@@ -232,6 +233,7 @@ class Call:
         if isinstance(event, InviteSent):
             if out.times.invite is None:
                 out.times.invite = epoch(event.at)
+            self._keep_ending()
         elif isinstance(event, ProvisionalReceived):
             if out.times.first_provisional is None:
                 out.times.first_provisional = epoch(event.at)
@@ -254,6 +256,8 @@ class Call:
             out.times.answer = epoch(event.at)
             if event.sdp is not None:
                 self._media(event.sdp)
+            if first:
+                self._keep_ending()  # a BYE now ends it, not the CANCEL
             if first and self._on_answered is not None:
                 self._run_hook(self._on_answered, event.status)
         elif isinstance(event, CancelSent):
@@ -265,6 +269,26 @@ class Call:
             self._log.debug("call_prack_sent", number=out.number, rseq=event.rseq)
         elif isinstance(event, SessionEnded):
             self._finish(event)
+
+    def _keep_ending(self) -> None:
+        """Journal what would end the call now, for the next process if this one dies."""
+        journal = self.stack.journal
+        if journal is None:
+            return
+        ending = self.session.ending_request()
+        if ending is None:
+            return
+        request, (host, port) = ending
+        journal.record(
+            Leftover(
+                self.call_id,
+                request.method,
+                host,
+                port,
+                self.stack.ep.transport,
+                request.serialize(),
+            )
+        )
 
     def _media(self, sdp: bytes) -> None:
         info = media_from_sdp(sdp)
@@ -285,6 +309,8 @@ class Call:
         out.ended_by = event.ended_by
         out.local_code = event.local
         out.times.end = self.stack.epoch(event.at)
+        if self.stack.journal is not None:
+            self.stack.journal.forget(self.call_id)
         self.stack.unsubscribe(self.session)
         if event.ended_by == "timeout" and event.local:
             # Timer B: a PBX that was hung may yet run our INVITE when it recovers, and

@@ -76,6 +76,7 @@ from sipclient.agent.control import (
     Uploader,
 )
 from sipclient.agent.housekeeping import run_housekeeping
+from sipclient.agent.leftovers import CallJournal, end_leftovers
 from sipclient.agent.spool import Spool, SpoolBusy, claim
 from sipclient.agent.trunk import TrunkGuard, TrunkState
 from sipclient.config import ConfigError, DaemonConfig, HostPort, load_config
@@ -1416,6 +1417,8 @@ class SipSide:
         self.ports = PortPool(config.rtp.ports, host=bind_host)
         self.library: Any = None
         self.drop = _test_drop()
+        self.journal: CallJournal | None = None
+        """The call journal every stack's calls write to (agent/leftovers.py)."""
 
     async def start(self) -> None:
         """Load the template library and the media modules (off the loop).
@@ -1602,6 +1605,7 @@ class SipSide:
                     t1=sip.t1,
                     user_agent=sip.user_agent,
                 )
+                stack.journal = self.journal
                 self._stacks[k] = stack
                 local = stack.ep.local
                 log.info(
@@ -2081,7 +2085,11 @@ def _fault(outcome: Any) -> str:
 
 async def _amain(config: DaemonConfig, config_path: Path | None) -> int:
     loop = asyncio.get_running_loop()
+    # the calls the last run left up (killed -9, crashed) are ended first thing
+    journal, leftovers = CallJournal.open(config.spool.dir)
+    ending = loop.create_task(end_leftovers(leftovers), name="leftovers")
     stack = SipSide(config)
+    stack.journal = journal
     await stack.start()
     daemon = Daemon(config, stack.backend)
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -2104,6 +2112,8 @@ async def _amain(config: DaemonConfig, config_path: Path | None) -> int:
         return await daemon.run()
     finally:
         await stack.close()
+        await ending
+        journal.close()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
 

@@ -32,6 +32,7 @@ import socket
 import time
 from collections.abc import Callable
 
+from sipclient.agent.leftovers import CallJournal
 from sipclient.config import HostPort
 from sipclient.logs import get_logger
 from sipclient.sip.endpoint import Addr, Endpoint, Usage
@@ -67,6 +68,8 @@ class SipStack:
         self._closed = False
         self.sent = 0
         self.received = 0
+        self.journal: CallJournal | None = None
+        """Where the calls on this stack keep what would end them (agent/leftovers.py)."""
 
     # -------------------------------------------------------------- public
 

@@ -231,6 +231,13 @@ class Dialog:
         self.local_seq += 1
         return self._request(method, self.local_seq, via, body, content_type, headers)
 
+    def peek_request(
+        self, method: str, via: Via | str, headers: Iterable[tuple[str, str]] = ()
+    ) -> Request:
+        """The request `make_request` would build next, without taking its CSeq (kept
+        aside in case this process cannot send it: agent/leftovers.py)."""
+        return self._request(method, self.local_seq + 1, via, b"", None, headers)
+
     def make_ack(
         self, via: Via | str, body: bytes = b"", content_type: str | None = None
     ) -> Request:

@@ -243,6 +243,28 @@ class InviteSession:
             self._cancel_wanted = why
         self.endpoint.touch(self)
 
+    def ending_request(self) -> tuple[Request, Addr] | None:
+        """What would end the call as it stands, and where it goes: the CANCEL of the
+        INVITE in flight, the BYE of the answered dialog; None once it is ending.
+
+        Not sent: kept by the daemon (agent/leftovers.py) for the next process to
+        send if this one dies with the call up.
+        """
+        ua = [("User-Agent", self.spec.user_agent)]
+        if self.state is SessionState.ANSWERED and self._call is not None:
+            bye = self._call.peek_request(
+                "BYE", self.endpoint.via(self.endpoint.new_branch()), headers=ua
+            )
+            if self._auth is not None:
+                self._auth.sign(bye)
+            return bye, self._dest(self._call)
+        if self.state in (SessionState.CALLING, SessionState.PROCEEDING) and self._invite:
+            cancel = make_cancel(self._invite)  # same branch, Request-URI, CSeq (§9.1)
+            for name, value in ua:
+                cancel.headers.add(name, value)
+            return cancel, self.spec.proxy
+        return None
+
     def hangup(self, now: float) -> None:
         """End the call whatever its state: BYE after an answer, CANCEL before."""
         if self.state is SessionState.ANSWERED:

@@ -402,6 +402,43 @@ async def test_a_call_whose_cancel_is_lost_keeps_its_verdict_when_the_daemon_sto
     assert len(invites) == 1  # dialled once
 
 
+async def test_a_call_a_kill_9_left_ringing_is_cancelled_by_the_next_start(
+    make_world: Callable[..., World],
+) -> None:
+    # A daemon killed -9 leaves its INVITE ringing: the callee's phone rang on until
+    # the carrier's own timer (this carrier: 480 after 40 s), a missed call from
+    # nobody, billed if picked up, and its media went on to a port the next daemon
+    # hands out again. The next start sends the CANCEL the dead one had journalled.
+    ringing = tuple(c for c in CARRIERS if c.name == "ringing_180")
+    world = make_world(lines=1, carriers=ringing)
+    await world.start()
+    (phone,) = numbers_for(1, ringing)
+    await world.push_numbers([phone])
+    carrier = world.carriers["ringing_180"]
+    async with asyncio.timeout(30):  # ringing; the daemon decides 2 s after the 180
+        while not any(m.direction == "sent" and m.status == 180 for m in carrier.messages()):
+            await asyncio.sleep(0.02)
+    world.kill_daemon()
+    (call_id,) = {m.header("Call-ID") for m in carrier.messages() if m.method == "INVITE"}
+    world.start_daemon()
+
+    def cancelled() -> bool:
+        return any(
+            m.method == "CANCEL" and m.header("Call-ID") == call_id for m in carrier.messages()
+        )
+
+    async with asyncio.timeout(15):  # the carrier's own 480 would come after 40 s
+        while not cancelled():
+            await asyncio.sleep(0.1)
+    async with asyncio.timeout(10):  # logged once every copy went out (1.5 s)
+        while not any(e.get("event") == "leftover_calls_ended" for e in _events(world)):
+            await asyncio.sleep(0.1)
+    # the number is dialled again after the lease reclaim and decided once
+    assert await world.wait_for([phone], 60)
+    assert world.receiver.verdicts.results[phone][0] == "ringing"
+    assert world.receiver.verdicts.deliveries[phone] == 1
+
+
 async def test_two_daemons_share_the_lines_and_each_number_finishes_once(
     make_world: Callable[..., World],
 ) -> None:

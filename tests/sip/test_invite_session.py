@@ -547,3 +547,36 @@ def test_a_421_for_anything_else_or_after_offering_100rel_is_the_outcome(
     answer(ep, invite, 421, 0.1, headers=headers)
     assert [r.method for r in requests(ep)] == ["ACK"]
     assert ended(events(ep)).status == 421
+
+
+def test_the_request_that_would_end_the_call_follows_its_state_and_is_not_sent() -> None:
+    # kept by the daemon for its next start in case this process dies with the call
+    # up (agent/leftovers.py): the CANCEL of the INVITE in flight, then the BYE
+    ep = endpoint()
+    session, invite = start(ep, credentials=True)
+    pending = session.ending_request()
+    assert pending is not None
+    cancel, dest = pending
+    assert cancel.method == "CANCEL" and dest == PBX
+    assert cancel.top_via.branch == invite.top_via.branch
+    assert cancel.cseq.seq == invite.cseq.seq and cancel.cseq.method == "CANCEL"
+    assert cancel.call_id == invite.call_id and cancel.from_.tag == invite.from_.tag
+    assert requests(ep) == []  # nothing went out
+    answer(ep, invite, 407, 0.1, headers=[CHALLENGE])
+    _, retry = requests(ep)
+    pending = session.ending_request()
+    assert pending is not None and pending[0].top_via.branch == retry.top_via.branch
+    answer(ep, retry, 180, 0.2, headers=[RR, CONTACT])
+    answer(ep, retry, 200, 0.5, headers=[RR, CONTACT], body=SDP_ANSWER)
+    sent(ep)  # the ACK
+    pending = session.ending_request()
+    assert pending is not None
+    bye, dest = pending
+    assert bye.method == "BYE" and bye.to.tag == "far1" and bye.cseq.seq == 3
+    assert str(bye.uri) == "sip:far@10.0.0.3:5070" and dest == ("10.0.0.2", 5060)
+    assert bye.headers.get_all("Route") == ["<sip:10.0.0.2:5060;lr>"]
+    assert requests(ep) == []
+    session.hangup(1.0)
+    (real,) = requests(ep)
+    assert real.method == "BYE" and real.cseq.seq == 3  # the kept one took no CSeq
+    assert session.ending_request() is None  # ending: nothing more to send
