@@ -153,6 +153,7 @@ MIGRATIONS: list[str] = [
     UPDATE tasks SET origin = url_origin(return_url);
     CREATE INDEX tasks_ready_origin ON tasks (origin, id) WHERE status != 'finish' AND loading = 0;
     CREATE INDEX tasks_ready ON tasks (id) WHERE status != 'finish' AND loading = 0;
+    DROP INDEX IF EXISTS tasks_open;
     """,
 ]
 
