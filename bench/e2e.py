@@ -33,6 +33,9 @@ Figures (stdout and the JSON file):
   `decided_ms` (audio received before it was sure); calls decided by
   signalling alone are counted apart;
 - the daemon's log at info: lines and bytes a call (what journald takes);
+- the daemon's memory: RSS after a tenth of the calls and at the end, and
+  its growth a call over the second half of the run (a long `--per-line`
+  shows whether a daemon left running for days keeps growing);
 - the daemon's CPU: (utime + stime) of its process over the steady window
   (sampled every 0.2 s from /proc and interpolated) and over the batch, as a
   percentage of one core, and per call in ms;
@@ -124,6 +127,44 @@ def _cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     ticks = os.sysconf("SC_CLK_TCK")
     return (int(fields[11]) + int(fields[12])) / ticks
+
+
+def _rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def memory_figures(samples: list[tuple[int, int]]) -> dict[str, Any]:
+    """RSS (kB, every daemon summed) against calls finished, sampled every second:
+    the RSS after the first tenth of the calls (warm: caches, pools and the
+    library are in), at the end, and the slope over the second half of the run
+    (least squares, kB a call), which is what a daemon left running for days
+    would grow by."""
+    if len(samples) < 4 or samples[-1][0] == 0:
+        return {}
+    total = samples[-1][0]
+    warm = next(kb for calls, kb in samples if calls >= total // 10)
+    half = [(c, kb) for c, kb in samples if c >= total // 2]
+    slope = None
+    if len(half) >= 3 and half[-1][0] > half[0][0]:
+        xs = [float(c) for c, _ in half]
+        ys = [float(kb) for _, kb in half]
+        mx, my = statistics.fmean(xs), statistics.fmean(ys)
+        sxx = sum((x - mx) ** 2 for x in xs)
+        if sxx > 0:
+            slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx
+    thin = samples[:: max(1, len(samples) // 200)]  # the series, ~200 points
+    if thin[-1] != samples[-1]:
+        thin.append(samples[-1])
+    return {
+        "samples_calls_rss_kb": thin,
+        "rss_mb_warm": round(warm / 1024, 1),
+        "rss_mb_end": round(samples[-1][1] / 1024, 1),
+        "calls": total,
+        "rss_kb_per_call_second_half": None if slope is None else round(slope, 3),
+    }
 
 
 def _limit_per_line_hour(carriers: list[Carrier]) -> float:
@@ -324,6 +365,7 @@ async def run(
             prof = _start_profile(pid, profile / f"daemon-{lines}lines.speedscope.json")
         deadline = time.monotonic() + timeout
         events: list[dict[str, Any]] = []
+        rss: list[tuple[int, int]] = []  # (calls finished, RSS kB) every second
         polls = 0
         while time.monotonic() < deadline:
             await asyncio.sleep(CPU_SAMPLE_S)
@@ -332,6 +374,7 @@ async def run(
             # reading the log is the costly part: every second is enough
             if polls % 5 == 0:
                 events = _daemon_events(world)
+                rss.append((len(events), sum(_rss_kb(p) for p in pids)))
                 if len(events) >= len(phones):
                     break
         events = _daemon_events(world)
@@ -354,6 +397,7 @@ async def run(
             callbacks_complete=got_callbacks,
             evidence_s_assumed=EVIDENCE_S,
             classifier_crbt_s=_crbt_rule_s(),
+            memory=memory_figures(rss),
         )
         return out
     finally:
@@ -394,6 +438,13 @@ def _print(r: dict[str, Any]) -> None:
         print(
             f"      daemon log at info: {r['log_lines_per_call']} lines,"
             f" {r['log_bytes_per_call']} bytes a call (start and registrations included)"
+        )
+    m = r.get("memory") or {}
+    if m:
+        print(
+            f"      daemon RSS {m['rss_mb_warm']} MB after a tenth of the calls,"
+            f" {m['rss_mb_end']} MB after {m['calls']};"
+            f" {m['rss_kb_per_call_second_half']} kB a call over the second half"
         )
     crbt = r.get("classifier_crbt_s")
     if crbt is not None and crbt != EVIDENCE_S["ringing_crbt"]:
