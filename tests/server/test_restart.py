@@ -89,6 +89,20 @@ async def test_schema_is_versioned_and_reopened(live: LiveServer, config: Server
     await live.stop()
 
 
+async def _two_numbers_out(api: Api) -> tuple[int, str]:
+    """A task of two numbers, both handed out to one client: (task id, clientId)."""
+    await api.ok("POST", "/api/account", json={"account": ACCOUNTS})
+    task = await api.ok("POST", "/api/dialplan", json={"phone": ["901", "902"], "return_url": URL})
+    cid = await api.notify()
+    await api.ok("GET", f"/accounts/{cid}?threadsNum=2")
+    assert len((await api.ok("GET", f"/dialplan/{cid}"))["dialplans"]) == 2
+    return int(task["task_id"]), cid
+
+
+async def _states(api: Api, task_id: int) -> list[str]:
+    return [p["status"] for p in (await api.ok("GET", f"/api/tasks/{task_id}"))["dialplans"]]
+
+
 async def test_a_clock_jump_expires_nobody_and_the_timeouts_run_again_from_it(
     config: ServerConfig, session: aiohttp.ClientSession
 ) -> None:
@@ -100,13 +114,7 @@ async def test_a_clock_jump_expires_nobody_and_the_timeouts_run_again_from_it(
     await live.start()
     try:
         api = Api(UrlClient(session, live))
-        await api.ok("POST", "/api/account", json={"account": ACCOUNTS})
-        task = await api.ok(
-            "POST", "/api/dialplan", json={"phone": ["901", "902"], "return_url": URL}
-        )
-        cid = await api.notify()
-        await api.ok("GET", f"/accounts/{cid}?threadsNum=2")
-        assert len((await api.ok("GET", f"/dialplan/{cid}"))["dialplans"]) == 2
+        task_id, cid = await _two_numbers_out(api)
         clock.advance(100)
         steady.advance(100)  # up past client_timeout: from here a silence would count
         await api.ok("POST", f"/heartbeat/{cid}")
@@ -115,10 +123,7 @@ async def test_a_clock_jump_expires_nobody_and_the_timeouts_run_again_from_it(
         steady.advance(1)
         out = await live.app[DISPATCH].sweep()
         assert out.expired_clients == [] and out.freed_by_timeout == 0
-        states = [
-            p["status"] for p in (await api.ok("GET", f"/api/tasks/{task['task_id']}"))["dialplans"]
-        ]
-        assert states == ["busy", "busy"]
+        assert await _states(api, task_id) == ["busy", "busy"]
         # the timeouts run again from the jump: silent that long after it, it goes
         clock.advance(61)
         steady.advance(61)
@@ -139,22 +144,13 @@ async def test_a_server_down_longer_than_client_timeout_expires_nobody_at_its_re
     await live.start()
     try:
         api = Api(UrlClient(session, live))
-        await api.ok("POST", "/api/account", json={"account": ACCOUNTS})
-        task = await api.ok(
-            "POST", "/api/dialplan", json={"phone": ["901", "902"], "return_url": URL}
-        )
-        cid = await api.notify()
-        await api.ok("GET", f"/accounts/{cid}?threadsNum=2")
-        assert len((await api.ok("GET", f"/dialplan/{cid}"))["dialplans"]) == 2
+        task_id, cid = await _two_numbers_out(api)
         await live.stop()
         clock.advance(700)  # down past client_timeout (60 s) and number_timeout (600 s)
         await live.start()
         out = await live.app[DISPATCH].sweep()
         assert out.expired_clients == [] and out.freed_by_timeout == 0
-        states = [
-            p["status"] for p in (await api.ok("GET", f"/api/tasks/{task['task_id']}"))["dialplans"]
-        ]
-        assert states == ["busy", "busy"]
+        assert await _states(api, task_id) == ["busy", "busy"]
         # the timeouts run again from the restart: silent that long after it, it goes
         clock.advance(61)
         out = await live.app[DISPATCH].sweep()
