@@ -8,8 +8,8 @@ media goes on streaming to a port the next daemon hands out again (the soak's
 cross-talk, docs/media.md). So each call writes here the request that would
 end it as it stands: the CANCEL of its INVITE until it is answered, then the
 BYE of its dialog; and a line that forgets it when it ends. The next daemon
-reads what is left at its start and sends each one (`end_leftovers`) before
-its first registration.
+reads what is left at its start and sends each one (`end_leftovers`) while
+its lines register.
 
 The journal is a file of JSON lines appended with one write(2) each and never
 fsynced: a process killed keeps what it wrote (the page cache is the

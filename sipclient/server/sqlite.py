@@ -980,7 +980,7 @@ def _group_keys(
     ready = "status != 'finish' AND loading = 0"
     if share == "task":
         first = after if isinstance(after, int) else 0
-        ids = [
+        ids: list[str | int | None] = [
             int(r[0])
             for r in conn.execute(
                 f"SELECT id FROM tasks WHERE {ready} AND id > ? ORDER BY id LIMIT ?",
@@ -995,7 +995,7 @@ def _group_keys(
                     (first, limit - len(ids)),
                 )
             ]
-        return list(dict.fromkeys(ids))
+        return ids
     if share == "pusher":
         # the distinct origins, one index seek each (a skip scan): a pusher's
         # 100,000 open tasks cost what one costs
