@@ -811,7 +811,7 @@ class SqliteStore(Store):
         one-number tasks left every line past the 256th idle and every later
         pusher waiting until its backlog was done.
         """
-        keys = _group_keys(conn, share, self._share_after, count + SHARE_EMPTY_MAX)
+        keys = _group_keys(conn, share, self._share_after, count + SHARE_EMPTY_MAX, now)
         if not keys:
             return []
         # each group's share of this hand-out and a few more (a phone out on another
@@ -972,27 +972,36 @@ class SqliteStore(Store):
 
 
 def _group_keys(
-    conn: sqlite3.Connection, share: str, after: str | int | None, limit: int
+    conn: sqlite3.Connection, share: str, after: str | int | None, limit: int, now: float
 ) -> list[str | int | None]:
     """Up to `limit` groups of unfinished tasks (`leases.share`) in their cycle,
     starting with the one after `after`: origins ("pusher"), task ids ("task"),
-    or the one group of every task ("none": [None])."""
+    or the one group of every task ("none": [None]).
+
+    Tasks are walked only where a number is free now (one index probe each,
+    inside SQLite): with one number a task most of the tasks after a wrap of
+    the cycle are out on lines, and walking them one query each, 64 a
+    hand-out, left a number due again behind them waiting a poll per 64."""
     ready = "status != 'finish' AND loading = 0"
     if share == "task":
         first = after if isinstance(after, int) else 0
+        free = (
+            " AND EXISTS (SELECT 1 FROM dialplans d WHERE d.task_id = tasks.id"
+            " AND d.status = 'free' AND (d.retry_at IS NULL OR d.retry_at <= ?))"
+        )
         ids: list[str | int | None] = [
             int(r[0])
             for r in conn.execute(
-                f"SELECT id FROM tasks WHERE {ready} AND id > ? ORDER BY id LIMIT ?",
-                (first, limit),
+                f"SELECT id FROM tasks WHERE {ready} AND id > ?{free} ORDER BY id LIMIT ?",
+                (first, now, limit),
             )
         ]
         if len(ids) < limit:
             ids += [
                 int(r[0])
                 for r in conn.execute(
-                    f"SELECT id FROM tasks WHERE {ready} AND id <= ? ORDER BY id LIMIT ?",
-                    (first, limit - len(ids)),
+                    f"SELECT id FROM tasks WHERE {ready} AND id <= ?{free} ORDER BY id LIMIT ?",
+                    (first, now, limit - len(ids)),
                 )
             ]
         return ids

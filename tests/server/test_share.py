@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from sipclient.config import ServerConfig
+from sipclient.server.dispatch import FakeClock
 from tests.server.conftest import ACCOUNTS, Api, make_config
 
 # two pushers as the server tells them apart: their return_url's origin
@@ -128,3 +129,28 @@ async def test_a_pusher_of_many_one_number_tasks_does_not_hold_back_a_later_push
     order = await _dial_all_on_one_line(api)
     assert order[:5] == ["60000", "7001", "60001", "7002", "60002"]
     assert sorted(order) == sorted([f"6{n:04d}" for n in range(300)] + ["7001", "7002"])
+
+
+@pytest.mark.parametrize("config", ["task"], indirect=True)
+async def test_a_number_free_again_behind_many_tasks_out_on_lines_is_found_at_once(
+    api: Api, clock: FakeClock
+) -> None:
+    # Each task its turn: after the cycle wraps, the tasks ahead are all out on
+    # lines but one, whose transient outcome (503) is due again. A hand-out looked
+    # past 64 such tasks at most, so the line waited a poll per 64 of them.
+    lines = 100
+    accounts = [{"host": "127.0.0.1:5060", "name": str(3000 + n), "pwd": "x"} for n in range(lines)]
+    await api.ok("POST", "/api/account", json={"account": accounts})
+    for n in range(lines):
+        await api.ok("POST", "/api/dialplan", json={"phone": [f"6{n:04d}"], "return_url": FIRST})
+    cid = await api.notify()
+    await api.ok("GET", f"/accounts/{cid}?threadsNum={lines}")
+    plans = (await api.ok("GET", f"/dialplan/{cid}"))["dialplans"]
+    assert len(plans) == lines
+    (late,) = [p for p in plans if p["phoneNum"] == "60080"]
+    status, body = await api.upload(cid, late["extensionNum"], "60080", sipCode=503)
+    assert status == 200 and body["data"]["status"] == "free"
+    await api.ok("GET", f"/status/{cid}?status=idle&extensionNum={late['extensionNum']}")
+    clock.advance(60.0)  # retries.spacing: due again
+    plans = (await api.ok("GET", f"/dialplan/{cid}"))["dialplans"]
+    assert [p["phoneNum"] for p in plans] == ["60080"]
