@@ -250,6 +250,15 @@ class TrunkSettings:
     """The first pause, seconds; it doubles after each probe call that fails too..."""
     pause_max: float = field(default=60.0, metadata=_positive())
     """...up to this."""
+    same_rejections: int = field(default=20, metadata=_check(lambda v: v >= 0, "an int >= 0"))
+    """Identical bare rejections in a row (same SIP code and Q.850 cause, no 180/183,
+    no audio) after which the PBX's route is suspect (`sipclient.agent.route`): a PBX
+    with no route out answers every number so, and each would be final (`empty`,
+    `restricted`). Until a call rings or plays audio they are held back, then
+    dialled again; dialling pauses as for a failing trunk. 0: off."""
+    rejection_hold: float = field(default=30.0, metadata=_positive())
+    """Seconds a bare rejection waits for such a call at most before its upload
+    (the list's tail: no other call comes)."""
 
     def __post_init__(self) -> None:
         _ordered("trunk.pause_min", self.pause_min, "trunk.pause_max", self.pause_max)

@@ -86,6 +86,9 @@ class DialplanItem:
     lease_s: float | None = None
     """(ext) `leaseSeconds`: how long the server leaves it to us before handing it
     out again (its leases.number_timeout); None from a server that does not say."""
+    redial: bool = False
+    """Its call met a suspect route (`agent.route`): dialled again once the route
+    is proven, not as the probe while a fresh number waits on the line."""
 
 
 _NOT_THE_CLIENT = ("extensionNum:", "phone:", "phoneNum:", "dialplanId:", "task_id:")

@@ -22,7 +22,10 @@ One `Daemon` supervises, on one asyncio loop:
   goes back to the head of its line and is tried again after a back-off
   (PORT_WAIT_MIN..MAX), the line staying "during" meanwhile, nothing uploaded;
   a spool that cannot be written holds the records in memory and stops all
-  dialling until a write works again (`Daemon._spool`);
+  dialling until a write works again (`Daemon._spool`); per PBX, a trunk
+  failing every call pauses its lines (`agent.trunk`) and a run of identical
+  bare rejections (a PBX with no route out) is held back and dialled again
+  once a call through it rings (`agent.route`, `Daemon._route_outcome`);
 - the heartbeat (POST /heartbeat every `heartbeat.interval`), the uploader and
   the status reporter of `control.py`, systemd notifications (READY=1 after
   the first registrations, WATCHDOG=1 from the loop, STATUS= lines, STOPPING=1).
@@ -77,6 +80,7 @@ from sipclient.agent.control import (
 )
 from sipclient.agent.housekeeping import run_housekeeping
 from sipclient.agent.leftovers import CallJournal, end_leftovers
+from sipclient.agent.route import RejectionKey, RouteWatch, Step
 from sipclient.agent.spool import Spool, SpoolBusy, claim
 from sipclient.agent.trunk import TrunkGuard, TrunkState
 from sipclient.config import ConfigError, DaemonConfig, HostPort, load_config
@@ -135,6 +139,11 @@ PORT_WAIT_MAX = 5.0
 PORT_WAIT_MIN seconds, doubling per failure in a row up to PORT_WAIT_MAX (one of
 our calls ending frees a port in well under a second; other programs holding
 the ports may take longer, and the log says which)."""
+
+HELD_IDLE_S = 1.0
+"""Seconds with no call up, no number waiting and the server handing out nothing
+after which the route guard's held rejections are uploaded (`agent.route`,
+`Daemon._release_held_when_done`): the list is done."""
 
 PBX_FAULT_TRIES_MAX = 3
 """How often one number may meet a PBX fault (`CallRecord.pbx_fault`: no answer
@@ -273,6 +282,33 @@ class Line:
         return self.current is not None
 
 
+Held = tuple[Line, DialplanItem, CallRecord]
+"""A finished call the route guard holds back (`Daemon._route_outcome`)."""
+
+
+def _bare_key(record: CallRecord) -> RejectionKey | None:
+    """What the PBX said when `record` is a bare rejection (`agent.route`), else None.
+
+    Bare: a final >= 300 with no 180/183, no audio, not answered, not our CANCEL,
+    not transient (the trunk breaker's), not a PBX fault (`_pbx_fault`'s)."""
+    f = record.fields
+    code = f.get("sipCode")
+    if not isinstance(code, int) or code < 300 or record.transient or record.pbx_fault:
+        return None
+    if f.get("answered") or f.get("ringing") or f.get("earlyMedia") or f.get("mediaMs"):
+        return None
+    if f.get("cancelledByUs"):
+        return None
+    cause = f.get("q850Cause")
+    return (code, cause if isinstance(cause, int) else None)
+
+
+def _proves_route(record: CallRecord) -> bool:
+    """The call went out through the PBX: it rang, played audio or was answered."""
+    f = record.fields
+    return bool(f.get("answered") or f.get("ringing") or f.get("earlyMedia") or f.get("mediaMs"))
+
+
 def _same_account(a: Account, b: Account) -> bool:
     return (a.extension, a.password, a.host, a.transport, a.domain) == (
         b.extension,
@@ -347,6 +383,13 @@ class Daemon:
         """Numbers held past `dialplan.hold_max` and left to the server (`_let_go_stale`)."""
         self._trunks: dict[tuple[str, str], TrunkGuard] = {}
         """The breaker of each PBX the lines dial through (`_trunk`)."""
+        self._routes: dict[tuple[str, str], RouteWatch[Held]] = {}
+        """The route guard of each PBX (`_route`), keyed as `_trunks`."""
+        self._route_timer: asyncio.TimerHandle | None = None
+        self._last_call_end = 0.0
+        """Loop time the latest call ended (`_release_held_when_done`)."""
+        self.redials = 0
+        """Numbers put back on their line by a suspect route (`_redial`)."""
         self._next_start = 0.0
         """Loop time before which no call starts (`dialplan.max_cps`, `_start_pending`)."""
         self._pace_timer: asyncio.TimerHandle | None = None
@@ -820,6 +863,7 @@ class Daemon:
                 delay = min(delay * 2, self.config.dialplan.poll_max)
                 continue
             if not items:
+                self._release_held_when_done()
                 woken = await self._wait_dialer(delay)
                 # a line freed or an upload accepted: ask again at once, no back-off
                 delay = (
@@ -874,12 +918,14 @@ class Daemon:
         line.trunk = guard
         return guard
 
-    def _trunk_outcome(self, line: Line, item: DialplanItem, record: CallRecord) -> None:
+    def _trunk_outcome(
+        self, line: Line, item: DialplanItem, record: CallRecord, transient: bool
+    ) -> None:
         """Count a call's outcome for its trunk; log and schedule the probe on a change."""
         guard = self._trunk(line)
         loop = asyncio.get_running_loop()
         probe, line.probing = line.probing, False
-        if not guard.finished(record.transient, loop.time(), probe=probe):
+        if not guard.finished(transient, loop.time(), probe=probe):
             return
         if guard.seconds_left(loop.time()) > 0:
             log.error(
@@ -889,9 +935,9 @@ class Daemon:
                 sip_code=record.fields.get("sipCode"),
                 q850=record.fields.get("q850Cause"),
                 pause_s=guard.pause,
-                hint=f"{guard.fault_after} calls in a row failed in the network"
-                if not probe
-                else "the probe call failed too",
+                hint="the probe call failed too"
+                if probe
+                else f"{guard.fault_after} calls in a row failed in the network",
             )
             # the probe starts once the pause is over: wake the dialler then
             loop.call_later(guard.pause, self._wake_dialer.set)
@@ -905,10 +951,128 @@ class Daemon:
         paused = [g for g in self._trunks.values() if g.state is not TrunkState.CLOSED]
         if not paused:
             return ""
+        what = "trunk failing"
+        suspect = [w for w in self._routes.values() if w.suspect]
+        if suspect and suspect[0].key is not None:
+            what = f"route suspect ({suspect[0].key[0]} to every number)"
         left = max(g.seconds_left(now) for g in paused)
         if left:
-            return f", trunk failing: dialling paused ({round(left)} s left)"
-        return ", trunk failing: one probe call"
+            return f", {what}: dialling paused ({round(left)} s left)"
+        return f", {what}: one probe call"
+
+    def _route(self, line: Line) -> RouteWatch[Held]:
+        """The route guard of the PBX `line` dials through (keyed as `_trunk`)."""
+        cfg = self.config
+        key = (
+            line.account.host or str(cfg.pbx.host),
+            (line.account.transport or cfg.pbx.transport).lower(),
+        )
+        watch = self._routes.get(key)
+        if watch is None:
+            t = cfg.trunk
+            watch = RouteWatch(t.same_rejections, t.rejection_hold)
+            self._routes[key] = watch
+        return watch
+
+    def _route_outcome(
+        self, line: Line, item: DialplanItem, record: CallRecord
+    ) -> tuple[CallRecord | None, list[Held]]:
+        """Pass a call's outcome through its PBX's route guard and its trunk breaker.
+
+        Returns the record to upload now (None: held back, or to be dialled again)
+        and the held calls to upload before it."""
+        watch = self._route(line)
+        loop = asyncio.get_running_loop()
+        key = _bare_key(record)
+        step: Step[Held] = Step()
+        if key is not None:
+            step = watch.bare(key, (line, item, record), loop.time())
+        elif _proves_route(record):
+            step = watch.proven()
+        for held in step.redial:
+            self._redial(*held)
+        if step.tripped:
+            self._trunk(line).trip(loop.time())  # before the outcome: not counted again
+            log.error(
+                "route_suspect",
+                extension=line.extension,
+                phone=item.phone,
+                sip_code=key[0] if key else None,
+                q850=key[1] if key else None,
+                in_a_row=watch.same_after,
+                pause_s=self._trunk(line).pause,
+                hint=f"{watch.same_after} calls in a row rejected alike with no ring and no"
+                " audio: the PBX may have no route out for our extensions, or bar them."
+                " Those numbers are dialled again once a call through it rings",
+            )
+            loop.call_later(self._trunk(line).pause, self._wake_dialer.set)
+        elif step.recovered:
+            log.info("route_proven", extension=line.extension, phone=item.phone)
+        if step.held and self._route_timer is None:
+            self._arm_route_timer()
+        # for the breaker, a rejection put back by the suspect route is a failed call
+        # (a failed probe: the pause doubles); one held, the number's outcome
+        self._trunk_outcome(line, item, record, record.transient or bool(step.redial))
+        if step.held or step.redial:
+            return None, step.release
+        return record, step.release
+
+    def _redial(self, line: Line, item: DialplanItem, record: CallRecord) -> None:
+        """Put a number whose call met a suspect route back on its line (its record
+        says nothing of it); dialled again once the route is proven. Still leased to
+        us: `_let_go_stale` lets it go at half its lease if the route stays suspect."""
+        self._drop_record(record)
+        self.redials += 1
+        if line.retired or self._stopping.is_set():
+            log.warning(
+                "number_let_go",
+                extension=line.extension,
+                phone=item.phone,
+                reason="its call met a suspect route and the line is gone",
+                hint="dialled again after the server reclaims our lease",
+            )
+            return
+        line.pending.append(replace(item, redial=True))
+        log.info("number_redial", extension=line.extension, phone=item.phone)
+
+    def _arm_route_timer(self) -> None:
+        due = [d for w in self._routes.values() if (d := w.next_due()) is not None]
+        self._route_timer = None
+        if due:
+            loop = asyncio.get_running_loop()
+            self._route_timer = loop.call_at(min(due), self._route_due)
+
+    def _route_due(self) -> None:
+        """Upload the held rejections no call proved or disproved in time."""
+        self._route_timer = None
+        now = asyncio.get_running_loop().time()
+        released = [h for w in self._routes.values() for h in w.due(now)]
+        if released:
+            task = asyncio.get_running_loop().create_task(self._spool_held(released))
+            self._call_tasks.add(task)
+            task.add_done_callback(self._call_tasks.discard)
+        self._arm_route_timer()
+
+    def _release_held_when_done(self) -> None:
+        """The server has nothing for us, no call is up and no number waits, for
+        HELD_IDLE_S since the last call ended: the list is done, and no call will
+        come to prove or disprove the held rejections. Uploaded as they are now,
+        not after `trunk.rejection_hold`. (Not at the first empty answer: one
+        comes while a line's "idle" is still on its way.)"""
+        if not any(w.held for w in self._routes.values()):
+            return
+        if any(line.busy or line.pending for line in self.lines.values()):
+            return
+        if asyncio.get_running_loop().time() - self._last_call_end < HELD_IDLE_S:
+            return
+        held = [h for w in self._routes.values() for h in w.release_all()]
+        task = asyncio.get_running_loop().create_task(self._spool_held(held))
+        self._call_tasks.add(task)
+        task.add_done_callback(self._call_tasks.discard)
+
+    async def _spool_held(self, held: list[Held]) -> None:
+        for h in held:
+            await self._spool(*h)
 
     def _take(self, item: DialplanItem) -> None:
         """Put a number on its line (kept there until the line can dial it)."""
@@ -954,8 +1118,18 @@ class Daemon:
                             self._pace_timer = loop.call_at(self._next_start, self._paced)
                         return
                     self._next_start = now + 1.0 / cps
-                item = line.pending.pop(0)
+                item = line.pending.pop(self._next_pending(line))
                 self._start_call(line, item)
+
+    def _next_pending(self, line: Line) -> int:
+        """Which of `line.pending` to dial: the first, but while its PBX's route is
+        suspect a fresh number before one put back by it (`_redial`), so the probe
+        says something new."""
+        if self._route(line).suspect:
+            for i, p in enumerate(line.pending):
+                if not p.redial:
+                    return i
+        return 0
 
     def _hold_limit(self, item: DialplanItem) -> float:
         """Seconds `item` may wait on its line: `dialplan.hold_max` (0: no limit),
@@ -1017,6 +1191,7 @@ class Daemon:
         self.status.report(ext, "during", item.phone)
         self._set_status()
         record: CallRecord | None = None
+        released: list[Held] = []
         no_port = False
         try:
             record = await line.backend.dial(
@@ -1030,7 +1205,7 @@ class Daemon:
                 record, no_port = None, True  # back on its line (as for a port)
             else:
                 line.fault_tries.pop((item.dialplan_id or "", item.phone), None)
-                self._trunk_outcome(line, item, record)
+                record, released = self._route_outcome(line, item, record)
         except asyncio.CancelledError:
             raise
         except PortsExhausted as exc:
@@ -1058,6 +1233,7 @@ class Daemon:
             # waits for it.
             line.current = None
             line.task = None
+            self._last_call_end = asyncio.get_running_loop().time()
             if line.probing:  # no outcome counted (no port, a PBX fault, our failure)
                 line.probing = False
                 self._trunk(line).abandon_probe()
@@ -1072,6 +1248,8 @@ class Daemon:
                 # next one is asked for once the "idle" above went in
                 self._wake_dialer.set()
             self._set_status()
+            for held in released:  # they ended before this one
+                await self._spool(*held)
             if record is not None:
                 await self._spool(line, item, record)
 
@@ -1307,6 +1485,13 @@ class Daemon:
             for t in late:
                 t.cancel()
             await asyncio.gather(*late, return_exceptions=True)
+        if self._route_timer is not None:
+            self._route_timer.cancel()
+            self._route_timer = None
+        # held rejections of a route not suspect: uploaded as they are (as their
+        # rejection_hold would have); a suspect route's numbers are back on their
+        # lines, cleared above: the server hands them out again
+        await self._spool_held([h for w in self._routes.values() for h in w.release_all()])
         await self._last_spool_try()
         # bounded wait for the uploads; what is left stays in the spool
         deadline = time.monotonic() + UPLOAD_WAIT_ON_STOP

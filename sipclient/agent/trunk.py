@@ -77,6 +77,12 @@ class TrunkGuard:
             return True
         return False
 
+    def trip(self, now: float) -> None:
+        """Open it from outside (a suspect route, `route.RouteWatch`): no call starts
+        for `pause_min`, then the probe. Nothing changes if it is open already."""
+        if self.state is TrunkState.CLOSED:
+            self._open(now, self.pause_min)
+
     def abandon_probe(self) -> None:
         """The probe gave no outcome (never dialled, a PBX fault): the next call probes."""
         self.probe_in_flight = False

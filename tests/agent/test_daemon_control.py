@@ -561,6 +561,13 @@ class FakeLine:
             fields = _fields(sipCode=408, sipReason="No response (Timer B)", q850Cause="")
             fields["localVerdict"] = "failed"
             return CallRecord(wav, fields, "failed", pbx_fault="no_response")
+        if self.world.ring_all or item.phone in self.world.ring_for:
+            # the network rang it, and the daemon cancelled once it knew
+            fields = _fields(
+                sipCode=487, sipReason="Request Terminated", q850Cause="", ringing=1,
+                cancelledByUs=1, localVerdict="ringing",
+            )  # fmt: skip
+            return CallRecord(wav, fields, "ringing")
         if item.phone in self.world.transient_for:
             fields = _fields(sipCode=503, sipReason="Service Unavailable", q850Cause=34)
             fields["localVerdict"] = "failed"
@@ -601,6 +608,9 @@ class FakeWorld:
         """Phones whose INVITE the PBX never answers (a Timer B record)."""
         self.answer_for: set[str] = set()
         """Phones whose callee answers halfway through the call."""
+        self.ring_all = False
+        self.ring_for: set[str] = set()
+        """Every call rings (else a bare 404, as a PBX with no route out answers)."""
         self.rechecks: list[str] = []
         self.registrar_answers = True
         self.recheck_seconds = 0.05
@@ -910,6 +920,58 @@ async def test_transient_outcomes_in_a_row_pause_the_trunk_until_a_probe_decides
     (guard,) = daemon._trunks.values()
     assert guard.opened == 1 and guard.state.value == "closed" and not guard.probe_in_flight
     assert any("trunk failing: dialling paused" in n for n in notes), notes
+
+
+async def test_a_pbx_rejecting_every_number_alike_misjudges_none_and_they_are_dialled_once_it_rings(
+    server: LiveServer, tmp_path: Path
+) -> None:
+    # A PBX with no route out answers every number a bare 404 at once. Before, each
+    # came back `empty`, final: the whole task misjudged in a fraction of a second.
+    phones = [f"90{i}" for i in range(8)]
+    task_id = await server.push(["2001", "2002"], phones)
+    trunk = TrunkSettings(same_rejections=4, pause_min=0.3, pause_max=0.6)
+    daemon, world, notes = _daemon_noting(tmp_path, server, 2, trunk)
+    async with _running(daemon):
+        await _wait(lambda: len(world.dialled) >= 8 and daemon.redials >= 6, timeout=20)
+        (route,) = daemon._routes.values()
+        assert route.suspect and route.tripped == 1 and route.key == (404, 1)
+        task = await server.task(task_id)
+        assert all(d["status"] != "finish" for d in task["dialplans"]), task["dialplans"]
+        assert daemon.decided == 0
+        assert any("route suspect (404 to every number)" in n for n in notes), notes
+        # the route is mended: the probe rings, the numbers put back are dialled again
+        world.ring_all = True
+        await _wait(lambda: _finished(server, task_id), timeout=20)
+    task = await server.task(task_id)
+    assert {d["phone"]: d["result"] for d in task["dialplans"]} == dict.fromkeys(phones, "ringing")
+    assert not route.suspect and route.held == 0
+    assert daemon.decided == 8
+
+
+async def test_a_run_of_bare_rejections_shorter_than_same_rejections_keeps_its_verdicts(
+    server: LiveServer, tmp_path: Path
+) -> None:
+    # held until a call through the PBX rings (then uploaded as they are), and the
+    # list's tail once nothing else comes: nothing dialled twice, nothing lost
+    task_id = await server.push(["2001"], ["801", "802", "803", "804"])
+    trunk = TrunkSettings(same_rejections=4)
+    daemon, world, _notes = _daemon_noting(tmp_path, server, 1, trunk)
+    world.ring_for = {"804"}
+    world.call_seconds = 0.4
+    async with _running(daemon):
+        await _wait(lambda: world.dialled == ["801", "802", "803", "804"])
+        await asyncio.sleep(0.2)  # 804 rings; without the guard the three were in by now
+        task = await server.task(task_id)
+        assert [d["status"] == "finish" for d in task["dialplans"]] == [False] * 4
+        await _wait(lambda: _finished(server, task_id))
+        tail = await server.push(["2001"], ["805"])
+        await _wait(lambda: _finished(server, tail))  # nothing else came: uploaded
+    assert world.dialled == ["801", "802", "803", "804", "805"]
+    task = await server.task(task_id)
+    results = [d["result"] for d in task["dialplans"]]
+    assert results == ["empty", "empty", "empty", "ringing"]
+    (route,) = daemon._routes.values()
+    assert daemon.redials == 0 and route.tripped == 0 and route.held == 0
 
 
 async def test_a_number_the_pbx_never_answered_waits_while_the_line_registers_again(

@@ -74,3 +74,17 @@ def test_zero_turns_it_off_and_bad_settings_are_refused() -> None:
         TrunkGuard(3, 0.0, 1.0)
     with pytest.raises(ValueError):
         TrunkGuard(3, 5.0, 1.0)
+
+
+def test_tripped_from_outside_it_pauses_then_probes_and_a_failed_probe_doubles() -> None:
+    g = TrunkGuard(0, 2.0, 8.0)  # its own count off: only the route guard opens it
+    assert not g.finished(True, 0.0)
+    g.trip(1.0)
+    assert (g.state, g.opened) == (TrunkState.OPEN, 1)
+    assert not g.allows(2.9) and g.allows(3.0) and g.started(3.0)
+    g.trip(3.1)  # open already (probing): no change
+    assert g.state is TrunkState.PROBING and g.probe_in_flight
+    assert g.finished(True, 3.5, probe=True)
+    assert (g.state, g.pause) == (TrunkState.OPEN, 4.0)
+    assert g.finished(False, 4.0)
+    assert g.state is TrunkState.CLOSED

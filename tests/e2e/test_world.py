@@ -27,6 +27,7 @@ from sipclient.demo import (
     carrier_for,
     numbers_for,
 )
+from sipclient.lab.kamailio import Route
 
 pytestmark = pytest.mark.peers
 
@@ -278,6 +279,45 @@ async def test_a_trunk_failing_every_call_spends_few_numbers_the_rest_wait_for_i
     events = [e.get("event") for e in _events(world)]
     assert events.count("trunk_fault") >= 2  # opened, and at least one probe failed
     assert "trunk_recovered" in events
+
+
+async def test_a_pbx_with_no_route_out_misjudges_no_number_and_they_are_dialled_once_mended(
+    make_world: Callable[..., World],
+) -> None:
+    """kamailio answers a number no route matches with a bare 404 at once, as a PBX
+    whose dial plan lost its outbound route does. Before, each such number came back
+    `empty`, final. Now 4 alike in a row make the route suspect: the numbers wait,
+    and once the route is mended (here: a prefix route to a ringing carrier, kamailio
+    restarted) they are dialled again and rung."""
+    ringing = next(c for c in CARRIERS if c.name == "ringing_180")
+    world = make_world(
+        lines=2,
+        carriers=(*FAST, ringing),
+        trunk={"same_rejections": 4, "pause_min": 1.0, "pause_max": 2.0},
+    )
+    await world.start()
+    unrouted = [f"1999{i:03d}" for i in range(8)]
+    assert all(carrier_for(p, world.options.carriers) is None for p in unrouted)
+    await world.push_numbers(unrouted)
+    async with asyncio.timeout(30):
+        while _daemon_log(world).count('"number_redial"') < 6:
+            await asyncio.sleep(0.3)
+    suspect = [e for e in _events(world) if e.get("event") == "route_suspect"]
+    assert [(e["sip_code"], e["q850"]) for e in suspect] == [(404, None)]
+    await asyncio.sleep(2.0)  # a probe or two more: still nothing final
+    assert world.receiver.verdicts.results.keys().isdisjoint(unrouted)
+    # the PBX's admin mends the dial plan
+    assert world.kamailio is not None
+    cfg = world.kamailio.config
+    cfg.routes = [*cfg.routes, Route("1999", "127.0.0.1", world.carriers[ringing.name].port)]
+    await asyncio.to_thread(world.restart_kamailio)
+    assert await world.wait_for(unrouted, 90), sorted(
+        set(unrouted) - set(world.receiver.verdicts.results)
+    )
+    results = world.receiver.verdicts.results
+    assert {p: results[p][0] for p in unrouted} == dict.fromkeys(unrouted, "ringing")
+    assert all(world.receiver.verdicts.deliveries[p] == 1 for p in unrouted)
+    assert "route_proven" in [e.get("event") for e in _events(world)]
 
 
 async def test_a_password_changed_on_the_pbx_misjudges_no_number_and_the_new_one_is_taken_up(
