@@ -479,6 +479,41 @@ async def test_a_call_a_kill_9_left_ringing_is_cancelled_by_the_next_start(
     assert world.receiver.verdicts.deliveries[phone] == 1
 
 
+async def test_an_answered_call_a_kill_9_left_up_is_ended_by_the_next_start(
+    make_world: Callable[..., World],
+) -> None:
+    # A carrier that answers to play its announcement (假应答) is heard out for up to
+    # sip.answer_listen before our BYE: a kill -9 then leaves an answered call up,
+    # billed by the second until the far end hangs up (this carrier never does).
+    # The journal holds the BYE by then, and the next start sends it.
+    world = make_world(lines=1, carriers=(FAKE_ANSWER,))
+    await world.start()
+    (phone,) = numbers_for(1, (FAKE_ANSWER,))
+    await world.push_numbers([phone])
+    carrier = world.carriers[FAKE_ANSWER.name]
+    async with asyncio.timeout(30):  # answered, and our ACK is in
+        while not any(m.direction == "received" and m.method == "ACK" for m in carrier.messages()):
+            await asyncio.sleep(0.02)
+    world.kill_daemon()
+    (call_id,) = {m.header("Call-ID") for m in carrier.messages() if m.method == "INVITE"}
+    assert not any(m.method == "BYE" for m in carrier.messages())  # killed in time
+    world.start_daemon()
+
+    def ended() -> bool:
+        return any(
+            m.direction == "received" and m.method == "BYE" and m.header("Call-ID") == call_id
+            for m in carrier.messages()
+        )
+
+    async with asyncio.timeout(15):
+        while not ended():
+            await asyncio.sleep(0.1)
+    # the number is dialled again after the lease reclaim and decided once
+    assert await world.wait_for([phone], 60)
+    assert world.receiver.verdicts.results[phone][0] == "empty"
+    assert world.receiver.verdicts.deliveries[phone] == 1
+
+
 async def test_two_daemons_share_the_lines_and_each_number_finishes_once(
     make_world: Callable[..., World],
 ) -> None:
