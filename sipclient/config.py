@@ -27,6 +27,8 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from sipclient.phone import not_dialable
+
 
 class ConfigError(ValueError):
     """A config file that cannot be used; the message names the key."""
@@ -259,6 +261,14 @@ class TrunkSettings:
     rejection_hold: float = field(default=30.0, metadata=_positive())
     """Seconds a bare rejection waits for such a call at most before its upload
     (the list's tail: no other call comes)."""
+    canary: str = field(
+        default="",
+        metadata=_check(lambda v: v == "" or not not_dialable(v), "a dialable number or ''"),
+    )
+    """A number known to ring through this PBX (an office line, a test SIM): dialled
+    when `same_rejections` alike come in a row, and before held rejections go up
+    only because nothing else came. It rings: they were the network's answer,
+    uploaded. Rejected: the route is suspect. '' (none): the run alone decides."""
 
     def __post_init__(self) -> None:
         _ordered("trunk.pause_min", self.pause_min, "trunk.pause_max", self.pause_max)

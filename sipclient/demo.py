@@ -537,7 +537,7 @@ class WorldOptions:
     answer_listen: float = 4.0
     """The daemon's `sip.answer_listen`: how long a 2xx without a 180 is heard out (假应答)."""
     daemon_env: dict[str, str] = field(default_factory=dict)
-    trunk: dict[str, float] = field(default_factory=dict)
+    trunk: dict[str, float | str] = field(default_factory=dict)
     """The daemon's `trunk:` keys (the breaker of a failing trunk); empty: its defaults."""
     daemons: int = 1
     """Daemon processes sharing the lines (`World.daemon_config`): one asyncio loop

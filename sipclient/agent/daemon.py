@@ -80,7 +80,7 @@ from sipclient.agent.control import (
 )
 from sipclient.agent.housekeeping import run_housekeeping
 from sipclient.agent.leftovers import CallJournal, end_leftovers
-from sipclient.agent.route import RejectionKey, RouteWatch, Step
+from sipclient.agent.route import Canary, RejectionKey, RouteWatch, Step
 from sipclient.agent.spool import Spool, SpoolBusy, claim
 from sipclient.agent.trunk import TrunkGuard, TrunkState
 from sipclient.config import ConfigError, DaemonConfig, HostPort, load_config
@@ -386,6 +386,8 @@ class Daemon:
         self._routes: dict[tuple[str, str], RouteWatch[Held]] = {}
         """The route guard of each PBX (`_route`), keyed as `_trunks`."""
         self._route_timer: asyncio.TimerHandle | None = None
+        self._canaries_wanted: list[RouteWatch[Held]] = []
+        """Route guards waiting for a free line to dial `trunk.canary` on."""
         self._last_call_end = 0.0
         """Loop time the latest call ended (`_release_held_when_done`)."""
         self.redials = 0
@@ -970,7 +972,7 @@ class Daemon:
         watch = self._routes.get(key)
         if watch is None:
             t = cfg.trunk
-            watch = RouteWatch(t.same_rejections, t.rejection_hold)
+            watch = RouteWatch(t.same_rejections, t.rejection_hold, verify=bool(t.canary))
             self._routes[key] = watch
         return watch
 
@@ -982,40 +984,125 @@ class Daemon:
         Returns the record to upload now (None: held back, or to be dialled again)
         and the held calls to upload before it."""
         watch = self._route(line)
-        loop = asyncio.get_running_loop()
         key = _bare_key(record)
         step: Step[Held] = Step()
         if key is not None:
-            step = watch.bare(key, (line, item, record), loop.time())
+            step = watch.bare(key, (line, item, record), asyncio.get_running_loop().time())
         elif _proves_route(record):
             step = watch.proven()
-        for held in step.redial:
-            self._redial(*held)
-        if step.tripped:
-            self._trunk(line).trip(loop.time())  # before the outcome: not counted again
-            log.error(
-                "route_suspect",
-                extension=line.extension,
-                phone=item.phone,
-                sip_code=key[0] if key else None,
-                q850=key[1] if key else None,
-                in_a_row=watch.same_after,
-                pause_s=self._trunk(line).pause,
-                hint=f"{watch.same_after} calls in a row rejected alike with no ring and no"
-                " audio: the PBX may have no route out for our extensions, or bar them."
-                " Those numbers are dialled again once a call through it rings",
-            )
-            loop.call_later(self._trunk(line).pause, self._wake_dialer.set)
-        elif step.recovered:
-            log.info("route_proven", extension=line.extension, phone=item.phone)
-        if step.held and self._route_timer is None:
-            self._arm_route_timer()
+        self._route_step(line, watch, step, item.phone)
         # for the breaker, a rejection put back by the suspect route is a failed call
         # (a failed probe: the pause doubles); one held, the number's outcome
         self._trunk_outcome(line, item, record, record.transient or bool(step.redial))
         if step.held or step.redial:
             return None, step.release
         return record, step.release
+
+    def _route_step(
+        self, line: Line, watch: RouteWatch[Held], step: Step[Held], phone: str
+    ) -> None:
+        """Carry out what the route guard said (all but uploading `step.release`)."""
+        loop = asyncio.get_running_loop()
+        for held in step.redial:
+            self._redial(*held)
+        if step.tripped:
+            trunk = self._trunk(line)
+            trunk.trip(loop.time())  # before the call's outcome: not counted again
+            code, cause = watch.key or (None, None)
+            log.error(
+                "route_suspect",
+                extension=line.extension,
+                phone=phone,
+                sip_code=code,
+                q850=cause,
+                in_a_row=watch.same_after,
+                canary=self.config.trunk.canary or None,
+                pause_s=trunk.pause,
+                hint=f"{watch.same_after} calls in a row rejected alike with no ring and no"
+                " audio"
+                + (", and the canary too" if phone == self.config.trunk.canary else "")
+                + ": the PBX may have no route out for our extensions, or bar them."
+                " Those numbers are dialled again once a call through it rings",
+            )
+            loop.call_later(trunk.pause, self._wake_dialer.set)
+        elif step.recovered:
+            log.info("route_proven", extension=line.extension, phone=phone)
+        if step.verify:
+            self._canaries_wanted.append(watch)
+            self._wake_dialer.set()
+        if watch.held and self._route_timer is None:
+            self._arm_route_timer()
+
+    def _start_canaries(self) -> None:
+        """Dial the canary for each route guard that asked, on a free line of its PBX
+        (before any number: the held rejections wait for it)."""
+        now = asyncio.get_running_loop().time()
+        for watch in list(self._canaries_wanted):
+            line = next(
+                (
+                    ln
+                    for ln in self.lines.values()
+                    if ln.registered
+                    and not ln.busy
+                    and not ln.retired
+                    and not ln.rechecking
+                    and ln.hold_until <= now
+                    and self._route(ln) is watch
+                ),
+                None,
+            )
+            if line is None:
+                continue  # every line of that PBX is busy: the next one to end takes it
+            self._canaries_wanted.remove(watch)
+            item = DialplanItem(line.extension, self.config.trunk.canary, taken_at=now)
+            line.current = item
+            line.cancel = asyncio.Event()
+            task = asyncio.create_task(
+                self._canary(line, item, watch), name=f"canary-{line.extension}"
+            )
+            line.task = task
+            self._call_tasks.add(task)
+            task.add_done_callback(self._call_tasks.discard)
+
+    async def _canary(self, line: Line, item: DialplanItem, watch: RouteWatch[Held]) -> None:
+        """One canary call: never uploaded, never reported to the server; what it
+        did goes to the route guard."""
+        structlog.contextvars.bind_contextvars(extension=line.extension, phone=item.phone)
+        record: CallRecord | None = None
+        try:
+            record = await line.backend.dial(item, lambda: None, line.cancel)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # no port, our failure: no word from it
+            log.warning("canary_failed", error=f"{type(exc).__name__}: {exc}")
+        finally:
+            line.current = None
+            line.task = None
+            self._wake_dialer.set()
+        result = Canary.UNKNOWN
+        if record is not None:
+            self._drop_record(record)
+            if record.pbx_fault or record.transient:
+                result = Canary.UNKNOWN
+            elif _proves_route(record):
+                result = Canary.RANG
+            elif _bare_key(record) is not None:
+                result = Canary.REJECTED
+        held = watch.held
+        step = watch.canary(result)
+        log.info(
+            "canary_called",
+            result=result,
+            sip_code=record.fields.get("sipCode") if record else None,
+            held=held,
+            released=len(step.release),
+            suspect=watch.suspect,
+        )
+        self._route_step(line, watch, step, item.phone)
+        if step.recovered and self._trunk(line).finished(False, asyncio.get_running_loop().time()):
+            log.info("trunk_recovered", extension=line.extension, phone=item.phone)
+            self._set_status()
+        await self._spool_held(step.release)
 
     def _redial(self, line: Line, item: DialplanItem, record: CallRecord) -> None:
         """Put a number whose call met a suspect route back on its line (its record
@@ -1043,15 +1130,25 @@ class Daemon:
             self._route_timer = loop.call_at(min(due), self._route_due)
 
     def _route_due(self) -> None:
-        """Upload the held rejections no call proved or disproved in time."""
+        """The held rejections no call proved or disproved in time: uploaded, or the
+        canary asked for."""
         self._route_timer = None
         now = asyncio.get_running_loop().time()
-        released = [h for w in self._routes.values() for h in w.due(now)]
+        self._settle_held(lambda w: w.due(now))
+        self._arm_route_timer()
+
+    def _settle_held(self, ask: Callable[[RouteWatch[Held]], Step[Held]]) -> None:
+        released: list[Held] = []
+        for watch in self._routes.values():
+            step = ask(watch)
+            released += step.release
+            if step.verify:
+                self._canaries_wanted.append(watch)
+                self._wake_dialer.set()
         if released:
             task = asyncio.get_running_loop().create_task(self._spool_held(released))
             self._call_tasks.add(task)
             task.add_done_callback(self._call_tasks.discard)
-        self._arm_route_timer()
 
     def _release_held_when_done(self) -> None:
         """The server has nothing for us, no call is up and no number waits, for
@@ -1065,10 +1162,7 @@ class Daemon:
             return
         if asyncio.get_running_loop().time() - self._last_call_end < HELD_IDLE_S:
             return
-        held = [h for w in self._routes.values() for h in w.release_all()]
-        task = asyncio.get_running_loop().create_task(self._spool_held(held))
-        self._call_tasks.add(task)
-        task.add_done_callback(self._call_tasks.discard)
+        self._settle_held(lambda w: w.at_rest())
 
     async def _spool_held(self, held: list[Held]) -> None:
         for h in held:
@@ -1104,6 +1198,8 @@ class Daemon:
     def _start_pending(self) -> None:
         if self._stopping.is_set():
             return
+        if self._canaries_wanted and not self._unspooled:
+            self._start_canaries()
         cps = self.config.dialplan.max_cps
         loop = asyncio.get_running_loop()
         for line in self.lines.values():

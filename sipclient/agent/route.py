@@ -33,6 +33,14 @@ call through the PBX that rings or plays audio (a fraction of a second with
 several lines), and a run of `same_after` real bare rejections in a row (a
 list of unallocated numbers on a carrier that answers them with a bare 404)
 costs a pause and those numbers dialled twice. `same_after` 0 turns it off.
+
+With a canary (`verify`: a number the operator knows rings, `trunk.canary`)
+a run settles it instead of guessing: at `same_after` in a row, and when held
+entries would be released only because nothing else came (`at_rest`, `due`),
+the entries stay held and the caller dials the canary (`Step.verify`). It
+rings: the run was the network's answer, released as it is. Rejected: the
+route is suspect, as above. No answer either way (a transient failure, no
+line free for long): as without a canary.
 """
 
 from __future__ import annotations
@@ -60,22 +68,38 @@ class Step(Generic[T]):
     """This outcome made the route suspect."""
     recovered: bool = False
     """This outcome proved a suspect route."""
+    verify: bool = False
+    """Dial the canary now and report what it did (`RouteWatch.canary`)."""
+
+
+class Canary:
+    """What a canary call did (`RouteWatch.canary`)."""
+
+    RANG = "rang"
+    REJECTED = "rejected"
+    UNKNOWN = "unknown"
 
 
 class RouteWatch(Generic[T]):
     """The guard of one PBX's route; see the module docstring."""
 
-    def __init__(self, same_after: int, hold_s: float) -> None:
+    def __init__(self, same_after: int, hold_s: float, *, verify: bool = False) -> None:
         if same_after < 0 or hold_s <= 0:
             raise ValueError("need same_after >= 0 and hold_s > 0")
         self.same_after = same_after
         self.hold_s = hold_s
+        self.verify = verify
+        """A canary is configured: a run is checked with it before anything."""
         self.suspect = False
+        self.verifying = False
+        """The canary was asked for; the held entries wait for what it does."""
         self.key: RejectionKey | None = None
         """The key of the held run, or of the run that made the route suspect."""
         self._held: list[tuple[float, T]] = []
         self.tripped = 0
         """How many times the route became suspect."""
+        self.verified = 0
+        """How many times the canary was asked for."""
 
     @property
     def held(self) -> int:
@@ -87,17 +111,22 @@ class RouteWatch(Generic[T]):
             return Step()
         if self.suspect:
             return Step(redial=[entry])
+        if self.verifying:  # whatever it says: the canary will tell
+            self._held.append((now, entry))
+            return Step(held=True)
         step: Step[T] = Step()
         if self._held and key != self.key:
             step.release = self._take()
         self.key = key
         self._held.append((now, entry))
+        step.held = True
         if len(self._held) < self.same_after:
-            step.held = True
             return step
-        self.suspect = True
-        self.tripped += 1
-        step.redial = self._take()
+        if self.verify:
+            step.verify = self._ask()
+            return step
+        step.held = False
+        step.redial = self._trip()
         step.tripped = True
         return step
 
@@ -105,13 +134,39 @@ class RouteWatch(Generic[T]):
         """A call through the PBX said something of its number: the route works."""
         step: Step[T] = Step(release=self._take(), recovered=self.suspect)
         self.suspect = False
+        self.verifying = False
         return step
 
-    def due(self, now: float) -> list[T]:
-        """Held entries older than `hold_s`, released (the rest stay held)."""
+    def canary(self, result: str) -> Step[T]:
+        """What the canary call asked for did (`Canary`)."""
+        if result == Canary.RANG:
+            return self.proven()
+        if not self.verifying:
+            return Step()  # a call through the PBX settled it meanwhile
+        self.verifying = False
+        if result == Canary.REJECTED or len(self._held) >= self.same_after:
+            # rejected, or no word from it on a full run: as without a canary
+            return Step(redial=self._trip(), tripped=True)
+        return Step(release=self._take())  # no word, and the run was short
+
+    def due(self, now: float) -> Step[T]:
+        """Entries held longer than `hold_s`: released, or the canary asked for."""
+        if self.verifying or not any(now - at >= self.hold_s for at, _ in self._held):
+            return Step()
+        if self.verify:
+            return Step(verify=self._ask())
         old = [entry for at, entry in self._held if now - at >= self.hold_s]
         self._held = [(at, entry) for at, entry in self._held if now - at < self.hold_s]
-        return old
+        return Step(release=old)
+
+    def at_rest(self) -> Step[T]:
+        """Nothing else will come through the PBX soon (the list is done): the held
+        entries are released, or the canary asked for."""
+        if not self._held or self.verifying:
+            return Step()
+        if self.verify:
+            return Step(verify=self._ask())
+        return Step(release=self._take())
 
     def next_due(self) -> float | None:
         """When the oldest held entry is due (None: nothing held)."""
@@ -119,6 +174,17 @@ class RouteWatch(Generic[T]):
 
     def release_all(self) -> list[T]:
         """Everything held, released (the daemon stops)."""
+        self.verifying = False
+        return self._take()
+
+    def _ask(self) -> bool:
+        self.verifying = True
+        self.verified += 1
+        return True
+
+    def _trip(self) -> list[T]:
+        self.suspect = True
+        self.tripped += 1
         return self._take()
 
     def _take(self) -> list[T]:

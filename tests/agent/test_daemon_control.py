@@ -974,6 +974,49 @@ async def test_a_run_of_bare_rejections_shorter_than_same_rejections_keeps_its_v
     assert daemon.redials == 0 and route.tripped == 0 and route.held == 0
 
 
+async def test_with_a_canary_that_rings_real_bare_rejections_keep_their_verdicts_dialled_once(
+    server: LiveServer, tmp_path: Path
+) -> None:
+    # A carrier answering unallocated numbers with a bare 404, a list of them: without a
+    # canary every 4 in a row made the route suspect (dialled twice, and for ever
+    # again if the list has nothing else). The canary rings: they were the network's.
+    phones = [f"80{i}" for i in range(8)]
+    task_id = await server.push(["2001", "2002"], phones)
+    trunk = TrunkSettings(same_rejections=4, canary="999")
+    daemon, world, _notes = _daemon_noting(tmp_path, server, 2, trunk)
+    world.ring_for = {"999"}
+    async with _running(daemon):
+        await _wait(lambda: _finished(server, task_id), timeout=20)
+    task = await server.task(task_id)
+    assert {d["result"] for d in task["dialplans"]} == {"empty"}
+    assert sorted(p for p in world.dialled if p != "999") == phones  # once each
+    (route,) = daemon._routes.values()
+    assert route.verified == world.dialled.count("999") == 2
+    assert route.tripped == 0 and daemon.redials == 0 and daemon.decided == 8
+
+
+async def test_with_a_canary_rejected_too_even_a_short_list_waits_for_the_route(
+    server: LiveServer, tmp_path: Path
+) -> None:
+    # Three numbers, fewer than same_rejections: without a canary the list's tail went
+    # up as the PBX said (`empty`). The canary is refused alike: the route is suspect.
+    phones = ["701", "702", "703"]
+    task_id = await server.push(["2001"], phones)
+    trunk = TrunkSettings(same_rejections=4, canary="999", pause_min=0.3, pause_max=0.6)
+    daemon, world, _notes = _daemon_noting(tmp_path, server, 1, trunk)
+    async with _running(daemon):
+        await _wait(lambda: daemon.redials >= 3 and "999" in world.dialled, timeout=20)
+        (route,) = daemon._routes.values()
+        assert route.suspect and route.verified == 1
+        task = await server.task(task_id)
+        assert all(d["status"] != "finish" for d in task["dialplans"])
+        world.ring_all = True  # mended
+        await _wait(lambda: _finished(server, task_id), timeout=20)
+    task = await server.task(task_id)
+    assert {d["result"] for d in task["dialplans"]} == {"ringing"}
+    assert not route.suspect
+
+
 async def test_a_number_the_pbx_never_answered_waits_while_the_line_registers_again(
     server: LiveServer, tmp_path: Path
 ) -> None:

@@ -320,6 +320,37 @@ async def test_a_pbx_with_no_route_out_misjudges_no_number_and_they_are_dialled_
     assert "route_proven" in [e.get("event") for e in _events(world)]
 
 
+async def test_with_a_canary_a_list_of_bare_404_numbers_keeps_its_verdicts(
+    make_world: Callable[..., World],
+) -> None:
+    """A carrier that answers unallocated numbers with a bare 404 (cause 1), a list
+    of them: without a canary every 4 alike in a row made the route suspect and the
+    numbers were dialled again, for ever. With a canary (a number that rings) each
+    run is checked with one call, and the run goes up as the carrier said."""
+    empty = next(c for c in CARRIERS if c.name == "empty_404_cause1")
+    ringing = next(c for c in CARRIERS if c.name == "ringing_180")
+    canary = f"{ringing.prefix}0999"
+    world = make_world(
+        lines=2,
+        carriers=(empty, ringing),
+        trunk={"same_rejections": 4, "canary": canary},
+    )
+    await world.start()
+    phones = numbers_for(8, (empty,))
+    await _run(world, phones, 60)
+    assert _wrong(world, phones) == []
+    assert all(world.receiver.verdicts.deliveries[p] == 1 for p in phones)
+    invites = [
+        m
+        for m in world.carriers[empty.name].messages()
+        if m.method == "INVITE" and m.direction == "received"
+    ]
+    assert len({m.header("Call-ID") for m in invites}) == 8  # each dialled once
+    canaries = [e for e in _events(world) if e.get("event") == "canary_called"]
+    assert len(canaries) >= 2 and {e["result"] for e in canaries} == {"rang"}
+    assert "route_suspect" not in [e.get("event") for e in _events(world)]
+
+
 async def test_a_password_changed_on_the_pbx_misjudges_no_number_and_the_new_one_is_taken_up(
     make_world: Callable[..., World],
 ) -> None:
