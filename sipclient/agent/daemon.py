@@ -1133,7 +1133,8 @@ class Daemon:
         """The held rejections no call proved or disproved in time: uploaded, or the
         canary asked for."""
         self._route_timer = None
-        now = asyncio.get_running_loop().time()
+        # a timer may fire a hair before its time (the loop's clock resolution)
+        now = asyncio.get_running_loop().time() + 0.001
         self._settle_held(lambda w: w.due(now))
         self._arm_route_timer()
 

@@ -169,8 +169,11 @@ class RouteWatch(Generic[T]):
         return Step(release=self._take())
 
     def next_due(self) -> float | None:
-        """When the oldest held entry is due (None: nothing held)."""
-        return self._held[0][0] + self.hold_s if self._held else None
+        """When the oldest held entry is due (None: nothing held, or the held wait
+        for the canary, not for a time)."""
+        if self.verifying or not self._held:
+            return None
+        return self._held[0][0] + self.hold_s
 
     def release_all(self) -> list[T]:
         """Everything held, released (the daemon stops)."""

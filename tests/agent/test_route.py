@@ -116,6 +116,7 @@ def test_with_a_canary_the_tail_and_the_hold_limit_ask_it_and_a_call_settles_it(
     assert not w.due(9.0).verify
     step = w.due(10.0)
     assert step.verify and step.release == [] and w.held == 1
+    assert w.next_due() is None  # no timer while the canary is out (it spun the loop)
     # a list call rang before the canary came back: released; the canary's word is moot
     assert w.proven().release == ["a"]
     assert w.canary(Canary.REJECTED) == w.canary(Canary.UNKNOWN)
