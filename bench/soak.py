@@ -1024,6 +1024,16 @@ class Analysis:
         h_prev = [h for h in hs if h["leased_at"] <= prev.at + 0.5]
         h_new = [h for h in hs if prev.at + 0.5 < h["leased_at"] <= nxt.at + 0.5]
         if not h_new:
+            redial = [
+                e
+                for e in phone_events.get(prev.phone, [])
+                if e.get("event") == "number_redial" and prev.at - 1 <= e.get("_t", 0) <= nxt.at + 1
+            ]
+            if redial:
+                return (
+                    "expected: the route guard found its route suspect (route_suspect) and"
+                    " put it back on its line, dialled again once a call rang"
+                )
             pbx = [
                 e
                 for e in phone_events.get(prev.phone, [])

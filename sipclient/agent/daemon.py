@@ -497,6 +497,7 @@ class Daemon:
                 await self._run_session()
                 if self._renotify.is_set() and not self._stopping.is_set():
                     log.warning("unknown_client", old_client_id=self.client_id)
+                    self._forget_old_lease()
                     self.client_id = None
         finally:
             await self._shutdown()
@@ -554,6 +555,28 @@ class Daemon:
     def _unknown_client(self) -> None:
         if self.client_id is not None:
             self._renotify.set()
+
+    def _forget_old_lease(self) -> None:
+        """The server no longer knows our clientId: the numbers it handed to that id
+        and still waiting on our lines (undialled) are not ours any more.
+
+        It forgets an id it expired (we were frozen or cut off past
+        `leases.client_timeout`) or lost (a fresh database), and the numbers of that
+        lease go back to its pool: handed out again, maybe to another of our own
+        lines. Kept and dialled after the start-over they were dialled twice, a
+        live subscriber rung twice and the second upload refused (soak seed 8 of
+        session 11: one line dialled its number from the old lease while the new
+        lease had given it to another). Calls in flight finish and upload (a late
+        upload from an expired id is taken); numbers whose record is held for
+        upload are not touched either.
+        """
+        for line in self.lines.values():
+            if line.pending:
+                self._left_to_reclaim(line.extension, line.pending, "start_over")
+                line.pending = []
+        for ext, items in self._orphans.items():
+            self._left_to_reclaim(ext, items, "start_over")
+        self._orphans.clear()
 
     async def _sleep_or_stop(self, seconds: float) -> bool:
         """Sleep; True when a stop came meanwhile."""
@@ -659,12 +682,17 @@ class Daemon:
             log.warning("line_stop_failed", extension=line.extension, reason=str(exc))
 
     @staticmethod
-    def _left_to_reclaim(extension: str, items: list[DialplanItem]) -> None:
+    def _left_to_reclaim(
+        extension: str, items: list[DialplanItem], why: str = "extension_gone"
+    ) -> None:
         log.warning(
             "numbers_left_to_reclaim",
             extension=extension,
             phones=[i.phone for i in items],
-            hint="the extension is no longer leased to us: the server hands them out again",
+            reason=why,
+            hint="handed to a clientId the server no longer knows: it hands them out again"
+            if why == "start_over"
+            else "the extension is no longer leased to us: the server hands them out again",
         )
 
     def _line_changed(self, line: Line, registered: bool, reason: str) -> None:

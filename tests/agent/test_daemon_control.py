@@ -1131,6 +1131,34 @@ async def test_unknown_client_starts_over_and_the_call_in_flight_still_uploads(
     del task_id
 
 
+async def test_a_start_over_drops_the_numbers_the_old_client_id_left_undialled(
+    server: LiveServer, tmp_path: Path
+) -> None:
+    # Numbers handed to our old clientId and still waiting on a line are not ours once
+    # the server has forgotten that id (expired after a freeze, a fresh database): it
+    # hands them out again. Dialled after the start-over they were dialled twice (soak
+    # seed 8, session 11: a line's number from the old lease and another line's new
+    # hand-out of it, both rang).
+    await server.push(["2001", "2002"], ["701", "702"])
+    world = FakeWorld(tmp_path)
+    world.refuse = {"2002"}  # still registering: its number waits on it
+    (tmp_path / "rec").mkdir()
+    daemon = Daemon(_daemon_config(tmp_path, server, 2), world.factory, notify=lambda *a: True)
+    async with _running(daemon):
+        await _wait(lambda: "2002" in daemon.lines and daemon.lines["2002"].pending)
+        (waiting,) = [p.phone for p in daemon.lines["2002"].pending]
+        first_id = daemon.client_id
+        await server.stop()  # the server forgets us: a fresh database on the same port
+        server.db_name = "fresh.db"
+        await server.start()
+        task = await server.push(["2001", "2002"], ["801", "802"])
+        await _wait(lambda: daemon.client_id not in (None, first_id), timeout=15)
+        world.lines["2002"].set_registered(True)
+        await _wait(lambda: _finished(server, task), timeout=20)
+    assert waiting not in world.dialled
+    assert sorted(world.dialled) == sorted({"701", "702"} - {waiting} | {"801", "802"})
+
+
 async def test_watchdog_pings_come_from_the_loop_when_systemd_asks(
     server: LiveServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
