@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -210,9 +211,16 @@ class ControlClient:
             )
         return out
 
-    async def heartbeat(self, client_id: str) -> None:
-        """Liveness."""
-        await self._call("POST", f"/heartbeat/{client_id}")
+    async def heartbeat(self, client_id: str, health: dict[str, Any] | None = None) -> None:
+        """Liveness; (ext) `health`, the daemon's view of itself, goes as a JSON body
+        the embedded server shows in its fleet listing (a server that knows only
+        the seed ignores it)."""
+        if health is None:
+            await self._call("POST", f"/heartbeat/{client_id}")
+            return
+        body = json.dumps(health, ensure_ascii=False).encode()
+        headers = {"Content-Type": "application/json"}
+        await self._call("POST", f"/heartbeat/{client_id}", data=body, headers=headers)
 
     async def leave(self, client_id: str) -> dict[str, Any]:
         """(ext) We stop: our lease ends now (accounts, numbers released)."""

@@ -473,6 +473,34 @@ class Daemon:
             + (f", loop {round(self.loop_lag * 1000)} ms late" if self.loop_lag > LAG_WARN else "")
         )
 
+    def health(self) -> dict[str, Any]:
+        """What each heartbeat tells the server of us (ext; its fleet listing shows
+        it): the STATUS= text, the counts, and an alert code for each state an
+        operator of many boxes must act on, so one query finds the box whose PBX
+        lost its route or whose loop cannot keep up."""
+        alerts = []
+        total = sum(1 for line in self.lines.values() if not line.retired)
+        if self.registered < total:
+            alerts.append("lines_unregistered")
+        if any(w.suspect for w in self._routes.values()):
+            alerts.append("route_suspect")
+        elif any(g.state is not TrunkState.CLOSED for g in self._trunks.values()):
+            alerts.append("trunk_failing")
+        if any(line.port_waits and line.pending for line in self.lines.values()):
+            alerts.append("rtp_ports_short")
+        if any(line.rechecking for line in self.lines.values()):
+            alerts.append("pbx_fault")
+        if self._unspooled:
+            alerts.append("spool_unwritable")
+        if self.loop_lag > LAG_WARN:
+            alerts.append("loop_lagging")
+        return {
+            "summary": self.status_line(),
+            "alerts": alerts,
+            "decided": self.decided,
+            "spooled": len(self.spool),
+        }
+
     async def run(self) -> int:
         """The whole life of the daemon; 0 after a clean stop."""
         self.uploader.kick()  # replay what an earlier run left in the spool
@@ -790,7 +818,7 @@ class Daemon:
                 continue
             try:
                 try:
-                    await self.client.heartbeat(client_id)
+                    await self.client.heartbeat(client_id, self.health())
                 except (UnknownClient, Unauthorized):
                     raise
                 except ControlError as exc:

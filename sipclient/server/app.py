@@ -34,10 +34,12 @@ from sipclient.server.errors import (
 )
 from sipclient.server.openapi import openapi_document
 from sipclient.server.payloads import (
+    HEALTH_MAX_BYTES,
     UploadFields,
     WavInfo,
     check_wav,
     parse_accounts,
+    parse_health,
     parse_json,
     parse_positive_int,
     parse_push,
@@ -224,8 +226,15 @@ async def list_clients(request: web.Request) -> web.Response:
         raise bad_request("state", f"expected active or expired, got {state!r}")
     page = parse_positive_int(request.query.get("page"), "page", default=1)
     size = parse_positive_int(request.query.get("size"), "size", default=100, high=1000)
-    await request.app[DISPATCH].note_heard()  # last_seen as of now, heartbeats included
-    return envelope(await request.app[STORE].fleet(state, page, size), msg="success")
+    dispatch = request.app[DISPATCH]
+    await dispatch.note_heard()  # last_seen as of now, heartbeats included
+    fleet = await request.app[STORE].fleet(state, page, size)
+    for client in fleet["clients"]:
+        client["health"] = dispatch.health.get(client["id"])
+    # only active clients have a health (an expiry forgets it)
+    alerting = sum(1 for h in dispatch.health.values() if h.get("alerts"))
+    fleet["totals"]["alerting"] = alerting if state == "active" else 0
+    return envelope(fleet, msg="success")
 
 
 async def get_task(request: web.Request) -> web.Response:
@@ -290,7 +299,12 @@ async def lease_dialplans(request: web.Request) -> web.Response:
 
 
 async def heartbeat(request: web.Request) -> web.Response:
-    ms = await request.app[DISPATCH].heartbeat(request.match_info["clientId"])
+    health = None
+    if request.can_read_body:
+        # (ext) the daemon's view of itself; never a reason to refuse a heartbeat
+        raw = await request.content.read(HEALTH_MAX_BYTES + 1)
+        health = parse_health(raw)
+    ms = await request.app[DISPATCH].heartbeat(request.match_info["clientId"], health)
     return envelope({"timestamp": str(ms)})
 
 

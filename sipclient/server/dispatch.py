@@ -27,6 +27,7 @@ from sipclient.server.store import (
     Store,
     SweepOutcome,
     Upload,
+    iso_local,
 )
 
 log = get_logger(__name__)
@@ -77,6 +78,8 @@ class Dispatch:
         # Heartbeats not yet written (client id -> when): `note_heard` writes them,
         # before a sweep looks for silent clients and before the fleet is listed.
         self._heard: dict[str, float] = {}
+        self.health: dict[str, JSON] = {}
+        """(ext) What each active client said of itself at its latest heartbeat."""
         self._started_at = clock()
         """When this server started, or its clock last jumped: silence before it is
         not the clients' (`sweep`)."""
@@ -108,8 +111,10 @@ class Dispatch:
         log.info("client registered", clientId=client_id)
         return client_id
 
-    async def heartbeat(self, client_id: str) -> int:
-        """Liveness; answers the server's time in epoch ms.
+    async def heartbeat(self, client_id: str, health: JSON | None = None) -> int:
+        """Liveness; answers the server's time in epoch ms. `health` (ext): what the
+        daemon says of itself (`payloads.parse_health`), shown by the fleet
+        listing; kept in memory only (a restart shows none until the next beat).
 
         Kept in memory until the next sweep (or fleet listing) writes it; the
         cache of client states says whether the id is active. A heartbeat was a
@@ -120,6 +125,8 @@ class Dispatch:
         self._check(client_id)
         now = self.clock()
         self._heard[client_id] = now
+        if health is not None:
+            self.health[client_id] = {**health, "at": iso_local(now)}
         return int(now * 1000)
 
     async def leave(self, client_id: str) -> tuple[int, int]:
@@ -134,6 +141,7 @@ class Dispatch:
             raise self._gone(client_id)
         self._clients[client_id] = EXPIRED
         self._heard.pop(client_id, None)
+        self.health.pop(client_id, None)
         log.info("client left", clientId=client_id, accounts=out[0], numbers=out[1])
         return out
 
@@ -221,6 +229,7 @@ class Dispatch:
         out = await self.store.sweep(client_cutoff, number_cutoff, now)
         for cid in out.expired_clients:
             self._clients[cid] = EXPIRED
+            self.health.pop(cid, None)
         if out.expired_clients or out.freed_by_timeout:
             log.info(
                 "leases reclaimed",

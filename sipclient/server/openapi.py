@@ -138,6 +138,20 @@ def _components() -> JSON:
                                 "created_at": _STR,
                                 "last_seen": _STR,
                                 "busy_numbers": _INT,
+                                "health": {
+                                    "type": "object",
+                                    "nullable": True,
+                                    "description": "(ext) what the daemon said of itself at"
+                                    " its latest heartbeat (none before one, or after a"
+                                    " server restart until the next)",
+                                    "properties": {
+                                        "summary": _STR,
+                                        "alerts": {"type": "array", "items": _STR},
+                                        "decided": _INT,
+                                        "spooled": _INT,
+                                        "at": _STR,
+                                    },
+                                },
                                 "extensions": {
                                     "type": "array",
                                     "items": {
@@ -482,8 +496,25 @@ def openapi_document() -> JSON:
             },
             "/heartbeat/{clientId}": {
                 "post": {
-                    "summary": "liveness",
+                    "summary": "liveness; (ext) an optional JSON body with the daemon's"
+                    " view of itself, shown by /api/clients (ignored when unreadable)",
                     "parameters": [_CLIENT_ID],
+                    "requestBody": {
+                        "required": False,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "properties": {
+                                        "summary": _STR,
+                                        "alerts": {"type": "array", "items": _STR},
+                                        "decided": _INT,
+                                        "spooled": _INT,
+                                    },
+                                }
+                            }
+                        },
+                    },
                     "responses": {"200": _ok(_TIMESTAMP), **_errors(404)},
                 }
             },

@@ -13,6 +13,7 @@ from sipclient.classify.verdicts import Signalling
 from sipclient.config import HostPort
 from sipclient.server.errors import bad_request
 from sipclient.server.store import AccountIn, iso_local
+from sipclient.text import readable
 
 MAX_PHONE_LEN = 64
 MAX_PHONES = 100_000
@@ -149,6 +150,43 @@ def parse_status(query: Any) -> tuple[str, str, str]:
     if len(phone) > MAX_PHONE_LEN:
         raise bad_request("phoneNum", f"longer than {MAX_PHONE_LEN} characters")
     return status, extension, phone
+
+
+HEALTH_MAX_BYTES = 4096
+"""The most of a heartbeat's body read; a longer one is ignored, not refused."""
+HEALTH_ALERTS_MAX = 16
+HEALTH_TEXT_MAX = 300
+
+
+def parse_health(raw: bytes) -> dict[str, Any] | None:
+    """(ext) A heartbeat's optional body: the daemon's own view of itself, for the
+    fleet listing. None when absent or not what we expect: a heartbeat is liveness
+    first, and a body we cannot read never makes it fail.
+
+    Kept: `summary` (its STATUS= text), `alerts` (short codes: route_suspect,
+    trunk_failing, loop_lagging, ...), `decided` and `spooled` (counts)."""
+    if not raw or len(raw) > HEALTH_MAX_BYTES:
+        return None
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(body, dict):
+        return None
+    out: dict[str, Any] = {}
+    summary = body.get("summary")
+    if isinstance(summary, str):
+        out["summary"] = readable(summary)[:HEALTH_TEXT_MAX]
+    alerts = body.get("alerts")
+    if isinstance(alerts, list):
+        out["alerts"] = [
+            readable(a)[:40] for a in alerts[:HEALTH_ALERTS_MAX] if isinstance(a, str) and a
+        ]
+    for key in ("decided", "spooled"):
+        value = body.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**53:
+            out[key] = value
+    return out or None
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ import inspect
 import itertools
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -187,6 +187,10 @@ def _fields(**extra: Any) -> dict[str, Any]:
     }
     base.update(extra)
     return base
+
+
+async def _has(items: Awaitable[list[str]], item: str) -> bool:
+    return item in await items
 
 
 async def _wait(pred: Callable[[], Any], timeout: float = 10.0) -> None:
@@ -939,6 +943,12 @@ async def test_a_pbx_rejecting_every_number_alike_misjudges_none_and_they_are_di
         assert all(d["status"] != "finish" for d in task["dialplans"]), task["dialplans"]
         assert daemon.decided == 0
         assert any("route suspect (404 to every number)" in n for n in notes), notes
+
+        async def alerts() -> list[str]:  # what the server's fleet listing shows of us
+            (me,) = (await server.get("/api/clients"))["data"]["clients"]
+            return list((me["health"] or {}).get("alerts", []))
+
+        await _wait(lambda: _has(alerts(), "route_suspect"))
         # the route is mended: the probe rings, the numbers put back are dialled again
         world.ring_all = True
         await _wait(lambda: _finished(server, task_id), timeout=20)

@@ -15,7 +15,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from sipclient.config import AuthSettings, ReuseSettings, ServerConfig
-from sipclient.server.app import create_app
+from sipclient.server.app import DISPATCH, create_app
 from sipclient.server.dispatch import FakeClock
 from sipclient.server.errors import task_json
 from sipclient.server.store import iso_local
@@ -422,12 +422,52 @@ async def test_the_fleet_shows_each_daemon_with_its_lines_latest_status(
         "call": 0,
         "unregistered": 1,
         "unknown": 1,
+        "alerting": 0,
     }
     page = await api.ok("GET", "/api/clients?size=1&page=2")
     assert [c["id"] for c in page["clients"]] == [box_a] and page["totals"]["clients"] == 2
     assert (await api.ok("GET", "/api/clients?state=expired"))["clients"] == []
     status, body = await api.call("GET", "/api/clients?state=gone")
     assert status == 400 and body["msg"].startswith("state:")
+
+
+async def test_the_fleet_shows_what_each_daemon_says_of_itself_and_forgets_it_at_expiry(
+    api: Api, app: web.Application, clock: FakeClock
+) -> None:
+    # (ext) Before, an operator with fifty boxes saw from the server which lines were
+    # unregistered, not which box's PBX had lost its route or whose loop ran late:
+    # only each box's own STATUS= said so.
+    box_a, box_b = await api.notify(), await api.notify()
+    said = {
+        "summary": "2/2 registered, 0 in call, 12 decided, route suspect (404 to every number)",
+        "alerts": ["route_suspect", 7, ""],
+        "decided": 12,
+        "spooled": 3,
+        "unknown_key": "dropped",
+    }
+    await api.ok("POST", f"/heartbeat/{box_a}", json=said)
+    # unreadable bodies: the heartbeat still counts, and no health is shown
+    for body in (b"not json", b"[1]", b'{"decided": -1, "alerts": "x"}', b"{" + b" " * 5000 + b"}"):
+        await api.ok("POST", f"/heartbeat/{box_b}", data=body)
+    fleet = await api.ok("GET", "/api/clients")
+    health = {c["id"]: c["health"] for c in fleet["clients"]}
+    assert health[box_b] is None
+    at = health[box_a].pop("at")
+    assert at and health[box_a] == {
+        "summary": said["summary"],
+        "alerts": ["route_suspect"],
+        "decided": 12,
+        "spooled": 3,
+    }
+    assert fleet["totals"]["alerting"] == 1
+    await api.ok("POST", f"/heartbeat/{box_a}", json={"alerts": [], "decided": 13})
+    fleet = await api.ok("GET", "/api/clients")
+    assert fleet["totals"]["alerting"] == 0  # the latest beat is what counts
+    clock.advance(61)  # past client_timeout: both expire, and what they said goes
+    await app[DISPATCH].sweep()
+    assert app[DISPATCH].health == {}
+    expired = await api.ok("GET", "/api/clients?state=expired")
+    assert [c["health"] for c in expired["clients"]] == [None, None]
 
 
 async def test_with_tokens_set_each_api_wants_its_own_and_openapi_stays_open(
