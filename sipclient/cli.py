@@ -100,6 +100,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", type=Path, default=None, help="keep files here (default: temp)")
     p.set_defaults(entry="sipclient.demo:demo_main", config_cls=None)
 
+    p = sub.add_parser(
+        "fleet", help="the daemons a server knows and their alerts (exit 3 on alerts, --check)"
+    )
+    p.add_argument("--server", default="http://127.0.0.1:8000", help="the server's base URL")
+    p.add_argument("--token", default="", help="the server's auth.api_token, if set")
+    p.add_argument("--expired", action="store_true", help="the expired clients instead")
+    p.add_argument("--json", action="store_true", help="the listing as JSON")
+    p.add_argument(
+        "--check", action="store_true", help="only the alerting ones; exit 3 if there are any"
+    )
+    p.set_defaults(entry="sipclient.fleet:fleet_main", config_cls=None)
+
     p = sub.add_parser("check-config", help="validate a config file and exit")
     p.add_argument("kind", choices=("daemon", "server"))
     p.add_argument("file", type=Path)
