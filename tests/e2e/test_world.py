@@ -306,6 +306,10 @@ async def test_a_pbx_with_no_route_out_misjudges_no_number_and_they_are_dialled_
     assert [(e["sip_code"], e["q850"]) for e in suspect] == [(404, None)]
     await asyncio.sleep(2.0)  # a probe or two more: still nothing final
     assert world.receiver.verdicts.results.keys().isdisjoint(unrouted)
+    # the server's fleet listing says which box it is (its heartbeat's health)
+    (me,) = (await world.get("/api/clients"))["data"]["clients"]
+    assert "route_suspect" in me["health"]["alerts"], me["health"]
+    assert "route suspect (404 to every number)" in me["health"]["summary"]
     # the PBX's admin mends the dial plan
     assert world.kamailio is not None
     cfg = world.kamailio.config
