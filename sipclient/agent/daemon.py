@@ -295,9 +295,7 @@ def _bare_key(record: CallRecord) -> RejectionKey | None:
     code = f.get("sipCode")
     if not isinstance(code, int) or code < 300 or record.transient or record.pbx_fault:
         return None
-    if f.get("answered") or f.get("ringing") or f.get("earlyMedia") or f.get("mediaMs"):
-        return None
-    if f.get("cancelledByUs"):
+    if _proves_route(record) or f.get("cancelledByUs"):
         return None
     cause = f.get("q850Cause")
     return (code, cause if isinstance(cause, int) else None)
@@ -963,14 +961,10 @@ class Daemon:
         """The breaker of the PBX `line` dials through (its account's host, else pbx.host)."""
         if line.trunk is not None:
             return line.trunk
-        cfg = self.config
-        key = (
-            line.account.host or str(cfg.pbx.host),
-            (line.account.transport or cfg.pbx.transport).lower(),
-        )
+        key = self._pbx_key(line)
         guard = self._trunks.get(key)
         if guard is None:
-            t = cfg.trunk
+            t = self.config.trunk
             guard = TrunkGuard(t.fault_after, t.pause_min, max(t.pause_min, t.pause_max))
             self._trunks[key] = guard
         line.trunk = guard
@@ -1018,16 +1012,20 @@ class Daemon:
             return f", {what}: dialling paused ({round(left)} s left)"
         return f", {what}: one probe call"
 
-    def _route(self, line: Line) -> RouteWatch[Held]:
-        """The route guard of the PBX `line` dials through (keyed as `_trunk`)."""
+    def _pbx_key(self, line: Line) -> tuple[str, str]:
+        """The PBX `line` dials through: its account's host, else pbx.host, and transport."""
         cfg = self.config
-        key = (
+        return (
             line.account.host or str(cfg.pbx.host),
             (line.account.transport or cfg.pbx.transport).lower(),
         )
+
+    def _route(self, line: Line) -> RouteWatch[Held]:
+        """The route guard of the PBX `line` dials through (keyed as `_trunk`)."""
+        key = self._pbx_key(line)
         watch = self._routes.get(key)
         if watch is None:
-            t = cfg.trunk
+            t = self.config.trunk
             watch = RouteWatch(t.same_rejections, t.rejection_hold, verify=bool(t.canary))
             self._routes[key] = watch
         return watch
