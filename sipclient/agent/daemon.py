@@ -452,52 +452,50 @@ class Daemon:
     def registered(self) -> int:
         return sum(1 for line in self.lines.values() if line.registered and not line.retired)
 
-    def status_line(self) -> str:
+    def status_line(self, spooled: int | None = None) -> str:
         """The systemd STATUS= text, e.g. "24/24 registered, 18 in call, 1,204 decided"."""
         total = sum(1 for line in self.lines.values() if not line.retired)
-        waiting = sum(1 for line in self.lines.values() if line.port_waits and line.pending)
-        rechecking = sum(1 for line in self.lines.values() if line.rechecking)
+        spooled = len(self.spool) if spooled is None else spooled
         return (
             f"{self.registered}/{total} registered, {self.in_call} in call, "
             f"{_fmt_int(self.decided)} decided"
-            + (f", {len(self.spool)} spooled" if len(self.spool) else "")
-            + (f", {waiting} waiting for an RTP port" if waiting else "")
-            + (f", {rechecking} re-registering after a PBX fault" if rechecking else "")
-            + self._trunks_status()
-            + (
-                f", spool unwritable ({len(self._unspooled)} held): not dialling"
-                if self._unspooled
-                else ""
-            )
-            + (f", loop {round(self.loop_lag * 1000)} ms late" if self.loop_lag > LAG_WARN else "")
+            + (f", {spooled} spooled" if spooled else "")
+            + "".join(f", {text}" for _code, text in self._conditions() if text)
         )
+
+    def _conditions(self) -> list[tuple[str, str]]:
+        """(alert code, STATUS= text) of each state an operator must act on, as the
+        heartbeat (`health`) and STATUS= (`status_line`) tell it."""
+        out: list[tuple[str, str]] = []
+        if self.registered < sum(1 for line in self.lines.values() if not line.retired):
+            out.append(("lines_unregistered", ""))  # STATUS= counts them already
+        waiting = sum(1 for line in self.lines.values() if line.port_waits and line.pending)
+        if waiting:
+            out.append(("rtp_ports_short", f"{waiting} waiting for an RTP port"))
+        rechecking = sum(1 for line in self.lines.values() if line.rechecking)
+        if rechecking:
+            out.append(("pbx_fault", f"{rechecking} re-registering after a PBX fault"))
+        trunk = self._trunks_status()
+        if trunk:
+            out.append(trunk)
+        if self._unspooled:
+            held = len(self._unspooled)
+            out.append(("spool_unwritable", f"spool unwritable ({held} held): not dialling"))
+        if self.loop_lag > LAG_WARN:
+            out.append(("loop_lagging", f"loop {round(self.loop_lag * 1000)} ms late"))
+        return out
 
     def health(self) -> dict[str, Any]:
         """What each heartbeat tells the server of us (ext; its fleet listing shows
-        it): the STATUS= text, the counts, and an alert code for each state an
-        operator of many boxes must act on, so one query finds the box whose PBX
-        lost its route or whose loop cannot keep up."""
-        alerts = []
-        total = sum(1 for line in self.lines.values() if not line.retired)
-        if self.registered < total:
-            alerts.append("lines_unregistered")
-        if any(w.suspect for w in self._routes.values()):
-            alerts.append("route_suspect")
-        elif any(g.state is not TrunkState.CLOSED for g in self._trunks.values()):
-            alerts.append("trunk_failing")
-        if any(line.port_waits and line.pending for line in self.lines.values()):
-            alerts.append("rtp_ports_short")
-        if any(line.rechecking for line in self.lines.values()):
-            alerts.append("pbx_fault")
-        if self._unspooled:
-            alerts.append("spool_unwritable")
-        if self.loop_lag > LAG_WARN:
-            alerts.append("loop_lagging")
+        it): the STATUS= text, the counts, and the alert code of each state an
+        operator of many boxes must act on (`_conditions`), so one query finds the
+        box whose PBX lost its route or whose loop cannot keep up."""
+        spooled = len(self.spool)
         return {
-            "summary": self.status_line(),
-            "alerts": alerts,
+            "summary": self.status_line(spooled),
+            "alerts": [code for code, _text in self._conditions()],
             "decided": self.decided,
-            "spooled": len(self.spool),
+            "spooled": spooled,
         }
 
     async def run(self) -> int:
@@ -1000,19 +998,20 @@ class Daemon:
             self._wake_dialer.set()
         self._set_status()
 
-    def _trunks_status(self) -> str:
+    def _trunks_status(self) -> tuple[str, str] | None:
+        """(alert code, STATUS= text) while a PBX's calls are paused, else None."""
         now = asyncio.get_running_loop().time()
         paused = [g for g in self._trunks.values() if g.state is not TrunkState.CLOSED]
+        code, what = "trunk_failing", "trunk failing"
+        suspect = next((w.key for w in self._routes.values() if w.suspect and w.key), None)
+        if suspect is not None:
+            code, what = "route_suspect", f"route suspect ({suspect[0]} to every number)"
         if not paused:
-            return ""
-        what = "trunk failing"
-        suspect = [w for w in self._routes.values() if w.suspect]
-        if suspect and suspect[0].key is not None:
-            what = f"route suspect ({suspect[0].key[0]} to every number)"
+            return None if suspect is None else (code, what)
         left = max(g.seconds_left(now) for g in paused)
         if left:
-            return f", {what}: dialling paused ({round(left)} s left)"
-        return f", {what}: one probe call"
+            return code, f"{what}: dialling paused ({round(left)} s left)"
+        return code, f"{what}: one probe call"
 
     def _pbx_key(self, line: Line) -> tuple[str, str]:
         """The PBX `line` dials through: its account's host, else pbx.host, and transport."""
@@ -1048,8 +1047,11 @@ class Daemon:
             step = watch.proven()
         self._route_step(line, watch, step, item.phone)
         # for the breaker, a rejection put back by the suspect route is a failed call
-        # (a failed probe: the pause doubles); one held, the number's outcome
-        self._trunk_outcome(line, item, record, record.transient or bool(step.redial))
+        # (a failed probe: the pause doubles), and so is, while it is suspect, an
+        # outcome that proves nothing (a local failure, no ring before our CANCEL);
+        # one held is the number's outcome
+        failed = bool(step.redial) or (watch.suspect and not _proves_route(record))
+        self._trunk_outcome(line, item, record, record.transient or failed)
         if step.held or step.redial:
             return None, step.release
         return record, step.release
