@@ -78,7 +78,6 @@ from sipclient.agent.control import (
     UnknownClient,
     Uploader,
 )
-from sipclient.agent.heap import run_heap_trim
 from sipclient.agent.housekeeping import run_housekeeping
 from sipclient.agent.leftovers import CallJournal, end_leftovers
 from sipclient.agent.route import Canary, RejectionKey, RouteWatch, Step
@@ -506,7 +505,6 @@ class Daemon:
             asyncio.create_task(self.status.run(), name="status"),
             asyncio.create_task(self._watchdog(), name="watchdog"),
             asyncio.create_task(self._lag_monitor(), name="lag"),
-            asyncio.create_task(run_heap_trim(), name="heap-trim"),
             asyncio.create_task(
                 run_housekeeping(
                     self.config.recordings.dir,
