@@ -28,6 +28,7 @@ from sipclient.demo import (
     numbers_for,
 )
 from sipclient.lab.kamailio import Route
+from sipclient.lab.sipp import Sipp
 
 pytestmark = pytest.mark.peers
 
@@ -477,6 +478,25 @@ async def test_a_call_whose_cancel_is_lost_keeps_its_verdict_when_the_daemon_sto
     assert len(invites) == 1  # dialled once
 
 
+async def _kill_9_and_restart_until(world: World, carrier: Sipp, method: str) -> None:
+    """kill -9 the daemon with its one call up at `carrier`, start it again, and wait
+    (15 s) for `carrier` to receive `method` for that call: the journalled ending."""
+    world.kill_daemon()
+    (call_id,) = {m.header("Call-ID") for m in carrier.messages() if m.method == "INVITE"}
+    assert not any(m.method == method for m in carrier.messages())  # killed in time
+    world.start_daemon()
+
+    def ended() -> bool:
+        return any(
+            m.direction == "received" and m.method == method and m.header("Call-ID") == call_id
+            for m in carrier.messages()
+        )
+
+    async with asyncio.timeout(15):
+        while not ended():
+            await asyncio.sleep(0.1)
+
+
 async def test_a_call_a_kill_9_left_ringing_is_cancelled_by_the_next_start(
     make_world: Callable[..., World],
 ) -> None:
@@ -493,18 +513,7 @@ async def test_a_call_a_kill_9_left_ringing_is_cancelled_by_the_next_start(
     async with asyncio.timeout(30):  # ringing; the daemon decides 2 s after the 180
         while not any(m.direction == "sent" and m.status == 180 for m in carrier.messages()):
             await asyncio.sleep(0.02)
-    world.kill_daemon()
-    (call_id,) = {m.header("Call-ID") for m in carrier.messages() if m.method == "INVITE"}
-    world.start_daemon()
-
-    def cancelled() -> bool:
-        return any(
-            m.method == "CANCEL" and m.header("Call-ID") == call_id for m in carrier.messages()
-        )
-
-    async with asyncio.timeout(15):  # the carrier's own 480 would come after 40 s
-        while not cancelled():
-            await asyncio.sleep(0.1)
+    await _kill_9_and_restart_until(world, carrier, "CANCEL")  # its 480 came after 40 s
     async with asyncio.timeout(10):  # logged once every copy went out (1.5 s)
         while not any(e.get("event") == "leftover_calls_ended" for e in _events(world)):
             await asyncio.sleep(0.1)
@@ -529,20 +538,7 @@ async def test_an_answered_call_a_kill_9_left_up_is_ended_by_the_next_start(
     async with asyncio.timeout(30):  # answered, and our ACK is in
         while not any(m.direction == "received" and m.method == "ACK" for m in carrier.messages()):
             await asyncio.sleep(0.02)
-    world.kill_daemon()
-    (call_id,) = {m.header("Call-ID") for m in carrier.messages() if m.method == "INVITE"}
-    assert not any(m.method == "BYE" for m in carrier.messages())  # killed in time
-    world.start_daemon()
-
-    def ended() -> bool:
-        return any(
-            m.direction == "received" and m.method == "BYE" and m.header("Call-ID") == call_id
-            for m in carrier.messages()
-        )
-
-    async with asyncio.timeout(15):
-        while not ended():
-            await asyncio.sleep(0.1)
+    await _kill_9_and_restart_until(world, carrier, "BYE")
     # the number is dialled again after the lease reclaim and decided once
     assert await world.wait_for([phone], 60)
     assert world.receiver.verdicts.results[phone][0] == "empty"
