@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import json
 import sys
+from collections import Counter
 from typing import Any
 
 import aiohttp
@@ -61,17 +62,14 @@ def render(fleet: dict[str, Any], only_alerting: bool = False) -> str:
         f"{'UNREG':>7}{'DECIDED':>10}{'SPOOLED':>9}  ALERTS"
     ]
     for c in clients:
-        states: dict[str, int] = {}
-        for e in c.get("extensions") or []:
-            states[e.get("status", "unknown")] = states.get(e.get("status", "unknown"), 0) + 1
+        states = Counter(e.get("status", "unknown") for e in c.get("extensions") or [])
         health = c.get("health") or {}
         decided = health.get("decided")
         spooled = health.get("spooled")
         rows.append(
             f"{str(c['id'])[:8]:<10}{str(c.get('last_seen') or '-')[:19]:<21}"
-            f"{len(c.get('extensions') or []):>6}{states.get('idle', 0):>6}"
-            f"{states.get('during', 0):>8}{states.get('call', 0):>6}"
-            f"{states.get('unregistered', 0):>7}"
+            f"{states.total():>6}{states['idle']:>6}{states['during']:>8}{states['call']:>6}"
+            f"{states['unregistered']:>7}"
             f"{'-' if decided is None else f'{decided:,}':>10}"
             f"{'-' if spooled is None else f'{spooled:,}':>9}"
             f"  {','.join(_alerts(c)) or ('-' if health else 'no health yet')}"

@@ -99,8 +99,13 @@ class Dispatch:
         if state == EXPIRED and not allow_expired:
             raise ApiError(404, f"clientId: client {client_id!r} expired; call /notify again")
 
-    def _gone(self, client_id: str) -> ApiError:
+    def _expired(self, client_id: str) -> None:
+        """Mark an id expired here; what its heartbeats said of it goes with it."""
         self._clients[client_id] = EXPIRED
+        self.health.pop(client_id, None)
+
+    def _gone(self, client_id: str) -> ApiError:
+        self._expired(client_id)
         return ApiError(404, f"clientId: client {client_id!r} expired; call /notify again")
 
     async def notify(self) -> str:
@@ -139,9 +144,8 @@ class Dispatch:
         out = await self.store.leave_client(client_id, self.clock())
         if out is None:
             raise self._gone(client_id)
-        self._clients[client_id] = EXPIRED
+        self._expired(client_id)
         self._heard.pop(client_id, None)
-        self.health.pop(client_id, None)
         log.info("client left", clientId=client_id, accounts=out[0], numbers=out[1])
         return out
 
@@ -228,8 +232,7 @@ class Dispatch:
         )
         out = await self.store.sweep(client_cutoff, number_cutoff, now)
         for cid in out.expired_clients:
-            self._clients[cid] = EXPIRED
-            self.health.pop(cid, None)
+            self._expired(cid)
         if out.expired_clients or out.freed_by_timeout:
             log.info(
                 "leases reclaimed",

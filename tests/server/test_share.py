@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -100,19 +101,28 @@ async def test_a_pusher_with_fewer_numbers_than_its_share_leaves_the_rest_to_the
     assert [p["phoneNum"] for p in plans] == ["8000", "7001", *(f"8{n:03d}" for n in range(1, 9))]
 
 
-@pytest.mark.parametrize("config", ["pusher", "task", "none"], indirect=True)
-async def test_more_lines_than_a_hand_out_once_read_tasks_all_get_a_number(api: Api) -> None:
-    # One number a task (as `sipclient demo` pushes), more lines than the 256
-    # oldest unfinished tasks a hand-out read until session 10: the lines past
-    # them stood idle while those tasks' numbers were all out.
-    lines, tasks = 270, 300
+async def _one_number_tasks_on_many_lines(
+    api: Api, lines: int, tasks: int
+) -> tuple[str, list[dict[str, Any]]]:
+    """`lines` extensions, `tasks` tasks of one number each ("6NNNN") from FIRST, a
+    client leasing every extension; its clientId and its first hand-out."""
     accounts = [{"host": "127.0.0.1:5060", "name": str(3000 + n), "pwd": "x"} for n in range(lines)]
     await api.ok("POST", "/api/account", json={"account": accounts})
     for n in range(tasks):
         await api.ok("POST", "/api/dialplan", json={"phone": [f"6{n:04d}"], "return_url": FIRST})
     cid = await api.notify()
     await api.ok("GET", f"/accounts/{cid}?threadsNum={lines}")
-    plans = (await api.ok("GET", f"/dialplan/{cid}"))["dialplans"]
+    plans: list[dict[str, Any]] = (await api.ok("GET", f"/dialplan/{cid}"))["dialplans"]
+    return cid, plans
+
+
+@pytest.mark.parametrize("config", ["pusher", "task", "none"], indirect=True)
+async def test_more_lines_than_a_hand_out_once_read_tasks_all_get_a_number(api: Api) -> None:
+    # One number a task (as `sipclient demo` pushes), more lines than the 256
+    # oldest unfinished tasks a hand-out read until session 10: the lines past
+    # them stood idle while those tasks' numbers were all out.
+    lines = 270
+    _cid, plans = await _one_number_tasks_on_many_lines(api, lines, tasks=300)
     assert len(plans) == lines
     assert [p["phoneNum"] for p in plans] == [f"6{n:04d}" for n in range(lines)]
 
@@ -139,13 +149,7 @@ async def test_a_number_free_again_behind_many_tasks_out_on_lines_is_found_at_on
     # lines but one, whose transient outcome (503) is due again. A hand-out looked
     # past 64 such tasks at most, so the line waited a poll per 64 of them.
     lines = 100
-    accounts = [{"host": "127.0.0.1:5060", "name": str(3000 + n), "pwd": "x"} for n in range(lines)]
-    await api.ok("POST", "/api/account", json={"account": accounts})
-    for n in range(lines):
-        await api.ok("POST", "/api/dialplan", json={"phone": [f"6{n:04d}"], "return_url": FIRST})
-    cid = await api.notify()
-    await api.ok("GET", f"/accounts/{cid}?threadsNum={lines}")
-    plans = (await api.ok("GET", f"/dialplan/{cid}"))["dialplans"]
+    cid, plans = await _one_number_tasks_on_many_lines(api, lines, tasks=lines)
     assert len(plans) == lines
     (late,) = [p for p in plans if p["phoneNum"] == "60080"]
     status, body = await api.upload(cid, late["extensionNum"], "60080", sipCode=503)
