@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import ipaddress
 import math
@@ -170,6 +171,12 @@ LAG_WARN = 0.1
 """Smoothed lag above which STATUS= and the log say the daemon is overloaded."""
 LAG_WARN_EVERY = 30.0
 """At most one `loop_lagging` log line this often."""
+LAG_SHOWN_S = 2.0
+"""STATUS= and the heartbeat show the highest smoothed lag of this many last
+seconds (`Daemon.lag_shown`). A loop swamped in bursts swings its smoothed lag
+across LAG_WARN several times a second; shown as it stood at the moment of a
+STATUS= update (at most one a second), an overload could be missed by every
+update (CI saw it: the one update after the warning fell on a dip)."""
 TICK_S = 0.1
 """Period of the classifier's clock once its no-RTP wait is due and still undecided."""
 
@@ -413,6 +420,9 @@ class Daemon:
         self._status_timer: asyncio.TimerHandle | None = None
         self.loop_lag = 0.0
         """The event loop's lag, smoothed (seconds; `_lag_monitor`)."""
+        self._lag_recent: collections.deque[float] = collections.deque(
+            maxlen=round(LAG_SHOWN_S / LAG_EVERY)
+        )
         self._lag_warned = float("-inf")
         self._status_sent = float("-inf")
         # The server frees an extension for its next number once the line reported
@@ -480,9 +490,16 @@ class Daemon:
         if self._unspooled:
             held = len(self._unspooled)
             out.append(("spool_unwritable", f"spool unwritable ({held} held): not dialling"))
-        if self.loop_lag > LAG_WARN:
-            out.append(("loop_lagging", f"loop {round(self.loop_lag * 1000)} ms late"))
+        lag = self.lag_shown
+        if lag > LAG_WARN:
+            out.append(("loop_lagging", f"loop {round(lag * 1000)} ms late"))
         return out
+
+    @property
+    def lag_shown(self) -> float:
+        """The loop's lag as the operator sees it: the highest smoothed lag of the
+        last LAG_SHOWN_S seconds (seconds)."""
+        return max(self._lag_recent, default=self.loop_lag)
 
     def health(self) -> dict[str, Any]:
         """What each heartbeat tells the server of us (ext; its fleet listing shows
@@ -874,7 +891,14 @@ class Daemon:
             t = loop.time()
             await asyncio.sleep(LAG_EVERY)
             now = loop.time()
+            was_late = self.lag_shown > LAG_WARN
             self.loop_lag = 0.7 * self.loop_lag + 0.3 * max(0.0, now - t - LAG_EVERY)
+            self._lag_recent.append(self.loop_lag)
+            late = self.lag_shown > LAG_WARN
+            if late != was_late:
+                # STATUS= otherwise changes with the calls: a loop that falls behind
+                # (or catches up) while no call starts or ends would not show it
+                self._set_status()
             if self.loop_lag > LAG_WARN and now - self._lag_warned >= LAG_WARN_EVERY:
                 self._lag_warned = now
                 log.warning(
@@ -883,7 +907,6 @@ class Daemon:
                     in_call=self.in_call,
                     hint="more calls than one core serves: fewer lines or another daemon",
                 )
-                self._set_status()
 
     # ------------------------------------------------------------ dial loop
 

@@ -1215,8 +1215,9 @@ async def test_a_swamped_loop_is_reported_and_every_number_still_goes(
         await _wait(lambda: any("ms late" in n for n in notes), timeout=5)
         swamp["on"] = False
         await _wait(lambda: _finished(server, task_id), timeout=30)
-        await _wait(lambda: daemon.loop_lag < 0.1, timeout=10)
-        assert "late" not in daemon.status_line()
+        await _wait(lambda: "late" not in daemon.status_line(), timeout=10)
+        # caught up while no call starts or ends: STATUS= says so too, on its own
+        await _wait(lambda: "late" not in [n for n in notes if n.startswith("STATUS=")][-1])
     finally:
         swamp["on"] = False
         daemon.stop()
