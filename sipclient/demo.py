@@ -706,7 +706,8 @@ class World:
         return [p for p in [self.daemon, *self.more_daemons] if p is not None]
 
     def start_daemon(self) -> None:
-        """`sipclient run` as a subprocess per `options.daemons` (logs in their folders)."""
+        """`sipclient run` as a subprocess per `options.daemons` (logs in their folders),
+        each under the unit's W^X memory rule (`sipclient.lab.confine`)."""
         procs = [self._start_one_daemon(i) for i in range(max(1, self.options.daemons))]
         self.daemon, self.more_daemons = procs[0], list(procs[1:])
 
@@ -717,8 +718,9 @@ class World:
             log = self._daemon_logs[index] = (self.daemon_dir(index) / "daemon.log").open("ab")
         env = dict(os.environ)
         env.update(self.options.daemon_env)
+        # confined as systemd/sipclient.service confines it (MemoryDenyWriteExecute)
         return subprocess.Popen(
-            [*_cli(), "run", "--config", str(path)],
+            [sys.executable, "-m", "sipclient.lab.confine", *_cli(), "run", "--config", str(path)],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=log,

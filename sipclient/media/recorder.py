@@ -18,7 +18,7 @@ in memory and written about once a second, so the event loop only touches
 the disk rarely; `close()` does the fsync: run it in a thread
 (`asyncio.to_thread(recorder.close)`) when many calls end at once.
 
-`in_memory=True` builds the same WAV (still with soundfile) in memory and
+`in_memory=True` builds the same WAV, byte for byte, in memory and
 writes no file: `close()` returns the bytes in `RecordingResult.data` and is
 then cheap enough for the event loop. The daemon uses it when
 `recordings.keep` is off, where the WAV only exists to be copied into the
@@ -26,13 +26,20 @@ spool (which writes and fsyncs its own copy): a file of our own cost a
 create, a write a second, an fsync, a rename, the spool's read and an
 unlink a call (about 2 ms of CPU and 10 ms of disk wait at 100 lines). The
 price is memory: up to `max_bytes` a call until it ends (2 MB by default;
-a 5 s call holds 80 kB).
+a 5 s call holds 80 kB). That WAV is written with the standard library's
+`wave`, not soundfile: soundfile reaches a file object through cffi callbacks,
+which need memory both writable and executable, and the systemd unit's
+MemoryDenyWriteExecute=yes refuses that (MemoryError at a call's first second
+of audio: every call of a daemon run by systemd with `recordings.keep` off,
+the default). The lab runs the daemon under the same rule
+(`sipclient/lab/confine.py`).
 """
 
 from __future__ import annotations
 
 import io
 import os
+import wave
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,7 +103,7 @@ class Recorder:
         self._pending_frames = 0
         self._written = 0  # frames accepted (written or pending)
         self._truncated: str | None = None
-        self._file: sf.SoundFile | None = None
+        self._file: sf.SoundFile | _MemoryWav | None = None
         self._result: RecordingResult | None = None
 
     @classmethod
@@ -184,13 +191,17 @@ class Recorder:
         if self._pending_frames >= self._buffer_frames:
             self._flush()
 
-    def _open(self) -> sf.SoundFile:
-        target: io.BytesIO | Path | None = self._memory
-        if target is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            target = self.temp_path
+    def _open(self) -> sf.SoundFile | _MemoryWav:
+        if self._memory is not None:
+            return _MemoryWav(self._memory)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         return sf.SoundFile(
-            target, mode="w", samplerate=SAMPLE_RATE, channels=1, subtype="PCM_16", format="WAV"
+            self.temp_path,
+            mode="w",
+            samplerate=SAMPLE_RATE,
+            channels=1,
+            subtype="PCM_16",
+            format="WAV",
         )
 
     def _flush(self) -> None:
@@ -201,3 +212,21 @@ class Recorder:
         self._file.write(np.concatenate(self._pending))
         self._pending.clear()
         self._pending_frames = 0
+
+
+class _MemoryWav:
+    """The in-memory recording's writer: 8 kHz mono PCM_16 WAV with `wave` (no
+    cffi callback, see the module's docstring); the same bytes libsndfile
+    writes (a 44-byte header, then the samples little-endian)."""
+
+    def __init__(self, out: io.BytesIO) -> None:
+        self._wav = wave.open(out, "wb")  # noqa: SIM115 (closed by close(), as SoundFile)
+        self._wav.setnchannels(1)
+        self._wav.setsampwidth(2)
+        self._wav.setframerate(SAMPLE_RATE)
+
+    def write(self, pcm: Pcm) -> None:
+        self._wav.writeframes(np.asarray(pcm, dtype="<i2").tobytes())
+
+    def close(self) -> None:
+        self._wav.close()  # patches the sizes; leaves `out` open (not opened by wave)

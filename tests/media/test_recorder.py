@@ -111,3 +111,18 @@ def test_in_memory_without_media_is_a_zero_frame_wav(tmp_path: Path) -> None:
     assert result.data is not None and result.frames == 0
     info = sf.info(io.BytesIO(result.data))
     assert info.frames == 0 and info.samplerate == 8000 and info.subtype == "PCM_16"
+
+
+def test_in_memory_matches_the_file_byte_for_byte_empty_and_at_a_bound(tmp_path: Path) -> None:
+    # two writers (soundfile on disk, `wave` in memory): one WAV, whatever the length
+    pcm = tone(300, 1.5)
+    for name, frames, bound in (("empty", [], {}), ("full", [pcm], {"max_seconds": 0.7})):
+        on_disk = Recorder(tmp_path / f"{name}.wav", **bound)  # type: ignore[arg-type]
+        in_memory = Recorder(tmp_path / f"{name}-mem.wav", in_memory=True, **bound)  # type: ignore[arg-type]
+        for rec in (on_disk, in_memory):
+            for f in frames:
+                rec.feed(AudioFrame(0, f))
+        disk, mem = on_disk.close(), in_memory.close()
+        assert mem.data == (tmp_path / f"{name}.wav").read_bytes()
+        assert (mem.frames, mem.truncated, mem.bound) == (disk.frames, disk.truncated, disk.bound)
+    assert len(Recorder(tmp_path / "x.wav", in_memory=True).close().data or b"") == 44
