@@ -3,9 +3,11 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-# Debian packages the tests and the demo run for real: sipp, kamailio, espeak-ng, sox.
-DEB_PEERS := sip-tester kamailio espeak-ng sox libsndfile1
-PEER_CMDS := sipp kamailio espeak-ng sox
+# Debian packages the tests and the demo run for real: sipp, kamailio, espeak-ng, sox;
+# systemd's syscall groups and libseccomp, to run the daemon under its unit's
+# seccomp rules (sipclient/lab/confine.py).
+DEB_PEERS := sip-tester kamailio espeak-ng sox libsndfile1 systemd libseccomp2
+PEER_CMDS := sipp kamailio espeak-ng sox systemd-analyze
 
 .PHONY: install deps test lint demo bench corpus bench-classify library clean
 

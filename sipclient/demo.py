@@ -494,6 +494,16 @@ def _cli() -> list[str]:
     return [sys.executable, "-m", "sipclient.cli"]
 
 
+UNITS = Path(__file__).resolve().parents[1] / "systemd"
+"""The repository's systemd units: the lab runs each program under its unit's rules."""
+
+
+def _confined(unit: str, command: list[str]) -> list[str]:
+    """`command` under the seccomp rules of `UNITS/unit` (`sipclient.lab.confine`):
+    what the unit forbids fails in the lab as it would under systemd."""
+    return [sys.executable, "-m", "sipclient.lab.confine", "--unit", str(UNITS / unit), *command]
+
+
 def _stop_proc(proc: subprocess.Popen[bytes] | None, timeout: float = 15.0) -> int | None:
     """SIGTERM, wait, then SIGKILL — by pid, and its process group (we made it a session)."""
     if proc is None:
@@ -634,7 +644,7 @@ class World:
         path.write_text(json.dumps(cfg), encoding="utf-8")  # JSON is YAML
         self._server_log = (folder / "server.log").open("ab")
         self.server = subprocess.Popen(
-            [*_cli(), "server", "--config", str(path)],
+            _confined("sipclient-server.service", [*_cli(), "server", "--config", str(path)]),
             stdin=subprocess.DEVNULL,
             stdout=self._server_log,
             stderr=self._server_log,
@@ -707,7 +717,7 @@ class World:
 
     def start_daemon(self) -> None:
         """`sipclient run` as a subprocess per `options.daemons` (logs in their folders),
-        each under the unit's W^X memory rule (`sipclient.lab.confine`)."""
+        each under systemd/sipclient.service's seccomp rules (`_confined`)."""
         procs = [self._start_one_daemon(i) for i in range(max(1, self.options.daemons))]
         self.daemon, self.more_daemons = procs[0], list(procs[1:])
 
@@ -718,9 +728,8 @@ class World:
             log = self._daemon_logs[index] = (self.daemon_dir(index) / "daemon.log").open("ab")
         env = dict(os.environ)
         env.update(self.options.daemon_env)
-        # confined as systemd/sipclient.service confines it (MemoryDenyWriteExecute)
         return subprocess.Popen(
-            [sys.executable, "-m", "sipclient.lab.confine", *_cli(), "run", "--config", str(path)],
+            _confined("sipclient.service", [*_cli(), "run", "--config", str(path)]),
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=log,

@@ -3,12 +3,16 @@ daemon's unit with an instance's own config and state directory, nothing else.""
 
 from __future__ import annotations
 
+import errno
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+
+from sipclient.lab.confine import UnitRules
 
 ROOT = Path(__file__).resolve().parents[1]
 UNITS = ROOT / "systemd"
@@ -55,29 +59,35 @@ def test_the_template_differs_from_the_single_unit_only_by_the_instance() -> Non
     assert any(k == "WatchdogSec" for _, k, _ in template)
 
 
-# ----------------------------------------------------- MemoryDenyWriteExecute
+# ------------------------------------------------ the units' seccomp rules
 
 
-def _confined(code: str) -> subprocess.CompletedProcess[str]:
-    """`code` run by Python under `sipclient.lab.confine` (the unit's W^X rule)."""
+_CONFINE = [sys.executable, "-m", "sipclient.lab.confine", "--unit"]
+
+
+def _confined(
+    code: str, unit: Path = UNITS / "sipclient.service"
+) -> subprocess.CompletedProcess[str]:
+    """`code` run by Python under `unit`'s seccomp rules (`sipclient.lab.confine`)."""
     return subprocess.run(
-        [sys.executable, "-m", "sipclient.lab.confine", sys.executable, "-c", code],
+        [*_CONFINE, str(unit), sys.executable, "-c", code],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=120,
         cwd=ROOT,
     )
 
 
-def test_the_units_deny_write_execute_memory() -> None:
-    # what the lab's confinement stands for; without it the lab proves nothing
+def test_the_units_deny_write_execute_memory_and_refuse_calls_with_eperm() -> None:
+    # what the lab's confinement reads; EPERM, not SIGSYS: see the next tests
     for unit in ("sipclient.service", "sipclient@.service"):
-        assert ("Service", "MemoryDenyWriteExecute", "yes") in _settings(UNITS / unit)
+        rules = UnitRules(UNITS / unit)
+        assert rules.deny_write_execute and rules.error_number == errno.EPERM
+        assert rules.filters == ["@system-service", "~@privileged @resources"]
 
 
-def test_confine_refuses_write_execute_memory_as_systemd_does() -> None:
-    probe = """
-import ctypes, mmap
+_PROBE = """
+import ctypes, mmap, os
 try:
     mmap.mmap(-1, mmap.PAGESIZE, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
     print("wx mapped")
@@ -91,20 +101,46 @@ page = libc.mmap(None, mmap.PAGESIZE, mmap.PROT_READ | mmap.PROT_WRITE,
                  mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, -1, 0)
 rc = libc.mprotect(ctypes.c_void_p(page), mmap.PAGESIZE, mmap.PROT_READ | mmap.PROT_EXEC)
 print("exec added" if rc == 0 else f"exec refused {ctypes.get_errno()}")
+try:
+    os.setpriority(os.PRIO_PROCESS, 0, os.getpriority(os.PRIO_PROCESS, 0))  # @resources
+    print("setpriority done")
+except PermissionError:
+    print("setpriority refused")
 mmap.mmap(-1, mmap.PAGESIZE).write(b"rw")  # ordinary memory still works
 print("ctypes callback", ctypes.CFUNCTYPE(ctypes.c_int)(lambda: 7)())
 """
-    done = _confined(probe)
+
+
+def test_confine_applies_the_units_rules_as_systemd_does() -> None:
+    done = _confined(_PROBE)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split("\n")[:3] == ["wx refused", "exec refused 1", "ctypes callback 7"]
-    # and the same probe unconfined maps it: the refusal is the filter's doing
+    assert done.stdout.split("\n")[:4] == [
+        "wx refused",
+        "exec refused 1",
+        "setpriority refused",
+        "ctypes callback 7",
+    ]
+    # the same probe unconfined does all of it: the refusals are the filters' doing
     free = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+        [sys.executable, "-c", _PROBE], capture_output=True, text=True, timeout=60, check=True
     )
-    assert free.stdout.split("\n")[:2] == ["wx mapped", "exec added"]
+    assert free.stdout.split("\n")[:3] == ["wx mapped", "exec added", "setpriority done"]
 
 
-def test_an_in_memory_recording_is_written_under_the_units_memory_rule(tmp_path: Path) -> None:
+def test_without_an_errno_a_refused_call_kills_and_numpy_makes_one(tmp_path: Path) -> None:
+    # systemd's default action is SIGSYS; numpy's OpenBLAS calls mbind (@resources)
+    # at import: the unit without SystemCallErrorNumber= killed the daemon at start
+    unit = tmp_path / "no-errno.service"
+    text = (UNITS / "sipclient.service").read_text(encoding="utf-8")
+    unit.write_text(text.replace("SystemCallErrorNumber=EPERM", ""), encoding="utf-8")
+    assert UnitRules(unit).error_number is None
+    killed = _confined("print('started', flush=True); import numpy; print('imported')", unit)
+    assert killed.returncode == -signal.SIGSYS and killed.stdout == "started\n"
+    kept = _confined("import numpy, scipy.signal, soundfile, aiohttp; print('imported')")
+    assert kept.returncode == 0 and kept.stdout == "imported\n", kept.stderr
+
+
+def test_an_in_memory_recording_is_written_under_the_units_rules(tmp_path: Path) -> None:
     # soundfile writing to a file object needs W+X memory (cffi callbacks): under
     # systemd every call of a daemon with recordings.keep off failed with MemoryError
     out = tmp_path / "got.wav"
@@ -123,3 +159,17 @@ pathlib.Path({str(out)!r}).write_bytes(rec.close().data)
     data, rate = sf.read(str(out), dtype="int16")
     assert rate == 8000 and np.array_equal(data, (np.arange(20000) % 100).astype(np.int16))
     assert not (tmp_path / "call.wav").exists()
+
+
+def test_filter_lines_combine_as_systemd_reads_them(tmp_path: Path) -> None:
+    # the first list says allow-list; "~" takes out of it, a later list adds back
+    unit = tmp_path / "x.service"
+    unit.write_text(
+        "[Unit]\nSystemCallFilter=@ignored\n[Service]\nSystemCallFilter=@a read\n"
+        "SystemCallFilter=~@b\nSystemCallFilter=nice\nSystemCallErrorNumber=EACCES\n",
+        encoding="utf-8",
+    )
+    groups = {"@a": ["open", "@b"], "@b": ["nice", "mbind"]}
+    rules = UnitRules(unit)
+    assert rules.error_number == errno.EACCES and not rules.deny_write_execute
+    assert rules.allowed(groups) == {"open", "read", "nice"}

@@ -1,124 +1,219 @@
-"""Run a command under systemd's MemoryDenyWriteExecute=yes, outside systemd.
+"""Run a program under a systemd unit's seccomp rules, outside systemd.
 
-``python -m sipclient.lab.confine PROGRAM [ARG...]`` installs the seccomp
-filter that rule stands for, then execs PROGRAM (the filter holds across exec
-and in every child). The lab starts the daemon through it (`sipclient demo`,
-the tests, the benches), so code that needs memory both writable and
-executable fails here as it would under `systemd/sipclient.service`: soundfile
-writing to a file object through cffi callbacks did, for every call of a
-daemon run by systemd, and no test saw it.
+``python -m sipclient.lab.confine --unit systemd/sipclient.service PROGRAM [ARG...]``
+reads the unit's `SystemCallFilter=`, `SystemCallErrorNumber=` and
+`MemoryDenyWriteExecute=`, installs the seccomp filters systemd would build
+from them, then execs PROGRAM (filters hold across exec and in every child).
+The lab starts the daemon through it (`sipclient demo`, the e2e tests, the
+benches), so what the unit forbids fails here as it would under systemd. Two
+things did, and no test saw them until session 12: soundfile writing to a file
+object through cffi callbacks (W+X memory: every call of a daemon with
+`recordings.keep` off failed), and numpy's OpenBLAS calling `mbind` (in
+`@resources`, which the unit denies) at import: SIGSYS, the daemon killed
+before READY=1, restarted every 2 s for ever.
 
-The filter is systemd's (`seccomp_memory_deny_write_execute` in its sources,
-read, not copied): `mmap` with PROT_WRITE and PROT_EXEC together, `mprotect` and
-`pkey_mprotect` adding PROT_EXEC, and `shmat` with SHM_EXEC fail with EPERM.
-Written here as a dozen BPF instructions through ctypes, on x86_64 and aarch64;
-any other architecture, or a kernel without seccomp, runs PROGRAM unconfined
-and says so on stderr. After installing it, the filter is checked: a writable
-and executable anonymous mapping must be refused, or nothing runs (exit 126).
+How the filters are made, after systemd's own (`seccomp-util.c`, read, not
+copied), with libseccomp (`libseccomp2`, which systemd itself links) through
+ctypes:
+
+- `SystemCallFilter=`: the groups are expanded by this box's
+  `systemd-analyze syscall-filter`, so `@system-service` means what the
+  installed systemd means by it. A first list without ``~`` is an allow-list;
+  ``~`` lists take their calls out of it. A call outside the result gets
+  `SystemCallErrorNumber=`'s errno, or kills the process (SIGSYS) if unset.
+  Calls of another architecture are refused (`SystemCallArchitectures=native`).
+- `MemoryDenyWriteExecute=yes`: `mmap` with PROT_WRITE and PROT_EXEC together,
+  `mprotect` and `pkey_mprotect` adding PROT_EXEC, and `shmat` with SHM_EXEC
+  fail with EPERM; a second filter, as systemd loads it.
+
+After installing them the rule is checked: a writable and executable mapping
+must be refused, or nothing runs (exit 126). Not emulated: the unit's file
+system, user and namespace settings. Without libseccomp or `systemd-analyze`
+nothing runs (exit 125; `make install` installs both).
 """
 
 from __future__ import annotations
 
+import argparse
 import ctypes
+import ctypes.util
 import errno
 import mmap
 import os
-import platform
+import shutil
+import subprocess
 import sys
+from pathlib import Path
 
-PR_SET_NO_NEW_PRIVS = 38
-PR_SET_SECCOMP = 22
-SECCOMP_MODE_FILTER = 2
-SECCOMP_RET_ALLOW = 0x7FFF0000
-SECCOMP_RET_ERRNO = 0x00050000
-
-PROT_WRITE = 0x2
-PROT_EXEC = 0x4
+SCMP_ACT_KILL_PROCESS = 0x80000000
+SCMP_ACT_ALLOW = 0x7FFF0000
+SCMP_CMP_MASKED_EQ = 7
 SHM_EXEC = 0o100000
 
-# BPF opcodes (linux/filter.h)
-_LD_W_ABS = 0x20
-_JEQ_K = 0x15
-_AND_K = 0x54
-_RET_K = 0x06
 
-# struct seccomp_data: nr (u32) at 0, arch (u32) at 4, args[i] (u64) at 16 + 8 i;
-# the low 32 bits of an argument come first (both architectures are little-endian)
-_NR, _ARCH = 0, 4
+def scmp_act_errno(code: int) -> int:
+    return 0x00050000 | (code & 0xFFFF)
 
 
-def _arg(i: int) -> int:
-    return 16 + 8 * i
+class UnitRules:
+    """The seccomp-relevant settings of one unit file's [Service] section."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.filters: list[str] = []  # each SystemCallFilter= value, in order
+        self.error_number: int | None = None
+        self.deny_write_execute = False
+        section = ""
+        for raw in path.read_text(encoding="utf-8").splitlines():
+            line = raw.strip()
+            if not line or line.startswith(("#", ";")):
+                continue
+            if line.startswith("["):
+                section = line.strip("[]")
+                continue
+            if section != "Service":
+                continue
+            key, _, value = (part.strip() for part in line.partition("="))
+            if key == "SystemCallFilter":
+                self.filters.append(value)
+            elif key == "SystemCallErrorNumber":
+                self.error_number = getattr(errno, value) if not value.isdigit() else int(value)
+            elif key == "MemoryDenyWriteExecute":
+                self.deny_write_execute = value.lower() in ("yes", "true", "1", "on")
+
+    def allowed(self, groups: dict[str, list[str]]) -> set[str] | None:
+        """The calls the unit allows (None: no allow-list, everything)."""
+        allowed: set[str] | None = None
+        denied: set[str] = set()
+        for value in self.filters:
+            deny = value.startswith("~")
+            names = set().union(*(expand(n, groups) for n in value.lstrip("~").split()))
+            if deny:
+                denied |= names
+                if allowed is not None:
+                    allowed -= names
+            elif allowed is None:
+                allowed = names - denied
+            else:
+                allowed |= names
+        if allowed is None and denied:
+            raise SystemExit(f"{self.path}: a deny-only SystemCallFilter is not emulated")
+        return allowed
 
 
-ARCHES: dict[str, tuple[int, dict[str, int]]] = {
-    # machine: (AUDIT_ARCH_*, syscall numbers)
-    "x86_64": (0xC000003E, {"mmap": 9, "mprotect": 10, "pkey_mprotect": 329, "shmat": 30}),
-    "aarch64": (0xC00000B7, {"mmap": 222, "mprotect": 226, "pkey_mprotect": 288, "shmat": 196}),
-}
+def syscall_groups() -> dict[str, list[str]]:
+    """`systemd-analyze syscall-filter`'s groups: name -> members (calls or @groups)."""
+    out = subprocess.run(
+        ["systemd-analyze", "syscall-filter", "--no-pager"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    groups: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in out.splitlines():
+        if line.startswith("@"):
+            current = groups.setdefault(line.strip(), [])
+        elif line.startswith("    ") and current is not None:
+            item = line.strip()
+            if item and not item.startswith("#"):
+                current.append(item)
+        elif not line.strip():
+            current = None
+    return groups
 
 
-class _SockFilter(ctypes.Structure):
+def expand(name: str, groups: dict[str, list[str]]) -> set[str]:
+    if not name.startswith("@"):
+        return {name}
+    if name not in groups:
+        raise SystemExit(f"systemd-analyze knows no group {name}")
+    return set().union(*(expand(n, groups) for n in groups[name]))
+
+
+class _ArgCmp(ctypes.Structure):
     _fields_ = [
-        ("code", ctypes.c_ushort),
-        ("jt", ctypes.c_ubyte),
-        ("jf", ctypes.c_ubyte),
-        ("k", ctypes.c_uint),
+        ("arg", ctypes.c_uint),
+        ("op", ctypes.c_int),
+        ("datum_a", ctypes.c_uint64),
+        ("datum_b", ctypes.c_uint64),
     ]
 
 
-class _SockFprog(ctypes.Structure):
-    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(_SockFilter))]
+class Seccomp:
+    """The few libseccomp calls a filter takes."""
+
+    def __init__(self) -> None:
+        name = ctypes.util.find_library("seccomp") or "libseccomp.so.2"
+        lib = ctypes.CDLL(name, use_errno=True)
+        lib.seccomp_init.restype = ctypes.c_void_p
+        lib.seccomp_init.argtypes = [ctypes.c_uint32]
+        lib.seccomp_syscall_resolve_name.argtypes = [ctypes.c_char_p]
+        lib.seccomp_rule_add_array.argtypes = [
+            ctypes.c_void_p,
+            ctypes.c_uint32,
+            ctypes.c_int,
+            ctypes.c_uint,
+            ctypes.POINTER(_ArgCmp),
+        ]
+        lib.seccomp_load.argtypes = [ctypes.c_void_p]
+        lib.seccomp_release.argtypes = [ctypes.c_void_p]
+        self.lib = lib
+
+    def number(self, name: str) -> int | None:
+        nr = int(self.lib.seccomp_syscall_resolve_name(name.encode()))
+        return None if nr < 0 else nr  # unknown here, or not of this architecture
+
+    def load(self, default: int, rules: list[tuple[int, str, list[tuple[int, int]]]]) -> None:
+        """One filter: `default` action, and (action, call, [(arg, mask)...]) rules,
+        each mask a "all these bits set" condition on that argument."""
+        ctx = self.lib.seccomp_init(default)
+        if not ctx:
+            raise OSError("seccomp_init failed")
+        try:
+            for action, name, conditions in rules:
+                nr = self.number(name)
+                if nr is None:
+                    continue
+                cmps = (_ArgCmp * max(1, len(conditions)))(
+                    *(_ArgCmp(arg, SCMP_CMP_MASKED_EQ, mask, mask) for arg, mask in conditions)
+                )
+                rc = self.lib.seccomp_rule_add_array(ctx, action, nr, len(conditions), cmps)
+                if rc != 0:
+                    raise OSError(-rc, f"seccomp_rule_add {name}: {os.strerror(-rc)}")
+            rc = self.lib.seccomp_load(ctx)
+            if rc != 0:
+                raise OSError(-rc, f"seccomp_load: {os.strerror(-rc)}")
+        finally:
+            self.lib.seccomp_release(ctx)
 
 
-def program(machine: str) -> list[tuple[int, int, int, int]]:
-    """The filter for `machine` as (code, jt, jf, k) instructions.
-
-    A call of another architecture (a 32-bit one on x86_64) is let through:
-    systemd adds a filter per architecture it knows; the daemon is native."""
-    audit_arch, nr = ARCHES[machine]
-    deny = (_RET_K, 0, 0, SECCOMP_RET_ERRNO | errno.EPERM)
-    allow = (_RET_K, 0, 0, SECCOMP_RET_ALLOW)
-    # jt/jf count the instructions skipped; the checks below are laid out so that
-    # each syscall's test jumps to its own three-instruction block
+def write_execute_rules() -> list[tuple[int, str, list[tuple[int, int]]]]:
+    deny = scmp_act_errno(errno.EPERM)
+    wx = mmap.PROT_WRITE | mmap.PROT_EXEC
     return [
-        (_LD_W_ABS, 0, 0, _ARCH),
-        (_JEQ_K, 0, 16, audit_arch),  # other arch: allow (18, the last)
-        (_LD_W_ABS, 0, 0, _NR),
-        (_JEQ_K, 4, 0, nr["mmap"]),  # -> mmap block (8)
-        (_JEQ_K, 6, 0, nr["mprotect"]),  # -> mprotect block (11)
-        (_JEQ_K, 5, 0, nr["pkey_mprotect"]),  # -> mprotect block (11)
-        (_JEQ_K, 7, 0, nr["shmat"]),  # -> shmat block (14)
-        allow,
-        # 8: mmap(addr, len, prot, ...): both PROT_WRITE and PROT_EXEC
-        (_LD_W_ABS, 0, 0, _arg(2)),
-        (_AND_K, 0, 0, PROT_WRITE | PROT_EXEC),
-        (_JEQ_K, 6, 7, PROT_WRITE | PROT_EXEC),  # -> deny (17) / allow (18)
-        # 11: mprotect(addr, len, prot) / pkey_mprotect(addr, len, prot, pkey)
-        (_LD_W_ABS, 0, 0, _arg(2)),
-        (_AND_K, 0, 0, PROT_EXEC),
-        (_JEQ_K, 3, 4, PROT_EXEC),  # -> deny (17) / allow (18)
-        # 14: shmat(id, addr, shmflg)
-        (_LD_W_ABS, 0, 0, _arg(2)),
-        (_AND_K, 0, 0, SHM_EXEC),
-        (_JEQ_K, 0, 1, SHM_EXEC),  # -> deny (17) / allow (18)
-        deny,
-        allow,
+        (deny, "mmap", [(2, wx)]),
+        (deny, "mprotect", [(2, mmap.PROT_EXEC)]),
+        (deny, "pkey_mprotect", [(2, mmap.PROT_EXEC)]),
+        (deny, "shmat", [(2, SHM_EXEC)]),
     ]
 
 
-def install() -> bool:
-    """Confine this process (and what it execs); False where it can't be done."""
-    machine = platform.machine()
-    if machine not in ARCHES or not sys.platform.startswith("linux"):
-        return False
-    insns = program(machine)
-    filters = (_SockFilter * len(insns))(*(_SockFilter(*i) for i in insns))
-    prog = _SockFprog(len(insns), filters)
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
-        return False
-    return bool(libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(prog), 0, 0) == 0)
+def install(rules: UnitRules) -> None:
+    """Load the unit's filters into this process."""
+    sc = Seccomp()
+    # this one first: the allow-list may refuse the seccomp() call that loads a next
+    if rules.deny_write_execute:
+        sc.load(SCMP_ACT_ALLOW, write_execute_rules())
+    if rules.filters:
+        allowed = rules.allowed(syscall_groups())
+        if allowed is not None:
+            default = (
+                SCMP_ACT_KILL_PROCESS
+                if rules.error_number is None
+                else scmp_act_errno(rules.error_number)
+            )
+            sc.load(default, [(SCMP_ACT_ALLOW, name, []) for name in sorted(allowed)])
 
 
 def write_execute_refused() -> bool:
@@ -132,19 +227,25 @@ def write_execute_refused() -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if not args:
-        print("usage: python -m sipclient.lab.confine PROGRAM [ARG...]", file=sys.stderr)
-        return 2
-    if not install():
-        print(
-            f"sipclient.lab.confine: no seccomp filter on {platform.machine()}: running unconfined",
-            file=sys.stderr,
-        )
-    elif not write_execute_refused():
-        print("sipclient.lab.confine: the filter let W+X memory through", file=sys.stderr)
+    parser = argparse.ArgumentParser(prog="python -m sipclient.lab.confine")
+    parser.add_argument("--unit", type=Path, required=True, help="the systemd unit file")
+    parser.add_argument("program", nargs=argparse.REMAINDER)
+    args = parser.parse_args(argv)
+    if not args.program:
+        parser.error("no PROGRAM")
+    rules = UnitRules(args.unit)
+    missing = [] if shutil.which("systemd-analyze") else ["systemd-analyze"]
+    if not ctypes.util.find_library("seccomp"):
+        missing.append("libseccomp")
+    if missing:
+        # `make install` installs both (Debian's systemd and libseccomp2)
+        print(f"confine: no {' or '.join(missing)}: can't apply {args.unit}", file=sys.stderr)
+        return 125
+    install(rules)
+    if rules.deny_write_execute and not write_execute_refused():
+        print("confine: the filter let W+X memory through", file=sys.stderr)
         return 126
-    os.execvp(args[0], args)
+    os.execvp(args.program[0], args.program)
     return 127  # not reached: execvp raises on failure
 
 
