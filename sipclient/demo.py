@@ -547,6 +547,8 @@ class WorldOptions:
     answer_listen: float = 4.0
     """The daemon's `sip.answer_listen`: how long a 2xx without a 180 is heard out (假应答)."""
     daemon_env: dict[str, str] = field(default_factory=dict)
+    keep_recordings: bool = False
+    """The daemon's `recordings.keep`: WAV files in its recordings folder (else in memory)."""
     trunk: dict[str, float | str] = field(default_factory=dict)
     """The daemon's `trunk:` keys (the breaker of a failing trunk); empty: its defaults."""
     daemons: int = 1
@@ -697,7 +699,7 @@ class World:
                 "answer_listen": o.answer_listen,
             },
             "rtp": {"ports": ports, "no_rtp_wait": 2.0},
-            "recordings": {"dir": str(folder / "recordings"), "keep": False},
+            "recordings": {"dir": str(folder / "recordings"), "keep": o.keep_recordings},
             "spool": {"dir": str(folder / "spool")},
             "heartbeat": {"interval": o.heartbeat},
             # (hold_max: the default, capped at half the lease the server states)

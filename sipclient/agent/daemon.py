@@ -153,6 +153,24 @@ is uploaded. Until then each such call is not the number's outcome but the
 PBX's or ours: the number goes back to the head of its line, and the line asks
 the registrar again (`Daemon._recheck`) before it dials anything more."""
 
+OWN_FAULT_AFTER = 3
+"""The daemon's own breaker (`Daemon._own_outcome`, a `TrunkGuard` with the
+trunk's pauses, `trunk.pause_min` doubling up to `trunk.pause_max`): this many
+calls in a row that fail in the daemon itself (an exception in our code: a bug,
+a broken install, a library the unit's sandbox refuses) pause all dialling, then
+one call probes. Until session 12 each such call was uploaded as a local
+failure, judged `unknown` for good: a daemon that could not record (the
+MemoryError of a soundfile callback under the unit's MemoryDenyWriteExecute)
+turned a whole list into `unknown`, and no alert said so."""
+OWN_FAIL_TRIES_MAX = 3
+"""How often one number may fail in the daemon while other calls go through (a
+number that trips a bug of ours) before its local-failure record is uploaded.
+A failure that finds the daemon's breaker open, or opens it, is not counted
+against the number: the daemon is broken, not the number."""
+OWN_RETRY_S = 1.0
+"""A number kept back after our own failure waits this long on its line, so the
+other lines' calls tell a number that trips a bug from a daemon that is broken."""
+
 PBX_FAULTS = {
     "no_response": "no answer at all to the INVITE (Timer B): the PBX is hung or gone",
     "credentials": "the PBX refused our credentials for the INVITE (401/407)",
@@ -268,7 +286,8 @@ class Line:
     retired: bool = False
     """No longer leased to us: stop once the call in flight is done."""
     hold_until: float = 0.0
-    """Loop time before which the line starts no call: its number waits for an RTP port."""
+    """Loop time before which the line starts no call: its number waits for an RTP
+    port, or a moment after it failed in our own code (OWN_RETRY_S)."""
     port_waits: int = 0
     """Calls in a row that found no free RTP port (the back-off grows with it)."""
     fault_tries: dict[tuple[str, str], int] = field(default_factory=dict)
@@ -277,6 +296,9 @@ class Line:
     """A call met a PBX fault: the line dials nothing until the registrar answers."""
     probing: bool = False
     """Its call in flight is its trunk's probe after a pause (`TrunkGuard`)."""
+    own_probe: bool = False
+    """Its call in flight is the daemon's probe after its own failures paused
+    dialling (`Daemon._own_failure`)."""
     trunk: TrunkGuard | None = None
     """The breaker of the PBX it dials through (`Daemon._trunk`), shared by lines."""
 
@@ -387,6 +409,13 @@ class Daemon:
         self.let_go = 0
         """Numbers held past `dialplan.hold_max` and left to the server (`_let_go_stale`)."""
         self._trunks: dict[tuple[str, str], TrunkGuard] = {}
+        t = config.trunk
+        self._own = TrunkGuard(OWN_FAULT_AFTER, t.pause_min, max(t.pause_min, t.pause_max))
+        """The daemon's own breaker: calls failing in our code pause dialling."""
+        self._own_error = ""
+        """The last of our own failures, shown while `_own` is open."""
+        self.own_failures = 0
+        """Calls that failed in the daemon itself (not a number's outcome)."""
         """The breaker of each PBX the lines dial through (`_trunk`)."""
         self._routes: dict[tuple[str, str], RouteWatch[Held]] = {}
         """The route guard of each PBX (`_route`), keyed as `_trunks`."""
@@ -490,6 +519,10 @@ class Daemon:
         if self._unspooled:
             held = len(self._unspooled)
             out.append(("spool_unwritable", f"spool unwritable ({held} held): not dialling"))
+        if self._own.state is not TrunkState.CLOSED:
+            left = self._own.seconds_left(asyncio.get_running_loop().time())
+            when = f"{round(left)} s left" if left else "probing"
+            out.append(("calls_failing", f"our calls failing ({self._own_error}): paused, {when}"))
         lag = self.lag_shown
         if lag > LAG_WARN:
             out.append(("loop_lagging", f"loop {round(lag * 1000)} ms late"))
@@ -976,6 +1009,7 @@ class Daemon:
             and not line.rechecking
             and line.hold_until <= now
             and self._trunk(line).allows(now)
+            and self._own.allows(now)
         )
 
     def _trunk(self, line: Line) -> TrunkGuard:
@@ -1351,7 +1385,9 @@ class Daemon:
     def _start_call(self, line: Line, item: DialplanItem) -> None:
         line.current = item
         line.cancel = asyncio.Event()
-        line.probing = self._trunk(line).started(asyncio.get_running_loop().time())
+        now = asyncio.get_running_loop().time()
+        line.probing = self._trunk(line).started(now)
+        line.own_probe = self._own.started(now)
         self.calls_started += 1
         task = asyncio.create_task(self._call(line, item), name=f"call-{line.extension}")
         line.task = task
@@ -1373,6 +1409,7 @@ class Daemon:
             record = await line.backend.dial(
                 item, lambda: self.status.report(ext, "call", item.phone), line.cancel
             )
+            self._own_outcome(line, None, item)
             line.port_waits = 0
             if self._stopping.is_set() and _cut_short(record):
                 self._let_go_at_stop(item)
@@ -1396,9 +1433,11 @@ class Daemon:
             why = not_dialable(item.phone)
             if why:
                 log.warning("number_not_dialable", extension=ext, phone=item.phone, reason=why)
+                record = _failed_record(self.config, exc)
+            elif self._own_outcome(line, exc, item):
+                no_port = True  # back on its line (as for a port)
             else:
-                log.error("call_failed", extension=ext, phone=item.phone, error=repr(exc))
-            record = _failed_record(self.config, exc)
+                record = _failed_record(self.config, exc)
         finally:
             # The line is free as soon as the call is over: its next number may start
             # while this task writes the upload to the spool (~10 ms alone, 100 ms and
@@ -1413,6 +1452,9 @@ class Daemon:
             if line.probing:  # no outcome counted (no port, a PBX fault, our failure)
                 line.probing = False
                 self._trunk(line).abandon_probe()
+            if line.own_probe:  # no outcome either way (no port, cancelled)
+                line.own_probe = False
+                self._own.abandon_probe()
             if line.retired:
                 asyncio.get_running_loop().create_task(self._drop_line(line))
             elif not self._stopping.is_set() and not no_port:
@@ -1460,6 +1502,59 @@ class Daemon:
             error=str(exc),
             hint="rtp.ports is smaller than the lines need, or other programs hold its ports",
         )
+
+    def _own_outcome(self, line: Line, exc: Exception | None, item: DialplanItem) -> bool:
+        """Count a call for the daemon's own breaker (`_own`): `exc` is our own
+        failure (an exception in our code), None a call that went through whatever
+        its outcome. True when the failed number was kept back: it goes to the head
+        of its line (OWN_FAIL_TRIES_MAX), and dialling pauses while our calls keep
+        failing (OWN_FAULT_AFTER); stopping, it is left to the server's lease
+        reclaim. False: upload the local failure (`failed`, judged `unknown`)."""
+        loop = asyncio.get_running_loop()
+        probe, line.own_probe = line.own_probe, False
+        if exc is None:
+            if self._own.finished(False, loop.time(), probe=probe):
+                log.info("calls_recovered", extension=line.extension, phone=item.phone)
+                self._wake_dialer.set()
+                self._set_status()
+            return False
+        self.own_failures += 1
+        self._own_error = f"{type(exc).__name__}: {exc}"[:80]
+        was_closed = self._own.state is TrunkState.CLOSED
+        opened = self._own.finished(True, loop.time(), probe=probe)
+        key = (item.dialplan_id or "", item.phone)
+        tries = line.fault_tries.get(key, 0) + (0 if opened or not was_closed else 1)
+        kept = tries < OWN_FAIL_TRIES_MAX
+        log.error(
+            "call_failed",
+            extension=line.extension,
+            phone=item.phone,
+            error=repr(exc),
+            tries=tries,
+            hint="a failure of ours: the number waits on its line"
+            if kept
+            else "a failure of ours, again for this number: uploaded as a local failure",
+        )
+        if opened:
+            log.error(
+                "calls_failing",
+                pause_s=self._own.pause,
+                error=self._own_error,
+                hint="calls fail in the daemon itself (see call_failed): dialling paused,"
+                " the numbers wait on their lines; a probe call after the pause",
+            )
+            loop.call_later(self._own.pause, self._wake_dialer.set)
+            self._set_status()
+        if not kept:
+            line.fault_tries.pop(key, None)
+            return False
+        if self._stopping.is_set():
+            return True
+        line.fault_tries[key] = tries
+        line.pending.insert(0, item)
+        line.hold_until = loop.time() + OWN_RETRY_S
+        loop.call_later(OWN_RETRY_S, self._wake_dialer.set)
+        return True
 
     def _pbx_fault(self, line: Line, item: DialplanItem, record: CallRecord) -> bool:
         """The call met a PBX fault (PBX_FAULTS): True when the number was kept back.
@@ -1722,13 +1817,15 @@ def _cut_short(record: CallRecord) -> bool:
 
 
 def _failed_record(config: DaemonConfig, exc: BaseException) -> CallRecord:
-    """A zero-frame WAV and `failed` fields for a call we could not make."""
-    import soundfile as sf
+    """A zero-frame WAV and `failed` fields for a call we could not make.
 
-    folder = config.recordings.dir
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"failed-{time.time_ns()}.wav"
-    sf.write(str(path), [], 8000, subtype="PCM_16", format="WAV")
+    The WAV is built in memory: the failure may be the recordings folder itself
+    (a file in its place, a full disk), and writing there raised again from the
+    error handler, so the call's task died and its number was never uploaded."""
+    from sipclient.media.recorder import Recorder
+
+    path = config.recordings.dir / f"failed-{time.time_ns()}.wav"
+    data = Recorder(path, in_memory=True).close().data
     return CallRecord(
         path,
         {
@@ -1744,6 +1841,7 @@ def _failed_record(config: DaemonConfig, exc: BaseException) -> CallRecord:
             "localConfidence": 0.0,
         },
         "failed",
+        data,
     )
 
 

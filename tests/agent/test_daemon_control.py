@@ -41,7 +41,7 @@ from sipclient.agent.control import (
     Uploader,
     form_data,
 )
-from sipclient.agent.daemon import CallRecord, Daemon
+from sipclient.agent.daemon import OWN_FAIL_TRIES_MAX, OWN_FAULT_AFTER, CallRecord, Daemon
 from sipclient.agent.spool import Spool, SpoolEntry
 from sipclient.config import (
     AuthSettings,
@@ -554,6 +554,8 @@ class FakeLine:
         self.world.dialled.append(item.phone)
         self.world.dialled_on.setdefault(item.phone, []).append(self.account.extension)
         self.world.started_at.append(asyncio.get_running_loop().time())
+        if self.world.broken or item.phone in self.world.broken_for:
+            raise RuntimeError("a bug of ours (test)")
         if item.phone in self.world.answer_for:
             await asyncio.sleep(self.world.call_seconds / 2)
             on_answered()  # the 2xx (the SIP side calls it from Call's on_answered)
@@ -615,6 +617,10 @@ class FakeWorld:
         self.ring_all = False
         self.ring_for: set[str] = set()
         """Every call rings (else a bare 404, as a PBX with no route out answers)."""
+        self.broken = False
+        """Every call fails in the daemon's own code (an exception from `dial`)."""
+        self.broken_for: set[str] = set()
+        """Phones whose calls fail in the daemon's own code."""
         self.rechecks: list[str] = []
         self.registrar_answers = True
         self.recheck_seconds = 0.05
@@ -924,6 +930,57 @@ async def test_transient_outcomes_in_a_row_pause_the_trunk_until_a_probe_decides
     (guard,) = daemon._trunks.values()
     assert guard.opened == 1 and guard.state.value == "closed" and not guard.probe_in_flight
     assert any("trunk failing: dialling paused" in n for n in notes), notes
+
+
+async def test_calls_failing_in_the_daemon_pause_dialling_and_every_number_waits(
+    server: LiveServer, tmp_path: Path
+) -> None:
+    # A daemon whose every call fails in its own code (a bug, a broken install: the
+    # soundfile callbacks the unit's MemoryDenyWriteExecute refused). Before, each
+    # call was uploaded as a local failure: the whole list came back `unknown`.
+    phones = [f"60{i}" for i in range(6)]
+    task_id = await server.push(["2001", "2002"], phones)
+    trunk = TrunkSettings(pause_min=0.5, pause_max=1.0)
+    daemon, world, notes = _daemon_noting(tmp_path, server, 2, trunk)
+    world.broken = True
+    async with _running(daemon):
+        await _wait(lambda: daemon._own.opened >= 2, timeout=20)  # opened, a probe failed
+        await _wait(lambda: any("our calls failing (RuntimeError" in n for n in notes))
+
+        async def alerts() -> list[str]:  # what the server's fleet listing shows of us
+            (me,) = (await server.get("/api/clients"))["data"]["clients"]
+            return list((me["health"] or {}).get("alerts", []))
+
+        await _wait(lambda: _has(alerts(), "calls_failing"))
+        task = await server.task(task_id)
+        assert all(d["status"] != "finish" for d in task["dialplans"]), task["dialplans"]
+        assert daemon.decided == 0 and len(daemon.spool) == 0
+        # paused: a probe a pause, not a call a line as fast as they fail
+        assert len(world.dialled) <= OWN_FAULT_AFTER + daemon._own.opened
+        world.broken = False  # mended (a config reload, a disk emptied...)
+        await _wait(lambda: _finished(server, task_id), timeout=20)
+        await _wait(lambda: "failing" not in daemon.status_line())
+    task = await server.task(task_id)
+    assert {d["phone"]: d["result"] for d in task["dialplans"]} == dict.fromkeys(phones, "empty")
+    assert daemon.decided == 6 and daemon.own_failures >= OWN_FAULT_AFTER + 1
+
+
+async def test_a_number_that_trips_a_bug_of_ours_is_uploaded_after_its_tries_the_rest_go_on(
+    server: LiveServer, tmp_path: Path
+) -> None:
+    phones = [f"70{i:02}" for i in range(14)]
+    task_id = await server.push(["2001", "2002"], phones)
+    daemon, world, _notes = _daemon_noting(tmp_path, server, 2)
+    world.call_seconds = 0.3  # the other line's calls go through between its tries
+    world.broken_for = {"7001"}
+    async with _running(daemon):
+        await _wait(lambda: _finished(server, task_id), timeout=30)
+    assert world.dialled.count("7001") == OWN_FAIL_TRIES_MAX
+    assert daemon._own.opened == 0 and daemon.own_failures == OWN_FAIL_TRIES_MAX
+    task = await server.task(task_id)
+    results = {d["phone"]: d["result"] for d in task["dialplans"]}
+    assert results.pop("7001") == "unknown"
+    assert set(results.values()) == {"empty"} and daemon.decided == 14
 
 
 async def test_a_pbx_rejecting_every_number_alike_misjudges_none_and_they_are_dialled_once_it_rings(

@@ -668,6 +668,43 @@ async def test_a_spool_that_cannot_be_written_stops_dialling_and_loses_nothing(
     assert sorted(dialled) == sorted(phones)
 
 
+async def test_calls_failing_in_the_daemon_pause_it_and_every_number_keeps_its_verdict(
+    make_world: Callable[..., World],
+) -> None:
+    # The recordings folder turns into a file (a bad mount, a cleanup script): every
+    # call fails in our own code as it closes its WAV. Before, each was uploaded as a
+    # local failure, `unknown` for good: the rest of the list misjudged in seconds.
+    world = make_world(
+        lines=3,
+        carriers=FAST + MEDIA,
+        keep_recordings=True,
+        trunk={"pause_min": 1.0, "pause_max": 2.0},
+    )
+    await world.start()
+    first = numbers_for(3, FAST + MEDIA)
+    await _run(world, first, 60)
+    recordings = world.workdir / "daemon" / "recordings"
+    away = recordings.with_name("recordings.away")
+    recordings.rename(away)
+    recordings.write_text("not a folder")
+    second = [f"{c.prefix}6{i:03d}" for i, c in enumerate((FAST + MEDIA) * 2)]
+    await world.push_numbers(second)
+    async with asyncio.timeout(60):
+        while '"calls_failing"' not in _daemon_log(world):
+            await asyncio.sleep(0.2)
+    await asyncio.sleep(4.0)  # paused: a probe a pause (1 s, then 2 s), each failing
+    assert not set(second) & set(world.receiver.verdicts.results)
+    recordings.unlink()
+    away.rename(recordings)
+    assert await world.wait_for(second, 120), sorted(
+        set(second) - set(world.receiver.verdicts.results)
+    )
+    assert _wrong(world, second) == []
+    assert all(world.receiver.verdicts.deliveries[p] == 1 for p in second)
+    events = [e.get("event") for e in _events(world)]
+    assert "calls_recovered" in events and events.count("call_failed") >= 3
+
+
 async def test_the_daemon_over_tcp_gets_every_verdict_right(
     make_world: Callable[..., World],
 ) -> None:
