@@ -72,6 +72,19 @@ async def _run(world: World, phones: list[str], timeout: float) -> None:
     assert done, f"no verdict for {missing}"
 
 
+async def _all_right_once(
+    world: World, phones: list[str], timeout: float, earlier: list[str] | None = None
+) -> None:
+    """Every number of `phones` gets its verdict within `timeout`; those and `earlier`
+    ones all right, each delivered once."""
+    assert await world.wait_for(phones, timeout), sorted(
+        set(phones) - set(world.receiver.verdicts.results)
+    )
+    judged = (earlier or []) + phones
+    assert _wrong(world, judged) == []
+    assert all(world.receiver.verdicts.deliveries[p] == 1 for p in judged)
+
+
 async def test_every_verdict_class_arrives_at_the_return_url(
     make_world: Callable[..., World],
 ) -> None:
@@ -233,11 +246,7 @@ async def test_a_pbx_that_answers_nothing_for_a_while_misjudges_no_number(
         assert world.receiver.verdicts.results.keys().isdisjoint(second)
     finally:
         world.kamailio.freeze(False)
-    assert await world.wait_for(second, 90), sorted(
-        set(second) - set(world.receiver.verdicts.results)
-    )
-    assert _wrong(world, first + second) == []
-    assert all(world.receiver.verdicts.deliveries[p] == 1 for p in first + second)
+    await _all_right_once(world, second, 90, earlier=first)
     log = _daemon_log(world)
     assert log.count('"pbx_fault"') >= 2 and '"pbx_fault_number_failed"' not in log
 
@@ -385,11 +394,7 @@ async def test_a_password_changed_on_the_pbx_misjudges_no_number_and_the_new_one
     # the operator pushes the new password: the daemon takes it up with the lease
     world.extensions[ext] = f"new-{ext}"
     await world.push_accounts()
-    assert await world.wait_for(second, 90), sorted(
-        set(second) - set(world.receiver.verdicts.results)
-    )
-    assert _wrong(world, first + second) == []
-    assert all(world.receiver.verdicts.deliveries[p] == 1 for p in first + second)
+    await _all_right_once(world, second, 90, earlier=first)
     events = _events(world)
     faults = [e for e in events if e.get("event") == "pbx_fault"]
     assert faults and {(e["fault"], e["extension"]) for e in faults} == {("credentials", ext)}
@@ -441,11 +446,7 @@ async def test_sighup_reloads_and_sigterm_mid_call_exits_0_losing_nothing(
     assert '"stopped"' in text and '"spooled": 0' in text
     assert '"number_let_go"' in text
     world.start_daemon()
-    assert await world.wait_for(phones, 90), sorted(
-        set(phones) - set(world.receiver.verdicts.results)
-    )
-    assert all(world.receiver.verdicts.deliveries[p] == 1 for p in phones)
-    assert _wrong(world, phones) == []
+    await _all_right_once(world, phones, 90)
 
 
 async def test_a_call_whose_cancel_is_lost_keeps_its_verdict_when_the_daemon_stops(
@@ -654,11 +655,7 @@ async def test_a_spool_that_cannot_be_written_stops_dialling_and_loses_nothing(
     assert invites() - at_break <= 3
     spool.unlink()
     away.rename(spool)
-    assert await world.wait_for(phones, 90), sorted(
-        set(phones) - set(world.receiver.verdicts.results)
-    )
-    assert _wrong(world, phones) == []
-    assert all(world.receiver.verdicts.deliveries[p] == 1 for p in phones)
+    await _all_right_once(world, phones, 90)
     log = _daemon_log(world)
     assert '"spool_failed"' in log and '"spool_writable_again"' in log
     # and each number was dialled once: the uploads went up when the spool came back,
@@ -696,11 +693,7 @@ async def test_calls_failing_in_the_daemon_pause_it_and_every_number_keeps_its_v
     assert not set(second) & set(world.receiver.verdicts.results)
     recordings.unlink()
     away.rename(recordings)
-    assert await world.wait_for(second, 120), sorted(
-        set(second) - set(world.receiver.verdicts.results)
-    )
-    assert _wrong(world, second) == []
-    assert all(world.receiver.verdicts.deliveries[p] == 1 for p in second)
+    await _all_right_once(world, second, 120)
     events = [e.get("event") for e in _events(world)]
     assert "calls_recovered" in events and events.count("call_failed") >= 3
 
