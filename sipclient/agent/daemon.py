@@ -195,6 +195,14 @@ seconds (`Daemon.lag_shown`). A loop swamped in bursts swings its smoothed lag
 across LAG_WARN several times a second; shown as it stood at the moment of a
 STATUS= update (at most one a second), an overload could be missed by every
 update (CI saw it: the one update after the warning fell on a dip)."""
+MEMORY_MIN_UPTIME_S = 600.0
+"""No memory restart (`memory.restart_above_mb`) before this much uptime: a cap
+below what the daemon needs costs a restart every 10 minutes, not a loop."""
+MEMORY_CHECK_S = 30.0
+"""How often the resident memory is read (`Daemon._memory_watch`)."""
+EXIT_MEMORY_RESTART = 75
+"""The exit code after a memory restart (EX_TEMPFAIL): a graceful stop, for the
+service manager to start the daemon again."""
 TICK_S = 0.1
 """Period of the classifier's clock once its no-RTP wait is due and still undecided."""
 
@@ -447,6 +455,8 @@ class Daemon:
         self._call_tasks: set[asyncio.Task[None]] = set()
         self._on_reload: list[Callable[[], None]] = []
         self._status_timer: asyncio.TimerHandle | None = None
+        self.exit_code = 0
+        """What `run` returns: 0 after a stop, EXIT_MEMORY_RESTART after a memory restart."""
         self.loop_lag = 0.0
         """The event loop's lag, smoothed (seconds; `_lag_monitor`)."""
         self._lag_recent: collections.deque[float] = collections.deque(
@@ -548,13 +558,15 @@ class Daemon:
         }
 
     async def run(self) -> int:
-        """The whole life of the daemon; 0 after a clean stop."""
+        """The whole life of the daemon; 0 after a clean stop, EXIT_MEMORY_RESTART (75)
+        after a memory restart (`_memory_watch`)."""
         self.uploader.kick()  # replay what an earlier run left in the spool
         self._tasks = [
             asyncio.create_task(self.uploader.run(), name="uploader"),
             asyncio.create_task(self.status.run(), name="status"),
             asyncio.create_task(self._watchdog(), name="watchdog"),
             asyncio.create_task(self._lag_monitor(), name="lag"),
+            asyncio.create_task(self._memory_watch(), name="memory"),
             asyncio.create_task(
                 run_housekeeping(
                     self.config.recordings.dir,
@@ -575,7 +587,7 @@ class Daemon:
                     self.client_id = None
         finally:
             await self._shutdown()
-        return 0
+        return self.exit_code
 
     # --------------------------------------------------------------- session
 
@@ -940,6 +952,35 @@ class Daemon:
                     in_call=self.in_call,
                     hint="more calls than one core serves: fewer lines or another daemon",
                 )
+
+    async def _memory_watch(self) -> None:
+        """A graceful restart once the resident memory passes `memory.restart_above_mb`
+        (after MEMORY_MIN_UPTIME_S): the stop of SIGTERM, then exit 75."""
+        limit = self.config.memory.restart_above_mb
+        if not limit:
+            return
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        every = min(MEMORY_CHECK_S, max(0.05, MEMORY_MIN_UPTIME_S / 4))
+        while not self._stopping.is_set():
+            await asyncio.sleep(every)
+            rss = _rss_mb()
+            if rss is None:
+                return  # no /proc: nothing to watch
+            uptime = loop.time() - started
+            if rss > limit and uptime >= MEMORY_MIN_UPTIME_S:
+                log.warning(
+                    "memory_restart",
+                    rss_mb=round(rss, 1),
+                    limit_mb=limit,
+                    uptime_s=round(uptime),
+                    decided=self.decided,
+                    hint="a graceful stop; the service manager starts the daemon again"
+                    " (exit 75). The heap creeps with fragmentation (docs/daemon.md)",
+                )
+                self.exit_code = EXIT_MEMORY_RESTART
+                self.stop()
+                return
 
     # ------------------------------------------------------------ dial loop
 
@@ -1814,6 +1855,16 @@ def _cut_short(record: CallRecord) -> bool:
     code = record.fields.get("sipCode")
     ours = code in ("", None) or (code == 487 and bool(record.fields.get("cancelledByUs")))
     return ours and record.verdict == "unknown"
+
+
+def _rss_mb() -> float | None:
+    """This process's resident memory in MB (Linux /proc), None where unreadable."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            pages = int(f.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return pages * os.sysconf("SC_PAGE_SIZE") / 1e6
 
 
 def _failed_record(config: DaemonConfig, exc: BaseException) -> CallRecord:

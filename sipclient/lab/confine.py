@@ -12,9 +12,8 @@ object through cffi callbacks (W+X memory: every call of a daemon with
 `@resources`, which the unit denies) at import: SIGSYS, the daemon killed
 before READY=1, restarted every 2 s for ever.
 
-How the filters are made, after systemd's own (`seccomp-util.c`, read, not
-copied), with libseccomp (`libseccomp2`, which systemd itself links) through
-ctypes:
+How the filters are made, as systemd.exec(5) describes them, with libseccomp
+(`libseccomp2`, which systemd itself links) through ctypes:
 
 - `SystemCallFilter=`: the groups are expanded by this box's
   `systemd-analyze syscall-filter`, so `@system-service` means what the
@@ -28,8 +27,10 @@ ctypes:
 
 After installing them the rule is checked: a writable and executable mapping
 must be refused, or nothing runs (exit 126). Not emulated: the unit's file
-system, user and namespace settings. Without libseccomp or `systemd-analyze`
-nothing runs (exit 125; `make install` installs both).
+system, user and namespace settings, and `RestrictAddressFamilies=` (a demo
+run's daemon, under strace, opened AF_INET sockets only; sd_notify's is
+AF_UNIX). Without libseccomp or `systemd-analyze` nothing runs (exit 125;
+`make install` installs both).
 """
 
 from __future__ import annotations

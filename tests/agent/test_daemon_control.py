@@ -50,6 +50,7 @@ from sipclient.config import (
     HeartbeatSettings,
     HostPort,
     LeaseSettings,
+    MemorySettings,
     PortRange,
     RecordingSettings,
     ServerConfig,
@@ -981,6 +982,40 @@ async def test_a_number_that_trips_a_bug_of_ours_is_uploaded_after_its_tries_the
     results = {d["phone"]: d["result"] for d in task["dialplans"]}
     assert results.pop("7001") == "unknown"
     assert set(results.values()) == {"empty"} and daemon.decided == 14
+
+
+async def test_past_its_memory_limit_the_daemon_stops_as_on_sigterm_exits_75_losing_nothing(
+    server: LiveServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the heap creeps ~0.2 kB a call: past memory.restart_above_mb the daemon stops
+    # gracefully for systemd (Restart=always) to start it again
+    monkeypatch.setattr(daemon_mod, "MEMORY_MIN_UPTIME_S", 0.3)
+    rss = {"mb": 150.0}
+    monkeypatch.setattr(daemon_mod, "_rss_mb", lambda: rss["mb"])
+    phones = [f"50{i:02}" for i in range(12)]
+    task_id = await server.push(["2001", "2002"], phones)
+    config = dataclasses.replace(
+        _daemon_config(tmp_path, server, 2), memory=MemorySettings(restart_above_mb=256)
+    )
+    (tmp_path / "rec").mkdir()
+    world = FakeWorld(tmp_path)
+    world.call_seconds = 0.3
+    daemon = Daemon(config, world.factory)
+    run = asyncio.create_task(daemon.run())
+    await _wait(lambda: len(world.dialled) >= 4, timeout=20)
+    assert not run.done()  # under the limit, past the minimum uptime: runs on
+    rss["mb"] = 300.0
+    assert await asyncio.wait_for(run, 20) == 75
+    assert daemon.decided >= 2 and len(daemon.spool) == 0
+    # "systemd" starts it again, on the same spool: the rest of the list, once each
+    again = Daemon(config, world.factory)
+    rss["mb"] = 150.0
+    async with _running(again):
+        await _wait(lambda: _finished(server, task_id), timeout=30)
+    assert again.exit_code == 0
+    task = await server.task(task_id)
+    assert {d["phone"]: d["result"] for d in task["dialplans"]} == dict.fromkeys(phones, "empty")
+    assert daemon.decided + again.decided == len(phones)
 
 
 async def test_a_pbx_rejecting_every_number_alike_misjudges_none_and_they_are_dialled_once_it_rings(
