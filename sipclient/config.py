@@ -287,11 +287,12 @@ class MemorySettings:
     restart_above_mb: int = field(
         default=1024, metadata=_check(lambda v: v == 0 or v >= 256, "0 (off) or >= 256")
     )
-    """Resident memory (MB) past which the daemon stops as on SIGTERM (calls finish,
-    uploads go in, it leaves the server) and exits 75, for its service manager to
-    start it again (the unit's Restart=always). Its heap creeps ~0.2 kB a call
-    (~0.4 GB a day at 24 lines: glibc's fragmentation, docs/daemon.md, "Memory restart");
-    this bounds it. Never within its first 10 minutes. 0: never."""
+    """Resident memory (MB) past which the daemon starts no new call, lets those in
+    flight end, stops as on SIGTERM (uploads go in, it leaves the server) and
+    exits 75, for its service manager to start it again (the unit's
+    Restart=always). Its heap creeps ~0.2 kB a call (~0.4 GB a day at 24 lines:
+    glibc's fragmentation, docs/daemon.md, "Memory restart"); this bounds it.
+    Never within its first 10 minutes. 0: never."""
 
 
 @dataclass(frozen=True)

@@ -200,6 +200,10 @@ MEMORY_MIN_UPTIME_S = 600.0
 below what the daemon needs costs a restart every 10 minutes, not a loop."""
 MEMORY_CHECK_S = 30.0
 """How often the resident memory is read (`Daemon._memory_watch`)."""
+MEMORY_DRAIN_MAX_S = 60.0
+"""A memory restart first lets the calls in flight end by themselves (no new call
+starts), this long at most, then stops: a call the stop cut short would be dialled
+again, and its number rung twice, for no urgent reason."""
 EXIT_MEMORY_RESTART = 75
 """The exit code after a memory restart (EX_TEMPFAIL): a graceful stop, for the
 service manager to start the daemon again."""
@@ -456,6 +460,8 @@ class Daemon:
         self._on_reload: list[Callable[[], None]] = []
         self._status_timer: asyncio.TimerHandle | None = None
         self.exit_code = 0
+        self._draining = False
+        """A memory restart is due: no call starts, the ones in flight end first."""
         """What `run` returns: 0 after a stop, EXIT_MEMORY_RESTART after a memory restart."""
         self.loop_lag = 0.0
         """The event loop's lag, smoothed (seconds; `_lag_monitor`)."""
@@ -533,6 +539,8 @@ class Daemon:
             left = self._own.seconds_left(asyncio.get_running_loop().time())
             when = f"{round(left)} s left" if left else "probing"
             out.append(("calls_failing", f"our calls failing ({self._own_error}): paused, {when}"))
+        if self._draining:
+            out.append(("memory_restart", "restarting: memory past its limit"))
         lag = self.lag_shown
         if lag > LAG_WARN:
             out.append(("loop_lagging", f"loop {round(lag * 1000)} ms late"))
@@ -975,10 +983,19 @@ class Daemon:
                     limit_mb=limit,
                     uptime_s=round(uptime),
                     decided=self.decided,
-                    hint="a graceful stop; the service manager starts the daemon again"
-                    " (exit 75). The heap creeps with fragmentation (docs/daemon.md)",
+                    in_call=self.in_call,
+                    hint="no new call; once those in flight end, a graceful stop and exit"
+                    " 75 for the service manager to start the daemon again. The heap"
+                    " creeps with fragmentation (docs/daemon.md)",
                 )
                 self.exit_code = EXIT_MEMORY_RESTART
+                self._draining = True
+                self._set_status()
+                drained_by = loop.time() + MEMORY_DRAIN_MAX_S
+                while self.in_call and loop.time() < drained_by:
+                    if self._stopping.is_set():
+                        return
+                    await asyncio.sleep(0.1)
                 self.stop()
                 return
 
@@ -1051,6 +1068,7 @@ class Daemon:
             and line.hold_until <= now
             and self._trunk(line).allows(now)
             and self._own.allows(now)
+            and not self._draining
         )
 
     def _trunk(self, line: Line) -> TrunkGuard:
@@ -1353,7 +1371,7 @@ class Daemon:
     def _start_pending(self) -> None:
         if self._stopping.is_set():
             return
-        if self._canaries_wanted and not self._unspooled:
+        if self._canaries_wanted and not self._unspooled and not self._draining:
             self._start_canaries()
         cps = self.config.dialplan.max_cps
         loop = asyncio.get_running_loop()
