@@ -460,8 +460,6 @@ class Daemon:
         self._on_reload: list[Callable[[], None]] = []
         self._status_timer: asyncio.TimerHandle | None = None
         self.exit_code = 0
-        self._draining = False
-        """A memory restart is due: no call starts, the ones in flight end first."""
         """What `run` returns: 0 after a stop, EXIT_MEMORY_RESTART after a memory restart."""
         self.loop_lag = 0.0
         """The event loop's lag, smoothed (seconds; `_lag_monitor`)."""
@@ -539,12 +537,17 @@ class Daemon:
             left = self._own.seconds_left(asyncio.get_running_loop().time())
             when = f"{round(left)} s left" if left else "probing"
             out.append(("calls_failing", f"our calls failing ({self._own_error}): paused, {when}"))
-        if self._draining:
+        if self.draining:
             out.append(("memory_restart", "restarting: memory past its limit"))
         lag = self.lag_shown
         if lag > LAG_WARN:
             out.append(("loop_lagging", f"loop {round(lag * 1000)} ms late"))
         return out
+
+    @property
+    def draining(self) -> bool:
+        """A memory restart is due: no call starts, the ones in flight end first."""
+        return self.exit_code == EXIT_MEMORY_RESTART
 
     @property
     def lag_shown(self) -> float:
@@ -988,8 +991,7 @@ class Daemon:
                     " 75 for the service manager to start the daemon again. The heap"
                     " creeps with fragmentation (docs/daemon.md)",
                 )
-                self.exit_code = EXIT_MEMORY_RESTART
-                self._draining = True
+                self.exit_code = EXIT_MEMORY_RESTART  # and so `draining`
                 self._set_status()
                 drained_by = loop.time() + MEMORY_DRAIN_MAX_S
                 while self.in_call and loop.time() < drained_by:
@@ -1068,7 +1070,7 @@ class Daemon:
             and line.hold_until <= now
             and self._trunk(line).allows(now)
             and self._own.allows(now)
-            and not self._draining
+            and not self.draining
         )
 
     def _trunk(self, line: Line) -> TrunkGuard:
@@ -1371,7 +1373,7 @@ class Daemon:
     def _start_pending(self) -> None:
         if self._stopping.is_set():
             return
-        if self._canaries_wanted and not self._unspooled and not self._draining:
+        if self._canaries_wanted and not self._unspooled and not self.draining:
             self._start_canaries()
         cps = self.config.dialplan.max_cps
         loop = asyncio.get_running_loop()
