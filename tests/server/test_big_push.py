@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -105,15 +106,34 @@ async def test_two_pushes_at_once_each_get_their_own_numbers(api: Api) -> None:
         assert [d["phone"] for d in task["dialplans"]] == phones
 
 
-async def test_a_push_cut_short_leaves_nothing(tmp_path: Path) -> None:
+async def test_a_push_cut_short_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_store, "PUSH_SLICE", 1000)
     store = SqliteStore(tmp_path / "db.sqlite")
     await store.open()
+    # held once its task row and first slice are in: cut short there for sure (a
+    # 50 ms sleep was the cut, and a fast run finished the whole push within it)
+    sliced, hold = asyncio.Event(), asyncio.Event()
+    real_run, jobs = store._writer.run, [0]
+
+    async def run(job: Any) -> Any:
+        out = await real_run(job)
+        jobs[0] += 1
+        if jobs[0] == 2:
+            sliced.set()
+            await hold.wait()
+        return out
+
+    monkeypatch.setattr(store._writer, "run", run)
     try:
         push = asyncio.ensure_future(
             store.create_task([f"4{n:010d}" for n in range(5000)], URL, 1.0)
         )
-        await asyncio.sleep(0.05)  # some slices in
+        await asyncio.wait_for(sliced.wait(), 10)
         assert not push.done()
+        with sqlite3.connect(tmp_path / "db.sqlite") as conn:  # a slice is in, hidden
+            assert conn.execute("SELECT COUNT(*) FROM dialplans").fetchone()[0] == 1000
         push.cancel()  # the server stopping mid-push
         with pytest.raises(asyncio.CancelledError):
             await push
