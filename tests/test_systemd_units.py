@@ -80,7 +80,7 @@ def _confined(
 
 def test_the_units_deny_write_execute_memory_and_refuse_calls_with_eperm() -> None:
     # what the lab's confinement reads; EPERM, not SIGSYS: see the next tests
-    for unit in ("sipclient.service", "sipclient@.service"):
+    for unit in ("sipclient.service", "sipclient@.service", "sipclient-server.service"):
         rules = UnitRules(UNITS / unit)
         assert rules.deny_write_execute and rules.error_number == errno.EPERM
         assert rules.filters == ["@system-service", "~@privileged @resources"]
