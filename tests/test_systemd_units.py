@@ -173,3 +173,34 @@ def test_filter_lines_combine_as_systemd_reads_them(tmp_path: Path) -> None:
     rules = UnitRules(unit)
     assert rules.error_number == errno.EACCES and not rules.deny_write_execute
     assert rules.allowed(groups) == {"open", "read", "nice"}
+
+
+def test_systemd_reads_every_setting_of_the_units(tmp_path: Path) -> None:
+    # a misspelt hardening key or an unknown call group is only a warning to
+    # systemd, and the protection is silently off: systemd-analyze verify names it
+    for unit, name in (
+        ("sipclient.service", "sipclient.service"),
+        ("sipclient@.service", "sipclient@one.service"),
+        ("sipclient-server.service", "sipclient-server.service"),
+    ):
+        text = (UNITS / unit).read_text(encoding="utf-8")
+        # ExecStart must name a program that exists here
+        (tmp_path / name).write_text(
+            text.replace("/opt/sipclient/.venv/bin/sipclient", sys.executable), encoding="utf-8"
+        )
+        done = subprocess.run(
+            ["systemd-analyze", "verify", str(tmp_path / name)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert (done.returncode, done.stdout + done.stderr) == (0, ""), name
+    # and it does name one
+    bad = tmp_path / "bad.service"
+    bad.write_text(
+        f"[Service]\nExecStart={sys.executable}\nMemoryDenyWriteExecut=yes\n", encoding="utf-8"
+    )
+    done = subprocess.run(
+        ["systemd-analyze", "verify", str(bad)], capture_output=True, text=True, timeout=60
+    )
+    assert "Unknown key 'MemoryDenyWriteExecut'" in done.stdout + done.stderr
