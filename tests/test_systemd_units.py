@@ -12,30 +12,15 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from sipclient.lab.confine import UnitRules
+from sipclient.lab.confine import UnitRules, unit_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 UNITS = ROOT / "systemd"
 
 
-def _settings(path: Path) -> list[tuple[str, str, str]]:
-    """(section, key, value) of every setting, comments and blank lines left out."""
-    out, section = [], ""
-    for raw in path.read_text(encoding="utf-8").splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        if line.startswith("["):
-            section = line.strip("[]")
-            continue
-        key, _, value = line.partition("=")
-        out.append((section, key.strip(), value.strip()))
-    return out
-
-
 def test_the_template_differs_from_the_single_unit_only_by_the_instance() -> None:
-    single = _settings(UNITS / "sipclient.service")
-    template = _settings(UNITS / "sipclient@.service")
+    single = unit_settings(UNITS / "sipclient.service")
+    template = unit_settings(UNITS / "sipclient@.service")
     assert len(single) == len(template)
     differ = {
         key: (a_val, b_val)

@@ -56,6 +56,22 @@ def scmp_act_errno(code: int) -> int:
     return 0x00050000 | (code & 0xFFFF)
 
 
+def unit_settings(path: Path) -> list[tuple[str, str, str]]:
+    """(section, key, value) of every setting of a unit file, in order; comments and
+    blank lines left out."""
+    out, section = [], ""
+    for raw in path.read_text(encoding="utf-8").splitlines():
+        line = raw.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("["):
+            section = line.strip("[]")
+            continue
+        key, _, value = line.partition("=")
+        out.append((section, key.strip(), value.strip()))
+    return out
+
+
 class UnitRules:
     """The seccomp-relevant settings of one unit file's [Service] section."""
 
@@ -64,17 +80,9 @@ class UnitRules:
         self.filters: list[str] = []  # each SystemCallFilter= value, in order
         self.error_number: int | None = None
         self.deny_write_execute = False
-        section = ""
-        for raw in path.read_text(encoding="utf-8").splitlines():
-            line = raw.strip()
-            if not line or line.startswith(("#", ";")):
-                continue
-            if line.startswith("["):
-                section = line.strip("[]")
-                continue
+        for section, key, value in unit_settings(path):
             if section != "Service":
                 continue
-            key, _, value = (part.strip() for part in line.partition("="))
             if key == "SystemCallFilter":
                 self.filters.append(value)
             elif key == "SystemCallErrorNumber":
@@ -83,22 +91,21 @@ class UnitRules:
                 self.deny_write_execute = value.lower() in ("yes", "true", "1", "on")
 
     def allowed(self, groups: dict[str, list[str]]) -> set[str] | None:
-        """The calls the unit allows (None: no allow-list, everything)."""
+        """The calls the unit allows (None: no SystemCallFilter, everything): the first
+        list is the allow-list, a later "~" list takes its calls out, a later plain
+        list adds them back. A unit whose first list is a "~" one (deny-list mode)
+        is not emulated."""
         allowed: set[str] | None = None
-        denied: set[str] = set()
         for value in self.filters:
-            deny = value.startswith("~")
             names = set().union(*(expand(n, groups) for n in value.lstrip("~").split()))
-            if deny:
-                denied |= names
-                if allowed is not None:
-                    allowed -= names
+            if value.startswith("~"):
+                if allowed is None:
+                    raise SystemExit(f"{self.path}: a deny-list SystemCallFilter is not emulated")
+                allowed -= names
             elif allowed is None:
-                allowed = names - denied
+                allowed = names
             else:
                 allowed |= names
-        if allowed is None and denied:
-            raise SystemExit(f"{self.path}: a deny-only SystemCallFilter is not emulated")
         return allowed
 
 
