@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -69,6 +70,7 @@ def test_the_units_deny_write_execute_memory_and_refuse_calls_with_eperm() -> No
         rules = UnitRules(UNITS / unit)
         assert rules.deny_write_execute and rules.error_number == errno.EPERM
         assert rules.filters == ["@system-service", "~@privileged @resources"]
+        assert rules.families == ["AF_INET AF_INET6 AF_UNIX"]
 
 
 _PROBE = """
@@ -144,6 +146,59 @@ pathlib.Path({str(out)!r}).write_bytes(rec.close().data)
     data, rate = sf.read(str(out), dtype="int16")
     assert rate == 8000 and np.array_equal(data, (np.arange(20000) % 100).astype(np.int16))
     assert not (tmp_path / "call.wav").exists()
+
+
+_FAMILIES = """
+import errno, socket
+for name in ("AF_INET", "AF_INET6", "AF_UNIX", "AF_NETLINK"):
+    try:
+        socket.socket(getattr(socket, name), socket.SOCK_DGRAM).close()
+        print(name, "ok")
+    except OSError as exc:
+        print(name, errno.errorcode[exc.errno])
+a, b = socket.socketpair()
+print("socketpair ok")
+# glibc asks the kernel for the box's addresses over AF_NETLINK under AI_ADDRCONFIG
+# (aiohttp's resolver sets it): refused, it must still answer
+got = socket.getaddrinfo("localhost", 5060, type=socket.SOCK_DGRAM, flags=socket.AI_ADDRCONFIG)
+print("resolved", bool(got))
+"""
+
+
+def test_confine_restricts_address_families_as_the_unit_does() -> None:
+    done = _confined(_FAMILIES)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "AF_INET ok",
+        "AF_INET6 ok",
+        "AF_UNIX ok",
+        "AF_NETLINK EAFNOSUPPORT",
+        "socketpair ok",
+        "resolved True",
+    ]
+    free = subprocess.run(
+        [sys.executable, "-c", _FAMILIES], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert "AF_NETLINK ok" in free.stdout.splitlines()
+
+
+def test_address_family_lines_combine_as_systemd_reads_them(tmp_path: Path) -> None:
+    def families(*lines: str) -> set[int] | None:
+        unit = tmp_path / "f.service"
+        body = "".join(f"RestrictAddressFamilies={line}\n" for line in lines)
+        unit.write_text(f"[Service]\n{body}", encoding="utf-8")
+        return UnitRules(unit).allowed_families()
+
+    assert families() is None
+    assert families("AF_INET AF_UNIX", "AF_INET6") == {
+        socket.AF_INET,
+        socket.AF_UNIX,
+        socket.AF_INET6,
+    }
+    assert families("AF_INET AF_UNIX", "~AF_UNIX") == {socket.AF_INET}
+    denied = families("~AF_PACKET")
+    assert denied is not None and socket.AF_PACKET not in denied and socket.AF_INET in denied
+    assert families("AF_INET", "none") == set()
 
 
 def test_filter_lines_combine_as_systemd_reads_them(tmp_path: Path) -> None:

@@ -1,9 +1,10 @@
 """Run a program under a systemd unit's seccomp rules, outside systemd.
 
 ``python -m sipclient.lab.confine --unit systemd/sipclient.service PROGRAM [ARG...]``
-reads the unit's `SystemCallFilter=`, `SystemCallErrorNumber=` and
-`MemoryDenyWriteExecute=`, installs the seccomp filters systemd would build
-from them, then execs PROGRAM (filters hold across exec and in every child).
+reads the unit's `SystemCallFilter=`, `SystemCallErrorNumber=`,
+`MemoryDenyWriteExecute=` and `RestrictAddressFamilies=`, installs the seccomp
+filters systemd would build from them, then execs PROGRAM (filters hold across
+exec and in every child).
 The lab starts the daemon through it (`sipclient demo`, the e2e tests, the
 benches), so what the unit forbids fails here as it would under systemd. Two
 things did, and no test saw them until session 12: soundfile writing to a file
@@ -24,13 +25,18 @@ How the filters are made, as systemd.exec(5) describes them, with libseccomp
 - `MemoryDenyWriteExecute=yes`: `mmap` with PROT_WRITE and PROT_EXEC together,
   `mprotect` and `pkey_mprotect` adding PROT_EXEC, and `shmat` with SHM_EXEC
   fail with EPERM; a second filter, as systemd loads it.
+- `RestrictAddressFamilies=`: `socket()` of a family outside the list fails
+  with EAFNOSUPPORT (`socketpair()` is not filtered, as in systemd); a third
+  filter. Under the units' list (AF_INET AF_INET6 AF_UNIX) a daemon or
+  library that reached for another family (netlink, packet) would fail only
+  under systemd. glibc's `getaddrinfo` with AI_ADDRCONFIG (aiohttp's resolver
+  asks for it) opens an AF_NETLINK socket to learn the box's addresses; it
+  still answers when that is refused (tests/test_systemd_units.py checks).
 
 After installing them the rule is checked: a writable and executable mapping
 must be refused, or nothing runs (exit 126). Not emulated: the unit's file
-system, user and namespace settings, and `RestrictAddressFamilies=` (a demo
-run's daemon, under strace, opened AF_INET sockets only; sd_notify's is
-AF_UNIX). Without libseccomp or `systemd-analyze` nothing runs (exit 125;
-`make install` installs both).
+system, user and namespace settings. Without libseccomp or `systemd-analyze`
+nothing runs (exit 125; `make install` installs both).
 """
 
 from __future__ import annotations
@@ -42,13 +48,17 @@ import errno
 import mmap
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 SCMP_ACT_KILL_PROCESS = 0x80000000
 SCMP_ACT_ALLOW = 0x7FFF0000
+SCMP_CMP_EQ = 4
 SCMP_CMP_MASKED_EQ = 7
+FAMILIES_MAX = 64
+"""Address families 0..FAMILIES_MAX-1 are filtered (Linux 6.1 knows 46)."""
 SHM_EXEC = 0o100000
 
 
@@ -80,6 +90,7 @@ class UnitRules:
         self.filters: list[str] = []  # each SystemCallFilter= value, in order
         self.error_number: int | None = None
         self.deny_write_execute = False
+        self.families: list[str] = []  # each RestrictAddressFamilies= value, in order
         for section, key, value in unit_settings(path):
             if section != "Service":
                 continue
@@ -89,6 +100,31 @@ class UnitRules:
                 self.error_number = getattr(errno, value) if not value.isdigit() else int(value)
             elif key == "MemoryDenyWriteExecute":
                 self.deny_write_execute = value.lower() in ("yes", "true", "1", "on")
+            elif key == "RestrictAddressFamilies":
+                self.families.append(value)
+
+    def allowed_families(self) -> set[int] | None:
+        """The address families `socket()` may create (None: no restriction).
+
+        As systemd.exec(5) reads the lines: "none" allows none, a plain list
+        allows its families (later plain lists add theirs), a "~" list denies
+        its families (first: every other family is allowed)."""
+        allowed: set[int] | None = None
+        every = set(range(FAMILIES_MAX))
+        for value in self.families:
+            if value == "none":
+                allowed = set()
+                continue
+            names = value.lstrip("~").split()
+            unknown = [n for n in names if not isinstance(getattr(socket, n, None), int)]
+            if unknown:
+                raise SystemExit(f"{self.path}: unknown address family {' '.join(unknown)}")
+            numbers = {int(getattr(socket, n)) for n in names}
+            if value.startswith("~"):
+                allowed = (every if allowed is None else allowed) - numbers
+            else:
+                allowed = numbers if allowed is None else allowed | numbers
+        return allowed
 
     def allowed(self, groups: dict[str, list[str]]) -> set[str] | None:
         """The calls the unit allows (None: no SystemCallFilter, everything): the first
@@ -139,6 +175,12 @@ def expand(name: str, groups: dict[str, list[str]]) -> set[str]:
     return set().union(*(expand(n, groups) for n in groups[name]))
 
 
+Condition = tuple[int, int, int, int]
+"""(argument, libseccomp comparison, datum_a, datum_b) of a rule."""
+Rule = tuple[int, str, list[Condition]]
+"""(action, call, conditions that must all hold)."""
+
+
 class _ArgCmp(ctypes.Structure):
     _fields_ = [
         ("arg", ctypes.c_uint),
@@ -172,9 +214,8 @@ class Seccomp:
         nr = int(self.lib.seccomp_syscall_resolve_name(name.encode()))
         return None if nr < 0 else nr  # unknown here, or not of this architecture
 
-    def load(self, default: int, rules: list[tuple[int, str, list[tuple[int, int]]]]) -> None:
-        """One filter: `default` action, and (action, call, [(arg, mask)...]) rules,
-        each mask a "all these bits set" condition on that argument."""
+    def load(self, default: int, rules: list[Rule]) -> None:
+        """One filter: `default` action, and the rules that take other actions."""
         ctx = self.lib.seccomp_init(default)
         if not ctx:
             raise OSError("seccomp_init failed")
@@ -184,7 +225,7 @@ class Seccomp:
                 if nr is None:
                     continue
                 cmps = (_ArgCmp * max(1, len(conditions)))(
-                    *(_ArgCmp(arg, SCMP_CMP_MASKED_EQ, mask, mask) for arg, mask in conditions)
+                    *(_ArgCmp(arg, op, a, b) for arg, op, a, b in conditions)
                 )
                 rc = self.lib.seccomp_rule_add_array(ctx, action, nr, len(conditions), cmps)
                 if rc != 0:
@@ -196,23 +237,41 @@ class Seccomp:
             self.lib.seccomp_release(ctx)
 
 
-def write_execute_rules() -> list[tuple[int, str, list[tuple[int, int]]]]:
+def _bits(arg: int, mask: int) -> Condition:
+    """Argument `arg` has every bit of `mask` set."""
+    return (arg, SCMP_CMP_MASKED_EQ, mask, mask)
+
+
+def write_execute_rules() -> list[Rule]:
     deny = scmp_act_errno(errno.EPERM)
     wx = mmap.PROT_WRITE | mmap.PROT_EXEC
     return [
-        (deny, "mmap", [(2, wx)]),
-        (deny, "mprotect", [(2, mmap.PROT_EXEC)]),
-        (deny, "pkey_mprotect", [(2, mmap.PROT_EXEC)]),
-        (deny, "shmat", [(2, SHM_EXEC)]),
+        (deny, "mmap", [_bits(2, wx)]),
+        (deny, "mprotect", [_bits(2, mmap.PROT_EXEC)]),
+        (deny, "pkey_mprotect", [_bits(2, mmap.PROT_EXEC)]),
+        (deny, "shmat", [_bits(2, SHM_EXEC)]),
+    ]
+
+
+def address_family_rules(allowed: set[int]) -> list[Rule]:
+    """socket() of each family not in `allowed` fails with EAFNOSUPPORT."""
+    deny = scmp_act_errno(errno.EAFNOSUPPORT)
+    return [
+        (deny, "socket", [(0, SCMP_CMP_EQ, family, 0)])
+        for family in range(FAMILIES_MAX)
+        if family not in allowed
     ]
 
 
 def install(rules: UnitRules) -> None:
     """Load the unit's filters into this process."""
     sc = Seccomp()
-    # this one first: the allow-list may refuse the seccomp() call that loads a next
+    # these first: the allow-list may refuse the seccomp() call that loads a next
     if rules.deny_write_execute:
         sc.load(SCMP_ACT_ALLOW, write_execute_rules())
+    families = rules.allowed_families()
+    if families is not None:
+        sc.load(SCMP_ACT_ALLOW, address_family_rules(families))
     if rules.filters:
         allowed = rules.allowed(syscall_groups())
         if allowed is not None:
