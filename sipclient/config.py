@@ -268,7 +268,9 @@ class TrunkSettings:
     """A number known to ring through this PBX (an office line, a test SIM): dialled
     when `same_rejections` alike come in a row, and before held rejections go up
     only because nothing else came. It rings: they were the network's answer,
-    uploaded. Rejected: the route is suspect. '' (none): the run alone decides."""
+    uploaded. Rejected: the route is suspect. '' (none): the run alone decides.
+    Also the probe of the daemon's own breaker (calls failing in our code) instead
+    of a held number, which such a failure may have rung already."""
 
     def __post_init__(self) -> None:
         _ordered("trunk.pause_min", self.pause_min, "trunk.pause_max", self.pause_max)

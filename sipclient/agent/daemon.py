@@ -1069,9 +1069,19 @@ class Daemon:
             and not line.rechecking
             and line.hold_until <= now
             and self._trunk(line).allows(now)
-            and self._own.allows(now)
+            and self._own_allows_numbers(now)
             and not self.draining
         )
+
+    def _own_allows_numbers(self, now: float) -> bool:
+        """Whether the daemon's own breaker lets a number start: closed, or probing
+        with no probe in flight. With `trunk.canary` set, the probe is a call to
+        the canary (`_start_own_canary`), never a number: a bug that fails after
+        the INVITE went out would ring a held subscriber at every pause."""
+        allows = self._own.allows(now)
+        if self.config.trunk.canary and self._own.state is not TrunkState.CLOSED:
+            return False
+        return allows
 
     def _trunk(self, line: Line) -> TrunkGuard:
         """The breaker of the PBX `line` dials through (its account's host, else pbx.host)."""
@@ -1238,6 +1248,77 @@ class Daemon:
             self._call_tasks.add(task)
             task.add_done_callback(self._call_tasks.discard)
 
+    def _start_own_canary(self) -> None:
+        """The probe of the daemon's own breaker, with `trunk.canary` set: once its
+        pause is over, one call to the canary on a free line (`_own_canary`)."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if self._unspooled or self.draining or not self._own.allows(now):
+            return  # paused still, or its probe is in flight
+        line = next(
+            (
+                ln
+                for ln in self.lines.values()
+                if ln.registered
+                and not ln.busy
+                and not ln.retired
+                and not ln.rechecking
+                and ln.hold_until <= now
+                and self._trunk(ln).allows(now)
+            ),
+            None,
+        )
+        if line is None:
+            return  # the next line to come free takes it
+        self._own.started(now)  # the probe: no other call starts until it ends
+        item = DialplanItem(line.extension, self.config.trunk.canary, taken_at=now)
+        line.current = item
+        line.cancel = asyncio.Event()
+        task = asyncio.create_task(
+            self._own_canary(line, item), name=f"own-canary-{line.extension}"
+        )
+        line.task = task
+        self._call_tasks.add(task)
+        task.add_done_callback(self._call_tasks.discard)
+
+    async def _own_canary(self, line: Line, item: DialplanItem) -> None:
+        """The own breaker's probe call to the canary: never uploaded, never reported
+        to the server. It went through (whatever the canary's outcome): closed, the
+        held numbers are dialled. It failed in our code: paused again, longer."""
+        structlog.contextvars.bind_contextvars(extension=line.extension, phone=item.phone)
+        loop = asyncio.get_running_loop()
+        try:
+            record = await line.backend.dial(item, lambda: None, line.cancel)
+        except asyncio.CancelledError:
+            self._own.abandon_probe()
+            raise
+        except PortsExhausted as exc:  # no word either way: the next start probes
+            self._own.abandon_probe()
+            log.warning("canary_failed", error=str(exc))
+            return
+        except Exception as exc:
+            self.own_failures += 1
+            self._own_error = f"{type(exc).__name__}: {exc}"[:80]
+            if self._own.finished(True, loop.time(), probe=True):
+                log.error(
+                    "calls_failing",
+                    pause_s=self._own.pause,
+                    error=self._own_error,
+                    probe="canary",
+                    hint="the canary call failed in the daemon too: dialling paused again",
+                )
+                loop.call_later(self._own.pause, self._wake_dialer.set)
+                self._set_status()
+            return
+        finally:
+            line.current = None
+            line.task = None
+            self._wake_dialer.set()
+        self._drop_record(record)
+        if self._own.finished(False, loop.time(), probe=True):
+            log.info("calls_recovered", probe="canary")
+            self._set_status()
+
     async def _canary(self, line: Line, item: DialplanItem, watch: RouteWatch[Held]) -> None:
         """One canary call: never uploaded, never reported to the server; what it
         did goes to the route guard."""
@@ -1375,6 +1456,8 @@ class Daemon:
             return
         if self._canaries_wanted and not self._unspooled and not self.draining:
             self._start_canaries()
+        if self.config.trunk.canary and self._own.state is not TrunkState.CLOSED:
+            self._start_own_canary()
         cps = self.config.dialplan.max_cps
         loop = asyncio.get_running_loop()
         for line in self.lines.values():

@@ -13,6 +13,7 @@ an unknown clientId makes it start over.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import inspect
@@ -964,6 +965,38 @@ async def test_calls_failing_in_the_daemon_pause_dialling_and_every_number_waits
     task = await server.task(task_id)
     assert {d["phone"]: d["result"] for d in task["dialplans"]} == dict.fromkeys(phones, "empty")
     assert daemon.decided == 6 and daemon.own_failures >= OWN_FAULT_AFTER + 1
+
+
+async def test_with_a_canary_the_daemons_own_breaker_probes_with_it_not_a_held_number(
+    server: LiveServer, tmp_path: Path
+) -> None:
+    # A failure of ours after the INVITE went out rings the number again when it is
+    # dialled again. Without a canary each pause's probe is the number at the head
+    # of a line: the same subscribers rang at every pause. With `trunk.canary` set,
+    # the canary is the probe.
+    canary = "19999"
+    phones = [f"62{i}" for i in range(6)]
+    task_id = await server.push(["2001", "2002"], phones)
+    trunk = TrunkSettings(pause_min=0.3, pause_max=0.6, canary=canary)
+    daemon, world, notes = _daemon_noting(tmp_path, server, 2, trunk)
+    world.ring_all = True
+    world.broken = True
+    async with _running(daemon):
+        await _wait(lambda: world.dialled.count(canary) >= 3, timeout=20)
+        numbers = [p for p in world.dialled if p != canary]
+        # the calls that opened the breaker (and one on the other line), no probe
+        assert len(numbers) <= OWN_FAULT_AFTER + 1, world.dialled
+        assert daemon._own.opened >= 3  # opened, then paused again by failed canaries
+        assert any("our calls failing (RuntimeError" in n for n in notes)
+        world.broken = False  # mended: the next canary goes through
+        await _wait(lambda: _finished(server, task_id), timeout=20)
+        await _wait(lambda: "failing" not in daemon.status_line())
+    task = await server.task(task_id)
+    assert {d["phone"]: d["result"] for d in task["dialplans"]} == dict.fromkeys(phones, "ringing")
+    # the canary's calls were never uploaded (nor refused by the server)
+    assert daemon.decided == 6 and not (tmp_path / "spool" / "refused").exists()
+    after = collections.Counter(world.dialled) - collections.Counter(numbers)
+    assert {p: after[p] for p in phones} == dict.fromkeys(phones, 1)  # once after the mend
 
 
 async def test_a_number_that_trips_a_bug_of_ours_is_uploaded_after_its_tries_the_rest_go_on(
