@@ -282,6 +282,12 @@ class ClassifySettings:
     """Folder of the template library; none means the library shipped with the package."""
     unknown_store: Path | None = None
     """Folder where unmatched announcements are kept (`sipclient templates unknown --store`)."""
+    sync: bool = True
+    """(daemon) Mirror the template library the server offers (it names its version
+    in each heartbeat reply; agent/library_sync.py) and use it instead of
+    `templates`. A server that names none (the seed's) changes nothing."""
+    mirror: Path | None = None
+    """(daemon) Where the mirrored library is kept; none: `library` beside `spool.dir`."""
 
 
 @dataclass(frozen=True)

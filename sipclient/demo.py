@@ -552,6 +552,9 @@ class WorldOptions:
     """The daemon's `recordings.keep`: WAV files in its recordings folder (else in memory)."""
     trunk: dict[str, float | str] = field(default_factory=dict)
     """The daemon's `trunk:` keys (the breaker of a failing trunk); empty: its defaults."""
+    daemon_templates: str = ""
+    """The daemon's `classify.templates` (a folder); empty: the shipped library. The
+    server always uses the shipped one and offers it (the daemon mirrors it)."""
     daemons: int = 1
     """Daemon processes sharing the lines (`World.daemon_config`): one asyncio loop
     runs on one core, so a box with more cores runs a daemon per core (what
@@ -709,6 +712,8 @@ class World:
         }
         if o.trunk:
             cfg["trunk"] = dict(o.trunk)
+        if o.daemon_templates:
+            cfg["classify"] = {"templates": o.daemon_templates}
         path = folder / "daemon.yaml"
         path.write_text(json.dumps(cfg), encoding="utf-8")
         return path

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import urllib.parse
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -211,16 +212,36 @@ class ControlClient:
             )
         return out
 
-    async def heartbeat(self, client_id: str, health: dict[str, Any] | None = None) -> None:
+    async def heartbeat(
+        self, client_id: str, health: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         """Liveness; (ext) `health`, the daemon's view of itself, goes as a JSON body
         the embedded server shows in its fleet listing (a server that knows only
-        the seed ignores it)."""
+        the seed ignores it). The reply's data: (ext) `library`, the version of the
+        template library the server offers."""
         if health is None:
-            await self._call("POST", f"/heartbeat/{client_id}")
-            return
+            return await self._call("POST", f"/heartbeat/{client_id}")
         body = json.dumps(health, ensure_ascii=False).encode()
         headers = {"Content-Type": "application/json"}
-        await self._call("POST", f"/heartbeat/{client_id}", data=body, headers=headers)
+        return await self._call("POST", f"/heartbeat/{client_id}", data=body, headers=headers)
+
+    async def library(self) -> dict[str, Any]:
+        """(ext) The listing of the server's template library (`GET /library`)."""
+        return await self._call("GET", "/library")
+
+    async def library_file(self, name: str) -> bytes:
+        """(ext) One template's WAV (`GET /library/{file}`); any failure is
+        ServerUnavailable (never a reason to start over, as a 404 of `_call` is)."""
+        path = f"/library/{urllib.parse.quote(name)}"
+        try:
+            async with self._http().get(self.base_url + path) as resp:
+                status = resp.status
+                data = await resp.read()
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise ServerUnavailable(f"GET {path}: {type(exc).__name__}: {exc}") from None
+        if status != 200:
+            raise ServerUnavailable(f"GET {path}: HTTP {status}", None, status)
+        return data
 
     async def leave(self, client_id: str) -> dict[str, Any]:
         """(ext) We stop: our lease ends now (accounts, numbers released)."""

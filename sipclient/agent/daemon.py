@@ -81,6 +81,7 @@ from sipclient.agent.control import (
 )
 from sipclient.agent.housekeeping import run_housekeeping
 from sipclient.agent.leftovers import CallJournal, end_leftovers
+from sipclient.agent.library_sync import LibraryMirror, LibraryUser, daemon_library, mirror_folder
 from sipclient.agent.route import Canary, RejectionKey, RouteWatch, Step
 from sipclient.agent.spool import Spool, SpoolBusy, claim
 from sipclient.agent.trunk import TrunkGuard, TrunkState
@@ -459,6 +460,13 @@ class Daemon:
         self._call_tasks: set[asyncio.Task[None]] = set()
         self._on_reload: list[Callable[[], None]] = []
         self._status_timer: asyncio.TimerHandle | None = None
+        self.library_user: LibraryUser | None = None
+        """Who uses the template library (`SipSide`): with `classify.sync`, the library
+        the server offers is mirrored for it (`_library_offered`)."""
+        self._mirror = LibraryMirror(mirror_folder(config)) if config.classify.sync else None
+        self._syncing: asyncio.Task[None] | None = None
+        self._library_behind = ""
+        """Why the library the server offers is not in use (its last mirroring failed)."""
         self.exit_code = 0
         """What `run` returns: 0 after a stop, EXIT_MEMORY_RESTART after a memory restart."""
         self.loop_lag = 0.0
@@ -539,6 +547,8 @@ class Daemon:
             out.append(("calls_failing", f"our calls failing ({self._own_error}): paused, {when}"))
         if self.draining:
             out.append(("memory_restart", "restarting: memory past its limit"))
+        if self._library_behind:
+            out.append(("library_behind", f"templates not the server's ({self._library_behind})"))
         lag = self.lag_shown
         if lag > LAG_WARN:
             out.append(("loop_lagging", f"loop {round(lag * 1000)} ms late"))
@@ -887,7 +897,7 @@ class Daemon:
                 continue
             try:
                 try:
-                    await self.client.heartbeat(client_id, self.health())
+                    reply = await self.client.heartbeat(client_id, self.health())
                 except (UnknownClient, Unauthorized):
                     raise
                 except ControlError as exc:
@@ -905,6 +915,7 @@ class Daemon:
                         raise UnknownClient(str(exc), exc.code) from None
                     continue
                 refused = 0
+                self._library_offered(reply.get("library"))
                 accounts = await self.client.accounts(client_id, self.config.threads)
                 if self._lease_changed(accounts):
                     active = sum(1 for line in self.lines.values() if not line.retired)
@@ -1000,6 +1011,42 @@ class Daemon:
                     await asyncio.sleep(0.1)
                 self.stop()
                 return
+
+    # ------------------------------------------------------- template library
+
+    def _library_offered(self, version: object) -> None:
+        """A heartbeat reply named the version of the server's library (ext): mirror
+        it unless it is the one in use or a mirroring runs (agent/library_sync.py)."""
+        user = self.library_user
+        if self._mirror is None or user is None or not isinstance(version, str) or not version:
+            return
+        if version == user.library_version or (self._syncing and not self._syncing.done()):
+            return
+        self._syncing = asyncio.get_running_loop().create_task(
+            self._sync_library(version), name="library-sync"
+        )
+        self._tasks.append(self._syncing)  # cancelled at a stop
+
+    async def _sync_library(self, offered: str) -> None:
+        assert self._mirror is not None and self.library_user is not None
+        try:
+            library, version = await self._mirror.sync(self.client)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the library in use stays; the next heartbeat tries again
+            log.warning(
+                "library_sync_failed",
+                offered=offered,
+                error=f"{type(exc).__name__}: {exc}",
+                hint="the library in use stays; mirrored again at the next heartbeat",
+            )
+            self._library_behind = f"{type(exc).__name__}: {exc}"[:80]
+            self._set_status()
+            return
+        self.library_user.use_library(library, version)
+        self._library_behind = ""
+        self._set_status()
+        log.info("library_synced", version=version, templates=len(library))
 
     # ------------------------------------------------------------ dial loop
 
@@ -2029,6 +2076,8 @@ class SipSide:
         bind_host = config.sip.bind.host
         self.ports = PortPool(config.rtp.ports, host=bind_host)
         self.library: Any = None
+        self.library_version: str | None = None
+        """The version of `library` as the server would name it (library_sync.py)."""
         self.drop = _test_drop()
         self.journal: CallJournal | None = None
         """The call journal every stack's calls write to (agent/leftovers.py)."""
@@ -2039,7 +2088,7 @@ class SipSide:
         The library may build its index; importing `sipclient.media.rtp` imports all
         of aiortc (~350 ms), which the first call used to pay on the loop.
         """
-        self.library = await asyncio.to_thread(_load_library, self.config)
+        self.library, self.library_version = await asyncio.to_thread(daemon_library, self.config)
         await asyncio.to_thread(_import_call_modules)
         if self.config.pbx.resolve_every > 0:
             self._spawn(self._watch_names(self.config.pbx.resolve_every))
@@ -2052,12 +2101,16 @@ class SipSide:
         which every call's RTP would wait.
         """
         try:
-            library = await asyncio.to_thread(_load_library, config)
+            library, version = await asyncio.to_thread(daemon_library, config)
         except Exception as exc:  # a bad library must not kill the daemon
             log.error("reload_failed", error=f"{type(exc).__name__}: {exc}")
             return
-        self.library = library
+        self.use_library(library, version)
         log.info("library_reloaded", templates=len(self.library))
+
+    def use_library(self, library: Any, version: str | None) -> None:
+        """The library the next calls classify with (calls in flight keep theirs)."""
+        self.library, self.library_version = library, version
 
     async def resolve(self, host: str) -> str:
         """The PBX `host` as an address to send to (raises OSError when it does not resolve).
@@ -2253,12 +2306,6 @@ def _import_call_modules() -> None:
     import sipclient.classify.decide
     import sipclient.media.recorder
     import sipclient.media.rtp  # noqa: F401  (imported for its side effect: loaded once)
-
-
-def _load_library(config: DaemonConfig) -> Any:
-    from sipclient.classify.loading import load_library
-
-    return load_library(config.classify)
 
 
 def _test_drop() -> float:
@@ -2705,6 +2752,7 @@ async def _amain(config: DaemonConfig, config_path: Path | None) -> int:
     stack.journal = journal
     await stack.start()
     daemon = Daemon(config, stack.backend)
+    daemon.library_user = stack
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, daemon.stop)
 

@@ -32,6 +32,7 @@ from sipclient.server.errors import (
     max_body_middleware,
     task_envelope,
 )
+from sipclient.server.library import LIBRARY, LibraryOffer, get_library, get_template_file
 from sipclient.server.openapi import openapi_document
 from sipclient.server.payloads import (
     HEALTH_MAX_BYTES,
@@ -111,6 +112,7 @@ def create_app(
     app[CALLBACKS] = CallbackWorker(store, config.callbacks)
     app[JUDGE] = judge if judge is not None else default_judge(config)
     app[JUDGE_POOL] = ThreadPoolExecutor(max_workers=2, thread_name_prefix="judge")
+    app[LIBRARY] = LibraryOffer(config)
     app.cleanup_ctx.append(_lifecycle)
     app.add_routes(
         [
@@ -129,6 +131,8 @@ def create_app(
             web.post("/leave/{clientId}", leave),
             web.get("/status/{clientId}", status),
             web.post("/dial_wav/{clientId}", dial_wav),
+            web.get("/library", get_library),
+            web.get("/library/{file}", get_template_file),
             web.get("/openapi.json", openapi),
         ]
     )
@@ -141,6 +145,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     await asyncio.to_thread(app[CONFIG].recordings.dir.mkdir, parents=True, exist_ok=True)
     dispatch = app[DISPATCH]
     await dispatch.load()
+    await app[LIBRARY].load()
     sweeper = asyncio.create_task(dispatch.run_sweeper(), name="lease-sweeper")
     deliverer = asyncio.create_task(app[CALLBACKS].run(), name="callbacks")
     recordings = app[CONFIG].recordings
@@ -305,7 +310,11 @@ async def heartbeat(request: web.Request) -> web.Response:
         raw = await request.content.read(HEALTH_MAX_BYTES + 1)
         health = parse_health(raw)
     ms = await request.app[DISPATCH].heartbeat(request.match_info["clientId"], health)
-    return envelope({"timestamp": str(ms)})
+    data = {"timestamp": str(ms)}
+    version = request.app[LIBRARY].version
+    if version is not None:
+        data["library"] = version  # (ext) daemons mirror the library it names
+    return envelope(data)
 
 
 async def status(request: web.Request) -> web.Response:

@@ -50,6 +50,7 @@ def _errors(*codes: int) -> JSON:
         404: "unknown clientId, task, extension or number",
         409: "the number is already finished (/dial_wav), the task not yet (its callback)",
         413: "body larger than max_body",
+        503: "the server could not list its template library (its log says why)",
     }
     return {
         str(c): {
@@ -515,7 +516,76 @@ def openapi_document() -> JSON:
                             }
                         },
                     },
-                    "responses": {"200": _ok(_TIMESTAMP), **_errors(404)},
+                    "responses": {
+                        "200": _ok(
+                            {
+                                "type": "object",
+                                "required": ["timestamp"],
+                                "properties": {
+                                    "timestamp": {"type": "string", "description": "epoch ms"},
+                                    "library": {
+                                        "type": "string",
+                                        "description": "(ext) the version of the template"
+                                        " library the server offers at /library",
+                                    },
+                                },
+                            }
+                        ),
+                        **_errors(404),
+                    },
+                }
+            },
+            "/library": {
+                "get": {
+                    "summary": "(ext) the server's template library, for the daemons to"
+                    " mirror: its version and each template's manifest row, sha256, size",
+                    "responses": {
+                        "200": _ok(
+                            {
+                                "type": "object",
+                                "required": ["version", "templates"],
+                                "properties": {
+                                    "version": _STR,
+                                    "templates": {
+                                        "type": "array",
+                                        "items": {
+                                            "type": "object",
+                                            "required": [
+                                                "file",
+                                                "verdict",
+                                                "label",
+                                                "sha256",
+                                                "size",
+                                            ],
+                                            "properties": {
+                                                "file": _STR,
+                                                "verdict": _STR,
+                                                "label": _STR,
+                                                "sha256": _STR,
+                                                "size": _INT,
+                                            },
+                                        },
+                                    },
+                                },
+                            }
+                        ),
+                        **_errors(503),
+                    },
+                }
+            },
+            "/library/{file}": {
+                "get": {
+                    "summary": "(ext) one template's WAV, as /library lists it",
+                    "parameters": [
+                        {"name": "file", "in": "path", "required": True, "schema": _STR}
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "the WAV",
+                            "content": {"audio/wav": {"schema": {"type": "string"}}},
+                        },
+                        **_errors(404),
+                    },
                 }
             },
             "/leave/{clientId}": {

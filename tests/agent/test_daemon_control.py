@@ -46,6 +46,7 @@ from sipclient.agent.daemon import OWN_FAIL_TRIES_MAX, OWN_FAULT_AFTER, CallReco
 from sipclient.agent.spool import Spool, SpoolEntry
 from sipclient.config import (
     AuthSettings,
+    ClassifySettings,
     DaemonConfig,
     DialplanSettings,
     HeartbeatSettings,
@@ -83,6 +84,8 @@ class LiveServer:
         as a server that knows only the seed might, HTTP 200 {"code": N}."""
         self.uploads_fail = False
         """/dial_wav answers 503 (the server's disk failing): uploads stay spooled."""
+        self.templates: Path | None = None
+        """The server's `classify.templates` (the library it judges with and offers)."""
 
     @property
     def url(self) -> str:
@@ -97,6 +100,7 @@ class LiveServer:
                 client_timeout=30.0, number_timeout=self.number_timeout, sweep_interval=0.5
             ),
             auth=AuthSettings(client_token=self.client_token),
+            classify=ClassifySettings(templates=self.templates),
         )
 
     async def start(self) -> None:

@@ -15,9 +15,11 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
+from sipclient.classify.templates import TemplateLibrary
 from sipclient.demo import (
     CARRIERS,
     FAKE_ANSWER,
@@ -755,3 +757,32 @@ async def test_a_carrier_with_a_gbk_reason_phrase_gets_its_verdict(
     finally:
         db.close()
     assert reasons == ["空号", "空号"]
+
+
+ANNOUNCED = tuple(c for c in CARRIERS if c.name.endswith("_announcement"))
+
+
+async def test_a_box_without_the_servers_templates_mirrors_them_and_hangs_up_in_time(
+    make_world: Callable[..., World], tmp_path: Path
+) -> None:
+    # The server judges with its library; a box whose own lacks a template held each
+    # call meeting that announcement until the carrier's final (20 s here, not ~2 s),
+    # on every box nobody copied the template to. The daemon mirrors the library the
+    # server offers (its version in each heartbeat reply).
+    nothing = tmp_path / "no-templates"
+    nothing.mkdir()
+    world = make_world(lines=3, carriers=ANNOUNCED, daemon_templates=str(nothing))
+    await world.start()
+    async with asyncio.timeout(30):
+        while '"library_synced"' not in _daemon_log(world):
+            await asyncio.sleep(0.2)
+    phones = numbers_for(6, ANNOUNCED)
+    await _run(world, phones, 60)
+    assert _wrong(world, phones) == []
+    calls = [e for e in _events(world) if e.get("event") == "call_classified"]
+    assert len(calls) == 6
+    for e in calls:  # decided by the daemon on the mirrored templates, hung up by us
+        assert (e["evidence"], e["ended_by"]) == ("announcement", "local"), e
+        assert isinstance(e["call_ms"], int) and e["call_ms"] < 10_000, e
+    mirror = world.workdir / "daemon" / "library"
+    assert len(list(mirror.glob("*.wav"))) == len(TemplateLibrary.default())

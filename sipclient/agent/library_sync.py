@@ -1,0 +1,157 @@
+"""The daemon's mirror of the server's template library (`classify.sync`).
+
+The server names the version of the library it offers in each heartbeat reply
+(classify/listing.py, server/library.py). When that is not the version of the
+library the daemon uses, the daemon mirrors it: the listing from `GET
+/library`, each WAV it does not already hold (same name and sha256) from `GET
+/library/{file}`, checked against the listing's sha256, into a fresh folder
+beside the mirror; the library is loaded (and indexed) from there, off the
+loop, and only once it loads is it moved into place and used for the next
+calls (calls in flight keep theirs, as after SIGHUP). Any failure leaves the
+library in use as it was and is tried again at the next heartbeat that names
+a version we do not have. The mirror's `VERSION` file keeps the version it
+holds, so a restarted daemon uses the mirror at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from sipclient.agent.control import ControlClient
+from sipclient.classify.listing import library_folder, list_library, safe_file_name
+from sipclient.config import DaemonConfig
+from sipclient.logs import get_logger
+
+if TYPE_CHECKING:  # the classifier (numpy) is imported when a library is loaded
+    from sipclient.classify.templates import TemplateLibrary
+
+log = get_logger(__name__)
+
+VERSION_FILE = "VERSION"
+MANIFEST = "templates.json"
+INDEX = "index.npz"
+"""classify.templates' MANIFEST and INDEX (checked equal in tests/agent/test_library_sync.py)."""
+
+
+class LibraryUser(Protocol):
+    """What uses the template library (the daemon's `SipSide`)."""
+
+    @property
+    def library_version(self) -> str | None: ...
+
+    def use_library(self, library: Any, version: str | None) -> None: ...
+
+
+def mirror_folder(config: DaemonConfig) -> Path:
+    """`classify.mirror`, else `library` beside `spool.dir`."""
+    return config.classify.mirror or config.spool.dir.parent / "library"
+
+
+class LibraryMirror:
+    """The mirrored library in `folder`."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def held(self) -> str | None:
+        """The version the mirror folder holds (None: no complete mirror there)."""
+        try:
+            version = (self.folder / VERSION_FILE).read_text(encoding="ascii").strip()
+        except (OSError, ValueError):
+            return None
+        return version if (self.folder / MANIFEST).is_file() and version else None
+
+    async def sync(self, client: ControlClient) -> tuple[TemplateLibrary, str]:
+        """Mirror the server's library; the loaded library and its version.
+        Raises (ControlError, LibraryError, OSError) with the mirror unchanged."""
+        from sipclient.classify.templates import LibraryError, TemplateLibrary
+
+        listing = await client.library()
+        version, templates = _checked(listing)
+        new = self.folder.with_name(self.folder.name + ".new")
+        await asyncio.to_thread(_fresh_folder, new)
+        for t in templates:
+            name, sha = t["file"], t["sha256"]
+            data = await asyncio.to_thread(_read_if_same, self.folder / name, sha)
+            if data is None:
+                data = await client.library_file(name)
+                if hashlib.sha256(data).hexdigest() != sha:
+                    raise LibraryError(f"template {name}: not the bytes the listing names")
+            await asyncio.to_thread((new / name).write_bytes, data)
+        rows = [{k: t[k] for k in ("file", "verdict", "label")} for t in templates]
+        manifest = json.dumps({"templates": rows}, ensure_ascii=False, indent=1)
+        await asyncio.to_thread((new / MANIFEST).write_text, manifest, "utf-8")
+        # loaded (fingerprinted, its index cached in the folder) before it is used
+        library = await asyncio.to_thread(TemplateLibrary.load, new)
+        await asyncio.to_thread((new / VERSION_FILE).write_text, version + "\n", "ascii")
+        await asyncio.to_thread(_swap_in, new, self.folder)
+        library.folder = self.folder
+        return library, version
+
+
+def _checked(listing: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
+    from sipclient.classify.templates import LibraryError
+
+    version, templates = listing.get("version"), listing.get("templates")
+    if not isinstance(version, str) or not version or not isinstance(templates, list):
+        raise LibraryError("the server's library listing has no version or templates")
+    for t in templates:
+        if (
+            not isinstance(t, dict)
+            or not all(isinstance(t.get(k), str) for k in ("file", "verdict", "label", "sha256"))
+            or not safe_file_name(t["file"])
+            or t["file"] in (MANIFEST, INDEX, VERSION_FILE)
+        ):
+            raise LibraryError(f"the server's library listing has a bad entry: {t!r}"[:200])
+    return version, templates
+
+
+def _fresh_folder(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+
+
+def _read_if_same(path: Path, sha: str) -> bytes | None:
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    return data if hashlib.sha256(data).hexdigest() == sha else None
+
+
+def _swap_in(new: Path, folder: Path) -> None:
+    """`new` becomes `folder`; the old one, if any, is removed after the move."""
+    old = folder.with_name(folder.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if folder.exists():
+        os.replace(folder, old)
+    os.replace(new, folder)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def daemon_library(config: DaemonConfig) -> tuple[TemplateLibrary, str | None]:
+    """The library the daemon starts (or reloads) with and its version: with
+    `classify.sync`, the mirror when it holds one, else `classify.templates` (or
+    the shipped one)."""
+    from sipclient.classify.loading import load_library
+    from sipclient.classify.templates import LibraryError, TemplateLibrary
+
+    if config.classify.sync:
+        mirror = LibraryMirror(mirror_folder(config))
+        version = mirror.held()
+        if version is not None:
+            try:
+                return TemplateLibrary.load(mirror.folder), version
+            except LibraryError as exc:  # the configured one meanwhile, mirrored again
+                log.warning("library_mirror_unusable", folder=str(mirror.folder), error=str(exc))
+    library = load_library(config.classify)
+    try:
+        return library, list_library(library_folder(config.classify)).version
+    except LibraryError:
+        return library, None
