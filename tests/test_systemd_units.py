@@ -64,6 +64,14 @@ def _confined(
     )
 
 
+def _unconfined(code: str) -> str:
+    """What `code` prints run by Python with no filter."""
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    return done.stdout
+
+
 def test_the_units_deny_write_execute_memory_and_refuse_calls_with_eperm() -> None:
     # what the lab's confinement reads; EPERM, not SIGSYS: see the next tests
     for unit in ("sipclient.service", "sipclient@.service", "sipclient-server.service"):
@@ -108,10 +116,8 @@ def test_confine_applies_the_units_rules_as_systemd_does() -> None:
         "ctypes callback 7",
     ]
     # the same probe unconfined does all of it: the refusals are the filters' doing
-    free = subprocess.run(
-        [sys.executable, "-c", _PROBE], capture_output=True, text=True, timeout=60, check=True
-    )
-    assert free.stdout.split("\n")[:3] == ["wx mapped", "exec added", "setpriority done"]
+    free = _unconfined(_PROBE)
+    assert free.split("\n")[:3] == ["wx mapped", "exec added", "setpriority done"]
 
 
 def test_without_an_errno_a_refused_call_kills_and_numpy_makes_one(tmp_path: Path) -> None:
@@ -176,10 +182,7 @@ def test_confine_restricts_address_families_as_the_unit_does() -> None:
         "socketpair ok",
         "resolved True",
     ]
-    free = subprocess.run(
-        [sys.executable, "-c", _FAMILIES], capture_output=True, text=True, timeout=60, check=True
-    )
-    assert "AF_NETLINK ok" in free.stdout.splitlines()
+    assert "AF_NETLINK ok" in _unconfined(_FAMILIES).splitlines()
 
 
 def test_address_family_lines_combine_as_systemd_reads_them(tmp_path: Path) -> None:

@@ -55,6 +55,7 @@ import argparse
 import asyncio
 import collections
 import contextlib
+import functools
 import ipaddress
 import math
 import os
@@ -1269,40 +1270,18 @@ class Daemon:
         (before any number: the held rejections wait for it)."""
         now = asyncio.get_running_loop().time()
         for watch in list(self._canaries_wanted):
-            line = next(
-                (
-                    ln
-                    for ln in self.lines.values()
-                    if ln.registered
-                    and not ln.busy
-                    and not ln.retired
-                    and not ln.rechecking
-                    and ln.hold_until <= now
-                    and self._route(ln) is watch
-                ),
-                None,
-            )
+            line = self._idle_line(now, functools.partial(self._routes_through, watch))
             if line is None:
                 continue  # every line of that PBX is busy: the next one to end takes it
             self._canaries_wanted.remove(watch)
-            item = DialplanItem(line.extension, self.config.trunk.canary, taken_at=now)
-            line.current = item
-            line.cancel = asyncio.Event()
-            task = asyncio.create_task(
-                self._canary(line, item, watch), name=f"canary-{line.extension}"
-            )
-            line.task = task
-            self._call_tasks.add(task)
-            task.add_done_callback(self._call_tasks.discard)
+            self._call_canary(line, now, functools.partial(self._canary, watch=watch), "canary")
 
-    def _start_own_canary(self) -> None:
-        """The probe of the daemon's own breaker, with `trunk.canary` set: once its
-        pause is over, one call to the canary on a free line (`_own_canary`)."""
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        if self._unspooled or self.draining or not self._own.allows(now):
-            return  # paused still, or its probe is in flight
-        line = next(
+    def _routes_through(self, watch: RouteWatch[Held], line: Line) -> bool:
+        return self._route(line) is watch
+
+    def _idle_line(self, now: float, also: Callable[[Line], bool]) -> Line | None:
+        """A line that could dial now (registered, free, not held back) and `also`."""
+        return next(
             (
                 ln
                 for ln in self.lines.values()
@@ -1311,22 +1290,39 @@ class Daemon:
                 and not ln.retired
                 and not ln.rechecking
                 and ln.hold_until <= now
-                and self._trunk(ln).allows(now)
+                and also(ln)
             ),
             None,
         )
-        if line is None:
-            return  # the next line to come free takes it
-        self._own.started(now)  # the probe: no other call starts until it ends
+
+    def _call_canary(
+        self,
+        line: Line,
+        now: float,
+        run: Callable[[Line, DialplanItem], Coroutine[Any, Any, None]],
+        name: str,
+    ) -> None:
+        """`run` a call to `trunk.canary` on `line` as a call of the line."""
         item = DialplanItem(line.extension, self.config.trunk.canary, taken_at=now)
         line.current = item
         line.cancel = asyncio.Event()
-        task = asyncio.create_task(
-            self._own_canary(line, item), name=f"own-canary-{line.extension}"
-        )
+        task = asyncio.create_task(run(line, item), name=f"{name}-{line.extension}")
         line.task = task
         self._call_tasks.add(task)
         task.add_done_callback(self._call_tasks.discard)
+
+    def _start_own_canary(self) -> None:
+        """The probe of the daemon's own breaker, with `trunk.canary` set: once its
+        pause is over, one call to the canary on a free line (`_own_canary`)."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if self._unspooled or self.draining or not self._own.allows(now):
+            return  # paused still, or its probe is in flight
+        line = self._idle_line(now, lambda ln: self._trunk(ln).allows(now))
+        if line is None:
+            return  # the next line to come free takes it
+        self._own.started(now)  # the probe: no other call starts until it ends
+        self._call_canary(line, now, self._own_canary, "own-canary")
 
     async def _own_canary(self, line: Line, item: DialplanItem) -> None:
         """The own breaker's probe call to the canary: never uploaded, never reported
