@@ -66,23 +66,48 @@ _FIELD_MAX = 4096  # bytes of one non-file form field
 _STOP_GRACE = 5.0  # seconds background tasks get to finish on shutdown
 
 
-def default_judge(config: ServerConfig) -> Judge:
+class LibraryJudge:
     """The classifier's authoritative judge (sipclient.classify.judge).
 
-    The library of `classify.templates` (or the shipped one) is loaded here,
-    once, so a bad folder stops the server at start; announcements no
-    template matches go to `classify.unknown_store` when it is set.
+    The library of `classify.templates` (or the shipped one) is loaded here, so
+    a bad folder stops the server at start; `reload` (SIGHUP, `reload_library`)
+    loads it again. Announcements no template matches go to
+    `classify.unknown_store` when it is set.
     """
-    from sipclient.classify.judge import judge_recording
-    from sipclient.classify.loading import load_library, open_unknown_store
 
-    library = load_library(config.classify)
-    unknown_store = open_unknown_store(config.classify)
+    def __init__(self, config: ServerConfig) -> None:
+        from sipclient.classify.loading import load_library, open_unknown_store
 
-    def judge(wav: Path | None, signalling: Signalling) -> Decision:
-        return judge_recording(wav, signalling, library, unknown_store=unknown_store)
+        self._settings = config.classify
+        self._load = load_library
+        self.library = load_library(config.classify)
+        self.unknown_store = open_unknown_store(config.classify)
 
-    return judge
+    def reload(self) -> None:
+        """The library again (a judgement running keeps the one it started with)."""
+        self.library = self._load(self._settings)
+
+    def __call__(self, wav: Path | None, signalling: Signalling) -> Decision:
+        from sipclient.classify.judge import judge_recording
+
+        return judge_recording(wav, signalling, self.library, unknown_store=self.unknown_store)
+
+
+async def reload_library(app: web.Application) -> bool:
+    """SIGHUP: the template library again, for the verdicts and for the daemons
+    (the listing they mirror) together; False (logged) when it could not be
+    loaded: both keep the library they had."""
+    judge = app[JUDGE]
+    try:
+        if isinstance(judge, LibraryJudge):
+            await asyncio.to_thread(judge.reload)
+    except Exception as exc:
+        log.error("library_reload_failed", error=f"{type(exc).__name__}: {exc}")
+        return False
+    offer = app[LIBRARY]
+    await offer.load()
+    log.info("library_reloaded", version=offer.version, templates=offer.templates)
+    return True
 
 
 def create_app(
@@ -110,7 +135,7 @@ def create_app(
         steady = time.monotonic
     app[DISPATCH] = Dispatch(store, config.leases, config.retries, clock, steady)
     app[CALLBACKS] = CallbackWorker(store, config.callbacks)
-    app[JUDGE] = judge if judge is not None else default_judge(config)
+    app[JUDGE] = judge if judge is not None else LibraryJudge(config)
     app[JUDGE_POOL] = ThreadPoolExecutor(max_workers=2, thread_name_prefix="judge")
     app[LIBRARY] = LibraryOffer(config)
     app.cleanup_ctx.append(_lifecycle)

@@ -4,8 +4,9 @@
 with its WAV's sha256 and size); `GET /library/{file}` one template's WAV; each
 heartbeat's reply names the version (`data.library`), so a daemon learns of a
 new library within one heartbeat. Both are on the 001 API (`auth.client_token`).
-The library is listed once, when the server starts, as the judge loads it: a
-template added on disk reaches verdicts and daemons together, at the next start.
+The library is listed when the server starts, as the judge loads it, and again
+on SIGHUP (`app.reload_library`: `systemctl reload sipclient-server`): a template
+added on disk reaches verdicts and daemons together.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class LibraryOffer:
         self._files: set[str] = set()
 
     async def load(self) -> None:
+        """List the library (again); a failure is logged and the last listing kept."""
         try:
             listing = await asyncio.to_thread(list_library, self.folder)
         except Exception as exc:  # the judge's own load decides whether we run
@@ -44,6 +46,10 @@ class LibraryOffer:
     @property
     def version(self) -> str | None:
         return self.listing.version if self.listing else None
+
+    @property
+    def templates(self) -> int:
+        return len(self.listing.templates) if self.listing else 0
 
     def path_of(self, file: str) -> Path:
         if self.listing is None or self.folder is None or file not in self._files:

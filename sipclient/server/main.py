@@ -1,4 +1,5 @@
-"""`sipclient server --config F`: serve until SIGTERM/SIGINT, then close cleanly."""
+"""`sipclient server --config F`: serve until SIGTERM/SIGINT, then close cleanly;
+SIGHUP loads the template library again (`app.reload_library`)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ _SHUTDOWN_GRACE = 5.0
 
 async def serve(config: ServerConfig) -> int:
     """Run the server on `config.listen` until a stop signal; 0 on a clean stop."""
-    from sipclient.server.app import create_app
+    from sipclient.server.app import create_app, reload_library
     from sipclient.server.store import StoreError
 
     log = get_logger(__name__)
@@ -44,6 +45,14 @@ async def serve(config: ServerConfig) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    reloads: set[asyncio.Task[bool]] = set()  # referenced until done
+
+    def reload() -> None:  # SIGHUP: the template library (sipclient.server.library)
+        task = loop.create_task(reload_library(app))
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, reload)
     log.info("listening", listen=str(config.listen), database=config.database)
     sdnotify.ready(f"listening on {config.listen}")
     pinger = None
@@ -59,7 +68,7 @@ async def serve(config: ServerConfig) -> int:
             pinger.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await pinger
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
         await runner.cleanup()
     log.info("stopped")

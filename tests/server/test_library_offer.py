@@ -6,6 +6,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -18,7 +24,7 @@ from aiohttp.test_utils import TestClient
 from sipclient.classify.listing import list_library
 from sipclient.classify.templates import TemplateLibrary
 from sipclient.config import AuthSettings, ClassifySettings
-from sipclient.server.app import create_app
+from sipclient.server.app import JUDGE, LibraryJudge, create_app, reload_library
 from tests.server.conftest import Api, make_config
 
 AppClient = Callable[[web.Application], Awaitable[TestClient[Any, Any]]]
@@ -91,3 +97,86 @@ async def test_without_a_configured_library_the_shipped_one_is_offered(
     assert len(data["templates"]) == len(TemplateLibrary.default()) > 0
     cid = await api.notify()
     assert (await api.ok("POST", f"/heartbeat/{cid}"))["library"] == data["version"]
+
+
+def _get(port: int, path: str) -> dict[str, Any]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as resp:
+        body: dict[str, Any] = json.loads(resp.read())
+    return body
+
+
+def test_sighup_lists_the_library_again_for_verdicts_and_daemons(tmp_path: Path) -> None:
+    # after `sipclient templates add`, `systemctl reload sipclient-server` (SIGHUP)
+    # rather than a restart: the judge and the listing the daemons mirror, together
+    folder = tmp_path / "lib"
+    make_library(folder, [500.0])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    config = tmp_path / "server.yaml"
+    config.write_text(
+        f"listen: 127.0.0.1:{port}\n"
+        f"database: sqlite:///{tmp_path / 'db.sqlite'}\n"
+        f"recordings:\n  dir: {tmp_path / 'rec'}\n"
+        f"classify:\n  templates: {folder}\n"
+        "log:\n  format: json\n"
+    )
+    log = tmp_path / "server.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "sipclient.cli", "server", "--config", str(config)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                first = _get(port, "/library")["data"]
+                break
+            except OSError:
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.1)
+        assert len(first["templates"]) == 1
+        make_library(folder, [900.0])  # `templates add`
+        proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 20
+        while len(_get(port, "/library")["data"]["templates"]) != 2:
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        version = list_library(folder).version
+        client = _get(port, "/notify")["data"]["clientId"]
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/heartbeat/{client}", method="POST"
+        )
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            assert json.loads(resp.read())["data"]["library"] == version
+        # a library that does not load: both keep the one they had
+        (folder / "templates.json").write_text("not json", encoding="utf-8")
+        proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 20
+        while "library_reload_failed" not in log.read_text():
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        assert _get(port, "/library")["data"]["version"] == version
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+async def test_a_reload_gives_the_judge_the_library_the_daemons_are_offered(
+    tmp_path: Path, aiohttp_client: AppClient
+) -> None:
+    folder = tmp_path / "lib"
+    make_library(folder, [500.0])
+    app = create_app(make_config(tmp_path, classify=ClassifySettings(templates=folder)))
+    api = Api(await aiohttp_client(app))
+    judge = app[JUDGE]
+    assert isinstance(judge, LibraryJudge) and len(judge.library) == 1
+    make_library(folder, [900.0])
+    assert await reload_library(app)
+    assert len(judge.library) == 2
+    assert len((await api.ok("GET", "/library"))["templates"]) == 2
