@@ -2,7 +2,7 @@
 
 The server's library is the one its verdicts come from; a daemon's decides only
 when it hangs up. A template an operator adds on the server (`sipclient
-templates add`, then a server restart) should reach every dialing box, or each
+templates add`, then SIGHUP to the server) should reach every dialing box, or each
 call meeting that announcement runs until the carrier's own final response
 (ten seconds and more instead of two) on every box nobody copied it to. So the
 server offers its library (`GET /library`, `GET /library/{file}`, ext, on the
@@ -54,6 +54,7 @@ def safe_file_name(name: str) -> bool:
 
 
 def version_of(templates: list[dict[str, Any]]) -> str:
+    """The digest of a listing's rows (each with its WAV's sha256)."""
     rows = json.dumps(templates, sort_keys=True, ensure_ascii=False).encode()
     return hashlib.sha256(rows).hexdigest()[:32]
 

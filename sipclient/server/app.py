@@ -79,13 +79,14 @@ class LibraryJudge:
         from sipclient.classify.loading import load_library, open_unknown_store
 
         self._settings = config.classify
-        self._load = load_library
         self.library = load_library(config.classify)
         self.unknown_store = open_unknown_store(config.classify)
 
     def reload(self) -> None:
         """The library again (a judgement running keeps the one it started with)."""
-        self.library = self._load(self._settings)
+        from sipclient.classify.loading import load_library
+
+        self.library = load_library(self._settings)
 
     def __call__(self, wav: Path | None, signalling: Signalling) -> Decision:
         from sipclient.classify.judge import judge_recording
