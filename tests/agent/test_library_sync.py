@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -89,13 +90,17 @@ async def test_the_servers_library_is_mirrored_and_then_only_a_new_template_fetc
 ) -> None:
     lib = tmp_path / "server-library"
     make_library(lib, [500.0, 900.0])
+    # operators name recordings as they come (Chinese, spaces): quoted in the URL
+    named = tmp_path / "空号 提示音.wav"
+    shutil.copyfile(lib / "sweep-500.wav", named)
+    templates.TemplateLibrary.load(lib).add(named, None, "空号")
     version = await _serve(server, lib)
     daemon, user, fetched = _daemon(tmp_path, server, "the shipped one")
     async with _running(daemon):
         await _wait(lambda: user.used, timeout=10)  # within a heartbeat or two
     mirror = tmp_path / "library"  # beside the spool: the default
     (library,) = user.used
-    assert user.library_version == version and len(library) == 2 and library.folder == mirror
+    assert user.library_version == version and len(library) == 3 and library.folder == mirror
     files = sorted(t["file"] for t in list_library(lib).templates)
     assert sorted(fetched) == files
     for name in files:
@@ -106,7 +111,7 @@ async def test_the_servers_library_is_mirrored_and_then_only_a_new_template_fetc
     # a restarted daemon starts with the mirror, the version known: nothing fetched
     config = _daemon_config(tmp_path, server, 1)
     started, started_version = daemon_library(config)
-    assert (len(started), started_version) == (2, version)
+    assert (len(started), started_version) == (3, version)
 
     # a template added on the server (and the server restarted): only it is fetched
     make_library(lib, [1300.0])
@@ -116,7 +121,7 @@ async def test_the_servers_library_is_mirrored_and_then_only_a_new_template_fetc
     async with _running(daemon):
         await _wait(lambda: user.used, timeout=10)
     assert fetched == ["sweep-1300.wav"]
-    assert user.library_version == newer and len(user.used[0]) == 3
+    assert user.library_version == newer and len(user.used[0]) == 4
     assert not (tmp_path / "library.new").exists() and not (tmp_path / "library.old").exists()
 
 
