@@ -256,7 +256,13 @@ class ControlClient:
         """POST /dial_wav with the entry's WAV and fields (`form_data`)."""
         with open(entry.wav, "rb") as fh:
             wav = fh.read()
-        body, content_type = form_data(entry.fields, "file_name", entry.wav.name, wav)
+        await self.upload_wav(client_id, entry.fields, entry.wav.name, wav)
+
+    async def upload_wav(
+        self, client_id: str, fields: dict[str, str], name: str, wav: bytes
+    ) -> None:
+        """POST /dial_wav with `wav` (named `name`) and `fields` (`form_data`)."""
+        body, content_type = form_data(fields, "file_name", name, wav)
         await self._call(
             "POST", f"/dial_wav/{client_id}", data=body, headers={"Content-Type": content_type}
         )

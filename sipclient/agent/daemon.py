@@ -74,6 +74,7 @@ from sipclient.agent.control import (
     ControlClient,
     ControlError,
     DialplanItem,
+    Refused,
     ServerUnavailable,
     StatusReporter,
     Unauthorized,
@@ -84,7 +85,7 @@ from sipclient.agent.housekeeping import run_housekeeping
 from sipclient.agent.leftovers import CallJournal, end_leftovers
 from sipclient.agent.library_sync import LibraryMirror, LibraryUser, daemon_library, mirror_folder
 from sipclient.agent.route import Canary, RejectionKey, RouteWatch, Step
-from sipclient.agent.spool import Spool, SpoolBusy, claim
+from sipclient.agent.spool import Spool, SpoolBusy, claim, clean_fields
 from sipclient.agent.trunk import TrunkGuard, TrunkState
 from sipclient.config import ConfigError, DaemonConfig, HostPort, load_config
 from sipclient.logs import configure, get_logger
@@ -539,7 +540,7 @@ class Daemon:
         trunk = self._trunks_status()
         if trunk:
             out.append(trunk)
-        if self._unspooled:
+        if self.spool_failing:
             held = len(self._unspooled)
             out.append(("spool_unwritable", f"spool unwritable ({held} held): not dialling"))
         if self._own.state is not TrunkState.CLOSED:
@@ -1110,7 +1111,7 @@ class Daemon:
     def _free(self, line: Line) -> bool:
         now = asyncio.get_running_loop().time()
         return (
-            not self._unspooled
+            not self.spool_failing
             and line.registered
             and not line.busy
             and not line.retired
@@ -1316,7 +1317,7 @@ class Daemon:
         pause is over, one call to the canary on a free line (`_own_canary`)."""
         loop = asyncio.get_running_loop()
         now = loop.time()
-        if self._unspooled or self.draining or not self._own.allows(now):
+        if self.spool_failing or self.draining or not self._own.allows(now):
             return  # paused still, or its probe is in flight
         line = self._idle_line(now, lambda ln: self._trunk(ln).allows(now))
         if line is None:
@@ -1497,7 +1498,7 @@ class Daemon:
     def _start_pending(self) -> None:
         if self._stopping.is_set():
             return
-        if self._canaries_wanted and not self._unspooled and not self.draining:
+        if self._canaries_wanted and not self.spool_failing and not self.draining:
             self._start_canaries()
         if self.config.trunk.canary and self._own.state is not TrunkState.CLOSED:
             self._start_own_canary()
@@ -1877,31 +1878,73 @@ class Daemon:
             self._spool_retry = asyncio.get_running_loop().create_task(self._retry_spool())
         self._set_status()
 
+    @property
+    def spool_failing(self) -> bool:
+        """The spool could not be written and has not been since (`_retry_spool` runs
+        until it is): no call starts meanwhile."""
+        return self._spool_retry is not None and not self._spool_retry.done()
+
     async def _retry_spool(self) -> None:
-        """Write the held records, oldest first, backing off while the spool fails."""
+        """Write the held records, oldest first, backing off while the spool fails;
+        meanwhile they go straight to the server (`_upload_held`). Ends once the
+        spool took a write: the held records, or a probe when the server took them
+        all."""
         delay = SPOOL_RETRY_MIN
-        while self._unspooled:
+        writable = False
+        while not writable:
             await asyncio.sleep(delay)
-            while self._unspooled:
-                fields, record = self._unspooled[0]
-                self._spool_writing = True
-                try:
+            self._spool_writing = True
+            try:
+                if not self._unspooled:
+                    await asyncio.to_thread(self.spool.probe)
+                while self._unspooled:
+                    fields, record = self._unspooled[0]
                     await asyncio.to_thread(self._put, fields, record)
-                except Exception as exc:  # the task ending here would stop dialling for good
-                    log.warning(
-                        "spool_still_failing",
-                        error=f"{type(exc).__name__}: {exc}",
-                        held=len(self._unspooled),
-                    )
-                    delay = min(delay * 2, SPOOL_RETRY_MAX)
-                    break
-                finally:
-                    self._spool_writing = False
-                self._unspooled.pop(0)
-                self._spooled(fields, record)
+                    self._unspooled.pop(0)
+                    self._spooled(fields, record)
+                writable = True
+            except Exception as exc:  # the task ending here would stop dialling for good
+                log.warning(
+                    "spool_still_failing",
+                    error=f"{type(exc).__name__}: {exc}",
+                    held=len(self._unspooled),
+                )
+                await self._upload_held()
+                delay = min(delay * 2, SPOOL_RETRY_MAX)
+            finally:
+                self._spool_writing = False
         log.info("spool_writable_again")
         self._set_status()
         self._wake_dialer.set()
+
+    async def _upload_held(self) -> None:
+        """The spool failing, the held records go straight to the server from
+        memory, oldest first, until one does not go (the server away): once the
+        server has a record, a kill -9 or a stop can no longer lose it (before
+        session 13 they waited in memory for the disk; lost, their numbers were
+        dialled again after the lease reclaim). Dialling stays stopped until the
+        spool takes a write (`spool_failing`): a record only the process holds
+        is what the spool is there to avoid. One the
+        server refuses (409 finished, 404 unknown number) is dropped, as the
+        uploader would set it aside."""
+        while self._unspooled and (client_id := self.client_id) is not None:
+            fields, record = self._unspooled[0]
+            try:
+                wav = record.data
+                if wav is None:
+                    wav = await asyncio.to_thread(record.wav.read_bytes)
+                await self.client.upload_wav(client_id, clean_fields(fields), "call.wav", wav)
+            except Refused as exc:
+                log.warning("held_upload_refused", phone=fields["phone"], reason=str(exc))
+            except (ControlError, OSError):
+                return  # the server away, or the WAV unreadable: held, tried again later
+            self._unspooled.pop(0)
+            self.decided += 1
+            log.info("held_uploaded", phone=fields["phone"], held=len(self._unspooled))
+            if record.data is None and not self.config.recordings.keep:
+                with contextlib.suppress(OSError):
+                    await asyncio.to_thread(record.wav.unlink)
+        self._set_status()
 
     # -------------------------------------------------------------- shutdown
 
@@ -1916,14 +1959,16 @@ class Daemon:
                 await asyncio.sleep(0.05)
             self._spool_retry.cancel()
             await asyncio.gather(self._spool_retry, return_exceptions=True)
-        lost = 0
-        for fields, record in self._unspooled:
+        held, self._unspooled = self._unspooled, []
+        for fields, record in held:
             try:
                 await asyncio.to_thread(self._put, fields, record)
             except Exception:
-                lost += 1
+                self._unspooled.append((fields, record))
                 continue
             self._spooled(fields, record)
+        await self._upload_held()  # what the spool still cannot take
+        lost = len(self._unspooled)
         self._unspooled.clear()
         if lost:
             log.error("unspooled_at_stop", lost=lost, hint="dialled again after the lease reclaim")

@@ -27,6 +27,12 @@ from typing import Any
 from sipclient.text import readable
 
 
+def clean_fields(fields: dict[str, Any]) -> dict[str, str]:
+    """An upload's fields as they are sent: text, None as empty. Readable: a peer's
+    non-UTF-8 text (a GBK reason phrase) cannot go into JSON or a form as is."""
+    return {k: "" if v is None else readable(str(v)) for k, v in fields.items()}
+
+
 @dataclass(frozen=True)
 class SpoolEntry:
     """One upload waiting for the server."""
@@ -76,10 +82,16 @@ class Spool:
             with open(tmp, "rb+") as fh:
                 os.fsync(fh.fileno())
             os.replace(tmp, wav)
-        # readable: a peer's non-UTF-8 text (a GBK reason phrase) cannot go into JSON as is
-        clean = {k: "" if v is None else readable(str(v)) for k, v in fields.items()}
+        clean = clean_fields(fields)
         _write_atomic(meta, json.dumps(clean, ensure_ascii=False).encode())
         return SpoolEntry(seq, wav, meta, clean)
+
+    def probe(self) -> None:
+        """Raise (OSError) unless a file can be written in the spool now, as `put`
+        writes one."""
+        path = self.folder / "probe"
+        _write_atomic(path, b"")
+        path.unlink()
 
     def entries(self) -> Iterator[SpoolEntry]:
         """Whole entries, oldest first; unreadable ones are moved to bad/."""

@@ -841,6 +841,76 @@ async def test_a_record_the_spool_write_fails_on_for_any_reason_is_held_not_lost
     assert daemon.decided == 2
 
 
+def _disk_full(monkeypatch: pytest.MonkeyPatch, daemon: Daemon) -> dict[str, bool]:
+    """The daemon's spool refuses every write while the returned flag is on."""
+    state = {"full": True}
+    for name in ("put", "probe"):
+        real = getattr(daemon.spool, name)
+
+        def refuse(*args: Any, _real: Any = real) -> Any:
+            if state["full"]:
+                raise OSError(28, "No space left on device")
+            return _real(*args)
+
+        monkeypatch.setattr(daemon.spool, name, refuse)
+    return state
+
+
+async def _finished_count(server: LiveServer, task_id: int) -> int:
+    task = await server.task(task_id)
+    return sum(d["status"] == "finish" for d in task["dialplans"])
+
+
+async def _all_dialled_finished(server: LiveServer, task_id: int, world: FakeWorld) -> bool:
+    return await _finished_count(server, task_id) == len(world.dialled)
+
+
+async def test_records_the_spool_cannot_take_go_straight_to_the_server_dialling_waits(
+    server: LiveServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A full disk: before, the finished calls' records waited in memory for it,
+    # and a kill -9 or a stop meanwhile lost them (dialled again after the lease)
+    monkeypatch.setattr(daemon_mod, "SPOOL_RETRY_MIN", 0.1)
+    monkeypatch.setattr(daemon_mod, "SPOOL_RETRY_MAX", 0.2)
+    phones = [f"95{i}" for i in range(10)]
+    task_id = await server.push(["2001", "2002"], phones)
+    daemon, world, _ = _daemon_noting(tmp_path, server, 2)
+    world.call_seconds = 0.3  # a line's next call starts as its last one's spool write
+    world.ring_all = True  # not bare rejections: the route guard holds none back
+    disk = _disk_full(monkeypatch, daemon)
+    async with _running(daemon):
+        await _wait(lambda: daemon.spool_failing)
+        # the server has the records of every call made, while the spool still refuses
+        await _wait(lambda: _all_dialled_finished(server, task_id, world))
+        dialled = len(world.dialled)
+        assert daemon.spool_failing and daemon._unspooled == [] and dialled < len(phones)
+        await asyncio.sleep(0.5)  # and no call starts meanwhile
+        assert len(world.dialled) == dialled and "spool unwritable" in daemon.status_line()
+        disk["full"] = False  # room again: dialling goes on
+        await _wait(lambda: _finished(server, task_id), timeout=20)
+    assert sorted(world.dialled) == phones and daemon.decided == len(phones)
+    task = await server.task(task_id)
+    assert {d["result"] for d in task["dialplans"]} == {"ringing"}
+
+
+async def test_a_stop_with_the_spool_failing_hands_the_held_records_to_the_server(
+    server: LiveServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setattr(daemon_mod, "SPOOL_RETRY_MIN", 60.0)  # only the stop tries again
+    task_id = await server.push(["2001", "2002"], ["960", "961"])
+    daemon, _world, _ = _daemon_noting(tmp_path, server, 2)
+    _disk_full(monkeypatch, daemon)
+    async with _running(daemon):
+        await _wait(lambda: len(daemon._unspooled) == 2)
+        assert await _finished_count(server, task_id) == 0
+    # stopped: both went to the server, none lost to be dialled again
+    assert await _finished_count(server, task_id) == 2
+    assert "unspooled_at_stop" not in capsys.readouterr().out
+
+
 async def test_a_number_for_an_unregistered_extension_is_kept_and_dialled_later(
     server: LiveServer, tmp_path: Path
 ) -> None:
