@@ -1909,7 +1909,10 @@ class Daemon:
                     error=f"{type(exc).__name__}: {exc}",
                     held=len(self._unspooled),
                 )
-                await self._upload_held()
+                try:
+                    await self._upload_held()
+                except Exception as bug:  # held still; the disk may yet come back
+                    log.error("held_upload_failed", error=f"{type(bug).__name__}: {bug}")
                 delay = min(delay * 2, SPOOL_RETRY_MAX)
             finally:
                 self._spool_writing = False
@@ -1924,9 +1927,9 @@ class Daemon:
         session 13 they waited in memory for the disk; lost, their numbers were
         dialled again after the lease reclaim). Dialling stays stopped until the
         spool takes a write (`spool_failing`): a record only the process holds
-        is what the spool is there to avoid. One the
-        server refuses (409 finished, 404 unknown number) is dropped, as the
-        uploader would set it aside."""
+        is what the spool is there to avoid. One the server refuses (409
+        finished, 404 unknown number) is dropped, as the uploader would set it
+        aside."""
         while self._unspooled and (client_id := self.client_id) is not None:
             fields, record = self._unspooled[0]
             try:
