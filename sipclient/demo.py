@@ -554,7 +554,8 @@ class WorldOptions:
     """The daemon's `trunk:` keys (the breaker of a failing trunk); empty: its defaults."""
     daemon_templates: str = ""
     """The daemon's `classify.templates` (a folder); empty: the shipped library. The
-    server always uses the shipped one and offers it (the daemon mirrors it)."""
+    server always uses the shipped one and offers it: a daemon started on another
+    mirrors it at its first heartbeat."""
     daemons: int = 1
     """Daemon processes sharing the lines (`World.daemon_config`): one asyncio loop
     runs on one core, so a box with more cores runs a daemon per core (what

@@ -901,7 +901,8 @@ async def test_a_stop_with_the_spool_failing_hands_the_held_records_to_the_serve
 ) -> None:
     monkeypatch.setattr(daemon_mod, "SPOOL_RETRY_MIN", 60.0)  # only the stop tries again
     task_id = await server.push(["2001", "2002"], ["960", "961"])
-    daemon, _world, _ = _daemon_noting(tmp_path, server, 2)
+    daemon, world, _ = _daemon_noting(tmp_path, server, 2)
+    world.ring_all = True  # not bare rejections: the route guard holds none back
     _disk_full(monkeypatch, daemon)
     async with _running(daemon):
         await _wait(lambda: len(daemon._unspooled) == 2)
