@@ -1127,10 +1127,9 @@ class Daemon:
         with no probe in flight. With `trunk.canary` set, the probe is a call to
         the canary (`_start_own_canary`), never a number: a bug that fails after
         the INVITE went out would ring a held subscriber at every pause."""
-        allows = self._own.allows(now)
-        if self.config.trunk.canary and self._own.state is not TrunkState.CLOSED:
-            return False
-        return allows
+        if self.config.trunk.canary:
+            return self._own.state is TrunkState.CLOSED
+        return self._own.allows(now)
 
     def _trunk(self, line: Line) -> TrunkGuard:
         """The breaker of the PBX `line` dials through (its account's host, else pbx.host)."""
@@ -1330,7 +1329,6 @@ class Daemon:
         to the server. It went through (whatever the canary's outcome): closed, the
         held numbers are dialled. It failed in our code: paused again, longer."""
         structlog.contextvars.bind_contextvars(extension=line.extension, phone=item.phone)
-        loop = asyncio.get_running_loop()
         try:
             record = await line.backend.dial(item, lambda: None, line.cancel)
         except asyncio.CancelledError:
@@ -1341,27 +1339,14 @@ class Daemon:
             log.warning("canary_failed", error=str(exc))
             return
         except Exception as exc:
-            self.own_failures += 1
-            self._own_error = f"{type(exc).__name__}: {exc}"[:80]
-            if self._own.finished(True, loop.time(), probe=True):
-                log.error(
-                    "calls_failing",
-                    pause_s=self._own.pause,
-                    error=self._own_error,
-                    probe="canary",
-                    hint="the canary call failed in the daemon too: dialling paused again",
-                )
-                loop.call_later(self._own.pause, self._wake_dialer.set)
-                self._set_status()
+            self._own_failed(exc, probe=True, probe_call="canary")
             return
         finally:
             line.current = None
             line.task = None
             self._wake_dialer.set()
         self._drop_record(record)
-        if self._own.finished(False, loop.time(), probe=True):
-            log.info("calls_recovered", probe="canary")
-            self._set_status()
+        self._own_went_through(probe=True, probe_call="canary")
 
     async def _canary(self, line: Line, item: DialplanItem, watch: RouteWatch[Held]) -> None:
         """One canary call: never uploaded, never reported to the server; what it
@@ -1701,15 +1686,10 @@ class Daemon:
         loop = asyncio.get_running_loop()
         probe, line.own_probe = line.own_probe, False
         if exc is None:
-            if self._own.finished(False, loop.time(), probe=probe):
-                log.info("calls_recovered", extension=line.extension, phone=item.phone)
-                self._wake_dialer.set()
-                self._set_status()
+            self._own_went_through(probe, extension=line.extension, phone=item.phone)
             return False
-        self.own_failures += 1
-        self._own_error = f"{type(exc).__name__}: {exc}"[:80]
         was_closed = self._own.state is TrunkState.CLOSED
-        opened = self._own.finished(True, loop.time(), probe=probe)
+        opened = self._own_failed(exc, probe)
         key = (item.dialplan_id or "", item.phone)
         tries = line.fault_tries.get(key, 0) + (0 if opened or not was_closed else 1)
         kept = tries < OWN_FAIL_TRIES_MAX
@@ -1723,16 +1703,6 @@ class Daemon:
             if kept
             else "a failure of ours, again for this number: uploaded as a local failure",
         )
-        if opened:
-            log.error(
-                "calls_failing",
-                pause_s=self._own.pause,
-                error=self._own_error,
-                hint="calls fail in the daemon itself (see call_failed): dialling paused,"
-                " the numbers wait on their lines; a probe call after the pause",
-            )
-            loop.call_later(self._own.pause, self._wake_dialer.set)
-            self._set_status()
         if not kept:
             line.fault_tries.pop(key, None)
             return False
@@ -1743,6 +1713,35 @@ class Daemon:
         line.hold_until = loop.time() + OWN_RETRY_S
         loop.call_later(OWN_RETRY_S, self._wake_dialer.set)
         return True
+
+    def _own_went_through(self, probe: bool, **where: str) -> None:
+        """A call went through our code, whatever its outcome: counted for `_own`
+        (`probe`: it was the breaker's probe); closing it resumes dialling."""
+        if self._own.finished(False, asyncio.get_running_loop().time(), probe=probe):
+            log.info("calls_recovered", **where)
+            self._wake_dialer.set()
+            self._set_status()
+
+    def _own_failed(self, exc: Exception, probe: bool, **where: str) -> bool:
+        """A call failed in our code: counted for `_own`. True when that paused
+        dialling (opened, or a failed probe opened it again for longer)."""
+        loop = asyncio.get_running_loop()
+        self.own_failures += 1
+        self._own_error = f"{type(exc).__name__}: {exc}"[:80]
+        opened = self._own.finished(True, loop.time(), probe=probe)
+        if opened:
+            log.error(
+                "calls_failing",
+                pause_s=self._own.pause,
+                error=self._own_error,
+                hint="calls fail in the daemon itself (see call_failed): dialling paused,"
+                " the numbers wait on their lines; a probe call (trunk.canary if set)"
+                " after the pause",
+                **where,
+            )
+            loop.call_later(self._own.pause, self._wake_dialer.set)
+            self._set_status()
+        return opened
 
     def _pbx_fault(self, line: Line, item: DialplanItem, record: CallRecord) -> bool:
         """The call met a PBX fault (PBX_FAULTS): True when the number was kept back.
