@@ -212,6 +212,12 @@ class RecordingSettings:
 @dataclass(frozen=True)
 class SpoolSettings:
     dir: Path = Path("/var/lib/sipclient/spool")
+    fallback: Path | None = None
+    """Where a finished call's record is kept while `dir` cannot be written (a full
+    disk), so a kill -9 or a stop meanwhile does not lose it (agent/spool.py); none:
+    ``spool`` in systemd's RuntimeDirectory (a tmpfs under /run, which the shipped
+    units set and keep across restarts), else the record is held in memory only.
+    Put it on another file system than `dir`."""
 
 
 @dataclass(frozen=True)

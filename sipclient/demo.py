@@ -736,6 +736,9 @@ class World:
         if log is None:
             log = self._daemon_logs[index] = (self.daemon_dir(index) / "daemon.log").open("ab")
         env = dict(os.environ)
+        # what systemd gives the unit's RuntimeDirectory= (a tmpfs under /run there):
+        # the fallback spool's default place
+        env["RUNTIME_DIRECTORY"] = str(self.daemon_dir(index) / "run")
         env.update(self.options.daemon_env)
         return subprocess.Popen(
             _confined("sipclient.service", [*_cli(), "run", "--config", str(path)]),

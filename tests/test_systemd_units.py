@@ -38,6 +38,7 @@ def test_the_template_differs_from_the_single_unit_only_by_the_instance() -> Non
             "/opt/sipclient/.venv/bin/sipclient run --config /etc/sipclient/%i.yaml",
         ),
         "StateDirectory": ("sipclient", "sipclient/%i"),
+        "RuntimeDirectory": ("sipclient", "sipclient/%i"),
         "WorkingDirectory": ("/var/lib/sipclient", "/var/lib/sipclient/%i"),
     }
     # what makes it a notify service with a watchdog, as the single one

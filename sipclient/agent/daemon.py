@@ -85,7 +85,7 @@ from sipclient.agent.housekeeping import run_housekeeping
 from sipclient.agent.leftovers import CallJournal, end_leftovers
 from sipclient.agent.library_sync import LibraryMirror, LibraryUser, daemon_library, mirror_folder
 from sipclient.agent.route import Canary, RejectionKey, RouteWatch, Step
-from sipclient.agent.spool import Spool, SpoolBusy, claim, clean_fields
+from sipclient.agent.spool import Spool, SpoolBusy, SpoolEntry, claim, clean_fields, fallback_folder
 from sipclient.agent.trunk import TrunkGuard, TrunkState
 from sipclient.config import ConfigError, DaemonConfig, HostPort, load_config
 from sipclient.logs import configure, get_logger
@@ -246,6 +246,19 @@ class CallRecord:
     the server dials it again; in a row, they pause the trunk (`_trunk_outcome`)."""
 
 
+@dataclass
+class HeldRecord:
+    """A finished call's record the spool could not take (`Daemon._spool`): its
+    upload's fields, the record, and its copy in the fallback spool (None: in
+    memory only). `earlier`: found in the fallback at start, left by an earlier
+    run (not counted in this run's `decided`)."""
+
+    fields: dict[str, Any]
+    record: CallRecord
+    copy: SpoolEntry | None = None
+    earlier: bool = False
+
+
 CallHooks = Callable[[], None]
 
 
@@ -402,6 +415,8 @@ class Daemon:
             config.server.url, timeout=config.server.timeout, token=config.server.token
         )
         self.spool = Spool(config.spool.dir)
+        self.fallback = _fallback_spool(config)
+        """Where held records are kept too (`spool.fallback`); None: memory only."""
         self.client_id: str | None = None
         self.lines: dict[str, Line] = {}
         self.notify = notify or _notifier()
@@ -449,7 +464,7 @@ class Daemon:
         """Numbers of a dropped line, for the line that replaces it (`_add_line`)."""
         self._leased: set[str] = set()
         """The extensions of the latest lease (`_adopt_lines`)."""
-        self._unspooled: list[tuple[dict[str, Any], CallRecord]] = []
+        self._unspooled: list[HeldRecord] = []
         """Finished calls the spool could not take yet, oldest first (`_spool`)."""
         self._spool_retry: asyncio.Task[None] | None = None
         self._spool_writing = False  # `_retry_spool` is in a write (a worker thread)
@@ -583,6 +598,7 @@ class Daemon:
     async def run(self) -> int:
         """The whole life of the daemon; 0 after a clean stop, EXIT_MEMORY_RESTART (75)
         after a memory restart (`_memory_watch`)."""
+        await self._adopt_fallback()  # records an earlier run kept in the fallback
         self.uploader.kick()  # replay what an earlier run left in the spool
         self._tasks = [
             asyncio.create_task(self.uploader.run(), name="uploader"),
@@ -1820,10 +1836,12 @@ class Daemon:
         """The upload to disk (fsync'ed, off the loop); only then is it counted and uploaded.
 
         A spool that cannot be written (disk full, the folder gone) stops the
-        dialling: the record is held in memory, no line starts a call, and the
-        held records go to the spool, in order, as soon as a write works again
-        (`_retry_spool`). Dialling on would make calls whose results could only
-        be thrown away, and the server would hand their numbers out again.
+        dialling: the record is held (in memory, and in the fallback spool when
+        there is one, so a kill -9 or a stop does not lose it), no line starts a
+        call, and the held records go to the spool, in order, as soon as a write
+        works again (`_retry_spool`). Dialling on would make calls whose results
+        could only be thrown away, and the server would hand their numbers out
+        again.
         """
         fields: dict[str, Any] = {
             "extensionNum": line.extension,
@@ -1832,28 +1850,54 @@ class Daemon:
         }
         fields.update(record.fields)
         if self._unspooled:  # after the ones held before it, in order
-            self._hold(fields, record, None)
+            await self._hold(fields, record, None)
             return
         try:
             await asyncio.to_thread(self._put, fields, record)
         except Exception as exc:  # OSError, or a bug: held and retried, never dropped
-            self._hold(fields, record, exc)
+            await self._hold(fields, record, exc)
             return
         self._spooled(fields, record)
 
-    def _put(self, fields: dict[str, Any], record: CallRecord) -> None:
-        # one trip to a worker thread: the write, its fsyncs and the unlink all
-        # block on the disk (an unlink on the loop took ~3 ms on ext4)
+    def _put(
+        self, fields: dict[str, Any], record: CallRecord, copy: SpoolEntry | None = None
+    ) -> None:
+        # one trip to a worker thread: the write, its fsyncs and the unlinks all
+        # block on the disk (an unlink on the loop took ~3 ms on ext4). A record
+        # moving in from the fallback keeps its seq, and its copy goes only once
+        # the spool holds it: a crash between the two leaves one entry in each,
+        # which `_adopt_fallback` recognises by the seq
+        seq = copy.seq if copy is not None else None
         if record.data is not None:
-            self.spool.put(record.data, fields)
-            return
-        self.spool.put(record.wav, fields)
-        if not self.config.recordings.keep:
-            with contextlib.suppress(OSError):
-                record.wav.unlink()
+            self.spool.put(record.data, fields, seq)
+        else:
+            self.spool.put(record.wav, fields, seq)
+            if not self.config.recordings.keep:
+                with contextlib.suppress(OSError):
+                    record.wav.unlink()
+        if copy is not None and self.fallback is not None:
+            self.fallback.remove(copy)
 
-    def _spooled(self, fields: dict[str, Any], record: CallRecord) -> None:
-        self.decided += 1
+    def _copy(self, fields: dict[str, Any], record: CallRecord) -> SpoolEntry | None:
+        """The record into the fallback spool (a worker thread); None: no fallback,
+        or it failed too (logged: the record is then in memory only)."""
+        if self.fallback is None:
+            return None
+        try:
+            return self.fallback.put(record.wav if record.data is None else record.data, fields)
+        except OSError as exc:
+            log.error(
+                "spool_fallback_failed",
+                phone=fields["phone"],
+                folder=str(self.fallback.folder),
+                error=f"{type(exc).__name__}: {exc}",
+                hint="held in memory only: a kill -9 now loses it",
+            )
+            return None
+
+    def _spooled(self, fields: dict[str, Any], record: CallRecord, earlier: bool = False) -> None:
+        if not earlier:
+            self.decided += 1
         log.debug(
             "call_done",
             extension=fields["extensionNum"],
@@ -1863,16 +1907,23 @@ class Daemon:
         )
         self.uploader.kick()
 
-    def _hold(self, fields: dict[str, Any], record: CallRecord, exc: Exception | None) -> None:
-        self._unspooled.append((fields, record))
+    async def _hold(
+        self, fields: dict[str, Any], record: CallRecord, exc: Exception | None
+    ) -> None:
+        copy = await asyncio.to_thread(self._copy, fields, record)
+        self._unspooled.append(HeldRecord(fields, record, copy))
         if exc is not None:
             log.error(
                 "spool_failed",
                 phone=fields["phone"],
                 error=f"{type(exc).__name__}: {exc}",
                 held=len(self._unspooled),
+                kept_in=str(copy.meta.parent) if copy is not None else "memory",
                 hint="not dialling until the spool can be written again",
             )
+        self._start_spool_retry()
+
+    def _start_spool_retry(self) -> None:
         if self._spool_retry is None or self._spool_retry.done():
             self._spool_retry = asyncio.get_running_loop().create_task(self._retry_spool())
         self._set_status()
@@ -1897,10 +1948,10 @@ class Daemon:
                 if not self._unspooled:
                     await asyncio.to_thread(self.spool.probe)
                 while self._unspooled:
-                    fields, record = self._unspooled[0]
-                    await asyncio.to_thread(self._put, fields, record)
+                    held = self._unspooled[0]
+                    await asyncio.to_thread(self._put, held.fields, held.record, held.copy)
                     self._unspooled.pop(0)
-                    self._spooled(fields, record)
+                    self._spooled(held.fields, held.record, held.earlier)
                 writable = True
             except Exception as exc:  # the task ending here would stop dialling for good
                 log.warning(
@@ -1922,15 +1973,14 @@ class Daemon:
     async def _upload_held(self) -> None:
         """The spool failing, the held records go straight to the server from
         memory, oldest first, until one does not go (the server away): once the
-        server has a record, a kill -9 or a stop can no longer lose it (before
-        session 13 they waited in memory for the disk; lost, their numbers were
-        dialled again after the lease reclaim). Dialling stays stopped until the
-        spool takes a write (`spool_failing`): a record only the process holds
-        is what the spool is there to avoid. One the server refuses (409
-        finished, 404 unknown number) is dropped, as the uploader would set it
-        aside."""
+        server has a record, its copy in the fallback is removed. Dialling stays
+        stopped until the spool takes a write (`spool_failing`): the fallback is
+        on a tmpfs (lost with a reboot), or absent and the record only in the
+        process. One the server refuses (409 finished, 404 unknown number) is
+        dropped, as the uploader would set it aside."""
         while self._unspooled and (client_id := self.client_id) is not None:
-            fields, record = self._unspooled[0]
+            held = self._unspooled[0]
+            fields, record = held.fields, held.record
             try:
                 wav = record.data
                 if wav is None:
@@ -1941,19 +1991,71 @@ class Daemon:
             except (ControlError, OSError):
                 return  # the server away, or the WAV unreadable: held, tried again later
             self._unspooled.pop(0)
-            self.decided += 1
+            if not held.earlier:
+                self.decided += 1
             log.info("held_uploaded", phone=fields["phone"], held=len(self._unspooled))
-            if record.data is None and not self.config.recordings.keep:
-                with contextlib.suppress(OSError):
-                    await asyncio.to_thread(record.wav.unlink)
+            await asyncio.to_thread(self._forget_held, held)
         self._set_status()
+
+    def _forget_held(self, held: HeldRecord) -> None:
+        """The files of a record the server has (a worker thread)."""
+        if held.copy is not None and self.fallback is not None:
+            with contextlib.suppress(OSError):
+                self.fallback.remove(held.copy)
+        if held.record.data is None and not self.config.recordings.keep:
+            with contextlib.suppress(OSError):
+                held.record.wav.unlink()
+
+    async def _adopt_fallback(self) -> None:
+        """At start: the records an earlier run kept in the fallback spool (the
+        spool failing as it was killed or stopped) move into the spool, oldest
+        first, under their seq: one the spool already holds (a crash between
+        the two) is written over, not added. While the spool still cannot
+        be written they are held, as this run's would be (`_hold`): uploaded
+        straight from memory, dialling waiting for the disk."""
+        fallback = self.fallback
+        if fallback is None:
+            return
+        entries = await asyncio.to_thread(lambda: list(fallback.entries()))
+        moved = 0
+        for entry in entries:
+            try:
+                data = await asyncio.to_thread(entry.wav.read_bytes)
+            except OSError as exc:  # the fallback itself failing: left for the next start
+                log.error("spool_fallback_unreadable", seq=entry.seq, error=str(exc))
+                continue
+            record = CallRecord(
+                entry.wav, {}, entry.fields.get("localVerdict") or "unknown", data=data
+            )
+            held = HeldRecord(dict(entry.fields), record, entry, earlier=True)
+            if self._unspooled:
+                self._unspooled.append(held)
+                continue
+            try:
+                await asyncio.to_thread(self._put, held.fields, record, entry)
+            except Exception as exc:
+                log.error("spool_failed", phone=held.fields.get("phone"), error=str(exc))
+                self._unspooled.append(held)
+                continue
+            moved += 1
+        if moved or self._unspooled:
+            log.info(
+                "spool_fallback_adopted",
+                moved=moved,
+                held=len(self._unspooled),
+                folder=str(fallback.folder),
+            )
+        if self._unspooled:
+            self._start_spool_retry()
 
     # -------------------------------------------------------------- shutdown
 
     async def _last_spool_try(self) -> None:
-        """Stopping with records held (the spool failing): one more try each, and
-        say how many are lost (their numbers are still leased to us: the server
-        hands them out again once it reclaims the lease)."""
+        """Stopping with records held (the spool failing): one more try each, then
+        straight to the server. What is left stays in the fallback spool for the
+        next start; only a record without a copy there is lost (its number is
+        still leased to us: the server hands it out again once it reclaims the
+        lease)."""
         if self._spool_retry is not None:
             # not in the middle of a write: cancelled, its thread would go on writing
             # the record this pass then writes again (a second upload of the number)
@@ -1961,17 +2063,24 @@ class Daemon:
                 await asyncio.sleep(0.05)
             self._spool_retry.cancel()
             await asyncio.gather(self._spool_retry, return_exceptions=True)
-        held, self._unspooled = self._unspooled, []
-        for fields, record in held:
+        pending, self._unspooled = self._unspooled, []
+        for held in pending:
             try:
-                await asyncio.to_thread(self._put, fields, record)
+                await asyncio.to_thread(self._put, held.fields, held.record, held.copy)
             except Exception:
-                self._unspooled.append((fields, record))
+                self._unspooled.append(held)
                 continue
-            self._spooled(fields, record)
+            self._spooled(held.fields, held.record, held.earlier)
         await self._upload_held()  # what the spool still cannot take
-        lost = len(self._unspooled)
+        kept = sum(1 for h in self._unspooled if h.copy is not None)
+        lost = len(self._unspooled) - kept
         self._unspooled.clear()
+        if kept:
+            log.warning(
+                "held_in_fallback_at_stop",
+                kept=kept,
+                hint="moved into the spool (and uploaded) at the next start",
+            )
         if lost:
             log.error("unspooled_at_stop", lost=lost, hint="dialled again after the lease reclaim")
 
@@ -2030,7 +2139,8 @@ class Daemon:
         there is still ours, and freed now it would be dialled again before that
         upload came in. A server without /leave answers 404: no harm, the lease
         then ends at its timeout."""
-        if not self.client_id or len(self.spool) or self._unspooled:
+        kept = len(self.fallback) if self.fallback is not None else 0
+        if not self.client_id or len(self.spool) or self._unspooled or kept:
             return
         try:
             out = await asyncio.wait_for(self.client.leave(self.client_id), LEAVE_WAIT_ON_STOP)
@@ -2038,6 +2148,20 @@ class Daemon:
             log.info("leave_not_taken", reason=str(exc) or type(exc).__name__)
             return
         log.info("left_the_server", accounts=out.get("accounts"), numbers=out.get("numbers"))
+
+
+def _fallback_spool(config: DaemonConfig) -> Spool | None:
+    """The fallback spool (`spool.fallback`, agent/spool.py), None without one. One
+    that cannot be made is logged and left out: the held records are then in memory
+    only, as without it."""
+    folder = fallback_folder(config.spool.fallback, os.environ)
+    if folder is None:
+        return None
+    try:
+        return Spool(folder)
+    except OSError as exc:
+        log.error("spool_fallback_unusable", folder=str(folder), error=str(exc))
+        return None
 
 
 def _cut_short(record: CallRecord) -> bool:
@@ -2827,10 +2951,20 @@ def run_main(args: argparse.Namespace, config: DaemonConfig) -> int:
     configure(config.log.level, config.log.format)
     config.recordings.dir.mkdir(parents=True, exist_ok=True)
     try:
-        held = claim(config.spool.dir)  # released when the process ends
+        held = [claim(config.spool.dir)]  # released when the process ends
     except SpoolBusy as exc:
         raise ConfigError("spool.dir", f"{exc}: each daemon needs its own") from None
     try:
+        fallback = fallback_folder(config.spool.fallback, os.environ)
+        if fallback is not None:
+            with contextlib.suppress(OSError):  # unusable: the daemon says so and goes on
+                held.append(claim(fallback))
+    except SpoolBusy as exc:
+        for fd in held:
+            os.close(fd)
+        raise ConfigError("spool.fallback", f"{exc}: each daemon needs its own") from None
+    try:
         return asyncio.run(_amain(config, getattr(args, "config", None)))
     finally:
-        os.close(held)
+        for fd in held:
+            os.close(fd)

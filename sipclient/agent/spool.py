@@ -8,6 +8,14 @@ zero-padded nanosecond time plus a counter, so entries replay in the order
 they were made, across restarts. An entry is deleted only after the server
 accepted it (or refused it for good, e.g. the number was already finished);
 an entry that cannot be read is moved to ``bad/``, never deleted.
+
+The fallback spool (`spool.fallback`, `fallback_folder`) is a second `Spool`
+on another file system, by default systemd's RuntimeDirectory (a tmpfs under
+/run): while `spool.dir` cannot be written, a finished call's record is kept
+there as well as in memory, so a kill -9 or a stop does not lose it. It
+survives the daemon's restarts, not a reboot. An entry moves from it into the
+spool under the same `seq` (`put(..., seq=)`), so a copy found in both after a
+crash between the two is one entry, not two uploads.
 """
 
 from __future__ import annotations
@@ -19,7 +27,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,9 +77,14 @@ class Spool:
             if not wav.with_suffix(".json").exists():
                 wav.unlink(missing_ok=True)
 
-    def put(self, wav_source: Path | bytes, fields: dict[str, Any]) -> SpoolEntry:
-        """Store one upload; `wav_source` is a file (moved in) or the WAV bytes."""
-        seq = f"{time.time_ns():020d}-{next(self._counter):06d}"
+    def put(
+        self, wav_source: Path | bytes, fields: dict[str, Any], seq: str | None = None
+    ) -> SpoolEntry:
+        """Store one upload; `wav_source` is a file (copied in) or the WAV bytes.
+        `seq`: the entry's name when it moves in from the fallback (its place in
+        the order is when it was made), else a new one."""
+        if seq is None:
+            seq = f"{time.time_ns():020d}-{next(self._counter):06d}"
         wav = self.folder / f"{seq}.wav"
         meta = self.folder / f"{seq}.json"
         if isinstance(wav_source, bytes):
@@ -121,6 +134,16 @@ class Spool:
     def refuse(self, entry: SpoolEntry) -> None:
         """Keep an entry the server refused for good aside, in ``refused/``."""
         _set_aside((entry.wav, entry.meta), self.folder / "refused")
+
+
+def fallback_folder(setting: Path | None, environ: Mapping[str, str]) -> Path | None:
+    """Where the fallback spool is: `spool.fallback` if set, else ``spool`` in
+    systemd's RuntimeDirectory (``$RUNTIME_DIRECTORY``, its first entry), else none
+    (a record the spool cannot take is held in memory only)."""
+    if setting is not None:
+        return setting
+    runtime = environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
+    return Path(runtime) / "spool" if runtime else None
 
 
 class SpoolBusy(RuntimeError):

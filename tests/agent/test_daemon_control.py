@@ -912,6 +912,75 @@ async def test_a_stop_with_the_spool_failing_hands_the_held_records_to_the_serve
     assert "unspooled_at_stop" not in capsys.readouterr().out
 
 
+def _with_fallback(daemon: Daemon, tmp_path: Path) -> Path:
+    """`daemon` keeps held records in a fallback spool (`spool.fallback`); its folder."""
+    folder = tmp_path / "run" / "spool"
+    daemon.config = dataclasses.replace(
+        daemon.config, spool=SpoolSettings(daemon.config.spool.dir, fallback=folder)
+    )
+    daemon.fallback = daemon_mod._fallback_spool(daemon.config)
+    return folder
+
+
+async def test_a_stop_with_the_spool_failing_and_the_server_away_keeps_records_for_next_start(
+    server: LiveServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # The disk full and the server away: before, the held records were only in
+    # memory, lost to the stop (or a kill -9) and their numbers dialled again
+    monkeypatch.setattr(daemon_mod, "SPOOL_RETRY_MIN", 60.0)  # only the stop tries again
+    task_id = await server.push(["2001", "2002"], ["970", "971"])
+    daemon, world, _ = _daemon_noting(tmp_path, server, 2)
+    world.ring_all = True  # not bare rejections: the route guard holds none back
+    fallback = _with_fallback(daemon, tmp_path)
+    _disk_full(monkeypatch, daemon)
+    async with _running(daemon):
+        await _wait(lambda: len(daemon._unspooled) == 2)
+        assert len(list(fallback.glob("*.json"))) == 2
+        await server.stop()
+    out = capsys.readouterr().out
+    assert "held_in_fallback_at_stop" in out and "unspooled_at_stop" not in out
+    assert len(list(fallback.glob("*.json"))) == 2 and not list((tmp_path / "spool").glob("*.json"))
+    # the disk mended, the server back: the next start moves them into the spool and
+    # uploads them; nothing is dialled again
+    await server.start()
+    world2 = FakeWorld(tmp_path)
+    again = Daemon(daemon.config, world2.factory, notify=lambda *a: True)
+    async with _running(again):
+        await _wait(lambda: _finished(server, task_id), timeout=20)
+    assert world2.dialled == [] and again.uploader.refused == 0
+    assert not list(fallback.glob("*.json")) and not list((tmp_path / "spool").glob("*.json"))
+    task = await server.task(task_id)
+    assert {d["result"] for d in task["dialplans"]} == {"ringing"}
+
+
+async def test_a_record_in_both_the_spool_and_the_fallback_is_uploaded_once(
+    server: LiveServer, tmp_path: Path
+) -> None:
+    # a crash between the spool's write and the fallback copy's removal leaves both
+    task_id = await server.push(["2001"], ["972"])
+    first, world, _ = _daemon_noting(tmp_path, server, 1)
+    world.ring_all = True
+    _with_fallback(first, tmp_path)
+    async with _running(first):
+        await _wait(lambda: len(world.dialled) == 1)
+        await server.stop()  # the upload stays in the spool
+        await _wait(lambda: len(first.spool) == 1)
+    entry = next(first.spool.entries())
+    fallback = Spool(tmp_path / "run" / "spool")
+    fallback.put(entry.wav, entry.fields, entry.seq)
+    await server.start()
+    world2 = FakeWorld(tmp_path)
+    again = Daemon(first.config, world2.factory, notify=lambda *a: True)
+    async with _running(again):
+        await _wait(lambda: _finished(server, task_id), timeout=20)
+        await _wait(lambda: len(again.spool) == 0)
+    assert again.uploader.uploaded == 1 and again.uploader.refused == 0
+    assert len(fallback) == 0 and world2.dialled == []
+
+
 async def test_a_number_for_an_unregistered_extension_is_kept_and_dialled_later(
     server: LiveServer, tmp_path: Path
 ) -> None:

@@ -667,6 +667,45 @@ async def test_a_spool_that_cannot_be_written_stops_dialling_and_loses_nothing(
     assert sorted(dialled) == sorted(phones)
 
 
+async def test_records_a_failing_spool_holds_survive_a_kill_9_with_the_server_away(
+    make_world: Callable[..., World],
+) -> None:
+    # The disk fails and the server is away: the calls then ending were held in
+    # memory only, and a kill -9 lost them; their numbers were dialled again once
+    # the server reclaimed the lease. Now they wait in the fallback spool (the
+    # unit's RuntimeDirectory, here the lab's daemon/run) for the next start.
+    world = make_world(lines=3, carriers=FAST + MEDIA)
+    await world.start()
+    phones = numbers_for(12, FAST + MEDIA)
+    await world.push_numbers(phones)
+    async with asyncio.timeout(30):
+        while len(world.receiver.verdicts.results) < 3:
+            await asyncio.sleep(0.1)
+    await asyncio.to_thread(world.stop_server)
+    spool = world.workdir / "daemon" / "spool"
+    away = spool.with_name("spool.away")
+    spool.rename(away)
+    spool.write_text("not a folder")  # every write fails
+    fallback = world.workdir / "daemon" / "run" / "spool"
+    async with asyncio.timeout(30):  # a call in flight ends and is held
+        while not list(fallback.glob("*.json")):
+            await asyncio.sleep(0.1)
+    await asyncio.sleep(3.0)  # the others in flight too (2.2 s at most)
+    kept = {json.loads(f.read_text())["phone"] for f in fallback.glob("*.json")}
+    world.kill_daemon()
+    spool.unlink()
+    away.rename(spool)
+    await asyncio.to_thread(world.start_server)
+    world.start_daemon()
+    await _all_right_once(world, phones, 120)
+    # each number was dialled once: the kept records went up from the fallback,
+    # none was left for the lease reclaim to hand out again
+    dialled = [e["phone"] for e in _events(world) if e.get("event") == "call_classified"]
+    assert sorted(dialled) == sorted(phones) and kept <= set(phones)
+    assert '"spool_fallback_adopted"' in _daemon_log(world)
+    assert not list(fallback.glob("*.json"))
+
+
 async def test_calls_failing_in_the_daemon_pause_it_and_every_number_keeps_its_verdict(
     make_world: Callable[..., World],
 ) -> None:
