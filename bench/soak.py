@@ -25,6 +25,11 @@ for durations drawn from a `random.Random(--seed)`:
 - `kamailio_freeze`: SIGSTOP kamailio for 1-8 s (a hung PBX);
 - `spool`: the daemon's spool folder replaced by a file for 2-12 s (as
   tests/e2e's spool test does: every write fails).
+- `stranded`: the server stopped and the spool folder a file, then after 2-8 s
+  (calls end meanwhile: their records are held) kill -9 the daemon; both mended,
+  it starts again after 0-3 s. The records held then are in the fallback spool
+  (the lab's daemon/run/spool, the units' RuntimeDirectory): their numbers must
+  not be dialled again.
 
 After `--minutes` no more faults are injected and every pushed number is waited
 for (at most `--drain-timeout` s); the daemon is stopped with SIGTERM, everything
@@ -108,6 +113,7 @@ FAULT_WEIGHTS: dict[str, float] = {
     "kamailio": 1.5,
     "kamailio_freeze": 1.0,
     "spool": 1.0,
+    "stranded": 1.0,
 }
 
 PBX_FAULTS = {"kamailio", "kamailio_freeze"}
@@ -348,6 +354,30 @@ class Soak:
             f.detail["away_s"] = await self._hold(2.0, 12.0)
         finally:
             self._restore_spool()
+
+    async def fault_stranded(self, f: Fault) -> None:
+        assert self.world.daemon is not None
+        f.detail["pid"] = self.world.daemon.pid
+        async with self.server_lock:
+            await asyncio.to_thread(self.world.stop_server)
+            away = self.spool.with_name("spool.away")
+            self.spool.rename(away)
+            self.spool_moved = away
+            self.spool.write_text("not a folder\n")
+            try:
+                f.detail["held_s"] = await self._hold(2.0, 8.0)
+                await asyncio.to_thread(self.world.kill_daemon)
+                self._daemon_ended("kill9", -9)
+                kept = self.world.daemon_dir(0) / "run" / "spool"
+                f.detail["kept"] = sorted(
+                    json.loads(m.read_text()).get("phone", "") for m in kept.glob("*.json")
+                )
+            finally:
+                self._restore_spool()
+                await asyncio.to_thread(self.start_server)
+        f.detail["down_s"] = await self._hold(0.0, 3.0)
+        self.start_daemon()
+        f.detail["new_pid"] = self.incarnations[-1].pid
 
     def _restore_spool(self) -> None:
         if self.spool_moved is None:
@@ -1086,8 +1116,20 @@ class Analysis:
                 spool = [
                     f
                     for f in soak.faults
-                    if f.kind == "spool" and f.overlaps(done.get("_t", prev.at), inc_rec.ended)
+                    if f.kind in ("spool", "stranded")
+                    and f.overlaps(done.get("_t", prev.at), inc_rec.ended)
                 ]
+                if any(prev.phone in f.detail.get("kept", ()) for f in spool):
+                    return (
+                        f"SUSPICIOUS: kill -9 with its record in the fallback spool (the spool"
+                        f" failing, the server away); the next start should have uploaded it"
+                        f" ({why_free})"
+                    )
+                if spool and spool[-1].kind == "stranded":
+                    return (
+                        f"expected: kill -9 before its record reached the fallback spool"
+                        f" ({why_free})"
+                    )
                 if spool:
                     back = inc_rec.ended - spool[-1].end
                     return (

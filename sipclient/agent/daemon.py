@@ -1865,8 +1865,8 @@ class Daemon:
         # one trip to a worker thread: the write, its fsyncs and the unlinks all
         # block on the disk (an unlink on the loop took ~3 ms on ext4). A record
         # moving in from the fallback keeps its seq, and its copy goes only once
-        # the spool holds it: a crash between the two leaves one entry in each,
-        # which `_adopt_fallback` recognises by the seq
+        # the spool holds it: a crash between the two leaves the same entry in
+        # each, which `_adopt_fallback` then writes over, not beside
         seq = copy.seq if copy is not None else None
         if record.data is not None:
             self.spool.put(record.data, fields, seq)
@@ -1885,7 +1885,7 @@ class Daemon:
             return None
         try:
             return self.fallback.put(record.wav if record.data is None else record.data, fields)
-        except OSError as exc:
+        except Exception as exc:  # OSError, or a bug: the record is still held in memory
             log.error(
                 "spool_fallback_failed",
                 phone=fields["phone"],
