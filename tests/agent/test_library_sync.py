@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import json
 import shutil
 from collections.abc import AsyncIterator
@@ -17,8 +18,10 @@ import pytest
 import soundfile as sf
 from aiohttp import web
 
+from sipclient.agent.control import ControlClient, ServerUnavailable
 from sipclient.agent.daemon import Daemon
 from sipclient.agent.library_sync import (
+    FETCH_CONCURRENCY,
     INDEX,
     MANIFEST,
     MB,
@@ -110,7 +113,7 @@ def _plain_library(folder: Path, n: int, seconds: float = 0.5, rate: int = 8000)
 
 class FileRequests:
     """The server's side of `GET /library/{file}`: how many came, and the most in
-    flight at once (each held `delay` s)."""
+    flight at once (each held `delay` s, so that overlapping fetches overlap there)."""
 
     def __init__(self, delay: float = 0.0) -> None:
         self.delay = delay
@@ -262,6 +265,55 @@ async def test_a_template_longer_than_listed_is_read_no_further_and_refused(
     logged = capsys.readouterr().out
     assert "library_sync_failed" in logged
     assert "template sweep-900.wav: not the size the listing names" in logged
+
+
+async def test_many_templates_are_fetched_several_at_once_each_checked(
+    server: LiveServer, tmp_path: Path
+) -> None:
+    lib = tmp_path / "server-library"
+    names = _plain_library(lib, 40)
+    files = FileRequests(delay=0.02)
+    server.middlewares.append(files.middleware)
+    version = await _serve(server, lib)
+    daemon, user, fetched = _daemon(tmp_path, server, "older")
+    async with _running(daemon):
+        await _wait(lambda: user.used, timeout=20)
+    assert user.library_version == version and len(user.used[0]) == 40
+    assert sorted(fetched) == names and files.count == 40
+    for name in names:
+        assert (tmp_path / "library" / name).read_bytes() == (lib / name).read_bytes()
+    # the old daemon fetched one at a time: never more than one in flight
+    assert 2 <= files.most <= FETCH_CONCURRENCY
+
+
+async def test_one_fetch_failing_ends_the_others_cleanly_and_changes_nothing(
+    server: LiveServer, tmp_path: Path
+) -> None:
+    lib = tmp_path / "server-library"
+    names = _plain_library(lib, 40)
+    files = FileRequests(delay=0.02)
+    server.middlewares.append(files.middleware)
+    await _serve(server, lib)
+    (lib / names[5]).unlink()  # after the listing: the server answers 503 for it
+    loop = asyncio.get_running_loop()
+    unhandled: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _loop, context: unhandled.append(context))
+    client = ControlClient(server.url)
+    mirror = LibraryMirror(tmp_path / "library")
+    try:
+        with pytest.raises(ServerUnavailable, match="HTTP 503"):
+            await mirror.sync(client)
+        # the fetches in flight were cancelled and awaited: none left, none more sent
+        coros = [getattr(t.get_coro(), "__qualname__", "") for t in asyncio.all_tasks()]
+        assert not [c for c in coros if "_place_all" in c]
+        assert files.count <= 6 + FETCH_CONCURRENCY and files.most >= 2
+        await asyncio.sleep(0.1)
+        gc.collect()  # a task whose exception nobody retrieved says so when collected
+        assert unhandled == []
+        assert mirror.held() is None and not (tmp_path / "library").exists()
+    finally:
+        loop.set_exception_handler(None)
+        await client.close()
 
 
 class Listing:
