@@ -294,6 +294,15 @@ class ClassifySettings:
     `templates`. A server that names none (the seed's) changes nothing."""
     mirror: Path | None = None
     """(daemon) Where the mirrored library is kept; none: `library` beside `spool.dir`."""
+    mirror_max_mb: int = field(default=512, metadata=_check(lambda v: v >= 1, "a number >= 1"))
+    """(daemon) The most (MB, 2**20 bytes) of WAVs the daemon mirrors: a listing whose
+    templates add up to more is refused before anything is fetched, and no WAV is
+    read past the size its listing row names (`library_behind`, the library in use
+    stays). The shipped library is 26 templates, 3.1 MB (a template ~100 kB), so
+    512 MB is ~5,000 templates: room for any library an operator grows by hand,
+    while a server gone wrong cannot fill the box's memory or StateDirectory. No
+    value turns the bound off (0 is a config error): a bigger library wants a
+    bigger number."""
 
 
 @dataclass(frozen=True)

@@ -56,6 +56,10 @@ def test_values_are_typed() -> None:
         ("trunk: {pause_min: 120}", "trunk.pause_max"),
         ("heartbeat: {interval: .inf}", "heartbeat.interval"),
         ("sip: {ring_timeout: .nan}", "sip.ring_timeout"),
+        # a cap on what the daemon mirrors of the server's library cannot be off
+        ("classify: {mirror_max_mb: 0}", "classify.mirror_max_mb"),
+        ("classify: {mirror_max_mb: -5}", "classify.mirror_max_mb"),
+        ("classify: {mirror_max_mb: lots}", "classify.mirror_max_mb"),
     ],
 )
 def test_daemon_errors_name_the_key(text: str, key: str) -> None:
@@ -80,6 +84,11 @@ def test_server_errors_name_the_key(text: str, key: str) -> None:
     with pytest.raises(ConfigError) as info:
         parse_config(ServerConfig, text)
     assert info.value.key == key
+
+
+def test_the_mirror_cap_defaults_to_512_mb_and_takes_any_positive_number() -> None:
+    assert DaemonConfig().classify.mirror_max_mb == 512
+    assert parse_config(DaemonConfig, "classify: {mirror_max_mb: 1}").classify.mirror_max_mb == 1
 
 
 def test_good_values_of_the_checked_keys_pass() -> None:

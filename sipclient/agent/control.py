@@ -229,14 +229,23 @@ class ControlClient:
         """(ext) The listing of the server's template library (`GET /library`)."""
         return await self._call("GET", "/library")
 
-    async def library_file(self, name: str) -> bytes:
+    async def library_file(self, name: str, max_bytes: int | None = None) -> bytes:
         """(ext) One template's WAV (`GET /library/{file}`); any failure is
-        ServerUnavailable (never a reason to start over, as a 404 of `_call` is)."""
+        ServerUnavailable (never a reason to start over, as a 404 of `_call` is).
+        With `max_bytes`, no more than `max_bytes` + 1 bytes of the body are read: a
+        longer body comes back cut there, longer than `max_bytes` for the caller to
+        refuse, and the rest is never read (the connection is dropped), so a server
+        that sends more than it listed cannot fill our memory."""
         path = f"/library/{urllib.parse.quote(name)}"
         try:
             async with self._http().get(self.base_url + path) as resp:
                 status = resp.status
-                data = await resp.read()
+                if status != 200:  # its body is not used: not read either
+                    data = b""
+                elif max_bytes is None:
+                    data = await resp.read()
+                else:
+                    data = await _read_at_most(resp, max_bytes + 1)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise ServerUnavailable(f"GET {path}: {type(exc).__name__}: {exc}") from None
         if status != 200:
@@ -266,6 +275,19 @@ class ControlClient:
         await self._call(
             "POST", f"/dial_wav/{client_id}", data=body, headers={"Content-Type": content_type}
         )
+
+
+async def _read_at_most(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    """Up to `limit` bytes of `resp`'s body (fewer only at its end)."""
+    chunks: list[bytes] = []
+    got = 0
+    while got < limit:
+        chunk = await resp.content.read(limit - got)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        got += len(chunk)
+    return b"".join(chunks)
 
 
 def form_data(

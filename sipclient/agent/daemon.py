@@ -480,7 +480,11 @@ class Daemon:
         self.library_user: LibraryUser | None = None
         """Who uses the template library (`SipSide`): with `classify.sync`, the library
         the server offers is mirrored for it (`_library_offered`)."""
-        self._mirror = LibraryMirror(mirror_folder(config)) if config.classify.sync else None
+        self._mirror = (
+            LibraryMirror(mirror_folder(config), config.classify.mirror_max_mb)
+            if config.classify.sync
+            else None
+        )
         self._syncing: asyncio.Task[None] | None = None
         self._library_behind = ""
         """Why the library the server offers is not in use (its last mirroring failed)."""

@@ -86,6 +86,8 @@ class LiveServer:
         """/dial_wav answers 503 (the server's disk failing): uploads stay spooled."""
         self.templates: Path | None = None
         """The server's `classify.templates` (the library it judges with and offers)."""
+        self.middlewares: list[Any] = []
+        """More aiohttp middlewares, outermost first: a test's view of the requests."""
 
     @property
     def url(self) -> str:
@@ -108,6 +110,8 @@ class LiveServer:
         app.middlewares.insert(0, self._note_status)
         if self.unknown_client_code != 404:
             app.middlewares.insert(0, self._seed_unknown_client)  # outside the envelope one
+        for middleware in reversed(self.middlewares):
+            app.middlewares.insert(0, middleware)
         self.runner = web.AppRunner(app, access_log=None)
         await self.runner.setup()
         await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
