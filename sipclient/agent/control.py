@@ -400,6 +400,9 @@ class Uploader:
         self._retry_max = retry_max
         self.uploaded = 0
         self.refused = 0
+        self._sent: set[str] = set()
+        """Seqs of entries the server took whose files could not be removed (the
+        spool's folder gone): removed, not sent again, at the next pass."""
         self.on_unknown_client: Callable[[], None] | None = None
         self.on_uploaded: Callable[[SpoolEntry], None] | None = None
         """Called after each accepted upload (the daemon asks for the next number then)."""
@@ -426,7 +429,26 @@ class Uploader:
         """
         async with self._draining:
             entries = await asyncio.to_thread(lambda: list(self.spool.entries()))
+            if self._sent:
+                entries = await asyncio.to_thread(self._forget_sent, entries)
             return await _in_flight(entries, self.concurrency, self._upload)
+
+    def _forget_sent(self, entries: list[SpoolEntry]) -> list[SpoolEntry]:
+        """`entries` without those the server already has, whose files go now (a
+        worker thread). Sent again, each was refused as finished (409) and set
+        aside in refused/ for nothing (seen in a soak: the spool's folder swapped
+        between an upload's 200 and its unlink)."""
+        left = []
+        for entry in entries:
+            if entry.seq not in self._sent:
+                left.append(entry)
+                continue
+            try:
+                self.spool.remove(entry)
+            except OSError:
+                continue  # still not removable: still not sent again
+            self._sent.discard(entry.seq)
+        return left
 
     async def _upload(self, entry: SpoolEntry) -> bool | None:
         """One entry: True uploaded, None refused (kept aside), False stop draining."""
@@ -447,7 +469,11 @@ class Uploader:
             log.warning("upload_refused", reason=str(exc), seq=entry.seq, **entry.fields)
             await asyncio.to_thread(self.spool.refuse, entry)
             return None
-        await asyncio.to_thread(self.spool.remove, entry)
+        try:
+            await asyncio.to_thread(self.spool.remove, entry)
+        except OSError as exc:  # the server has it: removed at a later pass (`_sent`)
+            self._sent.add(entry.seq)
+            log.warning("spool_remove_failed", seq=entry.seq, error=f"{type(exc).__name__}: {exc}")
         self.uploaded += 1
         log.debug("uploaded", seq=entry.seq, phone=entry.fields.get("phone"))
         if self.on_uploaded is not None:

@@ -396,9 +396,11 @@ async def test_a_disk_error_in_a_drain_does_not_end_the_uploader(
             await asyncio.sleep(0.05)
         await _wait(lambda: _finished(server, task_id))
         assert spool.failed and not run.done()
-        # the entry whose removal failed was uploaded: sent again, refused, set aside
+        # the entry whose removal failed was uploaded: removed at the next pass, not
+        # sent again (it was: refused as finished, 409, and set aside in refused/)
         await _wait(lambda: len(spool) == 0)
-        assert uploader.uploaded == 2 and uploader.refused == 1
+        assert uploader.uploaded == 3 and uploader.refused == 0
+        assert not (spool.folder / "refused").exists()
         run.cancel()
         await asyncio.gather(run, return_exceptions=True)
     finally:
