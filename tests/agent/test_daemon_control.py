@@ -905,17 +905,32 @@ async def test_a_stop_with_the_spool_failing_hands_the_held_records_to_the_serve
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    monkeypatch.setattr(daemon_mod, "SPOOL_RETRY_MIN", 60.0)  # only the stop tries again
-    task_id = await server.push(["2001", "2002"], ["960", "961"])
-    daemon, world, _ = _daemon_noting(tmp_path, server, 2)
-    world.ring_all = True  # not bare rejections: the route guard holds none back
-    _disk_full(monkeypatch, daemon)
+    daemon, task_id = await _disk_full_at_two_calls(server, tmp_path, monkeypatch, ["960", "961"])
     async with _running(daemon):
         await _wait(lambda: len(daemon._unspooled) == 2)
         assert await _finished_count(server, task_id) == 0
     # stopped: both went to the server, none lost to be dialled again
     assert await _finished_count(server, task_id) == 2
     assert "unspooled_at_stop" not in capsys.readouterr().out
+
+
+async def _disk_full_at_two_calls(
+    server: LiveServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    phones: list[str],
+    fallback: bool = False,
+) -> tuple[Daemon, int]:
+    """Two lines ringing `phones` into a spool that refuses every write (`fallback`:
+    with a fallback spool); only the stop tries the spool again. The daemon, the task."""
+    monkeypatch.setattr(daemon_mod, "SPOOL_RETRY_MIN", 60.0)
+    task_id = await server.push(["2001", "2002"], phones)
+    daemon, world, _ = _daemon_noting(tmp_path, server, 2)
+    world.ring_all = True  # not bare rejections: the route guard holds none back
+    if fallback:
+        _with_fallback(daemon, tmp_path)
+    _disk_full(monkeypatch, daemon)
+    return daemon, task_id
 
 
 def _with_fallback(daemon: Daemon, tmp_path: Path) -> Path:
@@ -936,12 +951,11 @@ async def test_a_stop_with_the_spool_failing_and_the_server_away_keeps_records_f
 ) -> None:
     # The disk full and the server away: before, the held records were only in
     # memory, lost to the stop (or a kill -9) and their numbers dialled again
-    monkeypatch.setattr(daemon_mod, "SPOOL_RETRY_MIN", 60.0)  # only the stop tries again
-    task_id = await server.push(["2001", "2002"], ["970", "971"])
-    daemon, world, _ = _daemon_noting(tmp_path, server, 2)
-    world.ring_all = True  # not bare rejections: the route guard holds none back
-    fallback = _with_fallback(daemon, tmp_path)
-    _disk_full(monkeypatch, daemon)
+    daemon, task_id = await _disk_full_at_two_calls(
+        server, tmp_path, monkeypatch, ["970", "971"], fallback=True
+    )
+    fallback = daemon.config.spool.fallback
+    assert fallback is not None
     async with _running(daemon):
         await _wait(lambda: len(daemon._unspooled) == 2)
         assert len(list(fallback.glob("*.json"))) == 2

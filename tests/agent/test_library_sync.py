@@ -267,14 +267,22 @@ async def test_a_template_longer_than_listed_is_read_no_further_and_refused(
     assert "template sweep-900.wav: not the size the listing names" in logged
 
 
-async def test_many_templates_are_fetched_several_at_once_each_checked(
+async def _forty_served_slowly(
     server: LiveServer, tmp_path: Path
-) -> None:
+) -> tuple[Path, list[str], FileRequests, str]:
+    """A server offering a library of 40 small templates, each file request held
+    20 ms and counted: its folder, the names, the counter, the version."""
     lib = tmp_path / "server-library"
     names = _plain_library(lib, 40)
     files = FileRequests(delay=0.02)
     server.middlewares.append(files.middleware)
-    version = await _serve(server, lib)
+    return lib, names, files, await _serve(server, lib)
+
+
+async def test_many_templates_are_fetched_several_at_once_each_checked(
+    server: LiveServer, tmp_path: Path
+) -> None:
+    lib, names, files, version = await _forty_served_slowly(server, tmp_path)
     daemon, user, fetched = _daemon(tmp_path, server, "older")
     async with _running(daemon):
         await _wait(lambda: user.used, timeout=20)
@@ -289,11 +297,7 @@ async def test_many_templates_are_fetched_several_at_once_each_checked(
 async def test_one_fetch_failing_ends_the_others_cleanly_and_changes_nothing(
     server: LiveServer, tmp_path: Path
 ) -> None:
-    lib = tmp_path / "server-library"
-    names = _plain_library(lib, 40)
-    files = FileRequests(delay=0.02)
-    server.middlewares.append(files.middleware)
-    await _serve(server, lib)
+    lib, names, files, _version = await _forty_served_slowly(server, tmp_path)
     (lib / names[5]).unlink()  # after the listing: the server answers 503 for it
     loop = asyncio.get_running_loop()
     unhandled: list[dict[str, Any]] = []

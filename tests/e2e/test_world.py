@@ -630,33 +630,48 @@ async def test_sigterm_with_the_pbx_gone_exits_0_within_the_units_stop_timeout(
     assert log.count('"unregister_timeout"') == 24 and '"stopped"' in log
 
 
+async def _dialling(world: World, phones: list[str]) -> None:
+    """`phones` pushed, and the first verdicts back: the lines are at work."""
+    await world.push_numbers(phones)
+    async with asyncio.timeout(30):
+        while len(world.receiver.verdicts.results) < 3:
+            await asyncio.sleep(0.1)
+
+
+def _break_spool(world: World) -> Callable[[], None]:
+    """The daemon's spool folder gone and a file holding its name: every write
+    fails. Returns what mends it."""
+    spool = world.workdir / "daemon" / "spool"
+    away = spool.with_name("spool.away")
+    spool.rename(away)
+    spool.write_text("not a folder")
+
+    def mend() -> None:
+        spool.unlink()
+        away.rename(spool)
+
+    return mend
+
+
 async def test_a_spool_that_cannot_be_written_stops_dialling_and_loses_nothing(
     make_world: Callable[..., World],
 ) -> None:
     world = make_world(lines=3, carriers=FAST + MEDIA)
     await world.start()
     phones = numbers_for(18, FAST + MEDIA)
-    await world.push_numbers(phones)
-    async with asyncio.timeout(30):
-        while len(world.receiver.verdicts.results) < 3:
-            await asyncio.sleep(0.1)
+    await _dialling(world, phones)
 
     def invites() -> int:
         return sum(1 for s in world.carriers.values() for m in s.messages() if m.method == "INVITE")
 
-    # the spool's folder is gone and a file holds its name: every write fails
-    spool = world.workdir / "daemon" / "spool"
-    away = spool.with_name("spool.away")
     at_break = invites()
-    spool.rename(away)
-    spool.write_text("not a folder")
+    mend = _break_spool(world)
     await asyncio.sleep(8.0)  # the calls in flight end (2.2 s at most) and are held
     # no call starts while results cannot be kept: at most one a line that was
     # starting as the folder went (before, all 15 numbers left were dialled and
     # their results thrown away, to be dialled again after the lease reclaim)
     assert invites() - at_break <= 3
-    spool.unlink()
-    away.rename(spool)
+    mend()
     await _all_right_once(world, phones, 90)
     log = _daemon_log(world)
     assert '"spool_failed"' in log and '"spool_writable_again"' in log
@@ -677,15 +692,9 @@ async def test_records_a_failing_spool_holds_survive_a_kill_9_with_the_server_aw
     world = make_world(lines=3, carriers=FAST + MEDIA)
     await world.start()
     phones = numbers_for(12, FAST + MEDIA)
-    await world.push_numbers(phones)
-    async with asyncio.timeout(30):
-        while len(world.receiver.verdicts.results) < 3:
-            await asyncio.sleep(0.1)
+    await _dialling(world, phones)
     await asyncio.to_thread(world.stop_server)
-    spool = world.workdir / "daemon" / "spool"
-    away = spool.with_name("spool.away")
-    spool.rename(away)
-    spool.write_text("not a folder")  # every write fails
+    mend = _break_spool(world)
     fallback = world.workdir / "daemon" / "run" / "spool"
     async with asyncio.timeout(30):  # a call in flight ends and is held
         while not list(fallback.glob("*.json")):
@@ -693,8 +702,7 @@ async def test_records_a_failing_spool_holds_survive_a_kill_9_with_the_server_aw
     await asyncio.sleep(3.0)  # the others in flight too (2.2 s at most)
     kept = {json.loads(f.read_text())["phone"] for f in fallback.glob("*.json")}
     world.kill_daemon()
-    spool.unlink()
-    away.rename(spool)
+    mend()
     await asyncio.to_thread(world.start_server)
     world.start_daemon()
     await _all_right_once(world, phones, 120)
