@@ -1,6 +1,7 @@
 """Benchmark the RTP receive path: parse + reorder + decode, alone and over real UDP.
 
     .venv/bin/python bench/rtp.py [--seconds 3] [--streams 200]
+    .venv/bin/python bench/rtp.py --path-only [--streams 200] [--rounds 250]
 
 Prints and writes bench/out/rtp.json:
 
@@ -19,6 +20,16 @@ Prints and writes bench/out/rtp.json:
 - 200 concurrent calls at 50 packets/s each (10,000 packets/s), each with a
   `Recorder` writing its WAV: measured CPU % of the receiving process over
   `--seconds`, next to the figure extrapolated from the per-packet cost.
+
+`--path-only` measures just the receive path the daemon runs per wake-up
+(`RtpReceiver._on_readable`: `read_burst`, `RtpStream.receive`, the sink, the
+timer re-arm) with an in-memory `Recorder` as the sink, as the daemon has it
+without `recordings.keep`, and no classifier: `--streams` receivers on real
+loopback sockets, one 20 ms packet queued on each per round (sent untimed),
+then each receiver's `_on_readable` called directly, CPU time (process) of
+those calls only. The event loop's own dispatch is left out, so the figure is
+what this path costs, not asyncio. Prints µs per packet for PCMU, PCMA and
+G722 (best and median of `--repeat` runs) and writes nothing.
 
 The machine is shared (2 cores, several jobs): figures are under contention.
 """
@@ -146,7 +157,7 @@ def decode_only(n: int = 3000) -> dict[str, float]:
 def sans_io(codec: str, n: int = 5000, *, native_8k: bool = False) -> dict[str, float]:
     data = packets(codec, n)
     src = ("127.0.0.1", 40000)
-    stream = RtpStream(MediaFormat(codec, CODECS[codec]), src, g722_native_8k=native_8k)
+    stream = RtpStream(MediaFormat(codec, PAYLOAD_TYPES[codec]), src, g722_native_8k=native_8k)
     sink_samples = 0
     t = time.process_time()
     for i, d in enumerate(data):
@@ -205,7 +216,7 @@ async def udp_run(
         receivers.append(
             await RtpReceiver.open(
                 lease,
-                MediaFormat(codec, CODECS[codec]),
+                MediaFormat(codec, PAYLOAD_TYPES[codec]),
                 None,
                 sink,
                 keepalive=KeepAlive(burst=0, interval=0),
@@ -260,12 +271,75 @@ async def udp_run(
     }
 
 
+async def path_only(codec: str, streams: int, rounds: int) -> float:
+    """CPU µs per packet of `_on_readable` with one packet waiting per socket (see docstring)."""
+    import socket
+
+    pool = PortPool(PortRange(41000, 41000 + 4 * streams + 200), "127.0.0.1")
+    tmp = Path(tempfile.mkdtemp(prefix="bench-rtp-"))
+    receivers: list[RtpReceiver] = []
+    recorders: list[Recorder] = []
+    for i in range(streams):
+        rec = Recorder(tmp / f"{i}.wav", max_seconds=rounds / 50 + 5, in_memory=True)
+        recorders.append(rec)
+        receivers.append(
+            await RtpReceiver.open(
+                pool.allocate(),
+                MediaFormat(codec, PAYLOAD_TYPES[codec]),
+                None,
+                rec,
+                keepalive=KeepAlive(burst=0, interval=0),
+                options=StreamOptions(pad_to_end=False, probation=1),
+            )
+        )
+    await asyncio.sleep(0)  # let the (empty) keep-alive tasks finish
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sender.bind(("127.0.0.1", 0))
+    data = packets(codec, rounds)
+    targets = [("127.0.0.1", r.local_port) for r in receivers]
+    # The loop is not run while measuring: no reader callback steals a datagram.
+    cpu = 0
+    for d in data:
+        for t in targets:
+            sender.sendto(d, t)
+        t0 = time.process_time_ns()
+        for r in receivers:
+            r._on_readable()
+        cpu += time.process_time_ns() - t0
+    sender.close()
+    received = sum(r.stats.packets for r in receivers)
+    assert received == rounds * streams, (received, rounds * streams)
+    for r in receivers:
+        await r.close()
+    for rec in recorders:
+        rec.close()
+    tmp.rmdir()
+    return cpu / 1000 / received
+
+
+def path_only_main(streams: int, rounds: int, repeat: int) -> None:
+    print(f"receive path per packet, {streams} streams x {rounds} packets, CPU µs (best / median):")
+    for codec in PAYLOAD_TYPES:
+        runs = sorted(asyncio.run(path_only(codec, streams, rounds)) for _ in range(repeat))
+        print(
+            f"  {codec}: {runs[0]:.2f} / {runs[len(runs) // 2]:.2f}  (runs: "
+            + ", ".join(f"{x:.2f}" for x in runs)
+            + ")"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--streams", type=int, default=200)
+    parser.add_argument("--path-only", action="store_true", help="only the receive path, µs/packet")
+    parser.add_argument("--rounds", type=int, default=250, help="packets per stream (--path-only)")
+    parser.add_argument("--repeat", type=int, default=5, help="runs per codec (--path-only)")
     args = parser.parse_args()
     configure("warning")
+    if args.path_only:
+        path_only_main(args.streams, args.rounds, args.repeat)
+        return
 
     result: dict[str, Any] = {
         "python": platform.python_version(),

@@ -54,14 +54,23 @@ ALAW_SILENCE = 0xD5
 """The A-law byte for the smallest positive value."""
 
 
+# Per packet (160 bytes) the cost is numpy's call overhead, not the lookup: `take`
+# bound once, and `frombuffer` with a positional dtype, decode in ~0.7 µs against
+# ~1.05 µs for `TABLE[np.frombuffer(payload, dtype=np.uint8)]` (same values).
+_ulaw_take = ULAW_TABLE.take
+_alaw_take = ALAW_TABLE.take
+_frombuffer = np.frombuffer
+_U8 = np.dtype(np.uint8)
+
+
 def ulaw_decode(payload: bytes) -> Pcm:
     """µ-law bytes -> int16 samples (one per byte)."""
-    return ULAW_TABLE[np.frombuffer(payload, dtype=np.uint8)]
+    return _ulaw_take(_frombuffer(payload, _U8))
 
 
 def alaw_decode(payload: bytes) -> Pcm:
     """A-law bytes -> int16 samples (one per byte)."""
-    return ALAW_TABLE[np.frombuffer(payload, dtype=np.uint8)]
+    return _alaw_take(_frombuffer(payload, _U8))
 
 
 def _floor_log2(values: npt.NDArray[np.int32]) -> npt.NDArray[np.int32]:
