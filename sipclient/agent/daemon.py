@@ -21,8 +21,9 @@ One `Daemon` supervises, on one asyncio loop:
   a call that finds no free port in `rtp.ports` was never dialled: its number
   goes back to the head of its line and is tried again after a back-off
   (PORT_WAIT_MIN..MAX), the line staying "during" meanwhile, nothing uploaded;
-  a spool that cannot be written holds the records in memory and stops all
-  dialling until a write works again (`Daemon._spool`); per PBX, a trunk
+  a spool that cannot be written holds the records (in memory and the fallback
+  spool) and stops all dialling until a write works again (agent/keeping.py,
+  `RecordKeeper`); per PBX, a trunk
   failing every call pauses its lines (`agent.trunk`) and a run of identical
   bare rejections (a PBX with no route out) is held back and dialled again
   once a call through it rings (`agent.route`, `Daemon._route_outcome`);
@@ -74,7 +75,6 @@ from sipclient.agent.control import (
     ControlClient,
     ControlError,
     DialplanItem,
-    Refused,
     ServerUnavailable,
     StatusReporter,
     Unauthorized,
@@ -82,10 +82,11 @@ from sipclient.agent.control import (
     Uploader,
 )
 from sipclient.agent.housekeeping import run_housekeeping
+from sipclient.agent.keeping import CallRecord, HeldRecord, RecordKeeper, fallback_spool
 from sipclient.agent.leftovers import CallJournal, end_leftovers
 from sipclient.agent.library_sync import LibraryMirror, LibraryUser, daemon_library, mirror_folder
 from sipclient.agent.route import Canary, RejectionKey, RouteWatch, Step
-from sipclient.agent.spool import Spool, SpoolBusy, SpoolEntry, claim, clean_fields, fallback_folder
+from sipclient.agent.spool import Spool, SpoolBusy, claim, fallback_folder
 from sipclient.agent.trunk import TrunkGuard, TrunkState
 from sipclient.config import ConfigError, DaemonConfig, HostPort, load_config
 from sipclient.logs import configure, get_logger
@@ -118,14 +119,6 @@ UNREGISTER_WAIT_ON_STOP = 3.0
 
 STATUS_EVERY = 1.0
 """Seconds between two STATUS= notifications at most (see `Daemon._set_status`)."""
-
-SPOOL_RETRY_MIN = 1.0
-SPOOL_RETRY_MAX = 5.0
-"""A spool write that failed is tried again after SPOOL_RETRY_MIN seconds,
-doubling up to SPOOL_RETRY_MAX; no call starts meanwhile (`Daemon._spool`). A
-try is one small file write: with 30 s (before session 9) every line stood idle
-up to 30 s after the disk came back, and the held records waited as long in
-memory, lost to a kill -9 meanwhile (the soak saw 10 of them)."""
 
 RESOLVE_RETRY_MIN = 1.0
 RESOLVE_RETRY_MAX = 60.0
@@ -220,43 +213,6 @@ whole TICK_S (measured: ringing_180 calls 2.106 s instead of 2.02 s)."""
 
 
 # ------------------------------------------------------------------ results
-
-
-@dataclass
-class CallRecord:
-    """What one finished call leaves behind: its WAV and the /dial_wav fields.
-
-    `wav` is a finished WAV file (possibly zero frames) the spool copies in, or,
-    when `data` is set, only the name of one that was never written;
-    `fields` are the (ext) form fields of PROTOCOL.md /dial_wav except
-    extensionNum, phone and dialplanId, which the daemon adds.
-    """
-
-    wav: Path
-    fields: dict[str, Any]
-    verdict: str = "unknown"
-    data: bytes | None = None
-    """The WAV itself when it was built in memory (then no file exists at `wav`)."""
-    pbx_fault: str = ""
-    """Why the call says nothing of the number (PBX_FAULTS), else "": "no_response",
-    the PBX sent nothing back to the INVITE (Timer B: the 408 is made up here);
-    "credentials", it refused our digest for the INVITE (401/407)."""
-    transient: bool = False
-    """The outcome says nothing of the number, only of the network (503, cause 34...):
-    the server dials it again; in a row, they pause the trunk (`_trunk_outcome`)."""
-
-
-@dataclass
-class HeldRecord:
-    """A finished call's record the spool could not take (`Daemon._spool`): its
-    upload's fields, the record, and its copy in the fallback spool (None: in
-    memory only). `earlier`: found in the fallback at start, left by an earlier
-    run (not counted in this run's `decided`)."""
-
-    fields: dict[str, Any]
-    record: CallRecord
-    copy: SpoolEntry | None = None
-    earlier: bool = False
 
 
 CallHooks = Callable[[], None]
@@ -415,8 +371,6 @@ class Daemon:
             config.server.url, timeout=config.server.timeout, token=config.server.token
         )
         self.spool = Spool(config.spool.dir)
-        self.fallback = _fallback_spool(config)
-        """Where held records are kept too (`spool.fallback`); None: memory only."""
         self.client_id: str | None = None
         self.lines: dict[str, Line] = {}
         self.notify = notify or _notifier()
@@ -464,13 +418,21 @@ class Daemon:
         """Numbers of a dropped line, for the line that replaces it (`_add_line`)."""
         self._leased: set[str] = set()
         """The extensions of the latest lease (`_adopt_lines`)."""
-        self._unspooled: list[HeldRecord] = []
-        """Finished calls the spool could not take yet, oldest first (`_spool`)."""
-        self._spool_retry: asyncio.Task[None] | None = None
-        self._spool_writing = False  # `_retry_spool` is in a write (a worker thread)
         self._stopping = asyncio.Event()
         self._renotify = asyncio.Event()
         self._wake_dialer = asyncio.Event()
+        self.keeper = RecordKeeper(
+            self.spool,
+            fallback_spool(config),
+            self.uploader,
+            self.client,
+            lambda: self.client_id,
+            keep_wavs=config.recordings.keep,
+            count=self._count_decided,
+            on_change=self._set_status,
+            on_writable=self._wake_dialer.set,
+        )
+        """The finished calls' records into the spool, or held while it fails."""
         self._ready_sent = False
         self._adopting = False
         self._tasks: list[asyncio.Task[Any]] = []
@@ -602,7 +564,7 @@ class Daemon:
     async def run(self) -> int:
         """The whole life of the daemon; 0 after a clean stop, EXIT_MEMORY_RESTART (75)
         after a memory restart (`_memory_watch`)."""
-        await self._adopt_fallback()  # records an earlier run kept in the fallback
+        await self.keeper.adopt_fallback()  # records an earlier run kept in the fallback
         self.uploader.kick()  # replay what an earlier run left in the spool
         self._tasks = [
             asyncio.create_task(self.uploader.run(), name="uploader"),
@@ -1837,256 +1799,28 @@ class Daemon:
                 record.wav.unlink()
 
     async def _spool(self, line: Line, item: DialplanItem, record: CallRecord) -> None:
-        """The upload to disk (fsync'ed, off the loop); only then is it counted and uploaded.
-
-        A spool that cannot be written (disk full, the folder gone) stops the
-        dialling: the record is held (in memory, and in the fallback spool when
-        there is one, so a kill -9 or a stop does not lose it), no line starts a
-        call, and the held records go to the spool, in order, as soon as a write
-        works again (`_retry_spool`). Dialling on would make calls whose results
-        could only be thrown away, and the server would hand their numbers out
-        again.
-        """
+        """The record of a call on `line` for `item` to the spool, or held while the
+        spool fails (agent/keeping.py: no call starts meanwhile)."""
         fields: dict[str, Any] = {
             "extensionNum": line.extension,
             "phone": item.phone,
             "dialplanId": item.dialplan_id or "",
         }
         fields.update(record.fields)
-        if self._unspooled:  # after the ones held before it, in order
-            await self._hold(fields, record, None)
-            return
-        try:
-            await asyncio.to_thread(self._put, fields, record)
-        except Exception as exc:  # OSError, or a bug: held and retried, never dropped
-            await self._hold(fields, record, exc)
-            return
-        self._spooled(fields, record)
+        await self.keeper.keep(fields, record)
 
-    def _put(
-        self, fields: dict[str, Any], record: CallRecord, copy: SpoolEntry | None = None
-    ) -> None:
-        # one trip to a worker thread: the write, its fsyncs and the unlinks all
-        # block on the disk (an unlink on the loop took ~3 ms on ext4). A record
-        # moving in from the fallback keeps its seq, and its copy goes only once
-        # the spool holds it: a crash between the two leaves the same entry in
-        # each, which `_adopt_fallback` then writes over, not beside
-        seq = copy.seq if copy is not None else None
-        if record.data is not None:
-            self.spool.put(record.data, fields, seq)
-        else:
-            self.spool.put(record.wav, fields, seq)
-            if not self.config.recordings.keep:
-                with contextlib.suppress(OSError):
-                    record.wav.unlink()
-        if copy is not None and self.fallback is not None:
-            self.fallback.remove(copy)
-
-    def _copy(self, fields: dict[str, Any], record: CallRecord) -> SpoolEntry | None:
-        """The record into the fallback spool (a worker thread); None: no fallback,
-        or it failed too (logged: the record is then in memory only)."""
-        if self.fallback is None:
-            return None
-        try:
-            return self.fallback.put(record.wav if record.data is None else record.data, fields)
-        except Exception as exc:  # OSError, or a bug: the record is still held in memory
-            log.error(
-                "spool_fallback_failed",
-                phone=fields["phone"],
-                folder=str(self.fallback.folder),
-                error=f"{type(exc).__name__}: {exc}",
-                hint="held in memory only: a kill -9 now loses it",
-            )
-            return None
-
-    def _spooled(self, fields: dict[str, Any], record: CallRecord, earlier: bool = False) -> None:
-        if not earlier:
-            self.decided += 1
-        log.debug(
-            "call_done",
-            extension=fields["extensionNum"],
-            phone=fields["phone"],
-            local_verdict=record.verdict,
-            sip_code=fields.get("sipCode"),
-        )
-        self.uploader.kick()
-
-    async def _hold(
-        self, fields: dict[str, Any], record: CallRecord, exc: Exception | None
-    ) -> None:
-        copy = await asyncio.to_thread(self._copy, fields, record)
-        self._unspooled.append(HeldRecord(fields, record, copy))
-        if exc is not None:
-            log.error(
-                "spool_failed",
-                phone=fields["phone"],
-                error=f"{type(exc).__name__}: {exc}",
-                held=len(self._unspooled),
-                kept_in=str(copy.meta.parent) if copy is not None else "memory",
-                hint="not dialling until the spool can be written again",
-            )
-        self._start_spool_retry()
-
-    def _start_spool_retry(self) -> None:
-        if self._spool_retry is None or self._spool_retry.done():
-            self._spool_retry = asyncio.get_running_loop().create_task(self._retry_spool())
-        self._set_status()
+    def _count_decided(self) -> None:
+        self.decided += 1
 
     @property
     def spool_failing(self) -> bool:
-        """The spool could not be written and has not been since (`_retry_spool` runs
-        until it is): no call starts meanwhile."""
-        return self._spool_retry is not None and not self._spool_retry.done()
+        """The spool could not be written and has not been since: no call starts."""
+        return self.keeper.failing
 
-    async def _retry_spool(self) -> None:
-        """Write the held records, oldest first, backing off while the spool fails;
-        meanwhile they go straight to the server (`_upload_held`). Ends once the
-        spool took a write: the held records, or a probe when the server took them
-        all."""
-        delay = SPOOL_RETRY_MIN
-        writable = False
-        while not writable:
-            await asyncio.sleep(delay)
-            self._spool_writing = True
-            try:
-                if not self._unspooled:
-                    await asyncio.to_thread(self.spool.probe)
-                while self._unspooled:
-                    held = self._unspooled[0]
-                    await asyncio.to_thread(self._put, held.fields, held.record, held.copy)
-                    self._unspooled.pop(0)
-                    self._spooled(held.fields, held.record, held.earlier)
-                writable = True
-            except Exception as exc:  # the task ending here would stop dialling for good
-                log.warning(
-                    "spool_still_failing",
-                    error=f"{type(exc).__name__}: {exc}",
-                    held=len(self._unspooled),
-                )
-                try:
-                    await self._upload_held()
-                except Exception as bug:  # held still; the disk may yet come back
-                    log.error("held_upload_failed", error=f"{type(bug).__name__}: {bug}")
-                delay = min(delay * 2, SPOOL_RETRY_MAX)
-            finally:
-                self._spool_writing = False
-        log.info("spool_writable_again")
-        self._set_status()
-        self._wake_dialer.set()
-
-    async def _upload_held(self) -> None:
-        """The spool failing, the held records go straight to the server from
-        memory, oldest first, until one does not go (the server away): once the
-        server has a record, its copy in the fallback is removed. Dialling stays
-        stopped until the spool takes a write (`spool_failing`): the fallback is
-        on a tmpfs (lost with a reboot), or absent and the record only in the
-        process. One the server refuses (409 finished, 404 unknown number) is
-        dropped, as the uploader would set it aside."""
-        while self._unspooled and (client_id := self.client_id) is not None:
-            held = self._unspooled[0]
-            fields, record = held.fields, held.record
-            try:
-                wav = record.data
-                if wav is None:
-                    wav = await asyncio.to_thread(record.wav.read_bytes)
-                await self.client.upload_wav(client_id, clean_fields(fields), "call.wav", wav)
-            except Refused as exc:
-                log.warning("held_upload_refused", phone=fields["phone"], reason=str(exc))
-            except (ControlError, OSError):
-                return  # the server away, or the WAV unreadable: held, tried again later
-            self._unspooled.pop(0)
-            if not held.earlier:
-                self.decided += 1
-            log.info("held_uploaded", phone=fields["phone"], held=len(self._unspooled))
-            await asyncio.to_thread(self._forget_held, held)
-        self._set_status()
-
-    def _forget_held(self, held: HeldRecord) -> None:
-        """The files of a record the server has (a worker thread)."""
-        if held.copy is not None and self.fallback is not None:
-            with contextlib.suppress(OSError):
-                self.fallback.remove(held.copy)
-        if held.record.data is None and not self.config.recordings.keep:
-            with contextlib.suppress(OSError):
-                held.record.wav.unlink()
-
-    async def _adopt_fallback(self) -> None:
-        """At start: the records an earlier run kept in the fallback spool (the
-        spool failing as it was killed or stopped) move into the spool, oldest
-        first, under their seq: one the spool already holds (a crash between
-        the two) is written over, not added. While the spool still cannot
-        be written they are held, as this run's would be (`_hold`): uploaded
-        straight from memory, dialling waiting for the disk."""
-        fallback = self.fallback
-        if fallback is None:
-            return
-        entries = await asyncio.to_thread(lambda: list(fallback.entries()))
-        moved = 0
-        for entry in entries:
-            try:
-                data = await asyncio.to_thread(entry.wav.read_bytes)
-            except OSError as exc:  # the fallback itself failing: left for the next start
-                log.error("spool_fallback_unreadable", seq=entry.seq, error=str(exc))
-                continue
-            record = CallRecord(
-                entry.wav, {}, entry.fields.get("localVerdict") or "unknown", data=data
-            )
-            held = HeldRecord(dict(entry.fields), record, entry, earlier=True)
-            if self._unspooled:
-                self._unspooled.append(held)
-                continue
-            try:
-                await asyncio.to_thread(self._put, held.fields, record, entry)
-            except Exception as exc:
-                log.error("spool_failed", phone=held.fields.get("phone"), error=str(exc))
-                self._unspooled.append(held)
-                continue
-            moved += 1
-        if moved or self._unspooled:
-            log.info(
-                "spool_fallback_adopted",
-                moved=moved,
-                held=len(self._unspooled),
-                folder=str(fallback.folder),
-            )
-        if self._unspooled:
-            self._start_spool_retry()
-
-    # -------------------------------------------------------------- shutdown
-
-    async def _last_spool_try(self) -> None:
-        """Stopping with records held (the spool failing): one more try each, then
-        straight to the server. What is left stays in the fallback spool for the
-        next start; only a record without a copy there is lost (its number is
-        still leased to us: the server hands it out again once it reclaims the
-        lease)."""
-        if self._spool_retry is not None:
-            # not in the middle of a write: cancelled, its thread would go on writing
-            # the record this pass then writes again (a second upload of the number)
-            while self._spool_writing:
-                await asyncio.sleep(0.05)
-            self._spool_retry.cancel()
-            await asyncio.gather(self._spool_retry, return_exceptions=True)
-        pending, self._unspooled = self._unspooled, []
-        for held in pending:
-            try:
-                await asyncio.to_thread(self._put, held.fields, held.record, held.copy)
-            except Exception:
-                self._unspooled.append(held)
-                continue
-            self._spooled(held.fields, held.record, held.earlier)
-        await self._upload_held()  # what the spool still cannot take
-        kept = sum(1 for h in self._unspooled if h.copy is not None)
-        lost = len(self._unspooled) - kept
-        self._unspooled.clear()
-        if kept:
-            log.warning(
-                "held_in_fallback_at_stop",
-                kept=kept,
-                hint="moved into the spool (and uploaded) at the next start",
-            )
-        if lost:
-            log.error("unspooled_at_stop", lost=lost, hint="dialled again after the lease reclaim")
+    @property
+    def _unspooled(self) -> list[HeldRecord]:
+        """Finished calls the spool could not take yet, oldest first."""
+        return self.keeper.held
 
     async def _shutdown(self) -> None:
         if self._status_timer is not None:
@@ -2110,7 +1844,7 @@ class Daemon:
         # rejection_hold would have); a suspect route's numbers are back on their
         # lines, cleared above: the server hands them out again
         await self._spool_held([h for w in self._routes.values() for h in w.release_all()])
-        await self._last_spool_try()
+        await self.keeper.last_try()
         # bounded wait for the uploads; what is left stays in the spool
         deadline = time.monotonic() + UPLOAD_WAIT_ON_STOP
         while len(self.spool) and time.monotonic() < deadline and self.client_id:
@@ -2143,7 +1877,7 @@ class Daemon:
         there is still ours, and freed now it would be dialled again before that
         upload came in. A server without /leave answers 404: no harm, the lease
         then ends at its timeout."""
-        kept = len(self.fallback) if self.fallback is not None else 0
+        kept = self.keeper.kept_in_fallback()
         if not self.client_id or len(self.spool) or self._unspooled or kept:
             return
         try:
@@ -2152,20 +1886,6 @@ class Daemon:
             log.info("leave_not_taken", reason=str(exc) or type(exc).__name__)
             return
         log.info("left_the_server", accounts=out.get("accounts"), numbers=out.get("numbers"))
-
-
-def _fallback_spool(config: DaemonConfig) -> Spool | None:
-    """The fallback spool (`spool.fallback`, agent/spool.py), None without one. One
-    that cannot be made is logged and left out: the held records are then in memory
-    only, as without it."""
-    folder = fallback_folder(config.spool.fallback, os.environ)
-    if folder is None:
-        return None
-    try:
-        return Spool(folder)
-    except OSError as exc:
-        log.error("spool_fallback_unusable", folder=str(folder), error=str(exc))
-        return None
 
 
 def _cut_short(record: CallRecord) -> bool:

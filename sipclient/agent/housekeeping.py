@@ -3,7 +3,7 @@
 With `recordings.keep: true` every call's WAV stays in `recordings.dir` after
 its upload (``<extension>-<phone>-<ns>.wav``): ~16 kB a second of early
 media, a few GB a day per 24 lines, until the disk is full and the spool can
-no longer be written (the daemon then stops dialling, `Daemon._spool`).
+no longer be written (the daemon then stops dialling, agent/keeping.py).
 `recordings.keep_days` (default 0: keep all) deletes the WAVs older than that
 many days (by modification time: the call's end), at start and hourly. Each
 pass also warns `disk_low` when the spool's file system has under 5 % free,

@@ -30,6 +30,7 @@ import soundfile as sf
 from aiohttp import web
 
 from sipclient.agent import daemon as daemon_mod
+from sipclient.agent import keeping
 from sipclient.agent.control import (
     Account,
     ControlClient,
@@ -837,10 +838,10 @@ async def test_a_record_the_spool_write_fails_on_for_any_reason_is_held_not_lost
 ) -> None:
     # a failure that is no OSError (injected; a bug in building the entry) went out
     # of the call's task: the record was lost and its number waited for the lease
-    monkeypatch.setattr(daemon_mod, "SPOOL_RETRY_MIN", 0.1)
+    monkeypatch.setattr(keeping, "SPOOL_RETRY_MIN", 0.1)
     task_id = await server.push(["2001"], ["940", "941"])
     daemon, world, _ = _daemon_noting(tmp_path, server, 1)
-    _fails_once(monkeypatch, daemon, "_put", ValueError("injected: not an OSError"))
+    _fails_once(monkeypatch, daemon.keeper, "_put", ValueError("injected: not an OSError"))
     async with _running(daemon):
         await _wait(lambda: _finished(server, task_id), timeout=20)
     assert sorted(world.dialled) == ["940", "941"]  # each once: nothing lost, nothing redone
@@ -876,8 +877,8 @@ async def test_records_the_spool_cannot_take_go_straight_to_the_server_dialling_
 ) -> None:
     # A full disk: before, the finished calls' records waited in memory for it,
     # and a kill -9 or a stop meanwhile lost them (dialled again after the lease)
-    monkeypatch.setattr(daemon_mod, "SPOOL_RETRY_MIN", 0.1)
-    monkeypatch.setattr(daemon_mod, "SPOOL_RETRY_MAX", 0.2)
+    monkeypatch.setattr(keeping, "SPOOL_RETRY_MIN", 0.1)
+    monkeypatch.setattr(keeping, "SPOOL_RETRY_MAX", 0.2)
     phones = [f"95{i}" for i in range(10)]
     task_id = await server.push(["2001", "2002"], phones)
     daemon, world, _ = _daemon_noting(tmp_path, server, 2)
@@ -923,7 +924,7 @@ async def _disk_full_at_two_calls(
 ) -> tuple[Daemon, int]:
     """Two lines ringing `phones` into a spool that refuses every write (`fallback`:
     with a fallback spool); only the stop tries the spool again. The daemon, the task."""
-    monkeypatch.setattr(daemon_mod, "SPOOL_RETRY_MIN", 60.0)
+    monkeypatch.setattr(keeping, "SPOOL_RETRY_MIN", 60.0)
     task_id = await server.push(["2001", "2002"], phones)
     daemon, world, _ = _daemon_noting(tmp_path, server, 2)
     world.ring_all = True  # not bare rejections: the route guard holds none back
@@ -939,7 +940,7 @@ def _with_fallback(daemon: Daemon, tmp_path: Path) -> Path:
     daemon.config = dataclasses.replace(
         daemon.config, spool=SpoolSettings(daemon.config.spool.dir, fallback=folder)
     )
-    daemon.fallback = daemon_mod._fallback_spool(daemon.config)
+    daemon.keeper.fallback = keeping.fallback_spool(daemon.config)
     return folder
 
 
