@@ -14,6 +14,7 @@ import pytest
 import soundfile as sf
 
 from sipclient.agent import daemon as daemon_mod
+from sipclient.agent import siplines
 from sipclient.agent.control import Account, DialplanItem
 from sipclient.agent.daemon import CallRecord, Daemon, Line
 from sipclient.config import (
@@ -42,7 +43,7 @@ def _config(tmp_path: Path) -> DaemonConfig:
     )
 
 
-async def _close(line: daemon_mod.SipLine | None, side: daemon_mod.SipSide | None) -> None:
+async def _close(line: siplines.SipLine | None, side: siplines.SipSide | None) -> None:
     if line is not None:
         await line.stop()
     if side is not None:
@@ -92,7 +93,7 @@ async def test_an_in_memory_recording_goes_to_the_spool_without_a_file(tmp_path:
 async def test_a_pbx_name_is_resolved_once_and_an_unresolvable_one_is_retried(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    side = daemon_mod.SipSide(_config(tmp_path))
+    side = siplines.SipSide(_config(tmp_path))
     lookups: list[str] = []
     loop = asyncio.get_running_loop()
     real = loop.getaddrinfo
@@ -115,8 +116,8 @@ async def test_a_pbx_name_is_resolved_once_and_an_unresolvable_one_is_retried(
     assert await side.resolve("localhost") == "127.0.0.1" and lookups == ["localhost"]
 
     # a line whose PBX does not resolve: unregistered with the reason, looked up again
-    monkeypatch.setattr(daemon_mod, "RESOLVE_RETRY_MIN", 0.05)
-    line = daemon_mod.SipLine(side, Account("2001", "pw", host="pbx.example:5060"))
+    monkeypatch.setattr(siplines, "RESOLVE_RETRY_MIN", 0.05)
+    line = siplines.SipLine(side, Account("2001", "pw", host="pbx.example:5060"))
     begun: list[tuple[str, str]] = []
 
     async def begin(address: str, host: str, *_rest: object) -> None:
@@ -151,11 +152,11 @@ async def test_an_account_without_host_registers_at_pbx_host(
         pbx=PbxSettings(host=HostPort("127.0.0.1", kam.port)),
         sip=SipSettings(bind=HostPort("127.0.0.1", 0)),
     )
-    side = daemon_mod.SipSide(config)
+    side = siplines.SipSide(config)
     await side.start()
-    plain = daemon_mod.SipLine(side, Account("1001", "secret1001"))
+    plain = siplines.SipLine(side, Account("1001", "secret1001"))
     # an account's own host wins over pbx.host: nothing listens on this one
-    elsewhere = daemon_mod.SipLine(
+    elsewhere = siplines.SipLine(
         side, Account("1002", "secret1002", host=f"127.0.0.1:{free_port()}")
     )
     changes: dict[str, list[bool]] = {"1001": [], "1002": []}
@@ -203,8 +204,8 @@ async def test_a_pbx_whose_name_moves_is_followed_without_a_restart(
         return infos
 
     monkeypatch.setattr(loop, "getaddrinfo", getaddrinfo)
-    side: daemon_mod.SipSide | None = None
-    line: daemon_mod.SipLine | None = None
+    side: siplines.SipSide | None = None
+    line: siplines.SipLine | None = None
     try:
         old.start()
         new = Kamailio(
@@ -216,9 +217,9 @@ async def test_a_pbx_whose_name_moves_is_followed_without_a_restart(
             # Timer F 3.2 s: the REGISTER to the PBX that went away fails soon
             sip=SipSettings(bind=HostPort("127.0.0.1", 0), t1=0.05),
         )
-        side = daemon_mod.SipSide(config)
+        side = siplines.SipSide(config)
         await side.start()
-        line = daemon_mod.SipLine(side, Account("1001", "secret1001"))
+        line = siplines.SipLine(side, Account("1001", "secret1001"))
         changes: list[tuple[bool, str]] = []
         await line.start(lambda ok, why: changes.append((ok, why)))
 
@@ -276,17 +277,17 @@ async def test_an_ipv6_pbx_is_reached_from_the_default_bind_and_its_early_media_
             extensions=EXTENSIONS, host="::1", routes=[Route("404", "::1", uas.port)]
         )
     )
-    side: daemon_mod.SipSide | None = None
-    line: daemon_mod.SipLine | None = None
+    side: siplines.SipSide | None = None
+    line: siplines.SipLine | None = None
     try:
         kam.start()
         config = dataclasses.replace(
             _config(tmp_path), rtp=RtpSettings(ports=PortRange(31000, 31099))
         )
         assert config.sip.bind == HostPort("0.0.0.0", 0)
-        side = daemon_mod.SipSide(config)
+        side = siplines.SipSide(config)
         await side.start()
-        line = daemon_mod.SipLine(side, Account("1001", "secret1001", host=f"[::1]:{kam.port}"))
+        line = siplines.SipLine(side, Account("1001", "secret1001", host=f"[::1]:{kam.port}"))
         await line.start(lambda _ok, _why: None)
         async with asyncio.timeout(10):
             while not line.registered:
@@ -308,8 +309,8 @@ async def test_a_pbx_of_the_other_family_than_a_given_sip_bind_is_refused_with_t
     tmp_path: Path,
 ) -> None:
     config = dataclasses.replace(_config(tmp_path), sip=SipSettings(bind=HostPort("127.0.0.1", 0)))
-    side = daemon_mod.SipSide(config)
-    line = daemon_mod.SipLine(side, Account("1001", "pw", host="[::1]:5060"))
+    side = siplines.SipSide(config)
+    line = siplines.SipLine(side, Account("1001", "pw", host="[::1]:5060"))
     changes: list[tuple[bool, str]] = []
     await line.start(lambda ok, why: changes.append((ok, why)))
     assert changes == [(False, "the PBX ::1 cannot be reached from sip.bind 127.0.0.1:0")]
@@ -354,12 +355,12 @@ async def test_a_stream_left_on_a_reused_port_is_not_heard_as_the_call(
                 n += 1
                 await asyncio.sleep(0.02)
 
-    side = daemon_mod.SipSide(config)
-    line: daemon_mod.SipLine | None = None
+    side = siplines.SipSide(config)
+    line: siplines.SipLine | None = None
     sender = asyncio.ensure_future(stale_stream())
     try:
         await side.start()
-        line = daemon_mod.SipLine(side, Account("1001", "secret1001"))
+        line = siplines.SipLine(side, Account("1001", "secret1001"))
         await line.start(lambda _ok, _why: None)
         async with asyncio.timeout(10):
             while not line.registered:
