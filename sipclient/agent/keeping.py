@@ -154,7 +154,7 @@ class RecordKeeper:
         # block on the disk (an unlink on the loop took ~3 ms on ext4). A record
         # moving in from the fallback keeps its seq, and its copy goes only once
         # the spool holds it: a crash between the two leaves the same entry in
-        # each, which `_adopt_fallback` then writes over, not beside
+        # each, which `adopt_fallback` then writes over, not beside
         seq = copy.seq if copy is not None else None
         if record.data is not None:
             self.spool.put(record.data, fields, seq)
@@ -262,7 +262,7 @@ class RecordKeeper:
         """The spool failing, the held records go straight to the server from
         memory, oldest first, until one does not go (the server away): once the
         server has a record, its copy in the fallback is removed. Dialling stays
-        stopped until the spool takes a write (`spool_failing`): the fallback is
+        stopped until the spool takes a write (`failing`): the fallback is
         on a tmpfs (lost with a reboot), or absent and the record only in the
         process. One the server refuses (409 finished, 404 unknown number) is
         dropped, as the uploader would set it aside."""
