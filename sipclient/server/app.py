@@ -397,7 +397,13 @@ async def dial_wav(request: web.Request) -> web.Response:
     data: JSON = {
         "timestamp": str(int(now * 1000)),
         "dialplanId": outcome.dialplan_id,
-        "status": "free" if outcome.status is FinishStatus.RETRY else "finish",
+        "status": (
+            outcome.dialplan_status
+            if outcome.status is FinishStatus.REPLAYED
+            else "free"
+            if outcome.status is FinishStatus.RETRY
+            else "finish"
+        ),
         "result": upload.result,
     }
     return envelope(data)

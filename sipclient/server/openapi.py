@@ -48,7 +48,11 @@ def _errors(*codes: int) -> JSON:
     text = {
         400: "bad input; msg names the field",
         404: "unknown clientId, task, extension or number",
-        409: "the number is already finished (/dial_wav), the task not yet (its callback)",
+        409: (
+            "the number is already finished (/dial_wav; the same call's upload again,"
+            " same extensionNum and startedAt, answers 200 and changes nothing),"
+            " the task not yet (its callback)"
+        ),
         413: "body larger than max_body",
         503: "the server could not list its template library (its log says why)",
     }

@@ -1170,6 +1170,31 @@ def _finish_cancelled(conn: sqlite3.Connection, task_id: int, stamp: str) -> int
     return len(rows)
 
 
+def _replayed(conn: sqlite3.Connection, dialplan_id: int, upload: Upload) -> bool:
+    """`upload` is one this dialplan already took: the same extension's call, by its
+    (ext) `startedAt`, recorded as `finished` or `retry`. A daemon sends an upload
+    again when the reply to it was lost (a kill -9 between the server's 200 and
+    the spool's unlink, the connection cut): that copy answered 409 and was set
+    aside in the daemon's refused/ (three at once in soak 21), or, for a
+    transient outcome, counted a second try. An upload without `startedAt` (the
+    seed's fields) is never taken for a replay."""
+    started = upload.fields.get("startedAt")
+    if not started:
+        return False
+    for rec in conn.execute(
+        "SELECT fields FROM recordings WHERE dialplan_id = ? AND extension = ?"
+        " AND outcome IN ('finished', 'retry')",
+        (dialplan_id, upload.extension),
+    ):
+        try:
+            earlier = json.loads(rec["fields"])
+        except ValueError:
+            continue
+        if isinstance(earlier, dict) and earlier.get("startedAt") == started:
+            return True
+    return False
+
+
 def _finish(
     conn: sqlite3.Connection,
     upload: Upload,
@@ -1203,6 +1228,14 @@ def _finish(
         if row is None:
             return FinishOutcome(FinishStatus.NOT_FOUND)
     dialplan_id, task_id = int(row["id"]), int(row["task_id"])
+    if _replayed(conn, dialplan_id, upload):
+        return FinishOutcome(
+            FinishStatus.REPLAYED,
+            dialplan_id,
+            task_id,
+            tries=int(row["tries"]),
+            dialplan_status=str(row["status"]),
+        )
     if row["status"] == "finish":
         return FinishOutcome(
             FinishStatus.ALREADY_FINISHED, dialplan_id, task_id, tries=int(row["tries"])

@@ -69,6 +69,7 @@ class FinishStatus(enum.StrEnum):
     NOT_FOUND = "not_found"  # no dialplan matches the upload
     ALREADY_FINISHED = "already_finished"  # it was finished before (409)
     MISMATCH = "mismatch"  # dialplanId names another phone
+    REPLAYED = "replayed"  # the same call's upload again (its reply was lost): no change
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,8 @@ class FinishOutcome:
     task_id: int | None = None
     task_finished: bool = False
     tries: int = 0
+    dialplan_status: str = ""
+    """REPLAYED: the dialplan's status now (`finish`, `free`, `busy`)."""
 
 
 @dataclass(frozen=True)

@@ -222,3 +222,35 @@ async def test_a_client_that_leaves_releases_its_lease_at_once(api: Api) -> None
         assert code == 404
     code, _ = await api.call("POST", "/leave/nosuchclient")
     assert code == 404
+
+
+async def test_the_same_calls_upload_again_is_taken_once_another_call_is_refused(
+    api: Api,
+) -> None:
+    # A daemon sends an upload again when the reply to it was lost (a kill -9
+    # between our 200 and its spool's unlink). That copy was refused 409 and set
+    # aside in the daemon's refused/ (three at once in soak 21); a transient one
+    # counted a second try.
+    task_id = await _push(api, ["100", "200"])
+    cid = await api.notify()
+    await api.ok("GET", f"/accounts/{cid}?threadsNum=2")
+    plans = {p["phoneNum"]: p for p in (await api.ok("GET", f"/dialplan/{cid}"))["dialplans"]}
+    one, two = plans["100"], plans["200"]
+    call = {"sipCode": 404, "startedAt": "1795551121126", "dialplanId": one["dialplanId"]}
+    status, _ = await api.upload(cid, one["extensionNum"], "100", **call)
+    assert status == 200
+    again = await api.notify()  # the daemon restarted: another clientId
+    status, body = await api.upload(again, one["extensionNum"], "100", **call)
+    assert status == 200 and body["data"]["status"] == "finish", body
+    # another call of that number (another startedAt) is still refused
+    other = dict(call, startedAt="1795551129999")
+    status, body = await api.upload(again, one["extensionNum"], "100", **other)
+    assert status == 409 and "already finished" in body["msg"]
+    # a transient outcome sent twice counts one try, not two
+    busy = {"sipCode": 503, "startedAt": "1795551130000", "dialplanId": two["dialplanId"]}
+    for _ in range(2):
+        status, body = await api.upload(cid, two["extensionNum"], "200", **busy)
+        assert status == 200 and body["data"]["status"] == "free", body
+    task = await api.ok("GET", f"/api/tasks/{task_id}")
+    tries = {p["phone"]: (p["status"], p["tries"]) for p in task["dialplans"]}
+    assert tries == {"100": ("finish", 1), "200": ("free", 1)}
