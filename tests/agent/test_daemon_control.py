@@ -245,14 +245,20 @@ async def test_control_client_leases_uploads_and_the_spool_empties(
         task = await server.task(task_id)
         assert task["dialplans"][0]["status"] == "finish"
         assert task["dialplans"][0]["result"] == "empty"
-        # the same upload again is refused for good (already finished), not retried
-        spool.put(
-            _wav(tmp_path / "b.wav"),
-            {"extensionNum": "2001", "phone": "13800000001", "dialplanId": plans[0].dialplan_id}
-            | _fields(),
-        )
+        # another call's upload of the finished number is refused for good, not retried
+        fields = {
+            "extensionNum": "2001",
+            "phone": "13800000001",
+            "dialplanId": plans[0].dialplan_id,
+        } | _fields()
+        spool.put(_wav(tmp_path / "b.wav"), fields | {"startedAt": "1795551129999"})
         assert await uploader.drain_once()
         assert uploader.refused == 1 and len(spool) == 0
+        assert len(list((spool.folder / "refused").glob("*.json"))) == 1
+        # the first call's upload again (its reply lost) is taken, not set aside
+        spool.put(_wav(tmp_path / "c.wav"), fields)
+        assert await uploader.drain_once()
+        assert uploader.uploaded == 2 and uploader.refused == 1 and len(spool) == 0
         assert len(list((spool.folder / "refused").glob("*.json"))) == 1
     finally:
         await client.close()
