@@ -49,7 +49,7 @@ from sipclient.server.payloads import (
     split_multipart,
 )
 from sipclient.server.retention import run_pruner
-from sipclient.server.store import JSON, FinishStatus, Store, Upload, open_store
+from sipclient.server.store import JSON, Store, Upload, open_store
 
 log = get_logger(__name__)
 
@@ -397,13 +397,7 @@ async def dial_wav(request: web.Request) -> web.Response:
     data: JSON = {
         "timestamp": str(int(now * 1000)),
         "dialplanId": outcome.dialplan_id,
-        "status": (
-            outcome.dialplan_status
-            if outcome.status is FinishStatus.REPLAYED
-            else "free"
-            if outcome.status is FinishStatus.RETRY
-            else "finish"
-        ),
+        "status": outcome.dialplan_status,
         "result": upload.result,
     }
     return envelope(data)

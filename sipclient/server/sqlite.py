@@ -1251,7 +1251,9 @@ def _finish(
             f"UPDATE dialplans SET {_FREE_SET}, tries = ?, detail = ?, retry_at = ? WHERE id = ?",
             (stamp, tries, json.dumps(detail, ensure_ascii=False), retry_at, dialplan_id),
         )
-        return FinishOutcome(FinishStatus.RETRY, dialplan_id, task_id, tries=tries)
+        return FinishOutcome(
+            FinishStatus.RETRY, dialplan_id, task_id, tries=tries, dialplan_status="free"
+        )
     conn.execute(
         "UPDATE dialplans SET status = 'finish', client_id = ?, extension = ?,"
         " account_id = NULL, leased_at = NULL, tries = ?, result = ?, detail = ?,"
@@ -1280,4 +1282,6 @@ def _finish(
             " callback_next_at = 0 WHERE id = ?",
             (task_id,),
         )
-    return FinishOutcome(FinishStatus.FINISHED, dialplan_id, task_id, finished, tries)
+    return FinishOutcome(
+        FinishStatus.FINISHED, dialplan_id, task_id, finished, tries, dialplan_status="finish"
+    )

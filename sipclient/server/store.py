@@ -80,7 +80,8 @@ class FinishOutcome:
     task_finished: bool = False
     tries: int = 0
     dialplan_status: str = ""
-    """REPLAYED: the dialplan's status now (`finish`, `free`, `busy`)."""
+    """The dialplan's status after the upload (`finish`, `free`; a replay: whatever
+    it is now, `busy` too), as /dial_wav answers it."""
 
 
 @dataclass(frozen=True)
