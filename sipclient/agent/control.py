@@ -2,8 +2,9 @@
 
 Errors are sorted into what the daemon does about them:
 
-- `ServerUnavailable`: no answer, a timeout, an HTTP 5xx or a body that is not
-  the envelope. Try again later; nothing is dropped.
+- `ServerUnavailable`: no answer, a timeout, an HTTP 5xx, a body that is not
+  the envelope or one over `REPLY_MAX_BYTES`. Try again later; nothing is
+  dropped.
 - `UnknownClient`: the server does not know our clientId (HTTP 404, or a 404
   `code`, unless its message names another field, e.g. "extensionNum: not
   leased" or "dialplanId: no dialplan": those are `Refused`). The daemon calls
@@ -36,6 +37,12 @@ from sipclient.agent.spool import Spool, SpoolEntry
 from sipclient.logs import get_logger
 
 log = get_logger(__name__)
+
+REPLY_MAX_BYTES = 8 * 1024 * 1024
+"""The most of an envelope reply read. The largest reply the contract has is the
+library listing: ~200 bytes a template, 8 MiB is ~40,000 templates, far past the
+mirror's own cap (`classify.mirror_max_mb`); a dialplan of 200 numbers is ~20 KB.
+A server sending more is broken or hostile: it gets no more of our memory."""
 
 
 class ControlError(Exception):
@@ -138,12 +145,17 @@ class ControlClient:
                 method, url, params=params, data=data, headers=headers
             ) as resp:
                 status = resp.status
-                try:
-                    body = await resp.json(content_type=None)
-                except ValueError:
-                    body = None
+                raw = await _read_at_most(resp, REPLY_MAX_BYTES + 1)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise ServerUnavailable(f"{method} {path}: {type(exc).__name__}: {exc}") from None
+        if len(raw) > REPLY_MAX_BYTES:
+            raise ServerUnavailable(
+                f"{method} {path}: HTTP {status}, a reply over {REPLY_MAX_BYTES} bytes"
+            )
+        try:
+            body = json.loads(raw)
+        except ValueError:  # UnicodeDecodeError included
+            body = None
         if not isinstance(body, dict) or not isinstance(body.get("code"), int):
             if status == 404:
                 raise UnknownClient(f"{method} {path}: HTTP 404", 404)

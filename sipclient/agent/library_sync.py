@@ -99,15 +99,22 @@ class LibraryMirror:
                 f" ({self.max_mb}); {len(templates)} templates"
             )
         new = self.folder.with_name(self.folder.name + ".new")
-        await asyncio.to_thread(_fresh_folder, new)
-        await self._place_all(client, templates, new)
-        rows = [{k: t[k] for k in ("file", "verdict", "label")} for t in templates]
-        manifest = json.dumps({"templates": rows}, ensure_ascii=False, indent=1)
-        await asyncio.to_thread((new / MANIFEST).write_text, manifest, "utf-8")
-        # loaded (fingerprinted, its index cached in the folder) before it is used
-        library = await asyncio.to_thread(TemplateLibrary.load, new)
-        await asyncio.to_thread((new / VERSION_FILE).write_text, version + "\n", "ascii")
-        await asyncio.to_thread(_swap_in, new, self.folder)
+        try:
+            await asyncio.to_thread(_fresh_folder, new)
+            await self._place_all(client, templates, new)
+            rows = [{k: t[k] for k in ("file", "verdict", "label")} for t in templates]
+            manifest = json.dumps({"templates": rows}, ensure_ascii=False, indent=1)
+            await asyncio.to_thread((new / MANIFEST).write_text, manifest, "utf-8")
+            # loaded (fingerprinted, its index cached in the folder) before it is used
+            library = await asyncio.to_thread(TemplateLibrary.load, new)
+            await asyncio.to_thread((new / VERSION_FILE).write_text, version + "\n", "ascii")
+            await asyncio.to_thread(_swap_in, new, self.folder)
+        except BaseException:
+            # a half-fetched copy is no use to the next try (it starts afresh) and
+            # holds up to mirror_max_mb of disk until then: gone now (shielded, so
+            # a stop cancelling the sync still removes it)
+            await asyncio.shield(asyncio.to_thread(shutil.rmtree, new, True))
+            raise
         library.folder = self.folder
         return library, version
 

@@ -32,6 +32,7 @@ from aiohttp import web
 from sipclient.agent import daemon as daemon_mod
 from sipclient.agent import keeping
 from sipclient.agent.control import (
+    REPLY_MAX_BYTES,
     Account,
     ControlClient,
     DialplanItem,
@@ -328,6 +329,54 @@ async def test_unknown_client_id_raises_unknown_client(server: LiveServer) -> No
             await client.status(cid, "idle", "9999")
     finally:
         await client.close()
+
+
+async def test_a_reply_past_the_cap_is_unavailable_and_read_no_further() -> None:
+    """A server answering /dialplan with an endless (valid: JSON allows the spaces)
+    body: the client reads REPLY_MAX_BYTES and one byte more, says so, and hangs up;
+    a big reply under the cap is taken, bytes that are not JSON are no envelope."""
+    sent = [0]
+    endless = 64 * 1024 * 1024
+
+    async def dialplan(request: web.Request) -> web.StreamResponse:
+        size = int(request.query.get("size", endless))
+        resp = web.StreamResponse()
+        await resp.prepare(request)
+        head = b'{"code": 200, "data": {"dialplans": []}'
+        await resp.write(head)
+        chunk = b" " * 65536
+        with contextlib.suppress(ConnectionError):
+            while sent[0] < size:
+                await resp.write(chunk)
+                sent[0] += len(chunk)
+            await resp.write(b"}")
+        return resp
+
+    async def garbage(request: web.Request) -> web.Response:
+        return web.Response(body=b"\xff\xfe{not json")
+
+    app = web.Application()
+    app.router.add_get("/dialplan/{cid}", dialplan)
+    app.router.add_get("/notify", garbage)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    client = ControlClient(f"http://127.0.0.1:{port}")
+    try:
+        with pytest.raises(ServerUnavailable, match=f"a reply over {REPLY_MAX_BYTES} bytes"):
+            await client.dialplan("c1")
+        await asyncio.sleep(0.3)
+        # the connection was dropped: the server could not send its 64 MB
+        assert REPLY_MAX_BYTES <= sent[0] < endless // 2
+        with pytest.raises(ServerUnavailable, match="not the envelope"):
+            await client.notify()
+        # 4 MB of padding is under the cap: an empty dialplan
+        data = await client._call("GET", "/dialplan/c1", params={"size": str(4 * 1024 * 1024)})
+        assert data == {"dialplans": []}
+    finally:
+        await client.close()
+        await runner.cleanup()
 
 
 async def test_server_down_spools_then_drains_when_back(server: LiveServer, tmp_path: Path) -> None:

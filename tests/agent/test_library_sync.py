@@ -261,7 +261,7 @@ async def test_a_template_longer_than_listed_is_read_no_further_and_refused(
         # what the client read of that body: one byte past the listed size
         body = await daemon.client.library_file("sweep-900.wav", max_bytes=len(good))
         assert body == good + b"\0"
-    assert not (tmp_path / "library").exists()
+    assert not (tmp_path / "library").exists() and not (tmp_path / "library.new").exists()
     logged = capsys.readouterr().out
     assert "library_sync_failed" in logged
     assert "template sweep-900.wav: not the size the listing names" in logged
@@ -315,6 +315,8 @@ async def test_one_fetch_failing_ends_the_others_cleanly_and_changes_nothing(
         gc.collect()  # a task whose exception nobody retrieved says so when collected
         assert unhandled == []
         assert mirror.held() is None and not (tmp_path / "library").exists()
+        # nor a half-fetched copy: the next try starts afresh anyway
+        assert not (tmp_path / "library.new").exists()
     finally:
         loop.set_exception_handler(None)
         await client.close()
