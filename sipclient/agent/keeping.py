@@ -88,10 +88,37 @@ def fallback_spool(config: DaemonConfig) -> Spool | None:
     if folder is None:
         return None
     try:
-        return Spool(folder)
+        spool = Spool(folder)
     except OSError as exc:
         log.error("spool_fallback_unusable", folder=str(folder), error=str(exc))
         return None
+    if same_file_system(folder, config.spool.dir):
+        # still used: it covers the spool's folder going (removed, replaced, its
+        # permissions changed), not the disk failing or filling up
+        log.warning(
+            "spool_fallback_same_file_system",
+            folder=str(folder),
+            spool=str(config.spool.dir),
+            hint="a full or failing disk fails both; put spool.fallback on another"
+            " file system (the default, systemd's RuntimeDirectory, is a tmpfs)",
+        )
+    return spool
+
+
+def same_file_system(a: Path, b: Path) -> bool:
+    """Whether `a` and `b` (or, for one not made yet, its nearest existing parent)
+    are on one file system."""
+
+    def device(p: Path) -> int | None:
+        for q in (p, *p.absolute().parents):
+            try:
+                return os.stat(q).st_dev
+            except OSError:
+                continue
+        return None
+
+    da, db = device(a), device(b)
+    return da is not None and da == db
 
 
 class RecordKeeper:

@@ -14,6 +14,7 @@ from sipclient.agent import keeping
 from sipclient.agent.control import ControlClient, Uploader
 from sipclient.agent.keeping import CallRecord, RecordKeeper
 from sipclient.agent.spool import Spool
+from sipclient.config import DaemonConfig, ServerLink, SpoolSettings
 
 
 class _Notes:
@@ -134,3 +135,25 @@ async def test_a_start_with_the_spool_still_failing_holds_what_the_fallback_has(
     assert keeper.held[0].earlier and keeper.kept_in_fallback() == 1
     await keeper.last_try()  # a stop: still in the fallback for the next start
     assert keeper.kept_in_fallback() == 1
+
+
+def test_a_fallback_on_the_spools_own_file_system_is_used_and_warned_about(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def config(fallback: Path) -> DaemonConfig:
+        return DaemonConfig(
+            server=ServerLink("http://127.0.0.1:9"),
+            spool=SpoolSettings(tmp_path / "spool", fallback=fallback),
+        )
+
+    # not made yet, on the same file system as the spool's folder (tmp_path)
+    spool = keeping.fallback_spool(config(tmp_path / "run" / "spool"))
+    assert spool is not None and spool.folder == tmp_path / "run" / "spool"
+    logged = capsys.readouterr().out
+    assert "spool_fallback_same_file_system" in logged and "another file system" in logged
+
+
+def test_same_file_system_tells_apart_and_looks_up_a_folder_not_made_yet(tmp_path: Path) -> None:
+    assert keeping.same_file_system(tmp_path / "a" / "b", tmp_path / "c")
+    assert not keeping.same_file_system(tmp_path, Path("/proc/self"))  # procfs: its own
+    assert not keeping.same_file_system(Path("/proc/self"), tmp_path / "not" / "yet")
