@@ -243,13 +243,24 @@ a=sendrecv
 """
 
 
+RETRANS_MS = 500
+"""The carriers' T1 for their final responses (sipp's `retrans`, UDP only)."""
+
+
 def _response(code: int, reason: str, extra: str = "", sdp: bool = False) -> str:
     body = _SDP if sdp else ""
     ctype = "      Content-Type: application/sdp\n" if sdp else ""
     contact = "      Contact: <sip:carrier@[local_ip]:[local_port]>\n" if code < 300 else ""
     rr = "      [last_Record-Route:]\n" if code < 300 else ""
+    # A final response is sent again (T1, doubling) until its ACK comes, as a UAS
+    # over UDP must (RFC 3261 17.2.1 Timer G; 13.3.1.4 for a 2xx): sipp sends it
+    # once without `retrans`. A 200-line burst overflows kamailio's socket on
+    # loopback now and then; a 480 lost there was never sent again, kamailio's
+    # INVITE (past the 100) waited on, and our call ran its ring timeout, a
+    # CANCEL and 64*T1 for the 487 (62 s: the e2e bench's ~45 s tail).
+    send = f'  <send retrans="{RETRANS_MS}">' if code >= 200 else "  <send>"
     return (
-        "  <send>\n    <![CDATA[\n\n"
+        f"{send}\n    <![CDATA[\n\n"
         f"      SIP/2.0 {code} {reason}\n{_HDRS}{rr}{contact}{extra}{ctype}"
         "      Content-Length: [len]\n\n"
         f"{body}\n    ]]>\n  </send>\n"
@@ -532,7 +543,11 @@ class WorldOptions:
     poll_max: float = 1.0
     heartbeat: float = 2.0
     client_timeout: float = 10.0
-    number_timeout: float = 60.0
+    number_timeout: float = 120.0
+    """The server's `leases.number_timeout`: longer than the daemon's longest call
+    (`ring_timeout` + 64*T1 + 10 s, its stuck limit: 72 s here), or a call still up
+    has its number handed out again and dialled twice (a 60 s lease did, past a
+    62 s call)."""
     sweep_interval: float = 1.0
     max_tries: int = 1
     log_level: str = "info"

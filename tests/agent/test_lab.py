@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import re
+import socket
+import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
+from sipclient.demo import CARRIERS, RETRANS_MS, render_scenario
 from sipclient.lab.kamailio import Kamailio, KamailioConfig, Route, render_config
 from sipclient.lab.sipp import Sipp, parse_trace
 
@@ -113,3 +118,67 @@ def test_unknown_extension_is_refused(
     assert uac.proc is not None
     uac.proc.wait(timeout=10)
     assert [m.status for m in uac.messages() if m.direction == "received"][:1] == [403]
+
+
+def _sipp_request(method: str, port: int, local_port: int, call_id: str) -> bytes:
+    return (
+        f"{method} sip:11070001@127.0.0.1:{port} SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP 127.0.0.1:{local_port};branch=z9hG4bK-tail-1\r\n"
+        "From: <sip:2001@127.0.0.1>;tag=t1\r\nTo: <sip:11070001@127.0.0.1>\r\n"
+        f"Call-ID: {call_id}\r\nCSeq: 1 {method}\r\nMax-Forwards: 70\r\n"
+        "Content-Length: 0\r\n\r\n"
+    ).encode()
+
+
+def test_demo_carrier_sends_its_final_again_until_the_ack(
+    sipp_uas: Callable[..., Sipp], tmp_path: Path
+) -> None:
+    """A demo carrier's final response is retransmitted (Timer G) until the ACK, as
+    an RFC 3261 UAS over UDP does; sent once, a 480 lost on a full socket hung
+    kamailio's INVITE and our call for 62 s (the e2e bench's tail at 200 lines)."""
+    carrier = next(c for c in CARRIERS if c.name == "unreachable_480")
+    xml = tmp_path / "unreachable_480.xml"
+    xml.write_text(render_scenario(carrier, None), encoding="latin-1")
+    uas = sipp_uas(str(xml))
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sock.bind(("127.0.0.1", 0))
+        local_port = sock.getsockname()[1]
+        far = ("127.0.0.1", uas.port)
+        sock.sendto(_sipp_request("INVITE", uas.port, local_port, "tail-1"), far)
+
+        def finals(seconds: float) -> list[float]:
+            got: list[float] = []
+            end = time.monotonic() + seconds
+            while (left := end - time.monotonic()) > 0:
+                sock.settimeout(left)
+                try:
+                    data = sock.recv(4096)
+                except TimeoutError:
+                    break
+                if data.startswith(b"SIP/2.0 480"):
+                    got.append(time.monotonic())
+            return got
+
+        # sent at once, then again after T1 (500 ms) and 2*T1: never ACKed
+        assert len(finals(1.8)) >= 3
+        sock.sendto(_sipp_request("ACK", uas.port, local_port, "tail-1"), far)
+        finals(0.3)  # one may already be on its way
+        assert finals(2.5) == []  # the ACK stops them
+    finally:
+        sock.close()
+
+
+def test_demo_scenarios_retransmit_finals_only() -> None:
+    """`retrans` on every final response (the 487 after a CANCEL, the 486, a 2xx),
+    none on a provisional or on the 200 to our CANCEL (answered per request)."""
+    busy = next(c for c in CARRIERS if c.name == "busy_tone")
+    xml = render_scenario(busy, Path("/x/busy.ulaw"))
+    sends = re.findall(r"<send([^>]*)>\s*<!\[CDATA\[\s*SIP/2\.0 (\d+)", xml)
+    assert [(code, attrs.strip()) for attrs, code in sends] == [
+        ("100", ""),
+        ("183", ""),
+        ("200", ""),
+        ("487", f'retrans="{RETRANS_MS}"'),
+        ("486", f'retrans="{RETRANS_MS}"'),
+    ]
