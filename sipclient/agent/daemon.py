@@ -84,7 +84,7 @@ from sipclient.agent.keeping import CallRecord, HeldRecord, RecordKeeper, fallba
 from sipclient.agent.leftovers import CallJournal, end_leftovers
 from sipclient.agent.library_sync import LibraryMirror, LibraryUser, mirror_folder
 from sipclient.agent.route import Canary, RejectionKey, RouteWatch, Step
-from sipclient.agent.siplines import CallHooks, SipSide
+from sipclient.agent.siplines import CallHooks, SipSide, longest_call_s
 from sipclient.agent.spool import Spool, SpoolBusy, claim, fallback_folder
 from sipclient.agent.trunk import TrunkGuard, TrunkState
 from sipclient.config import ConfigError, DaemonConfig, load_config
@@ -361,6 +361,9 @@ class Daemon:
         self.pbx_faults = 0
         """Calls that met a PBX fault (`_pbx_fault`)."""
         self.let_go = 0
+        self._short_lease: float | None = None
+        """The shortest `leaseSeconds` shorter than a call can last, since the last
+        lease long enough (`_check_lease`); None: no such lease."""
         """Numbers held past `dialplan.hold_max` and left to the server (`_let_go_stale`)."""
         self._trunks: dict[tuple[str, str], TrunkGuard] = {}
         t = config.trunk
@@ -502,6 +505,9 @@ class Daemon:
             out.append(("memory_restart", "restarting: memory past its limit"))
         if self._library_behind:
             out.append(("library_behind", f"templates not the server's ({self._library_behind})"))
+        if self._short_lease is not None:
+            longest = longest_call_s(self.config)
+            out.append(("short_lease", f"lease {self._short_lease:g} s < a call's {longest:g} s"))
         lag = self.lag_shown
         if lag > LAG_WARN:
             out.append(("loop_lagging", f"loop {round(lag * 1000)} ms late"))
@@ -1420,6 +1426,7 @@ class Daemon:
         ]
         if same:
             return  # handed again while we still hold it
+        self._check_lease(item)
         line.pending.append(replace(item, taken_at=asyncio.get_running_loop().time()))
         if not line.registered:
             log.warning(
@@ -1431,6 +1438,32 @@ class Daemon:
             self.status.report(line.extension, "unregistered")
         elif line.busy:
             log.info("dialplan_for_busy_extension", extension=item.extension, phone=item.phone)
+
+    def _check_lease(self, item: DialplanItem) -> None:
+        """Warn when the server's lease of a number (`leaseSeconds`) is shorter than
+        one of our calls can last: a call that rings out, then waits 64*T1 for its
+        CANCEL's 487, is still up when the server hands its number out again, and
+        the number is dialled twice (the lab's 60 s lease did that to a 62 s call).
+        The fix is the server's `leases.number_timeout` (or our `sip.ring_timeout`):
+        said once, and again only for a shorter lease; `health` lists it
+        (`short_lease`) until a number comes with a lease long enough."""
+        lease, longest = item.lease_s, longest_call_s(self.config)
+        if lease is None:
+            return
+        if lease >= longest:
+            self._short_lease = None  # the server's lease was raised: the alert goes
+            return
+        if self._short_lease is not None and lease >= self._short_lease:
+            return
+        self._short_lease = lease
+        log.warning(
+            "lease_shorter_than_a_call",
+            lease_s=lease,
+            longest_call_s=longest,
+            hint="raise the server's leases.number_timeout past it (or lower"
+            " sip.ring_timeout): a call still up past its lease has its number dialled"
+            " again",
+        )
 
     def _start_pending(self) -> None:
         if self._stopping.is_set():

@@ -58,6 +58,16 @@ whole TICK_S (measured: ringing_180 calls 2.106 s instead of 2.02 s)."""
 CallHooks = Callable[[], None]
 
 
+CALL_STUCK_MARGIN_S = 10.0
+"""Past the ring timeout and a CANCEL's 64*T1, this much more before a call is stuck."""
+
+
+def longest_call_s(config: DaemonConfig) -> float:
+    """The longest a call can last (`_dial`'s stuck limit): the ring timeout, a
+    CANCEL unanswered for 64*T1, and `CALL_STUCK_MARGIN_S`."""
+    return config.sip.ring_timeout + 64 * config.sip.t1 + CALL_STUCK_MARGIN_S
+
+
 TEST_RTP_DROP_ENV = "SIPCLIENT_TEST_RTP_DROP"
 """Test hook: a fraction (0..1) of received RTP packets the media receiver drops."""
 
@@ -650,8 +660,7 @@ async def _dial(
         if not stuck.done():
             stuck.set_result(None)
 
-    limit = cfg.sip.ring_timeout + 64 * cfg.sip.t1 + 10.0
-    stuck_timer = loop.call_later(limit, mark_stuck)
+    stuck_timer = loop.call_later(longest_call_s(cfg), mark_stuck)
     ended = asyncio.ensure_future(call.ended())
     stop = asyncio.ensure_future(cancel.wait())
     try:

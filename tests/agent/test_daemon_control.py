@@ -771,6 +771,30 @@ async def test_daemon_dials_every_number_once_and_stops_cleanly(
     assert {d["result"] for d in task["dialplans"]} == {"empty"}
 
 
+async def test_a_lease_shorter_than_a_call_can_last_is_said_until_one_long_enough_comes(
+    server: LiveServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # the lab's 60 s lease under a 62 s call (rung out, then 64*T1 for the 487):
+    # the server handed the number out again and it was dialled twice
+    config = _daemon_config(tmp_path, server, 1)
+    longest = config.sip.ring_timeout + 64 * config.sip.t1 + 10
+    assert server.number_timeout < longest
+    daemon, _world, _ = _daemon_noting(tmp_path, server, 1)
+    task_id = await server.push(["2001"], ["720", "721"])
+    async with _running(daemon):
+        await _wait(lambda: _finished(server, task_id), timeout=20)
+        assert "short_lease" in daemon.health()["alerts"]
+        assert f"lease 60 s < a call's {longest:g} s" in daemon.status_line()
+        logged = capsys.readouterr().out
+        assert logged.count("lease_shorter_than_a_call") == 1  # two numbers, said once
+        server.number_timeout = longest  # the operator raises it; the next lease says so
+        await server.stop()
+        await server.start()
+        task_id = await server.push(["2001"], ["722"])
+        await _wait(lambda: _finished(server, task_id), timeout=20)
+        assert "short_lease" not in daemon.health()["alerts"]
+
+
 async def test_a_stopped_daemon_leaves_so_the_next_one_has_its_lines_at_once(
     server: LiveServer, tmp_path: Path
 ) -> None:
