@@ -11,6 +11,11 @@ memlog=5
 children=%%CHILDREN%%
 tcp_children=%%CHILDREN%%
 auto_aliases=no
+# the UDP receive buffer kamailio probes up to (default 256 KB: a 512 KB socket).
+# At the e2e bench's 200-line push it overflowed on loopback and dropped SIP
+# messages: a lost 183 took a call's early media with it. Only helps where
+# net.core.rmem_max allows it.
+maxbuffer=4194304
 dns=no
 rev_dns=no
 use_dns_cache=no
