@@ -560,8 +560,9 @@ async def _dial(
         "decided_at": None,
         "answered": False,
         "media_seen": False,
+        "answered_sdp": False,
+        "progress": False,
     }
-    receiver: RtpReceiver | None = None
     t0 = loop.time()
     no_rtp_wait = cfg.rtp.no_rtp_wait
     tick_timer: asyncio.TimerHandle | None = None
@@ -610,14 +611,14 @@ async def _dial(
             tick_timer = loop.call_later(no_rtp_wait + TICK_SLACK_S, tick)
 
     async def media_started(info: Any) -> None:
-        nonlocal receiver
-        if info.remote_addr is None or info.codec is None or receiver is not None:
+        if info.remote_addr is None or info.codec is None or state["answered_sdp"]:
             return
-        fmt = MediaFormat(info.codec, int(info.payload_type or 0))
-        options = StreamOptions(drop_fraction=side.drop, drop_seed=hash(item.phone) & 0xFFFF)
-        receiver = await RtpReceiver.open(lease, fmt, info.remote_addr, sink, options=options)
+        state["answered_sdp"] = True
+        receiver.answer(MediaFormat(info.codec, int(info.payload_type or 0)), info.remote_addr)
 
-    def provisional(_status: int) -> None:
+    def provisional(status: int) -> None:
+        if 180 <= status < 200:
+            state["progress"] = True  # media no SDP named is no longer played (rtp.py)
         sig = call.outcome.signalling()
         decided(classifier.on_signalling(sig, at_ms()))
         # the classifier's no-RTP clock starts at the first 180/183 (a 100 Trying
@@ -653,6 +654,15 @@ async def _dial(
     except BaseException:
         lease.release()  # a number SIP cannot carry: the daemon records a local failure
         raise
+    # listening before the INVITE leaves: media that outruns its 183, or whose 183
+    # was lost, is heard (media/rtp.py, "Media before the answer")
+    receiver = await RtpReceiver.listen(
+        lease,
+        sink,
+        peer_ip=ua.account.host.host,
+        unanswered_ok=lambda: not state["progress"] and not state["answered"],
+        options=StreamOptions(drop_fraction=side.drop, drop_seed=hash(item.phone) & 0xFFFF),
+    )
     structlog.contextvars.bind_contextvars(call_id=call.call_id)
     stuck: asyncio.Future[None] = loop.create_future()
 
@@ -694,11 +704,7 @@ async def _dial(
         stop.cancel()
         if not ended.done():
             ended.cancel()
-        rtp: dict[str, Any] | None = None
-        if receiver is not None:
-            rtp = (await receiver.close()).as_dict()
-        else:
-            lease.release()
+        rtp = (await receiver.close()).as_dict()  # releases the lease
     # in memory, close() only encodes what is left (no disk): not worth a thread hop
     result = recorder.close() if in_memory else await asyncio.to_thread(recorder.close)
     sig = outcome.signalling()

@@ -21,6 +21,29 @@ NAT pinholes on our side and lets SBCs that latch on our media ("comedia")
 find us; the packets are real RTP in the negotiated codec, so a strict
 media server accepts them.
 
+Media before the answer (`listen`, the daemon's calls). RFC 3264 has the
+offerer ready to receive once its offer is sent, and the far end's early
+media may arrive before the 183 whose SDP names it: over UDP that 183 may
+even be lost (a provisional is sent once), and its announcement was then
+never heard. Every datagram that arrives before the SDP answer waits
+(`EARLY_MAX` at most) and is replayed, with its arrival time, into the
+stream when the answer comes (`answer`): the stream's latching then
+applies as to any packet.
+
+Without an answer, the waiting media is played as the call's own only when
+all of these hold (`unanswered`): no 180 or 183 came at all (the far end's
+own word would say how it signals), it comes from the PBX's own address
+(`peer_ip`: a PBX that relays media; a carrier's media gateway elsewhere
+needs the SDP to be believed), its source was first heard `STALE_S` or more
+after `listen`, and it has been coming for `EARLY_WAIT` seconds or the call
+ended. It then counts as if the SDP had named that source
+(`RtpStats.unanswered`). The third rule is against the stream of an earlier
+call on a reused port (the far end of a call a killed daemon never ended,
+`stream.RtpStream`'s latching): such a stream is already flowing when the
+port is taken, so its packets come within a packet time or two of `listen`,
+while a far end's own media starts after our INVITE has crossed the PBX to
+it and it has set up its player.
+
 Wiring in a call (the daemon does this)::
 
     lease = pool.allocate()                      # PortsExhausted -> the number waits
@@ -40,6 +63,7 @@ import contextlib
 import os
 import socket
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,7 +71,7 @@ from sipclient.logs import get_logger
 from sipclient.media.decoders import encode
 from sipclient.media.frames import AudioFrame, AudioSink
 from sipclient.media.ports import PortLease
-from sipclient.media.stream import Addr, MediaFormat, RtpStats, RtpStream
+from sipclient.media.stream import Addr, MediaFormat, RtpStats, RtpStream, _norm
 from sipclient.udp import read_burst
 
 
@@ -58,6 +82,14 @@ def _log() -> Any:
 
 
 _FRAME_SAMPLES = 160  # 20 ms at the 8 kHz RTP clock of all our codecs
+EARLY_MAX = 1000
+"""Datagrams kept while no SDP answer came (20 s of 20 ms packets); more are dropped."""
+STALE_S = 0.06
+"""A source first heard sooner than this after `listen` (three 20 ms packet times)
+was already sending before our INVITE could reach anyone: never played unanswered."""
+EARLY_WAIT = 1.0
+"""Seconds of media without an answer before it may be played as the call's
+(`unanswered`); the same wait `StreamOptions.sdp_grace` gives an SDP's source."""
 MAX_BURST = 64
 """Datagrams read per wake-up at most (then the loop serves the others)."""
 _MAX_DATAGRAM = 4096
@@ -112,18 +144,7 @@ class RtpReceiver:
         self.sink = sink
         self.keepalive = keepalive
         self.options = options
-        self.stream = RtpStream(
-            fmt,
-            remote,
-            window=options.window,
-            max_hold=options.max_hold,
-            probation=options.probation,
-            relatch_idle=options.relatch_idle,
-            sdp_grace=options.sdp_grace,
-            drop_fraction=options.drop_fraction,
-            drop_seed=options.drop_seed,
-            g722_native_8k=options.g722_native_8k,
-        )
+        self.stream = self._new_stream(fmt, remote)
         self.media_started = asyncio.Event()
         """Set when the first audio frame has been produced (media time 0)."""
         self.sink_errors = 0
@@ -143,6 +164,16 @@ class RtpReceiver:
         self._ts0 = int.from_bytes(rnd[6:10], "big")
         self._t0 = self._loop.time()
         self._silence = encode(fmt.codec, [0] * _FRAME_SAMPLES)
+        self._early: list[tuple[bytes, Any, float]] | None = None
+        """Datagrams waiting for the SDP answer (`listen`); None once the stream runs."""
+        self._heard: set[Addr] = set()
+        """Sources heard before the answer; `_stale`: of them, those first heard
+        within STALE_S of `listen`."""
+        self._stale: set[Addr] = set()
+        self._listen_at = 0.0
+        self._peer_ip: str | None = None
+        self._may_play_unanswered: Callable[[], bool] = lambda: False
+        self._early_timer: asyncio.TimerHandle | None = None
 
     @classmethod
     async def open(
@@ -163,6 +194,120 @@ class RtpReceiver:
         self._loop.add_reader(sock.fileno(), self._on_readable)
         self._keepalive_task = self._loop.create_task(self._send_keepalives())
         return self
+
+    @classmethod
+    async def listen(
+        cls,
+        lease: PortLease,
+        sink: AudioSink,
+        *,
+        peer_ip: str | None,
+        unanswered_ok: Callable[[], bool],
+        keepalive: KeepAlive | None = None,
+        options: StreamOptions | None = None,
+    ) -> RtpReceiver:
+        """Start receiving on `lease`'s socket before the INVITE leaves: the media
+        waits for `answer` (module docstring, "Media before the answer").
+        `unanswered_ok` says whether the call's signalling still allows playing
+        media no SDP named (no 180/183 so far); `peer_ip` is the PBX's address."""
+        self = cls(
+            lease, MediaFormat(), None, sink, keepalive or KeepAlive(), options or StreamOptions()
+        )
+        self._early = []
+        self._peer_ip = peer_ip
+        self._may_play_unanswered = unanswered_ok
+        self._listen_at = self._loop.time()
+        sock = lease.take_socket()
+        sock.setblocking(False)
+        self._sock = sock
+        self._loop.add_reader(sock.fileno(), self._on_readable)
+        return self
+
+    def answer(self, fmt: MediaFormat, remote: Addr | None) -> None:
+        """The SDP answer (`listen`'s receivers): the media that waited is played from
+        now on, as `open` would have; after an unanswered start, a new source only."""
+        if self._early is None:
+            self.set_remote(remote)
+            return
+        if fmt != self.fmt:
+            stats = self.stream.stats
+            self.fmt = fmt
+            self._silence = encode(fmt.codec, [0] * _FRAME_SAMPLES)
+            self.stream = self._new_stream(fmt, remote)
+            self.stream.stats = stats
+        else:
+            self.stream.set_remote(remote)
+        self._run_early()
+
+    def _new_stream(self, fmt: MediaFormat, remote: Addr | None) -> RtpStream:
+        o = self.options
+        return RtpStream(
+            fmt,
+            remote,
+            window=o.window,
+            max_hold=o.max_hold,
+            probation=o.probation,
+            relatch_idle=o.relatch_idle,
+            sdp_grace=o.sdp_grace,
+            drop_fraction=o.drop_fraction,
+            drop_seed=o.drop_seed,
+            g722_native_8k=o.g722_native_8k,
+        )
+
+    def _run_early(self) -> None:
+        """Replay what waited into the stream (its arrival times kept) and run it."""
+        early, self._early = self._early or [], None
+        if self._early_timer is not None:
+            self._early_timer.cancel()
+            self._early_timer = None
+        self.stream.stats.before_answer = len(early)
+        for data, addr, at in early:
+            self.datagram_received(data, addr, at)
+        self._rearm()
+        if not self._closed:
+            self._keepalive_task = self._loop.create_task(self._send_keepalives())
+
+    def _unanswered_source(self) -> Addr | None:
+        """The source to play without an answer (module docstring), if one may be."""
+        if self._early is None or self._peer_ip is None or not self._may_play_unanswered():
+            return None
+        for _data, addr, _at in self._early:
+            source = _norm(addr)
+            if source[0] == self._peer_ip and source not in self._stale:
+                return source
+        return None
+
+    def _play_unanswered(self) -> bool:
+        source = self._unanswered_source()
+        if source is None:
+            return False
+        _log().info("rtp_without_answer", port=self.lease.port, source=f"{source[0]}:{source[1]}")
+        self.stream.set_remote(source)
+        self.stream.stats.unanswered = True
+        self._run_early()
+        return True
+
+    def _on_early_due(self) -> None:
+        self._early_timer = None
+        if not self._closed and self._early is not None and not self._play_unanswered():
+            # not now (a 180/183 came, or not from the PBX): the answer may still come;
+            # looked at again, for media that starts later from the PBX
+            self._early_timer = self._loop.call_later(EARLY_WAIT, self._on_early_due)
+
+    def _wait_early(self, data: bytes, addr: Any, now: float) -> None:
+        source = _norm(addr)
+        if source not in self._heard:
+            self._heard.add(source)
+            if now - self._listen_at < STALE_S:
+                self._stale.add(source)
+        early = self._early
+        assert early is not None
+        if len(early) >= EARLY_MAX:
+            self.stream.stats.early_dropped += 1
+            return
+        early.append((data, addr, now))
+        if self._early_timer is None:
+            self._early_timer = self._loop.call_at(now + EARLY_WAIT, self._on_early_due)
 
     # ------------------------------------------------------------ public
 
@@ -192,6 +337,16 @@ class RtpReceiver:
         if self._result is not None:
             return self._result
         self._closed = True
+        if self._early_timer is not None:
+            self._early_timer.cancel()
+            self._early_timer = None
+        if self._early is not None and self._sock is not None:
+            # the call ended before an answer: what waited is the call's only if
+            # it may be played unanswered (module docstring), else it is dropped
+            self._drain()
+            if not self._play_unanswered() and self._early is not None:
+                self.stream.stats.foreign += len(self._early)
+                self._early = None
         if self._keepalive_task is not None:
             self._keepalive_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -233,6 +388,9 @@ class RtpReceiver:
 
     def datagram_received(self, data: bytes, addr: Any, now: float | None = None) -> None:
         """One datagram from `addr` (at loop time `now`) into the stream and the sink."""
+        if self._early is not None:
+            self._wait_early(data, addr, self._loop.time() if now is None else now)
+            return
         try:
             frames = self.stream.receive(data, addr, self._loop.time() if now is None else now)
         except Exception:

@@ -156,6 +156,12 @@ class RtpStats:
     filled_samples: int = 0
     samples: int = 0
     latched: Addr | None = None
+    before_answer: int = 0
+    """Datagrams that came before the SDP answer and waited for it (`rtp.RtpReceiver.listen`)."""
+    early_dropped: int = 0
+    """...and those past `rtp.EARLY_MAX`, dropped."""
+    unanswered: bool = False
+    """The media was played without an SDP answer naming it (a 183 lost: rtp.py)."""
 
     @property
     def filled_ms(self) -> int:

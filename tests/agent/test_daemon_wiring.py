@@ -377,3 +377,76 @@ async def test_a_stream_left_on_a_reused_port_is_not_heard_as_the_call(
         stop.set()
         await sender
         await _close(line, side)
+
+
+def _busy_tone_pcmu(seconds: float = 2.0) -> bytes:
+    """The Chinese busy tone: 450 Hz, 0.35 s on, 0.35 s off."""
+    t = np.arange(int(8000 * seconds)) / 8000
+    on = (t % 0.7) < 0.35
+    return ulaw_encode((on * 8000 * np.sin(2 * np.pi * 450 * t)).astype(np.int16))
+
+
+async def _dial_one(config: DaemonConfig, number: str) -> CallRecord:
+    side = siplines.SipSide(config)
+    line: siplines.SipLine | None = None
+    try:
+        await side.start()
+        line = siplines.SipLine(side, Account("1001", "secret1001"))
+        await line.start(lambda _ok, _why: None)
+        async with asyncio.timeout(10):
+            while not line.registered:
+                await asyncio.sleep(0.05)
+        record = await line.dial(DialplanItem("1001", number, "7"), lambda: None, asyncio.Event())
+        assert side.ports.in_use == 0
+        return record
+    finally:
+        await _close(line, side)
+
+
+@pytest.mark.peers
+@pytest.mark.parametrize("stale", [False, True], ids=["the 183 lost", "and a stale stream"])
+async def test_early_media_whose_183_was_lost_is_heard_from_the_pbx(
+    tmp_path: Path,
+    sipp_uas: Callable[..., Sipp],
+    kamailio_for: Callable[..., Kamailio],
+    stale: bool,
+) -> None:
+    # Over UDP a 183 is sent once: lost, its SDP never named the busy tone the carrier
+    # then played, and the call was judged on its final 480 alone (`unreachable`; the
+    # e2e bench's 200-line push lost some at kamailio's socket). The receiver now
+    # listens from the INVITE, and media from the PBX's address with no 180/183 said
+    # is the call's. A stream already on the port before the INVITE is not.
+    from tests.media.conftest import rtp_packet
+
+    uas = sipp_uas("uas_rtp_no183_480.xml", files={"early.pcmu": _busy_tone_pcmu()})
+    kam = kamailio_for([Route("480", "127.0.0.1", uas.port)])
+    config = dataclasses.replace(
+        _config(tmp_path),
+        pbx=PbxSettings(host=HostPort("127.0.0.1", kam.port)),
+        sip=SipSettings(bind=HostPort("127.0.0.1", 0)),
+        rtp=RtpSettings(ports=PortRange(31300, 31300)),
+    )
+    stop = asyncio.Event()
+
+    async def stale_stream() -> None:
+        silence = bytes([0xFF]) * 160
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            n = 0
+            while not stop.is_set():
+                sock.sendto(rtp_packet(n, 160 * n, silence, ssrc=0x5A5A), ("127.0.0.1", 31300))
+                n += 1
+                await asyncio.sleep(0.005)
+
+    sender = asyncio.ensure_future(stale_stream()) if stale else None
+    try:
+        record = await _dial_one(config, "4805550000")
+    finally:
+        stop.set()
+        if sender is not None:
+            await sender
+    assert record.fields["sipCode"] == 480 and record.fields["earlyMedia"] == 0
+    assert record.verdict == "busy"  # the tone, not the 480
+    assert record.data is not None
+    audio, _rate = sf.read(io.BytesIO(record.data), dtype="int16")
+    assert np.abs(audio[:2000]).max() > 4000  # the tone from its start
