@@ -26,17 +26,17 @@ offerer ready to receive once its offer is sent, and the far end's early
 media may arrive before the 183 whose SDP names it: over UDP that 183 may
 even be lost (a provisional is sent once), and its announcement was then
 never heard. Every datagram that arrives before the SDP answer waits
-(`EARLY_MAX` at most) and is replayed, with its arrival time, into the
-stream when the answer comes (`answer`): the stream's latching then
-applies as to any packet.
+(`EARLY_MAX` datagrams and `EARLY_MAX_BYTES` at most) and is replayed,
+with its arrival time, into the stream when the answer comes (`answer`):
+the stream's latching then applies as to any packet.
 
 Without an answer, the waiting media is played as the call's own only when
 all of these hold (`unanswered`): no 180 or 183 came at all (the far end's
 own word would say how it signals), it comes from the PBX's own address
 (`peer_ip`: a PBX that relays media; a carrier's media gateway elsewhere
 needs the SDP to be believed), its source was first heard `STALE_S` or more
-after `listen`, and it has been coming for `EARLY_WAIT` seconds or the call
-ended. It then counts as if the SDP had named that source
+after `listen`, and `EARLY_WAIT` seconds have passed since the first
+datagram waited, or the call ended. It then counts as if the SDP had named that source
 (`RtpStats.unanswered`). The third rule is against the stream of an earlier
 call on a reused port (the far end of a call a killed daemon never ended,
 `stream.RtpStream`'s latching): such a stream is already flowing when the
@@ -84,6 +84,9 @@ def _log() -> Any:
 _FRAME_SAMPLES = 160  # 20 ms at the 8 kHz RTP clock of all our codecs
 EARLY_MAX = 1000
 """Datagrams kept while no SDP answer came (20 s of 20 ms packets); more are dropped."""
+EARLY_MAX_BYTES = 256 * 1024
+"""...and bytes: 1,000 G.711 packets are 172 kB, while 1,000 datagrams of junk at our
+4 kB read size would be 4 MB a call (800 MB over 200 calls)."""
 STALE_S = 0.06
 """A source first heard sooner than this after `listen` (three 20 ms packet times)
 was already sending before our INVITE could reach anyone: never played unanswered."""
@@ -171,6 +174,7 @@ class RtpReceiver:
         within STALE_S of `listen`."""
         self._stale: set[Addr] = set()
         self._listen_at = 0.0
+        self._early_bytes = 0
         self._peer_ip: str | None = None
         self._may_play_unanswered: Callable[[], bool] = lambda: False
         self._early_timer: asyncio.TimerHandle | None = None
@@ -302,10 +306,11 @@ class RtpReceiver:
                 self._stale.add(source)
         early = self._early
         assert early is not None
-        if len(early) >= EARLY_MAX:
+        if len(early) >= EARLY_MAX or self._early_bytes + len(data) > EARLY_MAX_BYTES:
             self.stream.stats.early_dropped += 1
             return
         early.append((data, addr, now))
+        self._early_bytes += len(data)
         if self._early_timer is None:
             self._early_timer = self._loop.call_at(now + EARLY_WAIT, self._on_early_due)
 

@@ -196,3 +196,19 @@ async def test_a_source_heard_at_once_after_listen_is_an_earlier_calls(
     rx.answer(PCMU, peer.addr)
     stats = await rx.close()
     assert stats.packets == 12 and not stats.unanswered
+
+
+async def test_waiting_media_is_bounded_in_bytes_too(
+    pool: PortPool, peer: Peer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # junk the size of our read buffer: 1,000 of them would be 4 MB a call
+    monkeypatch.setattr(rtp, "EARLY_MAX_BYTES", 10 * 4000)
+    got = Collector()
+    rx = await _listen(pool, got, lambda: False)
+    for i in range(30):
+        peer.send(rtp_packet(i, 160 * i, bytes(3988)), rx.local_port)
+        await asyncio.sleep(0.002)  # read as it comes: the kernel's buffer drops none
+    await _settle()
+    rx.answer(PCMU, peer.addr)
+    stats = await rx.close()
+    assert stats.before_answer == 10 and stats.early_dropped == 20
