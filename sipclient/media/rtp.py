@@ -71,7 +71,7 @@ from sipclient.logs import get_logger
 from sipclient.media.decoders import encode
 from sipclient.media.frames import AudioFrame, AudioSink
 from sipclient.media.ports import PortLease
-from sipclient.media.stream import Addr, MediaFormat, RtpStats, RtpStream, _norm
+from sipclient.media.stream import Addr, MediaFormat, RtpStats, RtpStream, norm_addr
 from sipclient.udp import read_burst
 
 
@@ -276,7 +276,7 @@ class RtpReceiver:
         if self._early is None or self._peer_ip is None or not self._may_play_unanswered():
             return None
         for _data, addr, _at in self._early:
-            source = _norm(addr)
+            source = norm_addr(addr)
             if source[0] == self._peer_ip and source not in self._stale:
                 return source
         return None
@@ -299,7 +299,7 @@ class RtpReceiver:
             self._early_timer = self._loop.call_later(EARLY_WAIT, self._on_early_due)
 
     def _wait_early(self, data: bytes, addr: Any, now: float) -> None:
-        source = _norm(addr)
+        source = norm_addr(addr)
         if source not in self._heard:
             self._heard.add(source)
             if now - self._listen_at < STALE_S:

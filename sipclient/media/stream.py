@@ -206,8 +206,9 @@ class _Candidate:
     packets: list[_Held] = field(default_factory=list)
 
 
-def _norm(addr: Any) -> Addr:
-    # asyncio gives IPv6 sources as 4-tuples; only host and port matter here.
+def norm_addr(addr: Any) -> Addr:
+    """A datagram's source as (host, port): asyncio and recvfrom give IPv6 sources
+    as 4-tuples, and only host and port matter here."""
     return (str(addr[0]), int(addr[1]))
 
 
@@ -243,7 +244,7 @@ class RtpStream:
         self._kinds: dict[int, str] = {
             pt: kind for pt in range(128) if (kind := fmt.kind_of(pt)) is not None
         }
-        self.remote = _norm(remote) if remote else None
+        self.remote = norm_addr(remote) if remote else None
         self.window = window
         self.max_hold = max_hold
         self.probation = max(1, probation)
@@ -299,7 +300,7 @@ class RtpStream:
 
     def set_remote(self, remote: Addr | None) -> None:
         """A new SDP address for the far end; a different one unlatches."""
-        new = _norm(remote) if remote else None
+        new = norm_addr(remote) if remote else None
         if new != self.remote:
             self.remote = new
             self._latched = None
@@ -347,7 +348,7 @@ class RtpStream:
             self._first_arrival = now
         latched = self._latched
         # the usual case: the latched source, whose address needs no normalising
-        source = latched if latched is not None and addr == latched else _norm(addr)
+        source = latched if latched is not None and addr == latched else norm_addr(addr)
         if latched is not None and source == latched:
             self._latched_at_seen = now
             self._accept(ssrc, seq16, ts, kind, payload, size, now, out)
