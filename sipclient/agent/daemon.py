@@ -361,10 +361,10 @@ class Daemon:
         self.pbx_faults = 0
         """Calls that met a PBX fault (`_pbx_fault`)."""
         self.let_go = 0
+        """Numbers held past `dialplan.hold_max` and left to the server (`_let_go_stale`)."""
         self._short_lease: float | None = None
         """The shortest `leaseSeconds` shorter than a call can last, since the last
         lease long enough (`_check_lease`); None: no such lease."""
-        """Numbers held past `dialplan.hold_max` and left to the server (`_let_go_stale`)."""
         self._trunks: dict[tuple[str, str], TrunkGuard] = {}
         t = config.trunk
         self._own = TrunkGuard(OWN_FAULT_AFTER, t.pause_min, max(t.pause_min, t.pause_max))
