@@ -450,3 +450,9 @@ async def test_early_media_whose_183_was_lost_is_heard_from_the_pbx(
     assert record.data is not None
     audio, _rate = sf.read(io.BytesIO(record.data), dtype="int16")
     assert np.abs(audio[:2000]).max() > 4000  # the tone from its start
+    # the server judges the upload on the same WAV and fields: it agrees
+    from sipclient.classify.decide import classify_pcm
+    from sipclient.classify.verdicts import Signalling
+
+    sig = Signalling(sip_code=480, early_media=bool(record.fields["earlyMedia"]))
+    assert classify_pcm(audio, 8000, sig).verdict.value == "busy"
