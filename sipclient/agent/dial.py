@@ -124,29 +124,39 @@ class _Media:
         self.lease: PortLease = self.pool.allocate()
         self.recorder = Recorder.from_settings(config.recordings, record) if record else None
         self.receiver: RtpReceiver | None = None
-        self._opening: asyncio.Task[None] | None = None
+        self._answered = False
+        self._progress = False
 
     @property
     def local(self) -> tuple[str, int]:
         return (self.lease.host, self.lease.port)
 
+    async def listen(self, peer_ip: str) -> None:
+        """Receive from before the INVITE leaves, as the daemon does (media/rtp.py,
+        "Media before the answer"): media that outruns its 183, or whose 183 was
+        lost, is recorded too."""
+        if self.recorder is not None:
+            self.receiver = await RtpReceiver.listen(
+                self.lease,
+                self.recorder,
+                peer_ip=peer_ip,
+                unanswered_ok=lambda: not self._progress and not self._answered,
+            )
+
+    def provisional(self, status: int) -> None:
+        if 180 <= status < 200:
+            self._progress = True
+
     def started(self, info: MediaInfo) -> None:
-        if self.recorder is None or info.codec is None or info.payload_type is None:
+        if self.receiver is None or self._answered or info.codec is None:
             return
+        if info.payload_type is None:
+            return
+        self._answered = True
         fmt = MediaFormat(info.codec, info.payload_type, info.telephone_event)
-        recorder = self.recorder
-
-        async def open_receiver() -> None:
-            self.receiver = await RtpReceiver.open(self.lease, fmt, info.remote_addr, recorder)
-
-        self._opening = asyncio.get_running_loop().create_task(open_receiver())
+        self.receiver.answer(fmt, info.remote_addr)
 
     async def close(self) -> dict[str, Any]:
-        if self._opening is not None:
-            try:
-                await self._opening
-            except OSError as exc:
-                log.warning("rtp_open_failed", error=str(exc))
         stats: dict[str, Any] | None = None
         if self.receiver is not None:
             stats = (await self.receiver.close()).as_dict()
@@ -224,7 +234,9 @@ async def _dial(args: argparse.Namespace, config: DaemonConfig, account: Account
             local_rtp=media.local,
             ring_timeout=ring_timeout,
             on_early_media=media.started,
+            on_provisional=media.provisional,
         )
+        await media.listen(account.host.host)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, call.hangup)

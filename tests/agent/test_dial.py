@@ -133,3 +133,29 @@ def test_dial_takes_its_ring_timeout_from_the_config(
     # rung, then our CANCEL at sip.ring_timeout (the option's old default, 60 s, won)
     assert out["signalling"]["cancel_reason"] == "ring timeout", out
     assert (out["verdict"], out["sip_code"]) == ("no_answer", 487)
+
+
+def test_dial_records_early_media_whose_183_was_lost(
+    tmp_path: Path, sipp_uas: Callable[..., Sipp], kamailio_for: Callable[..., Kamailio]
+) -> None:
+    # the carrier plays with no 183 reaching us (lost over UDP), then 480: the
+    # recording still holds what it played (media/rtp.py, "Media before the answer")
+    uas = sipp_uas("uas_rtp_no183_480.xml", files={"early.pcmu": tone_pcmu(2.5)})
+    kam = kamailio_for([Route("480", "127.0.0.1", uas.port)])
+    wav = tmp_path / "call.wav"
+    cfg = tmp_path / "daemon.yaml"
+    cfg.write_text("rtp:\n  ports: 30100-30199\nlog:\n  level: warning\n")
+    done = run_dial(
+        "4805550000",
+        "--account",
+        f"1001:secret1001@127.0.0.1:{kam.port}",
+        "--record",
+        str(wav),
+        "--config",
+        str(cfg),
+    )
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["sip_code"] == 480 and out["recording"]["rtp"]["unanswered"] is True
+    audio, rate = sf.read(wav, dtype="int16")
+    assert rate == 8000 and len(audio) > 8000 and np.abs(audio).max() > 4000
