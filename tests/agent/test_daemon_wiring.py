@@ -318,67 +318,6 @@ async def test_a_pbx_of_the_other_family_than_a_given_sip_bind_is_refused_with_t
     await side.close()
 
 
-@pytest.mark.peers
-async def test_a_stream_left_on_a_reused_port_is_not_heard_as_the_call(
-    tmp_path: Path,
-    sipp_uas: Callable[..., Sipp],
-    kamailio_for: Callable[..., Kamailio],
-) -> None:
-    # After a kill -9 the far ends of the dead daemon's calls go on sending to ports the
-    # restarted daemon hands out again. Here one such stream (a 1 kHz tone from the
-    # carrier's IP, another port) runs on the only RTP port while a call to a carrier
-    # playing 440 Hz gets it. Before, a source on the SDP's IP latched at once: the call
-    # recorded (and was judged on) the other stream.
-    from tests.agent.test_dial import tone_pcmu
-    from tests.media.conftest import dominant_frequency, rtp_packet
-
-    uas = sipp_uas("uas_183_rtp_404.xml", files={"early.pcmu": tone_pcmu()})
-    kam = kamailio_for([Route("404", "127.0.0.1", uas.port)])
-    ports = PortRange(31200, 31200)
-    config = dataclasses.replace(
-        _config(tmp_path),
-        pbx=PbxSettings(host=HostPort("127.0.0.1", kam.port)),
-        sip=SipSettings(bind=HostPort("127.0.0.1", 0)),
-        rtp=RtpSettings(ports=ports),
-    )
-    t = np.arange(8000 * 20) / 8000
-    stale_audio = ulaw_encode((8000 * np.sin(2 * np.pi * 1000 * t)).astype(np.int16))
-    stop = asyncio.Event()
-
-    async def stale_stream() -> None:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            sock.bind(("127.0.0.1", 0))
-            n = 0
-            while not stop.is_set():
-                chunk = stale_audio[160 * n : 160 * (n + 1)]
-                sock.sendto(rtp_packet(n, 160 * n, chunk, ssrc=0x5A5A), ("127.0.0.1", 31200))
-                n += 1
-                await asyncio.sleep(0.02)
-
-    side = siplines.SipSide(config)
-    line: siplines.SipLine | None = None
-    sender = asyncio.ensure_future(stale_stream())
-    try:
-        await side.start()
-        line = siplines.SipLine(side, Account("1001", "secret1001"))
-        await line.start(lambda _ok, _why: None)
-        async with asyncio.timeout(10):
-            while not line.registered:
-                await asyncio.sleep(0.05)
-        record = await line.dial(
-            DialplanItem("1001", "4045550000", "7"), lambda: None, asyncio.Event()
-        )
-        assert record.fields["sipCode"] == 404 and record.verdict == "empty"
-        assert record.data is not None
-        audio, _rate = sf.read(io.BytesIO(record.data), dtype="int16")
-        assert np.abs(audio[:4000]).max() > 4000
-        assert abs(dominant_frequency(audio[:8000]) - 440) < 20  # the call's own media
-    finally:
-        stop.set()
-        await sender
-        await _close(line, side)
-
-
 def _busy_tone_pcmu(seconds: float = 2.0) -> bytes:
     """The Chinese busy tone: 450 Hz, 0.35 s on, 0.35 s off."""
     t = np.arange(int(8000 * seconds)) / 8000
@@ -403,6 +342,60 @@ async def _dial_one(config: DaemonConfig, number: str) -> CallRecord:
         await _close(line, side)
 
 
+async def _stream_to(port: int, audio: bytes, interval: float, stop: asyncio.Event) -> None:
+    """Another call's stream left on `port` (a far end a killed daemon never ended):
+    `audio` (raw PCMU) from a port of 127.0.0.1, one packet every `interval` s."""
+    from tests.media.conftest import rtp_packet
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        n = 0
+        while not stop.is_set():
+            chunk = audio[160 * n : 160 * (n + 1)] or bytes([0xFF]) * 160
+            sock.sendto(rtp_packet(n, 160 * n, chunk, ssrc=0x5A5A), ("127.0.0.1", port))
+            n += 1
+            await asyncio.sleep(interval)
+
+
+@pytest.mark.peers
+async def test_a_stream_left_on_a_reused_port_is_not_heard_as_the_call(
+    tmp_path: Path,
+    sipp_uas: Callable[..., Sipp],
+    kamailio_for: Callable[..., Kamailio],
+) -> None:
+    # After a kill -9 the far ends of the dead daemon's calls go on sending to ports the
+    # restarted daemon hands out again. Here one such stream (a 1 kHz tone from the
+    # carrier's IP, another port) runs on the only RTP port while a call to a carrier
+    # playing 440 Hz gets it. Before, a source on the SDP's IP latched at once: the call
+    # recorded (and was judged on) the other stream.
+    from tests.agent.test_dial import tone_pcmu
+    from tests.media.conftest import dominant_frequency
+
+    uas = sipp_uas("uas_183_rtp_404.xml", files={"early.pcmu": tone_pcmu()})
+    kam = kamailio_for([Route("404", "127.0.0.1", uas.port)])
+    ports = PortRange(31200, 31200)
+    config = dataclasses.replace(
+        _config(tmp_path),
+        pbx=PbxSettings(host=HostPort("127.0.0.1", kam.port)),
+        sip=SipSettings(bind=HostPort("127.0.0.1", 0)),
+        rtp=RtpSettings(ports=ports),
+    )
+    t = np.arange(8000 * 20) / 8000
+    stale_audio = ulaw_encode((8000 * np.sin(2 * np.pi * 1000 * t)).astype(np.int16))
+    stop = asyncio.Event()
+    sender = asyncio.ensure_future(_stream_to(31200, stale_audio, 0.02, stop))
+    try:
+        record = await _dial_one(config, "4045550000")
+    finally:
+        stop.set()
+        await sender
+    assert record.fields["sipCode"] == 404 and record.verdict == "empty"
+    assert record.data is not None
+    audio, _rate = sf.read(io.BytesIO(record.data), dtype="int16")
+    assert np.abs(audio[:4000]).max() > 4000
+    assert abs(dominant_frequency(audio[:8000]) - 440) < 20  # the call's own media
+
+
 @pytest.mark.peers
 @pytest.mark.parametrize("stale", [False, True], ids=["the 183 lost", "and a stale stream"])
 async def test_early_media_whose_183_was_lost_is_heard_from_the_pbx(
@@ -416,8 +409,6 @@ async def test_early_media_whose_183_was_lost_is_heard_from_the_pbx(
     # e2e bench's 200-line push lost some at kamailio's socket). The receiver now
     # listens from the INVITE, and media from the PBX's address with no 180/183 said
     # is the call's. A stream already on the port before the INVITE is not.
-    from tests.media.conftest import rtp_packet
-
     uas = sipp_uas("uas_rtp_no183_480.xml", files={"early.pcmu": _busy_tone_pcmu()})
     kam = kamailio_for([Route("480", "127.0.0.1", uas.port)])
     config = dataclasses.replace(
@@ -427,18 +418,8 @@ async def test_early_media_whose_183_was_lost_is_heard_from_the_pbx(
         rtp=RtpSettings(ports=PortRange(31300, 31300)),
     )
     stop = asyncio.Event()
-
-    async def stale_stream() -> None:
-        silence = bytes([0xFF]) * 160
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            sock.bind(("127.0.0.1", 0))
-            n = 0
-            while not stop.is_set():
-                sock.sendto(rtp_packet(n, 160 * n, silence, ssrc=0x5A5A), ("127.0.0.1", 31300))
-                n += 1
-                await asyncio.sleep(0.005)
-
-    sender = asyncio.ensure_future(stale_stream()) if stale else None
+    silence = bytes([0xFF]) * 160 * 2000
+    sender = asyncio.ensure_future(_stream_to(31300, silence, 0.005, stop)) if stale else None
     try:
         record = await _dial_one(config, "4805550000")
     finally:

@@ -29,6 +29,17 @@ def run_dial(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str
     )
 
 
+def dial_recording(
+    tmp_path: Path, kam: Kamailio, number: str, wav: Path, ports: str
+) -> subprocess.CompletedProcess[str]:
+    """`sipclient dial NUMBER --record WAV` as extension 1001 through `kam`, its RTP
+    on `ports`."""
+    cfg = tmp_path / "daemon.yaml"
+    cfg.write_text(f"rtp:\n  ports: {ports}\nlog:\n  level: warning\n")
+    account = f"1001:secret1001@127.0.0.1:{kam.port}"
+    return run_dial(number, "--account", account, "--record", str(wav), "--config", str(cfg))
+
+
 def tone_pcmu(seconds: float = 1.0) -> bytes:
     t = np.arange(int(8000 * seconds)) / 8000
     return ulaw_encode((8000 * np.sin(2 * np.pi * 440 * t)).astype(np.int16))
@@ -40,17 +51,7 @@ def test_dial_records_early_media_and_prints_one_json(
     uas = sipp_uas("uas_183_rtp_404.xml", files={"early.pcmu": tone_pcmu()})
     kam = kamailio_for([Route("404", "127.0.0.1", uas.port)])
     wav = tmp_path / "call.wav"
-    cfg = tmp_path / "daemon.yaml"
-    cfg.write_text("rtp:\n  ports: 30000-30099\nlog:\n  level: warning\n")
-    done = run_dial(
-        "4045550000",
-        "--account",
-        f"1001:secret1001@127.0.0.1:{kam.port}",
-        "--record",
-        str(wav),
-        "--config",
-        str(cfg),
-    )
+    done = dial_recording(tmp_path, kam, "4045550000", wav, "30000-30099")
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)  # exactly one JSON object on stdout
     assert (out["verdict"], out["sip_code"], out["q850_cause"]) == ("empty", 404, 1)
@@ -143,17 +144,7 @@ def test_dial_records_early_media_whose_183_was_lost(
     uas = sipp_uas("uas_rtp_no183_480.xml", files={"early.pcmu": tone_pcmu(2.5)})
     kam = kamailio_for([Route("480", "127.0.0.1", uas.port)])
     wav = tmp_path / "call.wav"
-    cfg = tmp_path / "daemon.yaml"
-    cfg.write_text("rtp:\n  ports: 30100-30199\nlog:\n  level: warning\n")
-    done = run_dial(
-        "4805550000",
-        "--account",
-        f"1001:secret1001@127.0.0.1:{kam.port}",
-        "--record",
-        str(wav),
-        "--config",
-        str(cfg),
-    )
+    done = dial_recording(tmp_path, kam, "4805550000", wav, "30100-30199")
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)
     assert out["sip_code"] == 480 and out["recording"]["rtp"]["unanswered"] is True
