@@ -510,10 +510,12 @@ UNITS = Path(__file__).resolve().parents[1] / "systemd"
 """The repository's systemd units: the lab runs each program under its unit's rules."""
 
 
-def _confined(unit: str, command: list[str]) -> list[str]:
-    """`command` under the seccomp rules of `UNITS/unit` (`sipclient.lab.confine`):
-    what the unit forbids fails in the lab as it would under systemd."""
-    return [sys.executable, "-m", "sipclient.lab.confine", "--unit", str(UNITS / unit), *command]
+def _confined(unit: str, command: list[str], writable: Path) -> list[str]:
+    """`command` under the seccomp and file-system rules of `UNITS/unit`
+    (`sipclient.lab.confine`), `writable` standing for its state and runtime
+    directories: what the unit forbids fails in the lab as it would under systemd."""
+    confine = [sys.executable, "-m", "sipclient.lab.confine", "--unit", str(UNITS / unit)]
+    return [*confine, "--writable", str(writable), *command]
 
 
 def _stop_proc(proc: subprocess.Popen[bytes] | None, timeout: float = 15.0) -> int | None:
@@ -666,7 +668,9 @@ class World:
         path.write_text(json.dumps(cfg), encoding="utf-8")  # JSON is YAML
         self._server_log = (folder / "server.log").open("ab")
         self.server = subprocess.Popen(
-            _confined("sipclient-server.service", [*_cli(), "server", "--config", str(path)]),
+            _confined(
+                "sipclient-server.service", [*_cli(), "server", "--config", str(path)], folder
+            ),
             stdin=subprocess.DEVNULL,
             stdout=self._server_log,
             stderr=self._server_log,
@@ -741,7 +745,7 @@ class World:
 
     def start_daemon(self) -> None:
         """`sipclient run` as a subprocess per `options.daemons` (logs in their folders),
-        each under systemd/sipclient.service's seccomp rules (`_confined`)."""
+        each under systemd/sipclient.service's seccomp and file-system rules (`_confined`)."""
         procs = [self._start_one_daemon(i) for i in range(max(1, self.options.daemons))]
         self.daemon, self.more_daemons = procs[0], list(procs[1:])
 
@@ -756,7 +760,11 @@ class World:
         env["RUNTIME_DIRECTORY"] = str(self.daemon_dir(index) / "run")
         env.update(self.options.daemon_env)
         return subprocess.Popen(
-            _confined("sipclient.service", [*_cli(), "run", "--config", str(path)]),
+            _confined(
+                "sipclient.service",
+                [*_cli(), "run", "--config", str(path)],
+                self.daemon_dir(index),
+            ),
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=log,

@@ -4,6 +4,7 @@ daemon's unit with an instance's own config and state directory, nothing else.""
 from __future__ import annotations
 
 import errno
+import os
 import signal
 import socket
 import subprocess
@@ -119,6 +120,58 @@ def test_confine_applies_the_units_rules_as_systemd_does() -> None:
     # the same probe unconfined does all of it: the refusals are the filters' doing
     free = _unconfined(_PROBE)
     assert free.split("\n")[:3] == ["wx mapped", "exec added", "setpriority done"]
+
+
+_WRITES = """
+import os, sys
+for path in sys.argv[1:]:
+    try:
+        with open(path, "w") as f:
+            f.write("x")
+        os.unlink(path)
+        print("written")
+    except OSError as exc:
+        print("refused", exc.errno)
+"""
+
+
+def test_confine_leaves_writable_only_what_the_unit_lets_it_write(tmp_path: Path) -> None:
+    # ProtectSystem=strict: the state directory (the lab's folder of the program) and,
+    # with PrivateTmp=yes, /tmp are writable; the installed tree (/opt/sipclient: the
+    # checkout here), the home and /var/lib are not. Before session 15 the lab applied
+    # only the seccomp rules, and a write the unit refuses showed only under systemd.
+    state = tmp_path / "state"
+    state.mkdir()
+    probe = f".confine-probe-{os.getpid()}"
+    outside = [ROOT / probe, Path.home() / probe, Path("/var/lib") / probe]
+    targets = [state / "a", tmp_path / "b", *outside]
+    writes = [sys.executable, "-c", _WRITES, *map(str, targets)]
+    for unit in ("sipclient.service", "sipclient-server.service"):
+        rules = UnitRules(UNITS / unit)
+        assert (rules.protect_system, rules.private_tmp) == ("strict", True)
+        done = subprocess.run(
+            [*_CONFINE, str(UNITS / unit), "--writable", str(state), *writes],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=ROOT,
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.split("\n")[:5] == ["written", "written"] + ["refused 30"] * 3
+        assert "not applied" not in done.stderr
+    assert not any(p.exists() for p in outside)
+    # the unit without ProtectSystem=: the same writes all go through (then removed)
+    unit = tmp_path / "no-protect.service"
+    text = (UNITS / "sipclient.service").read_text(encoding="utf-8")
+    unit.write_text(text.replace("ProtectSystem=strict", ""), encoding="utf-8")
+    done = subprocess.run(
+        [*_CONFINE, str(unit), *writes],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert done.stdout.split("\n")[:5] == ["written"] * 5, done.stderr
 
 
 def test_without_an_errno_a_refused_call_kills_and_numpy_makes_one(tmp_path: Path) -> None:

@@ -34,9 +34,23 @@ How the filters are made, as systemd.exec(5) describes them, with libseccomp
   still answers when that is refused (tests/test_systemd_units.py checks).
 
 After installing them the rule is checked: a writable and executable mapping
-must be refused, or nothing runs (exit 126). Not emulated: the unit's file
-system, user and namespace settings. Without libseccomp or `systemd-analyze`
-nothing runs (exit 125; `make install` installs both).
+must be refused, or nothing runs (exit 126). Without libseccomp or
+`systemd-analyze` nothing runs (exit 125; `make install` installs both).
+
+The file system (session 15): with `ProtectSystem=strict` the program gets a
+mount namespace of its own in which the whole tree is read-only but for the
+API file systems (/dev, /proc, /sys: mounts of their own, left as they are),
+the paths given with `--writable` (what the unit's `StateDirectory=`,
+`RuntimeDirectory=` and `ReadWritePaths=` are in this run: the lab passes the
+program's own folder), and /tmp and /var/tmp when the unit has
+`PrivateTmp=yes` (systemd gives it a private writable /tmp; the lab keeps the
+shared one, where its folders live). `ProtectHome=yes` is applied as
+`read-only`: the lab's Python lives under /root. So a write outside the
+places the unit allows fails here with EROFS as it would under systemd
+(where, with the home hidden, it would fail sooner). This needs root (a mount
+namespace); without it the rules are not applied, said on stderr, and the
+program runs without them. Not emulated: users, the other namespace and
+`Protect*` settings.
 """
 
 from __future__ import annotations
@@ -91,6 +105,10 @@ class UnitRules:
         self.error_number: int | None = None
         self.deny_write_execute = False
         self.families: list[str] = []  # each RestrictAddressFamilies= value, in order
+        self.protect_system = ""
+        self.protect_home = ""
+        self.private_tmp = False
+        self.read_write_paths: list[str] = []
         for section, key, value in unit_settings(path):
             if section != "Service":
                 continue
@@ -102,6 +120,14 @@ class UnitRules:
                 self.deny_write_execute = value.lower() in ("yes", "true", "1", "on")
             elif key == "RestrictAddressFamilies":
                 self.families.append(value)
+            elif key == "ProtectSystem":
+                self.protect_system = value.lower()
+            elif key == "ProtectHome":
+                self.protect_home = value.lower()
+            elif key == "PrivateTmp":
+                self.private_tmp = value.lower() in ("yes", "true", "1", "on")
+            elif key == "ReadWritePaths":
+                self.read_write_paths.extend(value.split())
 
     def allowed_families(self) -> set[int] | None:
         """The address families `socket()` may create (None: no restriction).
@@ -283,6 +309,54 @@ def install(rules: UnitRules) -> None:
             sc.load(default, [(SCMP_ACT_ALLOW, name, []) for name in sorted(allowed)])
 
 
+CLONE_NEWNS = 0x00020000
+MS_RDONLY = 1
+MS_REMOUNT = 32
+MS_BIND = 4096
+MS_REC = 16384
+MS_PRIVATE = 1 << 18
+
+
+def writable_paths(rules: UnitRules, given: list[Path]) -> list[Path]:
+    """What stays writable under the unit's `ProtectSystem=strict` in this run."""
+    paths = [*given, *(Path(p.lstrip("-")) for p in rules.read_write_paths)]
+    if rules.private_tmp:
+        paths += [Path("/tmp"), Path("/var/tmp")]
+    return paths
+
+
+def read_only_system(rules: UnitRules, writable: list[Path]) -> str | None:
+    """Make this process's view of the tree read-only but for `writable` (module
+    docstring); None when done, else why it could not be."""
+    if rules.protect_system != "strict":
+        return None
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mount.argtypes = [
+        ctypes.c_char_p,
+        ctypes.c_char_p,
+        ctypes.c_char_p,
+        ctypes.c_ulong,
+        ctypes.c_void_p,
+    ]
+
+    def mount(source: str | None, target: str, flags: int) -> None:
+        src = source.encode() if source is not None else None
+        if libc.mount(src, target.encode(), None, flags, None) != 0:
+            code = ctypes.get_errno()
+            raise OSError(code, f"mount {target}: {os.strerror(code)}")
+
+    if libc.unshare(CLONE_NEWNS) != 0:
+        code = ctypes.get_errno()
+        return f"unshare(CLONE_NEWNS): {os.strerror(code)} (a mount namespace needs root)"
+    mount(None, "/", MS_REC | MS_PRIVATE)  # nothing done here reaches the host's tree
+    for path in writable:
+        if path.exists():
+            real = str(path.resolve())
+            mount(real, real, MS_BIND | MS_REC)  # a mount of its own: stays writable
+    mount(None, "/", MS_REMOUNT | MS_BIND | MS_RDONLY)
+    return None
+
+
 def write_execute_refused() -> bool:
     """Whether this process is refused memory both writable and executable."""
     try:
@@ -296,6 +370,14 @@ def write_execute_refused() -> bool:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sipclient.lab.confine")
     parser.add_argument("--unit", type=Path, required=True, help="the systemd unit file")
+    parser.add_argument(
+        "--writable",
+        type=Path,
+        action="append",
+        default=[],
+        help="a path left writable under ProtectSystem=strict (the unit's state and"
+        " runtime directories in this run); may be given more than once",
+    )
     parser.add_argument("program", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     if not args.program:
@@ -308,6 +390,13 @@ def main(argv: list[str] | None = None) -> int:
         # `make install` installs both (Debian's systemd and libseccomp2)
         print(f"confine: no {' or '.join(missing)}: can't apply {args.unit}", file=sys.stderr)
         return 125
+    try:
+        why = read_only_system(rules, writable_paths(rules, args.writable))
+    except OSError as exc:
+        print(f"confine: can't apply ProtectSystem=strict: {exc}", file=sys.stderr)
+        return 125
+    if why is not None:
+        print(f"confine: ProtectSystem=strict not applied: {why}", file=sys.stderr)
     install(rules)
     if rules.deny_write_execute and not write_execute_refused():
         print("confine: the filter let W+X memory through", file=sys.stderr)
