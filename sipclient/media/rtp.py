@@ -169,10 +169,8 @@ class RtpReceiver:
         self._silence = encode(fmt.codec, [0] * _FRAME_SAMPLES)
         self._early: list[tuple[bytes, Any, float]] | None = None
         """Datagrams waiting for the SDP answer (`listen`); None once the stream runs."""
-        self._heard: set[Addr] = set()
-        """Sources heard before the answer; `_stale`: of them, those first heard
-        within STALE_S of `listen`."""
-        self._stale: set[Addr] = set()
+        self._first_heard: dict[Addr, float] = {}
+        """When each source was first heard before the answer (`STALE_S`)."""
         self._listen_at = 0.0
         self._early_bytes = 0
         self._peer_ip: str | None = None
@@ -277,7 +275,8 @@ class RtpReceiver:
             return None
         for _data, addr, _at in self._early:
             source = norm_addr(addr)
-            if source[0] == self._peer_ip and source not in self._stale:
+            fresh = self._first_heard[source] - self._listen_at >= STALE_S
+            if source[0] == self._peer_ip and fresh:
                 return source
         return None
 
@@ -299,11 +298,7 @@ class RtpReceiver:
             self._early_timer = self._loop.call_later(EARLY_WAIT, self._on_early_due)
 
     def _wait_early(self, data: bytes, addr: Any, now: float) -> None:
-        source = norm_addr(addr)
-        if source not in self._heard:
-            self._heard.add(source)
-            if now - self._listen_at < STALE_S:
-                self._stale.add(source)
+        self._first_heard.setdefault(norm_addr(addr), now)
         early = self._early
         assert early is not None
         if len(early) >= EARLY_MAX or self._early_bytes + len(data) > EARLY_MAX_BYTES:
