@@ -61,6 +61,7 @@ import ctypes.util
 import errno
 import mmap
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -106,7 +107,6 @@ class UnitRules:
         self.deny_write_execute = False
         self.families: list[str] = []  # each RestrictAddressFamilies= value, in order
         self.protect_system = ""
-        self.protect_home = ""
         self.private_tmp = False
         self.read_write_paths: list[str] = []
         for section, key, value in unit_settings(path):
@@ -122,8 +122,6 @@ class UnitRules:
                 self.families.append(value)
             elif key == "ProtectSystem":
                 self.protect_system = value.lower()
-            elif key == "ProtectHome":
-                self.protect_home = value.lower()
             elif key == "PrivateTmp":
                 self.private_tmp = value.lower() in ("yes", "true", "1", "on")
             elif key == "ReadWritePaths":
@@ -349,12 +347,38 @@ def read_only_system(rules: UnitRules, writable: list[Path]) -> str | None:
         code = ctypes.get_errno()
         return f"unshare(CLONE_NEWNS): {os.strerror(code)} (a mount namespace needs root)"
     mount(None, "/", MS_REC | MS_PRIVATE)  # nothing done here reaches the host's tree
+    keep = set()
     for path in writable:
         if path.exists():
             real = str(path.resolve())
             mount(real, real, MS_BIND | MS_REC)  # a mount of its own: stays writable
-    mount(None, "/", MS_REMOUNT | MS_BIND | MS_RDONLY)
+            keep.add(real)
+    # every other mount read-only, / and any below it (/home, /var on their own
+    # disks), as systemd does: a remount of / alone leaves the others writable
+    for point in _mount_points():
+        inside_kept = any(point == k or point.startswith(k.rstrip("/") + "/") for k in keep)
+        if inside_kept or point.split("/")[1] in _API_FILE_SYSTEMS:
+            continue
+        try:
+            mount(None, point, MS_REMOUNT | MS_BIND | MS_RDONLY)
+        except OSError as exc:  # a mount the kernel will not remount: said, not fatal
+            print(f"confine: left writable: {exc}", file=sys.stderr)
     return None
+
+
+_OCTAL = re.compile(r"\\([0-7]{3})")
+_API_FILE_SYSTEMS = {"proc", "sys", "dev"}
+"""ProtectSystem=strict leaves /proc, /sys and /dev (and what is below them) as they are."""
+
+
+def _mount_points() -> list[str]:
+    """This process's mount points (/proc/self/mountinfo's fifth field, unescaped)."""
+    out = []
+    with open("/proc/self/mountinfo", encoding="utf-8") as fh:
+        for line in fh:
+            # the kernel writes a space, tab, newline or backslash as \ooo (octal)
+            out.append(_OCTAL.sub(lambda m: chr(int(m.group(1), 8)), line.split()[4]))
+    return out
 
 
 def write_execute_refused() -> bool:
