@@ -417,7 +417,9 @@ class Uploader:
         spool's folder gone): removed, not sent again, at the next pass."""
         self.on_unknown_client: Callable[[], None] | None = None
         self.on_uploaded: Callable[[SpoolEntry], None] | None = None
-        """Called after each accepted upload (the daemon asks for the next number then)."""
+        """Called as each upload is accepted (the daemon asks for the next number then)."""
+        self.on_refused: Callable[[SpoolEntry], None] | None = None
+        """Called after each upload refused for good (set aside in refused/)."""
 
     def kick(self) -> None:
         """Something was spooled, or the server may be back."""
@@ -480,16 +482,20 @@ class Uploader:
             self.refused += 1
             log.warning("upload_refused", reason=str(exc), seq=entry.seq, **entry.fields)
             await asyncio.to_thread(self.spool.refuse, entry)
+            if self.on_refused is not None:
+                self.on_refused(entry)
             return None
+        self.uploaded += 1
+        # said before the unlink's thread hop: the server may hand the number out
+        # again (a transient outcome's next try) before it is back
+        if self.on_uploaded is not None:
+            self.on_uploaded(entry)
         try:
             await asyncio.to_thread(self.spool.remove, entry)
         except OSError as exc:  # the server has it: removed at a later pass (`_sent`)
             self._sent.add(entry.seq)
             log.warning("spool_remove_failed", seq=entry.seq, error=f"{type(exc).__name__}: {exc}")
-        self.uploaded += 1
         log.debug("uploaded", seq=entry.seq, phone=entry.fields.get("phone"))
-        if self.on_uploaded is not None:
-            self.on_uploaded(entry)
         return True
 
     async def run(self) -> None:

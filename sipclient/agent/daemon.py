@@ -85,7 +85,7 @@ from sipclient.agent.leftovers import CallJournal, end_leftovers
 from sipclient.agent.library_sync import LibraryMirror, LibraryUser, mirror_folder
 from sipclient.agent.route import Canary, RejectionKey, RouteWatch, Step
 from sipclient.agent.siplines import CallHooks, SipSide, longest_call_s
-from sipclient.agent.spool import Spool, SpoolBusy, claim, fallback_folder
+from sipclient.agent.spool import Spool, SpoolBusy, SpoolEntry, claim, fallback_folder
 from sipclient.agent.trunk import TrunkGuard, TrunkState
 from sipclient.config import ConfigError, DaemonConfig, load_config
 from sipclient.logs import configure, get_logger
@@ -123,6 +123,10 @@ HELD_IDLE_S = 1.0
 """Seconds with no call up, no number waiting and the server handing out nothing
 after which the route guard's held rejections are uploaded (`agent.route`,
 `Daemon._release_held_when_done`): the list is done."""
+
+UNSENT_FORGET_S = 3600.0
+"""How long a record waiting for the server keeps its number from being dialled
+again (`_record_unsent`) at most: a safety net, each path that sends a record says so."""
 
 PBX_FAULT_TRIES_MAX = 3
 """How often one number may meet a PBX fault (`CallRecord.pbx_fault`: no answer
@@ -404,8 +408,13 @@ class Daemon:
             count=self._count_decided,
             on_change=self._set_status,
             on_writable=self._wake_dialer.set,
+            on_sent=self._record_sent,
         )
         """The finished calls' records into the spool, or held while it fails."""
+        self._unsent: dict[tuple[str, str], float] = {}
+        """(dialplanId, phone) of each record of this run the server has not taken
+        yet (`_spool` until the uploader or the keeper says), when it was made: that
+        number handed out again meanwhile is not dialled again (`_take`)."""
         self._ready_sent = False
         self._adopting = False
         self._tasks: list[asyncio.Task[Any]] = []
@@ -435,7 +444,8 @@ class Daemon:
         # The server frees an extension for its next number once the line reported
         # "idle" after its latest hand-out (or, failing that, once the upload is in):
         # ask for numbers when either went in, not before (docs/daemon.md).
-        self.uploader.on_uploaded = lambda _entry: self._wake_dialer.set()
+        self.uploader.on_uploaded = self._uploaded
+        self.uploader.on_refused = lambda entry: self._record_sent(entry.fields)
         self.status.on_sent = self._status_sent_to_server
 
     # ---------------------------------------------------------------- public
@@ -1426,6 +1436,9 @@ class Daemon:
         ]
         if same:
             return  # handed again while we still hold it
+        if self._record_unsent(item):
+            log.info("dialplan_for_number_in_spool", extension=item.extension, phone=item.phone)
+            return  # its record goes up: the server then has the number's outcome
         self._check_lease(item)
         line.pending.append(replace(item, taken_at=asyncio.get_running_loop().time()))
         if not line.registered:
@@ -1810,7 +1823,35 @@ class Daemon:
             "dialplanId": item.dialplan_id or "",
         }
         fields.update(record.fields)
+        self._unsent[(fields["dialplanId"], item.phone)] = asyncio.get_running_loop().time()
         await self.keeper.keep(fields, record)
+
+    def _record_unsent(self, item: DialplanItem) -> bool:
+        """Whether a record of `item` made by this run waits for the server.
+
+        The server hands a number out again once it has reclaimed our lease of it
+        (its `number_timeout`, or our clientId expired while the daemon was frozen)
+        without knowing that our record of its call waits in the spool. Dialled
+        again, it rang twice and the second upload was refused (`bench/soak.py
+        --seed 25`: a 14 s SIGSTOP, four numbers). Kept past UNSENT_FORGET_S only
+        if a path forgot to say the record went (the lease has long run out).
+        """
+        key = (item.dialplan_id or "", item.phone)
+        made = self._unsent.get(key)
+        if made is None:
+            return False
+        if asyncio.get_running_loop().time() - made < UNSENT_FORGET_S:
+            return True
+        del self._unsent[key]
+        return False
+
+    def _record_sent(self, fields: dict[str, Any]) -> None:
+        """The server took (or refused for good) a record with these fields."""
+        self._unsent.pop((str(fields.get("dialplanId", "")), str(fields.get("phone", ""))), None)
+
+    def _uploaded(self, entry: SpoolEntry) -> None:
+        self._record_sent(entry.fields)
+        self._wake_dialer.set()
 
     def _count_decided(self) -> None:
         self.decided += 1

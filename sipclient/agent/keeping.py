@@ -141,6 +141,7 @@ class RecordKeeper:
         count: Callable[[], None],
         on_change: Callable[[], None],
         on_writable: Callable[[], None],
+        on_sent: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self.spool = spool
         self.fallback = fallback
@@ -148,6 +149,9 @@ class RecordKeeper:
         self.keep_wavs = keep_wavs
         """`recordings.keep`: a record's WAV file stays after it is spooled."""
         self.held: list[HeldRecord] = []
+        self._on_sent = on_sent
+        """Told the fields of each held record the server took or refused for good
+        straight from memory (`_upload_held`): it never reaches the spool."""
         """Finished calls the spool could not take yet, oldest first."""
         self._uploader = uploader
         self._client = client
@@ -305,6 +309,8 @@ class RecordKeeper:
                 log.warning("held_upload_refused", phone=fields["phone"], reason=str(exc))
             except (ControlError, OSError):
                 return  # the server away, or the WAV unreadable: held, tried again later
+            if self._on_sent is not None:
+                self._on_sent(fields)
             self.held.pop(0)
             if not held.earlier:
                 self._count()

@@ -795,6 +795,29 @@ async def test_a_lease_shorter_than_a_call_can_last_is_said_until_one_long_enoug
         assert "short_lease" not in daemon.health()["alerts"]
 
 
+async def test_a_number_handed_out_again_while_its_record_waits_is_not_dialled_again(
+    server: LiveServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The server reclaims a number's lease (its number_timeout here; in soak 25 our
+    # clientId expired in a 14 s SIGSTOP) while the record of its call waits in our
+    # spool, and hands it out again. Before, it was dialled again: it rang twice and
+    # the second upload was refused as already finished.
+    await server.stop()
+    server.number_timeout = 1.0
+    await server.start()
+    server.uploads_fail = True  # the record stays in the spool
+    task_id = await server.push(["2001"], ["730"])
+    daemon, world, _ = _daemon_noting(tmp_path, server, 1)
+    async with _running(daemon):
+        await _wait(lambda: world.dialled == ["730"] and len(daemon.spool) == 1)
+        await _wait(lambda: "dialplan_for_number_in_spool" in capsys.readouterr().out, 10)
+        server.uploads_fail = False
+        await _wait(lambda: _finished(server, task_id), timeout=20)
+        await asyncio.sleep(1.5)  # a lease and a sweep more: nothing is dialled
+    assert world.dialled == ["730"]
+    assert daemon.uploader.refused == 0 and daemon._unsent == {}
+
+
 async def test_a_stopped_daemon_leaves_so_the_next_one_has_its_lines_at_once(
     server: LiveServer, tmp_path: Path
 ) -> None:
@@ -970,6 +993,7 @@ async def test_records_the_spool_cannot_take_go_straight_to_the_server_dialling_
         await _wait(lambda: _all_dialled_finished(server, task_id, world))
         dialled = len(world.dialled)
         assert daemon.spool_failing and daemon._unspooled == [] and dialled < len(phones)
+        assert daemon._unsent == {}  # each record the server took from memory is said
         await asyncio.sleep(0.5)  # and no call starts meanwhile
         assert len(world.dialled) == dialled and "spool unwritable" in daemon.status_line()
         disk["full"] = False  # room again: dialling goes on
