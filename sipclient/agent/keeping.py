@@ -149,10 +149,10 @@ class RecordKeeper:
         self.keep_wavs = keep_wavs
         """`recordings.keep`: a record's WAV file stays after it is spooled."""
         self.held: list[HeldRecord] = []
+        """Finished calls the spool could not take yet, oldest first."""
         self._on_sent = on_sent
         """Told the fields of each held record the server took or refused for good
         straight from memory (`_upload_held`): it never reaches the spool."""
-        """Finished calls the spool could not take yet, oldest first."""
         self._uploader = uploader
         self._client = client
         self._client_id = client_id
