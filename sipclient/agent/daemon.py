@@ -1833,7 +1833,7 @@ class Daemon:
         (its `number_timeout`, or our clientId expired while the daemon was frozen)
         without knowing that our record of its call waits in the spool. Dialled
         again, it rang twice and the second upload was refused (`bench/soak.py
-        --seed 25`: a 14 s SIGSTOP, four numbers). A record older than
+        --seed 25`: a 14 s SIGSTOP, six numbers). A record older than
         UNSENT_FORGET_S no longer counts: a safety net, should a path that sends
         records not say so.
         """
