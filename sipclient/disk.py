@@ -1,4 +1,5 @@
-"""How full a folder's file system is, said once per check in the log.
+"""How full a folder's file system is, said once per check in the log; whether two
+folders share one (`same_file_system`).
 
 The server's recordings and a box's spool both end in a full disk if nobody
 looks: the server then fails every upload, a daemon stops dialling (it keeps
@@ -8,6 +9,7 @@ housekeeping pass, before that happens.
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -35,3 +37,19 @@ def warn_if_low(folder: Path, event: str, hint: str) -> bool:
         hint=hint,
     )
     return True
+
+
+def same_file_system(a: Path, b: Path) -> bool:
+    """Whether `a` and `b` (or, for one not made yet, its nearest existing parent)
+    are on one file system."""
+
+    def device(p: Path) -> int | None:
+        for q in (p, *p.absolute().parents):
+            try:
+                return os.stat(q).st_dev
+            except OSError:
+                continue
+        return None
+
+    da, db = device(a), device(b)
+    return da is not None and da == db

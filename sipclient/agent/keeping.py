@@ -30,6 +30,7 @@ from typing import Any
 from sipclient.agent.control import ControlClient, ControlError, Refused, Uploader
 from sipclient.agent.spool import Spool, SpoolEntry, clean_fields, fallback_folder
 from sipclient.config import DaemonConfig
+from sipclient.disk import same_file_system
 from sipclient.logs import get_logger
 
 log = get_logger(__name__)
@@ -103,22 +104,6 @@ def fallback_spool(config: DaemonConfig) -> Spool | None:
             " file system (the default, systemd's RuntimeDirectory, is a tmpfs)",
         )
     return spool
-
-
-def same_file_system(a: Path, b: Path) -> bool:
-    """Whether `a` and `b` (or, for one not made yet, its nearest existing parent)
-    are on one file system."""
-
-    def device(p: Path) -> int | None:
-        for q in (p, *p.absolute().parents):
-            try:
-                return os.stat(q).st_dev
-            except OSError:
-                continue
-        return None
-
-    da, db = device(a), device(b)
-    return da is not None and da == db
 
 
 class RecordKeeper:

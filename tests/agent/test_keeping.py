@@ -15,6 +15,7 @@ from sipclient.agent.control import ControlClient, Uploader
 from sipclient.agent.keeping import CallRecord, RecordKeeper
 from sipclient.agent.spool import Spool
 from sipclient.config import DaemonConfig, ServerLink, SpoolSettings
+from sipclient.disk import same_file_system
 
 
 class _Notes:
@@ -154,6 +155,6 @@ def test_a_fallback_on_the_spools_own_file_system_is_used_and_warned_about(
 
 
 def test_same_file_system_tells_apart_and_looks_up_a_folder_not_made_yet(tmp_path: Path) -> None:
-    assert keeping.same_file_system(tmp_path / "a" / "b", tmp_path / "c")
-    assert not keeping.same_file_system(tmp_path, Path("/proc/self"))  # procfs: its own
-    assert not keeping.same_file_system(Path("/proc/self"), tmp_path / "not" / "yet")
+    assert same_file_system(tmp_path / "a" / "b", tmp_path / "c")
+    assert not same_file_system(tmp_path, Path("/proc/self"))  # procfs: its own
+    assert not same_file_system(Path("/proc/self"), tmp_path / "not" / "yet")
