@@ -239,9 +239,10 @@ class DialplanSettings:
     trunk, no RTP port, the spool failing) before the daemon lets it go undialled:
     the server's lease reclaim (`leases.number_timeout`, 600 s by default) hands it
     out again, and dialled after that it would be dialled twice. Never longer than
-    half the lease the server states with the number (`leaseSeconds`, ext), which
-    a server that knows only the seed does not: then keep it below that server's
-    lease; 0: no limit of our own."""
+    half the lease the server states with the number (`leaseSeconds`, ext), nor
+    than that lease less the longest a call can last (`Daemon._hold_limit`). A
+    server that knows only the seed states no lease: then keep this below that
+    server's lease less a call; 0: no limit of our own."""
 
     def __post_init__(self) -> None:
         _ordered("dialplan.poll_min", self.poll_min, "dialplan.poll_max", self.poll_max)

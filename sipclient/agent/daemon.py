@@ -1515,10 +1515,23 @@ class Daemon:
     def _hold_limit(self, item: DialplanItem) -> float:
         """Seconds `item` may wait on its line: `dialplan.hold_max` (0: no limit),
         and at most half the lease the server gave it (`leaseSeconds`, ext), so an
-        operator need not keep the two configs in step; inf when neither says."""
+        operator need not keep the two configs in step; inf when neither says.
+
+        Nor longer than the lease less the longest a call can last
+        (`longest_call_s`): a number dialled at the limit must end inside its
+        lease, or the server hands it out again while it is still up (with a
+        180 s lease and the shipped 102 s longest call, half the lease let a
+        number wait 90 s and then ring until 192 s). A lease shorter than a
+        call leaves no such room; half of it stays the limit then, as letting
+        every waiting number go at once would idle the box, and
+        `lease_shorter_than_a_call` says what to mend.
+        """
         limit = self.config.dialplan.hold_max or math.inf
         if item.lease_s is not None:
             limit = min(limit, item.lease_s / 2)
+            room = item.lease_s - longest_call_s(self.config)
+            if room > 0:
+                limit = min(limit, room)
         return limit
 
     def _let_go_stale(self, line: Line, now: float) -> None:
@@ -1545,7 +1558,7 @@ class Daemon:
                 held_s=round(now - item.taken_at, 1),
                 registered=line.registered,
                 limit_s=round(self._hold_limit(item), 1),
-                hint="held past dialplan.hold_max (or half its lease): the server's lease"
+                hint="held past dialplan.hold_max (or what its lease leaves): the server's lease"
                 " reclaim hands it out again",
             )
 

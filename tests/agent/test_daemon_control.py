@@ -1483,6 +1483,32 @@ async def test_a_number_held_past_hold_max_is_left_to_the_server_not_dialled_twi
     assert daemon.uploader.refused == 0  # no second upload of 701 for the server to refuse
 
 
+def test_a_number_waits_no_longer_than_its_lease_leaves_for_a_call(tmp_path: Path) -> None:
+    # the shipped sip settings: a call can last 60 + 64 * 0.5 + 10 = 102 s
+    config = _daemon_config(tmp_path, cast(LiveServer, _NoServer()), 1, hold_max=300.0)
+    daemon = Daemon(config, FakeWorld(tmp_path).factory, notify=lambda *a: True)
+
+    def limit(lease: float | None) -> float:
+        return daemon._hold_limit(DialplanItem("2001", "701", "d1", lease_s=lease))
+
+    assert limit(None) == 300.0  # hold_max alone
+    assert limit(1000.0) == 300.0  # hold_max: 300 + 102 fits in the lease
+    assert limit(400.0) == 200.0  # half the lease
+    # 180 s: half would be 90 s, and 90 + 102 > 180 (the number rings past its lease)
+    assert limit(180.0) == pytest.approx(78.0)
+    assert limit(110.0) == pytest.approx(8.0)
+    # a lease shorter than a call: no room at all, half of it (warned apart)
+    assert limit(60.0) == 30.0
+    for lease in (1000.0, 400.0, 180.0, 110.0):
+        assert limit(lease) + 102.0 <= lease
+
+
+class _NoServer:
+    """A server link never used: the daemon is built, not started."""
+
+    url = "http://127.0.0.1:9"
+
+
 async def test_a_number_the_pbx_never_answers_with_the_registrar_up_is_uploaded_after_3_tries(
     server: LiveServer, tmp_path: Path
 ) -> None:
