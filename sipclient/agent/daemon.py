@@ -551,6 +551,7 @@ class Daemon:
         """The whole life of the daemon; 0 after a clean stop, EXIT_MEMORY_RESTART (75)
         after a memory restart (`_memory_watch`)."""
         await self.keeper.adopt_fallback()  # records an earlier run kept in the fallback
+        self._remember_spooled()  # before the uploader can take any
         self.uploader.kick()  # replay what an earlier run left in the spool
         self._tasks = [
             asyncio.create_task(self.uploader.run(), name="uploader"),
@@ -1858,6 +1859,23 @@ class Daemon:
             return True
         del self._unsent[key]
         return False
+
+    def _remember_spooled(self) -> None:
+        """The records an earlier run left in the spool wait for the server too.
+
+        They normally go up at the start, long before the server frees that
+        run's leases. With the server away longer than its `number_timeout`
+        they do not: the server hands their numbers out again when it is back,
+        maybe to us before the spool has drained, and such a number rang twice.
+        Read once at the start (before the uploader runs, so no entry is read
+        while it is removed); each entry's upload or refusal forgets it as for
+        this run's own records.
+        """
+        now = asyncio.get_running_loop().time()
+        for entry in self.spool.entries():
+            key = (entry.fields.get("dialplanId", ""), entry.fields.get("phone", ""))
+            if key[1]:
+                self._unsent[key] = now
 
     def _record_sent(self, fields: dict[str, Any]) -> None:
         """The server took (or refused for good) a record with these fields."""

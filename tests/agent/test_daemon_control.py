@@ -818,6 +818,35 @@ async def test_a_number_handed_out_again_while_its_record_waits_is_not_dialled_a
     assert daemon.uploader.refused == 0 and daemon._unsent == {}
 
 
+async def test_a_number_handed_out_again_while_an_earlier_runs_record_waits_is_not_dialled(
+    server: LiveServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # the same, with the record left in the spool by the daemon run before: the
+    # server, away (here: failing uploads) past its number_timeout, hands the number
+    # to the next run, whose spool still holds its record. Before, it rang twice.
+    await server.stop()
+    server.number_timeout = 1.0
+    await server.start()
+    server.uploads_fail = True
+    task_id = await server.push(["2001", "2002"], ["731"])
+    first, first_world, _ = _daemon_noting(tmp_path, server, 1)
+    async with _running(first):
+        await _wait(lambda: first_world.dialled == ["731"] and len(first.spool) == 1)
+    # the first run keeps 2001 (its upload waits): the next one gets 2002
+    second_world = FakeWorld(tmp_path)
+    second = Daemon(
+        _daemon_config(tmp_path, server, 1), second_world.factory, notify=lambda *a: True
+    )
+    capsys.readouterr()
+    async with _running(second):
+        await _wait(lambda: "dialplan_for_number_in_spool" in capsys.readouterr().out, 10)
+        server.uploads_fail = False
+        await _wait(lambda: _finished(server, task_id), timeout=20)
+        await asyncio.sleep(1.5)  # a lease and a sweep more: nothing is dialled
+    assert second_world.dialled == []
+    assert second.uploader.refused == 0 and second._unsent == {}
+
+
 async def test_a_stopped_daemon_leaves_so_the_next_one_has_its_lines_at_once(
     server: LiveServer, tmp_path: Path
 ) -> None:
