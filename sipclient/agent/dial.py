@@ -19,8 +19,13 @@ Until session 8 they defaulted to udp, 127.0.0.1:0 and 60 s whatever the
 config said, so `dial` reached no PBX beyond loopback (the sends failed and
 it printed a 408).
 
+HOST may be a name: it is looked up once, as the daemon looks up a PBX name
+(`sip.bind`'s family, IPv4 first for a wildcard), the call goes to its first
+address and the name stays the SIP domain.
+
 Exit status: 0 when the call went through its life, whatever the verdict;
-1 on a runtime failure (cannot open the socket, cannot register); 2 on a
+1 on a runtime failure (the PBX name does not resolve, cannot open the
+socket, cannot register); 2 on a
 malformed `--account` or `--bind`, or a `--bind` of the other address
 family than the PBX's.
 
@@ -34,6 +39,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
+import ipaddress
 import json
 import signal
 import sys
@@ -41,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from sipclient.agent.call import Call, CallOutcome, MediaInfo
+from sipclient.agent.siplines import addresses_of
 from sipclient.agent.transport import SipStack, open_stack
 from sipclient.agent.useragent import Account, UserAgent
 from sipclient.classify.signalling import from_signalling
@@ -188,8 +196,45 @@ def _bind(args: argparse.Namespace, config: DaemonConfig, account: Account) -> H
     return bind
 
 
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+async def _resolved(args: argparse.Namespace, config: DaemonConfig, account: Account) -> Account:
+    """The account with a PBX name replaced by its first address, as the daemon
+    resolves one (`siplines.addresses_of`: the bind's family, IPv4 first for a
+    wildcard); the name stays the SIP domain unless one is given.
+
+    The call then goes to one address, and media that comes before the answer is
+    compared with it (a name never matched a source address: with a lost 183
+    nothing was recorded). Raises OSError when the name does not resolve.
+    """
+    if _is_address(account.host.host):
+        return account
+    bind = HostPort.parse(args.bind, allow_zero=True) if args.bind else config.sip.bind
+    address = (await addresses_of(account.host.host, bind.host))[0]
+    return dataclasses.replace(
+        account,
+        host=HostPort(address, account.host.port),
+        domain=account.domain or str(account.host),
+    )
+
+
 async def _dial(args: argparse.Namespace, config: DaemonConfig, account: Account) -> int:
-    bind = _bind(args, config, account)
+    try:
+        account = await _resolved(args, config, account)
+    except OSError as exc:
+        _print({"error": f"cannot resolve the PBX {account.host.host}: {exc}", "verdict": None})
+        return EXIT_RUNTIME
+    try:
+        bind = _bind(args, config, account)
+    except ValueError as exc:  # a name's address of the other family than --bind
+        print(f"sipclient dial: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     remote = (account.host.host, account.host.port)
     ring_timeout = config.sip.ring_timeout if args.ring_timeout is None else args.ring_timeout
     try:
@@ -262,7 +307,10 @@ def dial_main(args: argparse.Namespace, config: DaemonConfig) -> int:
     configure(config.log.level, fmt, stream=sys.stderr)
     try:
         account = Account.parse(args.account, transport=args.transport or config.pbx.transport)
-        _bind(args, config, account)
+        if args.bind:
+            HostPort.parse(args.bind, allow_zero=True)
+        if _is_address(account.host.host):
+            _bind(args, config, account)  # a name's family is known once resolved (_dial)
     except ValueError as exc:
         print(f"sipclient dial: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -68,6 +68,32 @@ def longest_call_s(config: DaemonConfig) -> float:
     return config.sip.ring_timeout + 64 * config.sip.t1 + CALL_STUCK_MARGIN_S
 
 
+async def addresses_of(host: str, bind_host: str) -> list[str]:
+    """Every address `host` has that we can reach from `bind_host` (`sip.bind`), in
+    the resolver's order (OSError if none).
+
+    With a wildcard bind either family will do, IPv4 first: a name with both
+    kinds of address is reached as before IPv6 was followed, and a name with
+    only IPv6 ones still is. Otherwise only the bind's family.
+    """
+    wildcard = bind_host in ("0.0.0.0", "::")
+    if wildcard:
+        family = socket.AF_UNSPEC
+    else:
+        family = socket.AF_INET6 if ":" in bind_host else socket.AF_INET
+    infos = await asyncio.get_running_loop().getaddrinfo(
+        host, None, family=family, type=socket.SOCK_DGRAM
+    )
+    found = dict.fromkeys(
+        str(info[4][0]) for info in infos if info[0] in (socket.AF_INET, socket.AF_INET6)
+    )
+    addresses = sorted(found, key=lambda a: ":" in a)  # stable: IPv4 first
+    if not addresses:
+        kind = "" if wildcard else f" {family.name}"
+        raise OSError(f"{host}: no{kind} address")
+    return addresses
+
+
 TEST_RTP_DROP_ENV = "SIPCLIENT_TEST_RTP_DROP"
 """Test hook: a fraction (0..1) of received RTP packets the media receiver drops."""
 
@@ -163,28 +189,8 @@ class SipSide:
         return address
 
     async def _addresses(self, host: str) -> list[str]:
-        """Every address `host` has that we can reach, in the resolver's order (OSError if none).
-
-        With a wildcard `sip.bind` either family will do, IPv4 first: a name with
-        both kinds of address is reached as before IPv6 was followed, and a name
-        with only IPv6 ones still is. Otherwise only `sip.bind`'s family.
-        """
-        bind = self.config.sip.bind.host
-        if self.wildcard:
-            family = socket.AF_UNSPEC
-        else:
-            family = socket.AF_INET6 if ":" in bind else socket.AF_INET
-        infos = await asyncio.get_running_loop().getaddrinfo(
-            host, None, family=family, type=socket.SOCK_DGRAM
-        )
-        found = dict.fromkeys(
-            str(info[4][0]) for info in infos if info[0] in (socket.AF_INET, socket.AF_INET6)
-        )
-        addresses = sorted(found, key=lambda a: ":" in a)  # stable: IPv4 first
-        if not addresses:
-            kind = "" if self.wildcard else f" {family.name}"
-            raise OSError(f"{host}: no{kind} address")
-        return addresses
+        """Every address `host` has that we can reach (`addresses_of`)."""
+        return await addresses_of(host, self.config.sip.bind.host)
 
     @property
     def wildcard(self) -> bool:

@@ -30,13 +30,13 @@ def run_dial(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str
 
 
 def dial_recording(
-    tmp_path: Path, kam: Kamailio, number: str, wav: Path, ports: str
+    tmp_path: Path, kam: Kamailio, number: str, wav: Path, ports: str, host: str = "127.0.0.1"
 ) -> subprocess.CompletedProcess[str]:
-    """`sipclient dial NUMBER --record WAV` as extension 1001 through `kam`, its RTP
-    on `ports`."""
+    """`sipclient dial NUMBER --record WAV` as extension 1001 through `kam` (reached
+    as `host`), its RTP on `ports`."""
     cfg = tmp_path / "daemon.yaml"
     cfg.write_text(f"rtp:\n  ports: {ports}\nlog:\n  level: warning\n")
-    account = f"1001:secret1001@127.0.0.1:{kam.port}"
+    account = f"1001:secret1001@{host}:{kam.port}"
     return run_dial(number, "--account", account, "--record", str(wav), "--config", str(cfg))
 
 
@@ -136,15 +136,21 @@ def test_dial_takes_its_ring_timeout_from_the_config(
     assert (out["verdict"], out["sip_code"]) == ("no_answer", 487)
 
 
+# the PBX as an address, and as a name (localhost): before session 16 a name was
+# compared as written with the media's source address, and nothing was recorded
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
 def test_dial_records_early_media_whose_183_was_lost(
-    tmp_path: Path, sipp_uas: Callable[..., Sipp], kamailio_for: Callable[..., Kamailio]
+    tmp_path: Path,
+    sipp_uas: Callable[..., Sipp],
+    kamailio_for: Callable[..., Kamailio],
+    host: str,
 ) -> None:
     # the carrier plays with no 183 reaching us (lost over UDP), then 480: the
     # recording still holds what it played (media/rtp.py, "Media before the answer")
     uas = sipp_uas("uas_rtp_no183_480.xml", files={"early.pcmu": tone_pcmu(2.5)})
     kam = kamailio_for([Route("480", "127.0.0.1", uas.port)])
     wav = tmp_path / "call.wav"
-    done = dial_recording(tmp_path, kam, "4805550000", wav, "30100-30199")
+    done = dial_recording(tmp_path, kam, "4805550000", wav, "30100-30199", host)
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)
     assert out["sip_code"] == 480 and out["recording"]["rtp"]["unanswered"] is True
