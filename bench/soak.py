@@ -1414,7 +1414,13 @@ def main() -> int:
     p.add_argument("--gap-max", type=float, default=20.0, help="calm seconds between faults, max")
     p.add_argument("--drain-timeout", type=float, default=360.0)
     p.add_argument("--client-timeout", type=float, default=10.0)
-    p.add_argument("--number-timeout", type=float, default=60.0)
+    p.add_argument(
+        "--number-timeout",
+        type=float,
+        default=120.0,
+        help="the server's leases.number_timeout (the demo's 120 s): longer than the"
+        " daemon's longest call (72 s here), else the daemon warns lease_shorter_than_a_call",
+    )
     p.add_argument("--max-tries", type=int, default=2)
     p.add_argument("--heartbeat", type=float, default=2.0, help="the daemon's heartbeat.interval")
     p.add_argument("--poll-max", type=float, default=1.0, help="the daemon's dialplan.poll_max")
