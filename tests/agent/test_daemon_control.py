@@ -795,6 +795,18 @@ async def test_a_lease_shorter_than_a_call_can_last_is_said_until_one_long_enoug
         assert "short_lease" not in daemon.health()["alerts"]
 
 
+async def _push_with_a_short_lease_and_uploads_failing(
+    server: LiveServer, extensions: list[str], phone: str
+) -> int:
+    """The server with a 1 s number lease and refusing uploads (a record stays in
+    the spool), and a task of `phone` on `extensions`."""
+    await server.stop()
+    server.number_timeout = 1.0
+    await server.start()
+    server.uploads_fail = True
+    return await server.push(extensions, [phone])
+
+
 async def test_a_number_handed_out_again_while_its_record_waits_is_not_dialled_again(
     server: LiveServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -802,11 +814,7 @@ async def test_a_number_handed_out_again_while_its_record_waits_is_not_dialled_a
     # clientId expired in a 14 s SIGSTOP) while the record of its call waits in our
     # spool, and hands it out again. Before, it was dialled again: it rang twice and
     # the second upload was refused as already finished.
-    await server.stop()
-    server.number_timeout = 1.0
-    await server.start()
-    server.uploads_fail = True  # the record stays in the spool
-    task_id = await server.push(["2001"], ["730"])
+    task_id = await _push_with_a_short_lease_and_uploads_failing(server, ["2001"], "730")
     daemon, world, _ = _daemon_noting(tmp_path, server, 1)
     async with _running(daemon):
         await _wait(lambda: world.dialled == ["730"] and len(daemon.spool) == 1)
@@ -824,11 +832,7 @@ async def test_a_number_handed_out_again_while_an_earlier_runs_record_waits_is_n
     # the same, with the record left in the spool by the daemon run before: the
     # server, away (here: failing uploads) past its number_timeout, hands the number
     # to the next run, whose spool still holds its record. Before, it rang twice.
-    await server.stop()
-    server.number_timeout = 1.0
-    await server.start()
-    server.uploads_fail = True
-    task_id = await server.push(["2001", "2002"], ["731"])
+    task_id = await _push_with_a_short_lease_and_uploads_failing(server, ["2001", "2002"], "731")
     first, first_world, _ = _daemon_noting(tmp_path, server, 1)
     async with _running(first):
         await _wait(lambda: first_world.dialled == ["731"] and len(first.spool) == 1)
