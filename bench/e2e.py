@@ -36,6 +36,8 @@ Figures (stdout and the JSON file):
 - the daemon's memory: RSS after a tenth of the calls and at the end, and
   its growth a call over the second half of the run (a long `--per-line`
   shows whether a daemon left running for days keeps growing);
+- the garbage collector's pauses, per generation: collections, ms in them and
+  the longest (each daemon logs `gc_pauses` at its stop, agent/heap.py);
 - the daemon's CPU: (utime + stime) of its process over the steady window
   (sampled every 0.2 s from /proc and interpolated) and over the batch, as a
   percentage of one core, and per call in ms;
@@ -399,12 +401,31 @@ async def run(
             classifier_crbt_s=_crbt_rule_s(),
             memory=memory_figures(rss),
         )
-        return out
     finally:
         if prof is not None:
             prof.kill()
             prof.wait()
         await world.stop()
+    out["gc"] = _gc_pauses(world)  # logged by each daemon at its stop
+    return out
+
+
+def _gc_pauses(world: World) -> dict[str, Any] | None:
+    """The daemons' `gc_pauses` (agent/heap.py): collections and ms summed, the
+    longest pause of any, per generation; None when a daemon did not log it."""
+    found = []
+    for i in range(max(1, world.options.daemons)):
+        log = world.daemon_dir(i) / "daemon.log"
+        for line in log.read_text(errors="replace").splitlines():
+            if line.startswith("{") and '"gc_pauses"' in line:
+                found.append(json.loads(line))
+    if len(found) < max(1, world.options.daemons):
+        return None
+    return {
+        "collections": [sum(f["collections"][g] for f in found) for g in range(3)],
+        "ms": [round(sum(f["ms"][g] for f in found), 1) for g in range(3)],
+        "longest_ms": [max(f["longest_ms"][g] for f in found) for g in range(3)],
+    }
 
 
 def _print(r: dict[str, Any]) -> None:
@@ -445,6 +466,12 @@ def _print(r: dict[str, Any]) -> None:
             f"      daemon RSS {m['rss_mb_warm']} MB after a tenth of the calls,"
             f" {m['rss_mb_end']} MB after {m['calls']};"
             f" {m['rss_kb_per_call_second_half']} kB a call over the second half"
+        )
+    g = r.get("gc")
+    if g:
+        print(
+            f"      garbage collector (young, middle, old): {g['collections']} collections,"
+            f" {g['ms']} ms, longest pause {g['longest_ms']} ms"
         )
     crbt = r.get("classifier_crbt_s")
     if crbt is not None and crbt != EVIDENCE_S["ringing_crbt"]:

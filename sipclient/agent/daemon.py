@@ -79,6 +79,7 @@ from sipclient.agent.control import (
     UnknownClient,
     Uploader,
 )
+from sipclient.agent.heap import HeapPolicy
 from sipclient.agent.housekeeping import run_housekeeping
 from sipclient.agent.keeping import CallRecord, HeldRecord, RecordKeeper, fallback_spool
 from sipclient.agent.leftovers import CallJournal, end_leftovers
@@ -2039,6 +2040,8 @@ async def _amain(config: DaemonConfig, config_path: Path | None) -> int:
 
     daemon.on_reload(reload_config)
     loop.add_signal_handler(signal.SIGHUP, daemon.reload)
+    heap = HeapPolicy()
+    heap.install()  # what the start built lives as long as the process (agent/heap.py)
     try:
         return await daemon.run()
     finally:
@@ -2047,6 +2050,8 @@ async def _amain(config: DaemonConfig, config_path: Path | None) -> int:
         journal.close()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
+        log.info("gc_pauses", **heap.figures())
+        heap.remove()
 
 
 def run_main(args: argparse.Namespace, config: DaemonConfig) -> int:

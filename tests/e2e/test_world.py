@@ -447,6 +447,9 @@ async def test_sighup_reloads_and_sigterm_mid_call_exits_0_losing_nothing(
     text = log.read_text(errors="replace")
     assert '"stopped"' in text and '"spooled": 0' in text
     assert '"number_let_go"' in text
+    # the collector's pauses are said at the stop (agent/heap.py)
+    pauses = [json.loads(x) for x in text.splitlines() if '"gc_pauses"' in x]
+    assert len(pauses) == 1 and all(len(pauses[0][k]) == 3 for k in ("collections", "ms"))
     world.start_daemon()
     await _all_right_once(world, phones, 90)
 
