@@ -36,8 +36,8 @@ Figures (stdout and the JSON file):
 - the daemon's memory: RSS after a tenth of the calls and at the end, and
   its growth a call over the second half of the run (a long `--per-line`
   shows whether a daemon left running for days keeps growing);
-- the garbage collector's pauses, per generation: collections, ms in them and
-  the longest (each daemon logs `gc_pauses` at its stop, agent/heap.py);
+- the garbage collector's pauses, per generation: collections, CPU ms in them and
+  the longest pause (each daemon logs `gc_pauses` at its stop, agent/heap.py);
 - the daemon's CPU: (utime + stime) of its process over the steady window
   (sampled every 0.2 s from /proc and interpolated) and over the batch, as a
   percentage of one core, and per call in ms;
@@ -471,7 +471,7 @@ def _print(r: dict[str, Any]) -> None:
     if g:
         print(
             f"      garbage collector (young, middle, old): {g['collections']} collections,"
-            f" {g['ms']} ms, longest pause {g['longest_ms']} ms"
+            f" {g['ms']} ms of CPU, longest pause {g['longest_ms']} ms"
         )
     crbt = r.get("classifier_crbt_s")
     if crbt is not None and crbt != EVIDENCE_S["ringing_crbt"]:

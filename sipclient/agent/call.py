@@ -330,6 +330,12 @@ class Call:
             call_id=out.call_id,
         )
         self._run_hook(self._on_media_ended, out)
+        # The hooks are closures of whoever placed the call and often hold the call
+        # itself: kept, each call (its classifier, recorder, receiver) outlived its
+        # end in a reference cycle until a full collection found it (agent/heap.py).
+        # No event comes after the end to run them.
+        self._on_early_media = self._on_media_ended = None
+        self._on_provisional = self._on_answered = None
         if not self._done.done():
             self._done.set_result(out)
 

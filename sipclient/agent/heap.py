@@ -1,34 +1,42 @@
 """The daemon's garbage-collector settings, and the pauses it measures.
 
-Every call leaves its SIP objects alive for a while after it ends: the INVITE
-client transaction absorbs retransmitted finals for Timer D (32 s over UDP),
-and keeps its session, requests and responses meanwhile. At 200 lines that is
-a quarter of a million objects at any time, which CPython's collector, at its
-default thresholds (700, 10, 10), scanned in full eight times in a 15 s
-`bench/e2e.py --lines 200 --per-line 10` run: 190 ms each, the event loop
-stopped meanwhile (RTP queued, hang-ups late), and ~1.4 s of the run in
-collections.
+Until session 16 every call outlived its end in reference cycles (its hooks
+held the call, `_dial`'s `tick` held itself, the INVITE transaction and its
+session each other), so its classifier, recorder, receiver and SIP objects
+were freed only when a collection found them, and CPython's full collections
+scanned a heap that grew by every call meanwhile. `bench/e2e.py --lines 200
+--per-line 40` (8,000 calls, ~60 s): 27 full collections, 8.1 s in
+collections in all, pauses up to 360 ms with the event loop stopped (RTP
+queued, hang-ups late). Those cycles are broken now (InviteSession.close,
+Call._finish, `_dial`), and a call is freed by reference counting when it
+ends.
 
-`HeapPolicy.install` does two things once the process has started (modules,
-config, template library and SIP sockets in place):
+What is left is what lives on by design: each INVITE transaction absorbs
+retransmitted finals for Timer D (32 s over UDP). Objects that live that
+long reach the old generation, and at the default thresholds (700, 10, 10)
+that still made 23 full collections, ~3.7 s of CPU and pauses up to 280 ms
+in the same run. `HeapPolicy.install`, once the process has started
+(modules, config, template library and SIP sockets in place):
 
 - `gc.freeze()`: what exists then lives as long as the process, and no later
   collection scans it again;
 - `gc.set_threshold(*THRESHOLDS)`: a young generation of 5,000 objects, not
-  700. Fewer objects that die within a call's life are promoted, so the
-  full collections come rarer and find less to scan.
+  700: fewer short-lived objects are promoted, and full collections come
+  rarely.
 
-Measured in the same bench, alternated with the defaults (2 runs each): time
-in collections 1.41 and 1.47 s -> 0.56 and 0.55 s; the longest pause 187 and
-195 ms -> 28 and 37 ms; full collections 8 -> 2. Thresholds of 2,000 kept
-the 200 ms full collections; 10,000 and 20,000 made a middle-generation
-collection of 90-160 ms. The CPU a call did not change beyond the bench's
-spread: the gain is the pauses. The extra young objects awaiting a collection
-are a few MB at most.
+Same run, the cycles broken, thresholds alternated: (700, 10, 10) 23 full
+collections, 5.2 s of CPU in collections, longest pause 280 ms; THRESHOLDS 1
+full collection, 1.65 s, longest 221 ms (RSS 234 and 237 MB after 8,000
+calls; 262 MB before the cycles were broken). At 100 lines (4,000 calls,
+twice each): 1.26 and 1.0 s against 0.46 and 0.48 s, longest pauses 166 and
+114 ms (full collections) against 89 and 80 ms (young ones). The CPU a call
+moved less than the bench's spread (~0.3 ms) in either comparison.
+Thresholds of 2,000 kept 200 ms full collections every few seconds; 10,000
+and 20,000 made middle-generation collections of 90-160 ms.
 
-The pauses are measured all along (`gc.callbacks`) and logged at the stop
-(`gc_pauses`: collections, time and longest pause per generation), which is
-where `bench/e2e.py` reads them.
+The collections are measured all along (`gc.callbacks`: the main thread's
+CPU in them, and each one's length) and logged at the stop (`gc_pauses`),
+which is where `bench/e2e.py` reads them.
 """
 
 from __future__ import annotations
@@ -47,8 +55,10 @@ class HeapPolicy:
     def __init__(self) -> None:
         self.collections = [0, 0, 0]
         self.seconds = [0.0, 0.0, 0.0]
+        """CPU seconds of the collecting thread in each generation's collections."""
         self.longest = [0.0, 0.0, 0.0]
-        self._started = 0.0
+        """The longest collection of each generation, in wall seconds (the pause)."""
+        self._started = (0.0, 0.0)
         self._saved: tuple[int, int, int] | None = None
 
     def install(self) -> None:
@@ -72,7 +82,8 @@ class HeapPolicy:
         self._saved = None
 
     def figures(self) -> dict[str, Any]:
-        """Per generation (young, middle, old): collections, ms in them, the longest."""
+        """Per generation (young, middle, old): collections, CPU ms in them, the
+        longest pause."""
         return {
             "collections": list(self.collections),
             "ms": [round(s * 1000, 1) for s in self.seconds],
@@ -81,11 +92,12 @@ class HeapPolicy:
 
     def _measure(self, phase: str, info: dict[str, Any]) -> None:
         if phase == "start":
-            self._started = time.perf_counter()
+            self._started = (time.thread_time(), time.perf_counter())
             return
-        took = time.perf_counter() - self._started
+        cpu = time.thread_time() - self._started[0]
+        wall = time.perf_counter() - self._started[1]
         g = int(info.get("generation", 0))
         if 0 <= g < 3:
             self.collections[g] += 1
-            self.seconds[g] += took
-            self.longest[g] = max(self.longest[g], took)
+            self.seconds[g] += cpu
+            self.longest[g] = max(self.longest[g], wall)

@@ -604,7 +604,7 @@ async def _dial(
             return
         decided(classifier.tick(at_ms()))
         if state["decision"] is None:
-            tick_timer = loop.call_later(TICK_S, tick)
+            tick_timer = loop.call_later(TICK_S, tick)  # noqa: F821 (deleted at the end)
 
     def arm_tick(restart: bool = False) -> None:
         nonlocal tick_timer
@@ -614,7 +614,7 @@ async def _dial(
             tick_timer.cancel()
             tick_timer = None
         if tick_timer is None:
-            tick_timer = loop.call_later(no_rtp_wait + TICK_SLACK_S, tick)
+            tick_timer = loop.call_later(no_rtp_wait + TICK_SLACK_S, tick)  # noqa: F821
 
     async def media_started(info: Any) -> None:
         if info.remote_addr is None or info.codec is None or state["answered_sdp"]:
@@ -707,6 +707,11 @@ async def _dial(
         stuck_timer.cancel()
         if tick_timer is not None:
             tick_timer.cancel()
+        # `tick` arms itself again, so its closure held it: a reference cycle that
+        # kept the whole call (classifier, recorder, receiver) past its end until a
+        # full collection found it (agent/heap.py). Its cell emptied, the call goes
+        # when this frame does.
+        del tick
         stop.cancel()
         if not ended.done():
             ended.cancel()

@@ -605,5 +605,16 @@ class InviteSession:
         )
 
     def close(self) -> None:
-        """Forget the session in the endpoint (after its end was read)."""
+        """Forget the session in the endpoint (after its end was read).
+
+        Also lets go of the INVITE transaction, whose `owner` is this session: the
+        pair was a reference cycle, so every call's session, dialogs, requests and
+        responses outlived the transaction's Timer D until a full collection found
+        them (a quarter of a million objects at 200 lines, scanned in 190 ms
+        pauses; agent/heap.py). Freed by reference counting now, when the
+        endpoint drops the transaction. An ended session no longer needs it:
+        `on_response` and `on_timeout` go by the method once ENDED.
+        """
         self.endpoint.remove_usage(self)
+        if self.state is SessionState.ENDED:
+            self._invite_tx = None

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import pytest
 
 from sipclient.sip.auth import DigestCredentials
@@ -580,3 +583,27 @@ def test_the_request_that_would_end_the_call_follows_its_state_and_is_not_sent()
     (real,) = requests(ep)
     assert real.method == "BYE" and real.cseq.seq == 3  # the kept one took no CSeq
     assert session.ending_request() is None  # ending: nothing more to send
+
+
+def test_a_closed_session_is_freed_without_the_cyclic_collector() -> None:
+    # the session held its INVITE transaction, whose owner is the session: every
+    # call's session, dialogs, requests and responses then waited for a full
+    # collection (agent/heap.py). Once closed and past Timer D, nothing holds it.
+    ep = endpoint()
+    gc.collect()
+    gc.disable()
+    try:
+        session, invite = start(ep)
+        answer(ep, invite, 183, 0.05)
+        answer(ep, invite, 404, 0.1)
+        requests(ep)  # the ACK
+        ended(events(ep))
+        session.close()
+        ep.handle_timer(0.1 + 64 * T1)  # Timer D: the transaction ends
+        ep.datagrams_to_send()
+        assert ep.transactions == 0 and ep.usages == 0
+        gone = weakref.ref(session)
+        del session, invite
+        assert gone() is None
+    finally:
+        gc.enable()
