@@ -94,6 +94,10 @@ async def addresses_of(host: str, bind_host: str) -> list[str]:
     return addresses
 
 
+def _nothing() -> None:
+    """What a call's no-RTP clock does once `_dial` has returned."""
+
+
 TEST_RTP_DROP_ENV = "SIPCLIENT_TEST_RTP_DROP"
 """Test hook: a fraction (0..1) of received RTP packets the media receiver drops."""
 
@@ -592,7 +596,7 @@ async def _dial(
         if state["decision"] is None:
             decided(classifier.feed(frame.pcm))
 
-    def tick() -> None:
+    def tick_now() -> None:
         # The classifier's clock only decides before the first audio ("a 180/183 and
         # no RTP for rtp.no_rtp_wait"): one timer at that moment, then every
         # TICK_S while it still has neither audio nor a decision. Once audio flows,
@@ -604,7 +608,9 @@ async def _dial(
             return
         decided(classifier.tick(at_ms()))
         if state["decision"] is None:
-            tick_timer = loop.call_later(TICK_S, tick)  # noqa: F821 (deleted at the end)
+            tick_timer = loop.call_later(TICK_S, tick)
+
+    tick: Callable[[], None] = tick_now  # rebound at the end (see the finally below)
 
     def arm_tick(restart: bool = False) -> None:
         nonlocal tick_timer
@@ -614,7 +620,7 @@ async def _dial(
             tick_timer.cancel()
             tick_timer = None
         if tick_timer is None:
-            tick_timer = loop.call_later(no_rtp_wait + TICK_SLACK_S, tick)  # noqa: F821
+            tick_timer = loop.call_later(no_rtp_wait + TICK_SLACK_S, tick)
 
     async def media_started(info: Any) -> None:
         if info.remote_addr is None or info.codec is None or state["answered_sdp"]:
@@ -709,9 +715,10 @@ async def _dial(
             tick_timer.cancel()
         # `tick` arms itself again, so its closure held it: a reference cycle that
         # kept the whole call (classifier, recorder, receiver) past its end until a
-        # full collection found it (agent/heap.py). Its cell emptied, the call goes
-        # when this frame does.
-        del tick
+        # full collection found it (agent/heap.py). Rebound, the call goes when
+        # this frame does; a hook of a call given up as stuck arms a timer that
+        # does nothing.
+        tick = _nothing
         stop.cancel()
         if not ended.done():
             ended.cancel()
