@@ -14,8 +14,8 @@ ends.
 What is left is what lives on by design: each INVITE transaction absorbs
 retransmitted finals for Timer D (32 s over UDP). Objects that live that
 long reach the old generation, and at the default thresholds (700, 10, 10)
-that still made 23 full collections, ~3.7 s of CPU and pauses up to 280 ms
-in the same run. `HeapPolicy.install`, once the process has started
+that still made 23 full collections, ~3.7 s of CPU in them and pauses up to
+280 ms in the same run. `HeapPolicy.install`, once the process has started
 (modules, config, template library and SIP sockets in place):
 
 - `gc.freeze()`: what exists then lives as long as the process, and no later
@@ -29,8 +29,8 @@ collections, 5.2 s of CPU in collections, longest pause 280 ms; THRESHOLDS 1
 full collection, 1.65 s, longest 221 ms (RSS 234 and 237 MB after 8,000
 calls; 262 MB before the cycles were broken). At 100 lines (4,000 calls,
 twice each): 1.26 and 1.0 s against 0.46 and 0.48 s, longest pauses 166 and
-114 ms (full collections) against 89 and 80 ms (young ones). The CPU a call
-moved less than the bench's spread (~0.3 ms) in either comparison.
+114 ms (full collections) against 89 and 80 ms (young ones). Between the
+two thresholds the CPU a call moved less than the bench's spread (~0.3 ms).
 Thresholds of 2,000 kept 200 ms full collections every few seconds; 10,000
 and 20,000 made middle-generation collections of 90-160 ms.
 
