@@ -181,12 +181,14 @@ def _quantile(values: list[float], q: float) -> float | None:
     return values[min(len(values) - 1, round(q * (len(values) - 1)))]
 
 
-def _daemon_events(world: World) -> list[dict[str, Any]]:
+def _daemon_events(world: World, event: str = "call_classified") -> list[dict[str, Any]]:
+    """Every daemon's log lines of `event`, parsed."""
     out = []
+    quoted = f'"{event}"'
     for i in range(max(1, world.options.daemons)):
         log = world.daemon_dir(i) / "daemon.log"
         for line in log.read_text(errors="replace").splitlines():
-            if line.startswith("{") and '"call_classified"' in line:
+            if line.startswith("{") and quoted in line:
                 out.append(json.loads(line))
     return out
 
@@ -413,12 +415,7 @@ async def run(
 def _gc_pauses(world: World) -> dict[str, Any] | None:
     """The daemons' `gc_pauses` (agent/heap.py): collections and ms summed, the
     longest pause of any, per generation; None when a daemon did not log it."""
-    found = []
-    for i in range(max(1, world.options.daemons)):
-        log = world.daemon_dir(i) / "daemon.log"
-        for line in log.read_text(errors="replace").splitlines():
-            if line.startswith("{") and '"gc_pauses"' in line:
-                found.append(json.loads(line))
+    found = _daemon_events(world, "gc_pauses")
     if len(found) < max(1, world.options.daemons):
         return None
     return {
