@@ -18,6 +18,10 @@ Routing of what comes in:
   by the endpoint itself (OPTIONS 200, ACK absorbed, anything else 481);
 - a retransmitted request is absorbed by its server transaction, which
   re-sends our response (Timer J / G / H of the core);
+- a client transaction that got its final response lingers as a light
+  record (`_Completed`: key, ACK bytes, deadline) for the rest of Timer D or
+  K, which re-sends the ACK for a retransmitted non-2xx; the transaction and
+  its usage go at once;
 - bytes that do not parse are dropped and counted (`parse_errors`); a
   request that parses far enough to answer gets a 400.
 
@@ -57,6 +61,7 @@ from sipclient.sip.transaction import (
     NonInviteClientTransaction,
     NonInviteServerTransaction,
     ProvisionalReceived,
+    State,
     Terminated,
     TimedOut,
     TransactionKey,
@@ -109,6 +114,30 @@ class ClientTransaction:
         return self.core.get_timer()
 
 
+class _Completed:
+    """What is left of a client transaction once its final response came (a timer owner).
+
+    Over UDP a client transaction lingers after its final response to absorb
+    retransmissions of it: an INVITE transaction for Timer D (32 s), re-sending
+    its ACK for each retransmitted non-2xx; a non-INVITE one for Timer K (T4).
+    Kept whole, it would hold the usage that owns it (an INVITE session: its
+    dialog, requests and responses) that long after the call. The endpoint
+    keeps this instead: the key, the ACK's bytes and where they go, the
+    deadline. A retransmitted final gets the same ACK as from the core.
+    """
+
+    __slots__ = ("ack", "at", "dest", "key")
+
+    def __init__(self, key: TransactionKey, ack: bytes | None, dest: Addr, at: float) -> None:
+        self.key = key
+        self.ack = ack
+        self.dest = dest
+        self.at = at
+
+    def get_timer(self) -> float | None:
+        return self.at
+
+
 class _ServerEntry:
     """A server transaction with the address its responses go to (a timer owner)."""
 
@@ -122,7 +151,9 @@ class _ServerEntry:
         return self.core.get_timer()
 
 
-_Timed = Any  # ClientTransaction | _ServerEntry | Usage: anything with get_timer()
+_Timed = Any  # ClientTransaction | _Completed | _ServerEntry | Usage: anything with get_timer()
+_LINGERING = frozenset({State.COMPLETED})
+"""Client transaction states that only absorb retransmitted finals (`_Completed`)."""
 
 
 def uri_addr(uri: URI, fallback: Addr) -> Addr:
@@ -168,7 +199,7 @@ class Endpoint:
         self.parse_errors = 0
         self.public_addr: Addr | None = None
         """Our address as the far end saw it (Via received/rport of a response)."""
-        self._client: dict[TransactionKey, ClientTransaction] = {}
+        self._client: dict[TransactionKey, ClientTransaction | _Completed] = {}
         self._server: dict[TransactionKey, _ServerEntry] = {}
         self._usages: dict[str, Usage] = {}
         self._out: list[tuple[bytes, Addr]] = []
@@ -296,6 +327,8 @@ class Endpoint:
             if isinstance(owner, ClientTransaction):
                 owner.core.handle_timer(now)
                 self._flush_client(owner, now)
+            elif isinstance(owner, _Completed):
+                del self._client[owner.key]  # Timer D or K: retransmissions are over
             elif isinstance(owner, _ServerEntry):
                 owner.core.handle_timer(now)
                 self._flush_server(owner)
@@ -317,6 +350,8 @@ class Endpoint:
     def _alive(self, owner: _Timed) -> bool:
         if isinstance(owner, ClientTransaction):
             return self._client.get(owner.core.key) is owner
+        if isinstance(owner, _Completed):
+            return self._client.get(owner.key) is owner
         if isinstance(owner, _ServerEntry):
             return self._server.get(owner.core.key) is owner
         return self._usages.get(owner.call_id) is owner
@@ -332,7 +367,16 @@ class Endpoint:
                 owner.on_timeout(tx, now)
             elif isinstance(event, Terminated) and self._client.get(tx.core.key) is tx:
                 del self._client[tx.core.key]
-        self.touch(tx)
+        core = tx.core
+        if core.state in _LINGERING and self._client.get(core.key) is tx:
+            ack = core.ack if isinstance(core, InviteClientTransaction) else None
+            at = core.get_timer()
+            if at is not None:  # (always: Timer D or K runs in Completed)
+                left = _Completed(core.key, None if ack is None else ack.serialize(), tx.dest, at)
+                self._client[core.key] = left
+                self.touch(left)
+        else:
+            self.touch(tx)
         if self._alive(owner):
             self.touch(owner)
 
@@ -349,6 +393,10 @@ class Endpoint:
         via = resp.top_via
         self._learn_public_addr(via.received, via.rport)
         tx = self._client.get(transaction_key(resp))
+        if isinstance(tx, _Completed):
+            if tx.ack is not None and resp.status >= 300:
+                self._out.append((tx.ack, tx.dest))  # the ACK got lost: send it again
+            return
         if tx is not None:
             tx.core.receive(resp, now)
             self._flush_client(tx, now)

@@ -612,8 +612,10 @@ class InviteSession:
         responses outlived the transaction's Timer D until a full collection found
         them (a quarter of a million objects at 200 lines, scanned in 190 ms
         pauses; agent/heap.py). Freed by reference counting now, when the
-        endpoint drops the transaction. An ended session no longer needs it:
-        `on_response` and `on_timeout` go by the method once ENDED.
+        endpoint drops the transaction: at once for a non-2xx final, whose
+        Timer D the endpoint serves from a light record (endpoint._Completed).
+        An ended session no longer needs it: `on_response` and `on_timeout` go
+        by the method once ENDED.
         """
         self.endpoint.remove_usage(self)
         if self.state is SessionState.ENDED:

@@ -319,6 +319,30 @@ async def test_486_busy_through_kamailio(
     assert from_signalling(out.signalling()).verdict is Verdict.BUSY
 
 
+async def test_a_486_heard_again_after_the_call_gets_the_same_ack(
+    sipp_uas: Callable[..., Sipp],
+) -> None:
+    # the call is over and its session gone; the INVITE transaction's Timer D
+    # is served by the endpoint's light record (sip/endpoint.py, _Completed)
+    # -nr: sipp takes our second ACK, byte for byte the first, for a retransmission
+    # of it and would answer with its last message again, for ever
+    uas = sipp_uas("uas_486_again.xml", extra_args=["-nr"])
+    async with agent(uas.port) as (stack, ua):
+        _, out = await dial(ua, "4861234")
+        assert out.sip_code == 486
+        assert stack.ep.usages == 0 and stack.ep.transactions == 1
+        await uas.wait_for_async("ACK", count=2)
+    far = uas.messages()
+    assert lines(far) == [
+        ("received", "INVITE"),
+        ("sent", 486),
+        ("received", "ACK"),
+        ("sent", 486),
+        ("received", "ACK"),
+    ]
+    assert far[2].text == far[4].text and far[2].branch == far[0].branch
+
+
 async def test_503_is_500_through_kamailio_but_503_direct(
     sipp_uas: Callable[..., Sipp], kamailio_for: Callable[..., Kamailio]
 ) -> None:

@@ -588,7 +588,8 @@ def test_the_request_that_would_end_the_call_follows_its_state_and_is_not_sent()
 def test_a_closed_session_is_freed_without_the_cyclic_collector() -> None:
     # the session held its INVITE transaction, whose owner is the session: every
     # call's session, dialogs, requests and responses then waited for a full
-    # collection (agent/heap.py). Once closed and past Timer D, nothing holds it.
+    # collection (agent/heap.py). Once closed, nothing holds it: not even the
+    # transaction's Timer D, which the endpoint serves from a light record.
     ep = endpoint()
     gc.collect()
     gc.disable()
@@ -599,11 +600,35 @@ def test_a_closed_session_is_freed_without_the_cyclic_collector() -> None:
         requests(ep)  # the ACK
         ended(events(ep))
         session.close()
-        ep.handle_timer(0.1 + 64 * T1)  # Timer D: the transaction ends
-        ep.datagrams_to_send()
-        assert ep.transactions == 0 and ep.usages == 0
+        # the timer heap is lazy: Timer A's entry, stale since the 183, goes at its time
+        ep.handle_timer(0.1 + T1)
+        assert ep.usages == 0 and ep.get_timer() == pytest.approx(0.1 + 64 * T1)  # Timer D
         gone = weakref.ref(session)
-        del session, invite
+        del session
         assert gone() is None
     finally:
         gc.enable()
+
+
+def test_a_retransmitted_final_is_acked_again_until_timer_d_after_the_session_is_gone() -> None:
+    ep = endpoint()
+    session, invite = start(ep)
+    final = answer(ep, invite, 486, 0.1)
+    (ack,) = requests(ep)
+    assert ack.method == "ACK"
+    ended(events(ep))
+    session.close()
+    del session
+    # the 486 again (our ACK was lost): the same ACK, byte for byte, to the same place
+    ep.receive(final.serialize(), PBX, 5.0)
+    ((again, dest),) = ep.datagrams_to_send()
+    assert again == ack.serialize() and dest == PBX
+    # a 1xx or 2xx on that branch now is nobody's: nothing is sent
+    answer(ep, invite, 180, 5.1)
+    assert ep.datagrams_to_send() == []
+    assert ep.transactions == 1
+    # Timer D (32 s after the final) ends it: a late 486 is nobody's
+    ep.handle_timer(ep.get_timer() or 0.0)
+    assert ep.transactions == 0 and ep.get_timer() is None
+    ep.receive(final.serialize(), PBX, 40.0)
+    assert ep.datagrams_to_send() == []
