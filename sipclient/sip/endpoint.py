@@ -204,8 +204,10 @@ class Endpoint:
         self._usages: dict[str, Usage] = {}
         self._out: list[tuple[bytes, Addr]] = []
         self._events: deque[tuple[Usage, object]] = deque()
-        # (deadline, seq, owner) entries, checked lazily against owner.get_timer()
-        self._timers: list[tuple[float, int, _Timed]] = []
+        # (deadline, seq, table, key) entries, checked lazily against the get_timer()
+        # of whatever owns `key` in `table` (_client, _server or _usages) by then: an
+        # entry left behind (the ring timeout of a call long over) holds no object
+        self._timers: list[tuple[float, int, dict[Any, Any], Any]] = []
         self._seq = 0
 
     # ------------------------------------------------------------ for usages
@@ -247,7 +249,7 @@ class Endpoint:
         at = owner.get_timer()
         if at is not None:
             self._seq += 1
-            heapq.heappush(self._timers, (at, self._seq, owner))
+            heapq.heappush(self._timers, (at, self._seq, *self._slot(owner)))
 
     def start_transaction(
         self, request: Request, dest: Addr, owner: Usage, now: float
@@ -304,22 +306,24 @@ class Endpoint:
         """The earliest deadline of any transaction or usage (None: nothing pending)."""
         heap = self._timers
         while heap:
-            at, _, owner = heap[0]
-            current = owner.get_timer() if self._alive(owner) else None
+            at, _, table, key = heap[0]
+            owner = table.get(key)
+            current = owner.get_timer() if owner is not None else None
             if current == at:
                 return at
             heapq.heappop(heap)
             if current is not None:
                 self._seq += 1
-                heapq.heappush(heap, (current, self._seq, owner))
+                heapq.heappush(heap, (current, self._seq, table, key))
         return None
 
     def handle_timer(self, now: float) -> None:
         """Fire every deadline that is due."""
         heap = self._timers
         while heap and heap[0][0] <= now:
-            at, _, owner = heapq.heappop(heap)
-            if not self._alive(owner):
+            at, _, table, key = heapq.heappop(heap)
+            owner = table.get(key)
+            if owner is None:
                 continue
             if owner.get_timer() != at:
                 self.touch(owner)
@@ -328,7 +332,7 @@ class Endpoint:
                 owner.core.handle_timer(now)
                 self._flush_client(owner, now)
             elif isinstance(owner, _Completed):
-                del self._client[owner.key]  # Timer D or K: retransmissions are over
+                del self._client[key]  # Timer D or K: retransmissions are over
             elif isinstance(owner, _ServerEntry):
                 owner.core.handle_timer(now)
                 self._flush_server(owner)
@@ -347,14 +351,15 @@ class Endpoint:
 
     # ------------------------------------------------------------ internals
 
-    def _alive(self, owner: _Timed) -> bool:
+    def _slot(self, owner: _Timed) -> tuple[dict[Any, Any], Any]:
+        """The table and key `owner` is found under (a timer entry keeps these)."""
         if isinstance(owner, ClientTransaction):
-            return self._client.get(owner.core.key) is owner
+            return self._client, owner.core.key
         if isinstance(owner, _Completed):
-            return self._client.get(owner.key) is owner
+            return self._client, owner.key
         if isinstance(owner, _ServerEntry):
-            return self._server.get(owner.core.key) is owner
-        return self._usages.get(owner.call_id) is owner
+            return self._server, owner.core.key
+        return self._usages, owner.call_id
 
     def _flush_client(self, tx: ClientTransaction, now: float) -> None:
         for msg in tx.core.messages_to_send():
@@ -377,7 +382,7 @@ class Endpoint:
                 self.touch(left)
         else:
             self.touch(tx)
-        if self._alive(owner):
+        if self._usages.get(owner.call_id) is owner:
             self.touch(owner)
 
     def _flush_server(self, entry: _ServerEntry) -> None:
