@@ -36,6 +36,9 @@ Figures (stdout and the JSON file):
 - the daemon's memory: RSS after a tenth of the calls and at the end, and
   its growth a call over the second half of the run (a long `--per-line`
   shows whether a daemon left running for days keeps growing);
+- the spool's backlog, sampled every second: the most records made and not
+  yet taken by the server, and the oldest's age (how late the server, and the
+  pusher's callback, hear of a call at that load);
 - the garbage collector's pauses, per generation: collections, CPU ms in them and
   the longest pause (each daemon logs `gc_pauses` at its stop, agent/heap.py);
 - the daemon's CPU: (utime + stime) of its process over the steady window
@@ -136,6 +139,36 @@ def _rss_kb(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     return 0
+
+
+def _spool_backlog(world: World) -> tuple[int, float]:
+    """Records in the daemons' spools now (made, not yet taken by the server) and
+    the age of the oldest, in seconds (an entry's name starts with its time_ns)."""
+    count, oldest = 0, None
+    for i in range(max(1, world.options.daemons)):
+        try:
+            names = [e.name for e in os.scandir(world.daemon_dir(i) / "spool")]
+        except OSError:
+            continue
+        for name in names:
+            if name.endswith(".json") and name[:20].isdigit():
+                count += 1
+                made = int(name[:20]) / 1e9
+                oldest = made if oldest is None else min(oldest, made)
+    return count, 0.0 if oldest is None else max(0.0, time.time() - oldest)
+
+
+def backlog_figures(samples: list[tuple[int, float]]) -> dict[str, Any]:
+    """The spool's backlog sampled every second: the most records waiting at once
+    and the oldest wait seen (how late the server, and the pusher's callback,
+    hear of a call at this load)."""
+    if not samples:
+        return {}
+    return {
+        "max_records": max(c for c, _ in samples),
+        "mean_records": round(statistics.fmean(c for c, _ in samples), 1),
+        "max_wait_s": round(max(a for _, a in samples), 1),
+    }
 
 
 def memory_figures(samples: list[tuple[int, int]]) -> dict[str, Any]:
@@ -370,6 +403,7 @@ async def run(
         deadline = time.monotonic() + timeout
         events: list[dict[str, Any]] = []
         rss: list[tuple[int, int]] = []  # (calls finished, RSS kB) every second
+        backlog: list[tuple[int, float]] = []  # (records spooled, oldest's age) every second
         polls = 0
         while time.monotonic() < deadline:
             await asyncio.sleep(CPU_SAMPLE_S)
@@ -379,6 +413,7 @@ async def run(
             if polls % 5 == 0:
                 events = _daemon_events(world)
                 rss.append((len(events), sum(_rss_kb(p) for p in pids)))
+                backlog.append(_spool_backlog(world))
                 if len(events) >= len(phones):
                     break
         events = _daemon_events(world)
@@ -402,6 +437,7 @@ async def run(
             evidence_s_assumed=EVIDENCE_S,
             classifier_crbt_s=_crbt_rule_s(),
             memory=memory_figures(rss),
+            spool_backlog=backlog_figures(backlog),
         )
     finally:
         if prof is not None:
@@ -463,6 +499,12 @@ def _print(r: dict[str, Any]) -> None:
             f"      daemon RSS {m['rss_mb_warm']} MB after a tenth of the calls,"
             f" {m['rss_mb_end']} MB after {m['calls']};"
             f" {m['rss_kb_per_call_second_half']} kB a call over the second half"
+        )
+    k = r.get("spool_backlog") or {}
+    if k:
+        print(
+            f"      spool backlog (sampled every second): at most {k['max_records']} records"
+            f" waiting (mean {k['mean_records']}), the oldest {k['max_wait_s']} s old"
         )
     g = r.get("gc")
     if g:
