@@ -188,6 +188,11 @@ class SipSettings:
     """Say `Supported: 100rel` in INVITEs (RFC 3262: the far end may then send its
     18x reliably, and we PRACK it). A reliable 18x is PRACKed even when off, and
     a 421 whose Require names 100rel has the INVITE sent once more offering it."""
+    preemptive_auth: bool = True
+    """Answer the PBX's last digest challenge (its nonce, counted up) in each call's
+    first INVITE, as the registrations do: no INVITE / 407 / ACK round before every
+    call. A refusal of it (an expired or forgotten nonce) is answered once as a
+    fresh challenge, as without it. Off: every INVITE goes out bare first."""
 
 
 @dataclass(frozen=True)

@@ -254,6 +254,7 @@ async def _dial(args: argparse.Namespace, config: DaemonConfig, account: Account
         expires=config.sip.register_expires,
         user_agent=config.sip.user_agent,
         prack=config.sip.prack,
+        preemptive_auth=config.sip.preemptive_auth,
     )
     registered = False
     try:

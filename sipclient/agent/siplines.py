@@ -481,6 +481,7 @@ class SipLine:
             expires=cfg.sip.register_expires,
             user_agent=cfg.sip.user_agent,
             prack=cfg.sip.prack,
+            preemptive_auth=cfg.sip.preemptive_auth,
             on_state=changed,
         )
         if address != host and not self._followed:

@@ -26,7 +26,7 @@ from sipclient.agent.transport import SipStack
 from sipclient.config import HostPort
 from sipclient.logs import get_logger
 from sipclient.phone import dial_string, is_user_part, not_dialable
-from sipclient.sip.auth import DigestCredentials
+from sipclient.sip.auth import DigestCredentials, DigestMemory
 from sipclient.sip.invite import SessionSpec
 from sipclient.sip.message import URI
 from sipclient.sip.registration import (
@@ -86,6 +86,7 @@ class UserAgent:
         expires: int = 300,
         user_agent: str = "sipclient",
         prack: bool = True,
+        preemptive_auth: bool = True,
         on_state: Callable[[UserAgent], None] | None = None,
     ) -> None:
         self.stack = stack
@@ -96,6 +97,9 @@ class UserAgent:
         self.on_state = on_state
         self.registered = asyncio.Event()
         self.credentials = DigestCredentials(account.extension, account.password)
+        self.digest_memory = DigestMemory() if preemptive_auth else None
+        """The challenges this extension's calls were sent, answered by the next
+        INVITE before it is challenged (`sip.preemptive_auth`; sip/auth.py)."""
         self._proxy = (account.host.host, account.host.port)
         domain = account.sip_domain
         self.registration = Registration(
@@ -206,6 +210,7 @@ class UserAgent:
             ring_timeout=ring_timeout,
             user_agent=self.user_agent,
             prack=self.prack,
+            digest_memory=self.digest_memory,
         )
         return Call(
             self.stack,

@@ -28,6 +28,16 @@ Public API
     (header name, value) pairs. ``has_challenges`` tells whether anything is kept; ``reset()``
     forgets everything.
 
+``DigestMemory()`` -- the challenges one account's calls share
+    ``DigestClient(credentials, rng, memory)`` keeps its challenges and nonce counts
+    in `memory` instead of its own: the next call's client starts with them, and
+    ``sign`` answers them on its first INVITE before any challenge (pre-emptive
+    digest: no INVITE / 407 / ACK round before every call). An answer it did not
+    get a challenge for itself does not count as answered: the 401/407 that
+    refuses it (an expired or forgotten nonce, stale or not) is taken as a
+    fresh challenge and answered once, so a pre-emptive answer never ends a
+    call that plain digest would have made.
+
 ``digest_response(...)`` / ``format_authorization(...)`` are the pure computations (tested
 against the RFC 2617 §3.5 and RFC 7616 §3.9.1 vectors).
 """
@@ -45,6 +55,7 @@ __all__ = [
     "Challenge",
     "DigestClient",
     "DigestCredentials",
+    "DigestMemory",
     "digest_response",
     "format_authorization",
     "parse_auth_header",
@@ -232,15 +243,36 @@ def format_authorization(
 # --------------------------------------------------------------------------- client state
 
 
+class DigestMemory:
+    """Challenges and nonce counts shared by the clients of one account's calls
+    (module docstring): one call at a time uses it, as one line dials."""
+
+    def __init__(self) -> None:
+        self.challenges: dict[tuple[bool, str], Challenge] = {}
+        """(proxy, realm) -> the challenge last accepted for it."""
+        self.nc: dict[str, int] = {}
+        """nonce -> requests answered with it so far (RFC 7616 §3.4: counted up)."""
+
+
 class DigestClient:
     """Answers digest challenges for one set of credentials, keeping nonce counts."""
 
-    def __init__(self, credentials: DigestCredentials, rng: RandomSource) -> None:
+    def __init__(
+        self,
+        credentials: DigestCredentials,
+        rng: RandomSource,
+        memory: DigestMemory | None = None,
+    ) -> None:
         self.credentials = credentials
         self._rng = rng
-        self._challenges: dict[tuple[bool, str], Challenge] = {}
+        shared = memory if memory is not None else DigestMemory()
+        self._challenges = shared.challenges
+        self._nc = shared.nc
         self._used: set[tuple[bool, str]] = set()
-        self._nc: dict[str, int] = {}
+        # the (proxy, realm)s this client was challenged for itself: only answers to
+        # those count as used (a remembered challenge answered pre-emptively may be
+        # refused, and that refusal is a fresh challenge, not wrong credentials)
+        self._own: set[tuple[bool, str]] = set()
 
     @property
     def has_challenges(self) -> bool:
@@ -251,6 +283,7 @@ class DigestClient:
         """Forget every challenge and nonce count."""
         self._challenges.clear()
         self._used.clear()
+        self._own.clear()
         self._nc.clear()
 
     def handle_challenge(self, response: Response) -> None:
@@ -274,6 +307,7 @@ class DigestClient:
                 self._nc.pop(old.nonce, None)
             self._challenges[key] = ch
             self._used.discard(key)
+            self._own.add(key)
 
     def authorization_headers(
         self, method: str, uri: str, body: bytes = b""
@@ -288,7 +322,8 @@ class DigestClient:
                 ch, self.credentials, method, uri, nc=nc, cnonce=cnonce, body=body
             )
             out.append((ch.header_name, value))
-            self._used.add(key)
+            if key in self._own:
+                self._used.add(key)
         return out
 
     def sign(self, request: Request) -> None:

@@ -54,10 +54,10 @@ What the PRACK's own transaction answers (200, 481, nothing) changes nothing.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
-from sipclient.sip.auth import AuthError, DigestClient, DigestCredentials
+from sipclient.sip.auth import AuthError, DigestClient, DigestCredentials, DigestMemory
 from sipclient.sip.dialog import Dialog, DialogError, DialogSet
 from sipclient.sip.endpoint import Addr, ClientTransaction, Endpoint, uri_addr
 from sipclient.sip.message import (
@@ -157,6 +157,9 @@ class SessionSpec:
     prack: bool = True
     """Advertise reliable provisionals (`Supported: 100rel`, RFC 3262). A reliable
     18x is PRACKed either way; off only keeps the far end from choosing them."""
+    digest_memory: DigestMemory | None = field(default=None, compare=False)
+    """The challenges the account's earlier calls were sent (auth.DigestMemory): the
+    INVITE answers them before it is challenged. None: every call is challenged."""
 
 
 def _is_sdp(resp: Response) -> bool:
@@ -199,7 +202,11 @@ class InviteSession:
         self.final_reason = ""
         self.q850: int | None = None
         self.cancelled_by_us = False
-        self._auth = DigestClient(spec.credentials, endpoint.rng) if spec.credentials else None
+        self._auth = (
+            DigestClient(spec.credentials, endpoint.rng, spec.digest_memory)
+            if spec.credentials
+            else None
+        )
         self._invite_tx: ClientTransaction | None = None
         self._invite: Request | None = None
         self._dialog_sets: dict[int, DialogSet] = {}  # INVITE CSeq -> the dialogs it made

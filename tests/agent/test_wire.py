@@ -39,6 +39,7 @@ async def agent(
     password: str | None = None,
     transport: str = "udp",
     prack: bool = True,
+    preemptive_auth: bool = True,
 ) -> AsyncIterator[tuple[SipStack, UserAgent]]:
     stack = await open_stack(
         transport=transport,
@@ -48,7 +49,7 @@ async def agent(
     )
     pw = EXTENSIONS.get(ext, "x") if password is None else password
     account = Account(ext, pw, HostPort("127.0.0.1", port), transport)
-    ua = UserAgent(stack, account, expires=60, prack=prack)
+    ua = UserAgent(stack, account, expires=60, prack=prack, preemptive_auth=preemptive_auth)
     try:
         yield stack, ua
     finally:
@@ -373,6 +374,48 @@ async def test_invite_answers_the_407_challenge_with_an_ack(
     assert ok.sip_code == 486
     invite = next(m for m in uas.messages() if m.method == "INVITE")
     assert invite.header("CSeq") == "2 INVITE"  # the retry after the 407
+
+
+async def test_later_calls_answer_the_last_challenge_in_their_first_invite(
+    sipp_uas: Callable[..., Sipp], kamailio_for: Callable[..., Kamailio]
+) -> None:
+    # sip.preemptive_auth: one INVITE / 407 / ACK round for the extension's first
+    # call, none for the next; a kamailio restarted has a new secret, refuses the
+    # remembered nonce, and its fresh challenge is answered as the first was
+    uas = sipp_uas("uas_486.xml")
+    kam = kamailio_for([Route("486", "127.0.0.1", uas.port)])
+    async with agent(kam.port) as (_, ua):
+        for _ in range(3):
+            _, out = await dial(ua, "4861234")
+            assert out.sip_code == 486
+        kam.stop()
+        kam.config.port = kam.port
+        kam.start()
+        _, out = await dial(ua, "4861234")
+        assert out.sip_code == 486
+        _, out = await dial(ua, "4861234")
+        assert out.sip_code == 486
+    invites = [m for m in uas.messages() if m.method == "INVITE"]
+    assert [m.header("CSeq") for m in invites] == [
+        "2 INVITE",
+        "1 INVITE",
+        "1 INVITE",
+        "2 INVITE",
+        "1 INVITE",
+    ]
+
+
+async def test_without_preemptive_auth_every_invite_is_challenged(
+    sipp_uas: Callable[..., Sipp], kamailio_for: Callable[..., Kamailio]
+) -> None:
+    uas = sipp_uas("uas_486.xml")
+    kam = kamailio_for([Route("486", "127.0.0.1", uas.port)])
+    async with agent(kam.port, preemptive_auth=False) as (_, ua):
+        for _ in range(2):
+            _, out = await dial(ua, "4861234")
+            assert out.sip_code == 486
+    invites = [m for m in uas.messages() if m.method == "INVITE"]
+    assert [m.header("CSeq") for m in invites] == ["2 INVITE", "2 INVITE"]
 
 
 async def test_200_then_our_bye_through_kamailio(

@@ -11,6 +11,7 @@ from sipclient.sip.auth import (
     Challenge,
     DigestClient,
     DigestCredentials,
+    DigestMemory,
     digest_response,
     format_authorization,
     parse_auth_header,
@@ -181,6 +182,43 @@ def test_stale_nonce_reauthenticates_with_fresh_count() -> None:
     [(name, value)] = client.authorization_headers("REGISTER", "sip:pbx")
     p = parse_auth_header(value)[0][1]
     assert name == "Authorization" and p["nonce"] == "n2" and p["nc"] == "00000001"
+
+
+def test_a_memory_lets_the_next_client_answer_before_it_is_challenged() -> None:
+    memory = DigestMemory()
+    creds = DigestCredentials("100", "pw")
+    first = DigestClient(creds, random.Random(3), memory)
+    first.handle_challenge(
+        _response(407, ("Proxy-Authenticate", 'Digest realm="pbx", nonce="n1", qop="auth"'))
+    )
+    first.authorization_headers("INVITE", "sip:1@pbx")
+    # the next call's client answers n1 at once, its count going on from the last call's
+    second = DigestClient(creds, random.Random(4), memory)
+    [(name, value)] = second.authorization_headers("INVITE", "sip:2@pbx")
+    p = parse_auth_header(value)[0][1]
+    assert name == "Proxy-Authorization" and p["nonce"] == "n1" and p["nc"] == "00000002"
+    # the PBX forgot n1 and challenges anew, not stale: a fresh challenge, not a refusal
+    second.handle_challenge(
+        _response(407, ("Proxy-Authenticate", 'Digest realm="pbx", nonce="n2", qop="auth"'))
+    )
+    [(_, value)] = second.authorization_headers("INVITE", "sip:2@pbx")
+    p = parse_auth_header(value)[0][1]
+    assert p["nonce"] == "n2" and p["nc"] == "00000001"
+    assert memory.challenges[(True, "pbx")].nonce == "n2" and "n1" not in memory.nc
+    # refused again after answering its own challenge: the password is wrong
+    with pytest.raises(AuthError, match="rejected"):
+        second.handle_challenge(
+            _response(407, ("Proxy-Authenticate", 'Digest realm="pbx", nonce="n3", qop="auth"'))
+        )
+
+
+def test_without_a_memory_clients_share_nothing() -> None:
+    creds = DigestCredentials("100", "pw")
+    first = DigestClient(creds, random.Random(3))
+    first.handle_challenge(
+        _response(407, ("Proxy-Authenticate", 'Digest realm="pbx", nonce="n1", qop="auth"'))
+    )
+    assert DigestClient(creds, random.Random(4)).authorization_headers("INVITE", "sip:x") == []
 
 
 def test_proxy_and_www_challenges_both_answered() -> None:

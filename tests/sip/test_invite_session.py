@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import gc
 import weakref
+from dataclasses import replace
 
 import pytest
 
-from sipclient.sip.auth import DigestCredentials
+from sipclient.sip.auth import DigestCredentials, DigestMemory
 from sipclient.sip.endpoint import Endpoint
 from sipclient.sip.invite import (
     Answered,
@@ -147,6 +148,38 @@ def test_407_is_acked_and_the_invite_retried_with_credentials() -> None:
     answer(ep, retry, 407, 0.2, headers=[CHALLENGE])  # same nonce again: wrong password
     end = ended(events(ep))
     assert (end.status, end.ended_by) == (407, "auth")
+
+
+def test_a_shared_digest_memory_answers_the_next_invite_before_any_challenge() -> None:
+    ep = endpoint()
+    memory = DigestMemory()
+
+    def call(now: float) -> tuple[InviteSession, Request]:
+        spec = replace(new_session(ep, credentials=True).spec, digest_memory=memory)
+        session = InviteSession(ep, spec)
+        session.start(now)
+        (invite,) = requests(ep)
+        return session, invite
+
+    _, invite = call(0.0)
+    assert "Proxy-Authorization" not in invite.headers  # nothing remembered yet
+    answer(ep, invite, 407, 0.1, headers=[CHALLENGE])
+    _, retry = requests(ep)
+    answer(ep, retry, 486, 0.2)
+    requests(ep)
+    assert ended(events(ep)).status == 486
+    # the next call: its first INVITE answers the remembered challenge
+    _, invite = call(1.0)
+    assert invite.cseq.seq == 1
+    assert (invite.headers.get("Proxy-Authorization") or "").startswith("Digest ")
+    # the PBX forgot that nonce (restarted) and challenges with the same realm, not
+    # stale: answered once more, as a call without a memory would be
+    answer(ep, invite, 407, 1.1, headers=[CHALLENGE])
+    ack, retry = requests(ep)
+    assert ack.method == "ACK" and retry.method == "INVITE" and retry.cseq.seq == 2
+    answer(ep, retry, 404, 1.2)
+    requests(ep)
+    assert ended(events(ep)).status == 404
 
 
 def test_answer_is_acked_through_the_route_set_and_bye_ends_it() -> None:
