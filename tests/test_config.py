@@ -45,6 +45,7 @@ def test_values_are_typed() -> None:
         ("server: 3", "server"),
         ("sip: {ring_timeout: -1}", "sip.ring_timeout"),
         ("sip: {socket_per_extension: 'yes'}", "sip.socket_per_extension"),
+        ("server: {uploads_in_flight: 0}", "server.uploads_in_flight"),
         # each of these ran: a daemon retrying a URL it could never call, lines that
         # could never bind, a back-off or a timer that never ends
         ("server: {url: 'localhost:8000'}", "server.url"),

@@ -350,7 +350,12 @@ class Daemon:
         self.lines: dict[str, Line] = {}
         self.notify = notify or _notifier()
         self.uploader = Uploader(
-            self.client, self.spool, lambda: self.client_id, retry_min=0.2, retry_max=10.0
+            self.client,
+            self.spool,
+            lambda: self.client_id,
+            retry_min=0.2,
+            retry_max=10.0,
+            concurrency=config.server.uploads_in_flight,
         )
         # A line's next number waits for its "idle": at a hundred lines two states a
         # call arrive ~80 a second, and the server commits concurrent ones together.

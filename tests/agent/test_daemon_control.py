@@ -515,6 +515,19 @@ class _SlowUploads:
             self.in_flight -= 1
 
 
+def test_server_uploads_in_flight_is_how_many_uploads_the_daemon_sends_at_once(
+    tmp_path: Path,
+) -> None:
+    # 8, fixed until session 17, let 200 lines outrun the uploads on loopback
+    # (bench/e2e.py: a spool backlog of ~900 records, 7 s old; 32: ~130, 1 s)
+    assert DaemonConfig().server.uploads_in_flight == 32
+    config = DaemonConfig(
+        server=ServerLink(uploads_in_flight=5), spool=SpoolSettings(tmp_path / "spool")
+    )
+    daemon = Daemon(config, FakeWorld(tmp_path).factory, notify=lambda *a: True)
+    assert daemon.uploader.concurrency == 5
+
+
 async def test_uploads_overlap_start_oldest_first_and_stop_when_the_server_goes(
     tmp_path: Path,
 ) -> None:
