@@ -11,12 +11,15 @@ queued, hang-ups late). Those cycles are broken now (InviteSession.close,
 Call._finish, `_dial`), and a call is freed by reference counting when it
 ends.
 
-What is left is what lives on by design: each INVITE transaction absorbs
+What was left then lived on by design: each INVITE transaction absorbed
 retransmitted finals for Timer D (32 s over UDP). Objects that live that
 long reach the old generation, and at the default thresholds (700, 10, 10)
 that still made 23 full collections, ~3.7 s of CPU in them and pauses up to
-280 ms in the same run. `HeapPolicy.install`, once the process has started
-(modules, config, template library and SIP sockets in place):
+280 ms in the same run. (Since session 17 the endpoint keeps a light record
+for Timer D and its timer entries hold no session: the same run makes no
+full collection, docs/daemon.md, "Seventeenth round".) `HeapPolicy.install`,
+once the process has started (modules, config, template library and SIP
+sockets in place):
 
 - `gc.freeze()`: what exists then lives as long as the process, and no later
   collection scans it again;
