@@ -373,13 +373,13 @@ class Endpoint:
             elif isinstance(event, Terminated) and self._client.get(tx.core.key) is tx:
                 del self._client[tx.core.key]
         core = tx.core
-        if core.state in _LINGERING and self._client.get(core.key) is tx:
+        at = core.get_timer()
+        if core.state in _LINGERING and at is not None and self._client.get(core.key) is tx:
+            # only retransmitted finals are left to absorb (Timer D or K runs)
             ack = core.ack if isinstance(core, InviteClientTransaction) else None
-            at = core.get_timer()
-            if at is not None:  # (always: Timer D or K runs in Completed)
-                left = _Completed(core.key, None if ack is None else ack.serialize(), tx.dest, at)
-                self._client[core.key] = left
-                self.touch(left)
+            left = _Completed(core.key, None if ack is None else ack.serialize(), tx.dest, at)
+            self._client[core.key] = left
+            self.touch(left)
         else:
             self.touch(tx)
         if self._usages.get(owner.call_id) is owner:
