@@ -181,6 +181,9 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        # callbacks being posted finish and are recorded, not cancelled after the
+        # receiver took them (which posted them again after the restart)
+        await app[CALLBACKS].finish_in_flight(_STOP_GRACE)
         for task in (sweeper, deliverer, pruner):
             task.cancel()
         # Bounded: a stuck background task must not keep the store open forever.

@@ -3,8 +3,11 @@
 The delivery state lives in the task row (pending / delivered / failed, tries,
 last status and error, next try), so a restart resumes the pending ones. The
 body is exactly what GET /api/tasks/{id} answers. Delivery is at least once:
-a server stopped between a receiver's 2xx and the write of "delivered" posts
-again after the restart.
+a server killed between a receiver's 2xx and the write of "delivered" posts
+again after the restart. A stop (SIGTERM) first lets the posts under way
+finish and record their outcome (`finish_in_flight`, a few seconds at most):
+until session 17 it cancelled them, and a receiver that had taken a task
+got it again after the restart (seen in the e2e tests under load).
 """
 
 from __future__ import annotations
@@ -47,9 +50,18 @@ class CallbackWorker:
         self._tasks: set[asyncio.Task[None]] = set()
         self._session: aiohttp.ClientSession | None = None
         self._slots = asyncio.Semaphore(_PARALLEL)
+        self._stopping = False
 
     def wake(self) -> None:
         self._wake.set()
+
+    async def finish_in_flight(self, grace: float) -> None:
+        """At a stop: start no post, and give those under way `grace` seconds to
+        finish and record their outcome (then `run` is cancelled and cancels the
+        rest, which are posted again after the restart)."""
+        self._stopping = True
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=grace)
 
     async def run(self) -> None:
         """Deliver what is due, forever (until cancelled)."""
@@ -78,6 +90,8 @@ class CallbackWorker:
             await self._session.close()
 
     async def _round(self) -> None:
+        if self._stopping:
+            return
         due = await self.store.due_callbacks(self.clock(), _PARALLEL * 4)
         for item in due:
             if item.task_id in self._inflight:
@@ -103,6 +117,8 @@ class CallbackWorker:
 
     async def _try_once(self, item: CallbackDue) -> None:
         assert self._session is not None
+        if self._stopping:
+            return  # (waited for a slot past the stop: posted after the restart)
         task = await self.store.get_task(item.task_id)
         if task is None:
             return

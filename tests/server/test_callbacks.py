@@ -184,6 +184,50 @@ async def test_pending_delivery_resumes_after_restart(
         await live.stop()
 
 
+class SlowReceiver(Receiver):
+    """A return_url that takes every POST at once and answers 200 `delay` s later."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__(failures=0)
+        self.delay = delay
+        self.arrived = asyncio.Event()
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.bodies.append(await request.json())
+        self.arrived.set()
+        await asyncio.sleep(self.delay)
+        return web.Response(text="ok")
+
+
+async def test_a_stop_lets_a_callback_under_way_finish_and_records_it(
+    tmp_path: Path, aiohttp_server: ServerFactory
+) -> None:
+    # the stop cancelled the post after the receiver took it, and the restart
+    # posted the task again: the e2e tests' receiver got one task twice
+    config = make_config(
+        tmp_path,
+        callbacks=CallbackSettings(tries=50, backoff_initial=0.1, backoff_max=0.1, timeout=5.0),
+    )
+    receiver = SlowReceiver(delay=0.5)
+    server = await aiohttp_server(receiver.app())
+    url = str(server.make_url("/cb"))
+    live = LiveServer(config)
+    await live.start()
+    try:
+        async with aiohttp.ClientSession() as session:
+            api = Api(UrlClient(session, live))
+            task_id = await _finish_task(api, url, ["1"])
+            await asyncio.wait_for(receiver.arrived.wait(), 10)
+            await live.stop()  # the receiver has the task; its 200 comes 0.5 s later
+            await live.start()
+            task = await _wait_for(api, task_id, "delivered")
+            await asyncio.sleep(0.5)  # a post again would have come by now
+            assert len(receiver.bodies) == 1
+            assert task["callback"]["tries"] == 1
+    finally:
+        await live.stop()
+
+
 @pytest.mark.parametrize(
     ("tries", "expected"), [(1, 2.0), (2, 4.0), (3, 8.0), (8, 256.0), (9, 300.0), (500, 300.0)]
 )
