@@ -154,18 +154,30 @@ async def test_dead_return_url_is_recorded_and_retried(api: Api) -> None:
     assert "Connect" in task["callback"]["last_error"]
 
 
+async def _restartable(
+    tmp_path: Path,
+    aiohttp_server: ServerFactory,
+    receiver: Receiver,
+    *,
+    backoff: float,
+    timeout: float,
+) -> tuple[str, LiveServer]:
+    """`receiver`'s URL, and a started server the test stops and starts again (its
+    own runner), posting callbacks `backoff` s apart, `timeout` s each."""
+    settings = CallbackSettings(
+        tries=50, backoff_initial=backoff, backoff_max=backoff, timeout=timeout
+    )
+    server = await aiohttp_server(receiver.app())
+    live = LiveServer(make_config(tmp_path, callbacks=settings))
+    await live.start()
+    return str(server.make_url("/cb")), live
+
+
 async def test_pending_delivery_resumes_after_restart(
     tmp_path: Path, aiohttp_server: ServerFactory
 ) -> None:
-    config = make_config(
-        tmp_path,
-        callbacks=CallbackSettings(tries=50, backoff_initial=0.2, backoff_max=0.2, timeout=1.0),
-    )
     receiver = Receiver(failures=1_000_000)  # down for now
-    server = await aiohttp_server(receiver.app())
-    url = str(server.make_url("/cb"))
-    live = LiveServer(config)
-    await live.start()
+    url, live = await _restartable(tmp_path, aiohttp_server, receiver, backoff=0.2, timeout=1.0)
     try:
         async with aiohttp.ClientSession() as session:
             api = Api(UrlClient(session, live))
@@ -204,15 +216,8 @@ async def test_a_stop_lets_a_callback_under_way_finish_and_records_it(
 ) -> None:
     # the stop cancelled the post after the receiver took it, and the restart
     # posted the task again: the e2e tests' receiver got one task twice
-    config = make_config(
-        tmp_path,
-        callbacks=CallbackSettings(tries=50, backoff_initial=0.1, backoff_max=0.1, timeout=5.0),
-    )
     receiver = SlowReceiver(delay=0.5)
-    server = await aiohttp_server(receiver.app())
-    url = str(server.make_url("/cb"))
-    live = LiveServer(config)
-    await live.start()
+    url, live = await _restartable(tmp_path, aiohttp_server, receiver, backoff=0.1, timeout=5.0)
     try:
         async with aiohttp.ClientSession() as session:
             api = Api(UrlClient(session, live))
