@@ -101,6 +101,12 @@ UPLOAD_WAIT_ON_STOP = 10.0
 READY_AFTER = 15.0
 """Seconds after the session started when READY=1 goes out even if lines still hang."""
 
+UPLOADS_BEHIND_S = 60.0
+"""A record waiting this long for the server raises `uploads_behind` (STATUS= "uploads
+N s behind", the heartbeat's alerts): the server is away, or the uploads cannot keep
+up with the calls (`server.uploads_in_flight` against the round trip to the server).
+A number whose record waits past its lease may be handed to another line."""
+
 CALL_FINISH_AT_STOP = 5.0
 """Seconds SIGTERM lets the calls in flight reach their verdict before it cancels
 them: a call cut short before anything was known of its number is let go and
@@ -492,21 +498,26 @@ class Daemon:
     def registered(self) -> int:
         return sum(1 for line in self.lines.values() if line.registered and not line.retired)
 
-    def status_line(self, spooled: int | None = None) -> str:
+    def status_line(self, backlog: tuple[int, float | None] | None = None) -> str:
         """The systemd STATUS= text, e.g. "24/24 registered, 18 in call, 1,204 decided"."""
         total = sum(1 for line in self.lines.values() if not line.retired)
-        spooled = len(self.spool) if spooled is None else spooled
+        spooled, oldest = self.spool.backlog() if backlog is None else backlog
         return (
             f"{self.registered}/{total} registered, {self.in_call} in call, "
             f"{_fmt_int(self.decided)} decided"
             + (f", {spooled} spooled" if spooled else "")
-            + "".join(f", {text}" for _code, text in self._conditions() if text)
+            + "".join(f", {text}" for _code, text in self._conditions(oldest) if text)
         )
 
-    def _conditions(self) -> list[tuple[str, str]]:
+    def _conditions(self, oldest_spooled: float | None = None) -> list[tuple[str, str]]:
         """(alert code, STATUS= text) of each state an operator must act on, as the
-        heartbeat (`health`) and STATUS= (`status_line`) tell it."""
+        heartbeat (`health`) and STATUS= (`status_line`) tell it. `oldest_spooled`:
+        when the oldest record waiting for the server was made (`Spool.backlog`)."""
         out: list[tuple[str, str]] = []
+        if oldest_spooled is not None:
+            behind = time.time() - oldest_spooled
+            if behind >= UPLOADS_BEHIND_S:
+                out.append(("uploads_behind", f"uploads {round(behind)} s behind"))
         if self.registered < sum(1 for line in self.lines.values() if not line.retired):
             out.append(("lines_unregistered", ""))  # STATUS= counts them already
         waiting = sum(1 for line in self.lines.values() if line.port_waits and line.pending)
@@ -553,12 +564,12 @@ class Daemon:
         it): the STATUS= text, the counts, and the alert code of each state an
         operator of many boxes must act on (`_conditions`), so one query finds the
         box whose PBX lost its route or whose loop cannot keep up."""
-        spooled = len(self.spool)
+        backlog = self.spool.backlog()
         return {
-            "summary": self.status_line(spooled),
-            "alerts": [code for code, _text in self._conditions()],
+            "summary": self.status_line(backlog),
+            "alerts": [code for code, _text in self._conditions(backlog[1])],
             "decided": self.decided,
-            "spooled": spooled,
+            "spooled": backlog[0],
         }
 
     async def run(self) -> int:

@@ -122,6 +122,19 @@ class Spool:
     def __len__(self) -> int:
         return sum(1 for _ in self.folder.glob("*.json"))
 
+    def backlog(self) -> tuple[int, float | None]:
+        """(entries, when the oldest was made, Unix seconds; None when empty), in one
+        listing: an entry's name starts with the time_ns of its making (`put`),
+        kept when it moves in from the fallback."""
+        count, oldest = 0, None
+        for meta in self.folder.glob("*.json"):
+            count += 1
+            head = meta.name[:20]
+            if head.isdigit():
+                made = int(head) / 1e9
+                oldest = made if oldest is None or made < oldest else oldest
+        return count, oldest
+
     def remove(self, entry: SpoolEntry) -> None:
         """Forget an entry the server has accepted (WAV first: no orphan JSON)."""
         entry.wav.unlink(missing_ok=True)

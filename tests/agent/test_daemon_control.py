@@ -19,6 +19,7 @@ import dataclasses
 import inspect
 import itertools
 import os
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -526,6 +527,24 @@ def test_server_uploads_in_flight_is_how_many_uploads_the_daemon_sends_at_once(
     )
     daemon = Daemon(config, FakeWorld(tmp_path).factory, notify=lambda *a: True)
     assert daemon.uploader.concurrency == 5
+
+
+async def test_a_record_waiting_a_minute_for_the_server_raises_uploads_behind(
+    tmp_path: Path,
+) -> None:
+    # the server away, or uploads slower than the calls: the operator of many boxes
+    # sees it in the heartbeat's alerts before a number's lease runs out
+    config = DaemonConfig(spool=SpoolSettings(tmp_path / "spool"))
+    daemon = Daemon(config, FakeWorld(tmp_path).factory, notify=lambda *a: True)
+    wav = _wav(tmp_path / "a.wav")
+    daemon.spool.put(wav, {"extensionNum": "2001", "phone": "1"})  # just made
+    health = daemon.health()
+    assert health["spooled"] == 1 and "uploads_behind" not in health["alerts"]
+    made = time.time_ns() - 90 * 10**9
+    daemon.spool.put(wav, {"extensionNum": "2001", "phone": "2"}, seq=f"{made:020d}-000000")
+    health = daemon.health()
+    assert health["spooled"] == 2 and "uploads_behind" in health["alerts"]
+    assert re.search(r", 2 spooled, uploads 9\d s behind", daemon.status_line())
 
 
 async def test_uploads_overlap_start_oldest_first_and_stop_when_the_server_goes(
