@@ -82,6 +82,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from sipclient.agent.spool import backlog as spool_backlog
 from sipclient.demo import CARRIERS, Carrier, World, WorldOptions, carrier_for, numbers_for
 
 EVIDENCE_S = {
@@ -143,18 +144,13 @@ def _rss_kb(pid: int) -> int:
 
 def _spool_backlog(world: World) -> tuple[int, float]:
     """Records in the daemons' spools now (made, not yet taken by the server) and
-    the age of the oldest, in seconds (an entry's name starts with its time_ns)."""
+    the age of the oldest, in seconds (`spool.backlog`)."""
     count, oldest = 0, None
     for i in range(max(1, world.options.daemons)):
-        try:
-            names = [e.name for e in os.scandir(world.daemon_dir(i) / "spool")]
-        except OSError:
-            continue
-        for name in names:
-            if name.endswith(".json") and name[:20].isdigit():
-                count += 1
-                made = int(name[:20]) / 1e9
-                oldest = made if oldest is None else min(oldest, made)
+        n, made = spool_backlog(world.daemon_dir(i) / "spool")
+        count += n
+        if made is not None:
+            oldest = made if oldest is None else min(oldest, made)
     return count, 0.0 if oldest is None else max(0.0, time.time() - oldest)
 
 

@@ -60,6 +60,21 @@ def _write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def backlog(folder: Path) -> tuple[int, float | None]:
+    """(entries in the spool `folder`, when the oldest was made, Unix seconds; None
+    when there is none), in one listing and without touching the folder (a bench
+    reads a running daemon's): an entry's name starts with the time_ns of its
+    making (`Spool.put`), kept when it moves in from the fallback."""
+    count, oldest = 0, None
+    for meta in folder.glob("*.json"):
+        count += 1
+        head = meta.name[:20]
+        if head.isdigit():
+            made = int(head) / 1e9
+            oldest = made if oldest is None or made < oldest else oldest
+    return count, oldest
+
+
 class Spool:
     """A folder of uploads in the order they were made."""
 
@@ -123,17 +138,8 @@ class Spool:
         return sum(1 for _ in self.folder.glob("*.json"))
 
     def backlog(self) -> tuple[int, float | None]:
-        """(entries, when the oldest was made, Unix seconds; None when empty), in one
-        listing: an entry's name starts with the time_ns of its making (`put`),
-        kept when it moves in from the fallback."""
-        count, oldest = 0, None
-        for meta in self.folder.glob("*.json"):
-            count += 1
-            head = meta.name[:20]
-            if head.isdigit():
-                made = int(head) / 1e9
-                oldest = made if oldest is None or made < oldest else oldest
-        return count, oldest
+        """`backlog` of this spool's folder."""
+        return backlog(self.folder)
 
     def remove(self, entry: SpoolEntry) -> None:
         """Forget an entry the server has accepted (WAV first: no orphan JSON)."""
