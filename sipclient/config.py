@@ -198,7 +198,10 @@ class SipSettings:
     """Answer the PBX's last digest challenge (its nonce, counted up) in each call's
     first INVITE, as the registrations do: no INVITE / 407 / ACK round before every
     call. A refusal of it (an expired or forgotten nonce) is answered once as a
-    fresh challenge, as without it. Off: every INVITE goes out bare first."""
+    fresh challenge, as without it; a 403 to it (a PBX refusing old nonces outright)
+    has the INVITE sent again bare, and the extension's later calls are challenged
+    each once that one went through (sip/invite.py). Off: every INVITE goes out
+    bare first."""
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,7 @@ from sipclient.sip.invite import (
     InviteSent,
     InviteSession,
     PrackSent,
+    PreemptiveAuthRefused,
     ProvisionalReceived,
     SessionEnded,
     SessionSpec,
@@ -267,6 +268,14 @@ class Call:
             self._log.debug("call_bye_sent", number=out.number)
         elif isinstance(event, PrackSent):
             self._log.debug("call_prack_sent", number=out.number, rseq=event.rseq)
+        elif isinstance(event, PreemptiveAuthRefused):
+            # once per account: its calls answer their own challenges from now on
+            self._log.warning(
+                "preemptive_auth_refused",
+                number=out.number,
+                hint="the PBX answered a remembered digest answer 403, not with a"
+                " challenge: this extension's calls are challenged each from now on",
+            )
         elif isinstance(event, SessionEnded):
             self._finish(event)
 

@@ -52,6 +52,7 @@ modparam("rr", "append_fromtag", 1)
 modparam("tm", "fr_timer", 5000)
 modparam("tm", "fr_inv_timer", 120000)
 modparam("auth", "nonce_expire", %%NONCE_EXPIRE%%)
+modparam("auth", "one_time_nonce", %%ONE_TIME_NONCE%%)
 modparam("htable", "htable", "users=>size=10;")
 
 event_route[htable:mod-init] {
@@ -130,6 +131,7 @@ route[AUTH_REGISTER] {
 		exit;
 	}
 	if (!pv_www_authenticate("$td", "$var(pw)", "0")) {
+%%REFUSE_STALE%%
 		www_challenge("$td", "0");
 		exit;
 	}
@@ -143,6 +145,7 @@ route[AUTH_INVITE] {
 		exit;
 	}
 	if (!pv_proxy_authenticate("$fd", "$var(pw)", "0")) {
+%%REFUSE_STALE%%
 		proxy_challenge("$fd", "0");
 		exit;
 	}

@@ -58,6 +58,12 @@ class KamailioConfig:
     children: int = 1
     min_expires: int = 10
     nonce_expire: int = 300
+    one_time_nonce: bool = False
+    """Each nonce is taken once, in the answer to its own challenge (auth module's
+    `one_time_nonce`): a request answering a remembered challenge is refused."""
+    refuse_stale_403: bool = False
+    """Refuse an expired or reused nonce with 403 Forbidden instead of a new challenge
+    (as some PBX configurations do: a pre-emptive answer then looks like a barred call)."""
 
 
 def _quote(value: str) -> str:
@@ -93,6 +99,14 @@ def render_config(cfg: KamailioConfig, port: int) -> str:
         "MPATH": str(MODULES_DIR),
         "MIN_EXPIRES": str(cfg.min_expires),
         "NONCE_EXPIRE": str(cfg.nonce_expire),
+        "ONE_TIME_NONCE": "1" if cfg.one_time_nonce else "0",
+        # pv_*_authenticate: -4 nonce expired, -6 nonce reused
+        "REFUSE_STALE": (
+            '\t\tif ($rc == -4 || $rc == -6) {\n\t\t\tsl_send_reply("403", "Forbidden");\n'
+            "\t\t\texit;\n\t\t}"
+            if cfg.refuse_stale_403
+            else "\t\t# stale or reused nonces are challenged again"
+        ),
         "USERS": "\n".join(users) or "\t$var(none) = 0;",
         "ROUTES": "\n".join(routes),
     }

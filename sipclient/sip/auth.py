@@ -36,7 +36,13 @@ Public API
     get a challenge for itself does not count as answered: the 401/407 that
     refuses it (an expired or forgotten nonce, stale or not) is taken as a
     fresh challenge and answered once, so a pre-emptive answer never ends a
-    call that plain digest would have made.
+    call that plain digest would have made. ``preemptive`` tells whether every
+    answer a client gives is such a remembered one (it has had no challenge of
+    its own yet); ``forget_remembered()`` leaves the memory for the rest of that
+    client's life (its next request goes bare); and ``memory.refused`` set
+    (by the session that found the PBX refusing remembered answers with a 403
+    instead of a challenge, sip/invite.py) makes every later client of that
+    memory start bare, as without pre-emptive digest.
 
 ``digest_response(...)`` / ``format_authorization(...)`` are the pure computations (tested
 against the RFC 2617 §3.5 and RFC 7616 §3.9.1 vectors).
@@ -252,6 +258,9 @@ class DigestMemory:
         """(proxy, realm) -> the challenge last accepted for it."""
         self.nc: dict[str, int] = {}
         """nonce -> requests answered with it so far (RFC 7616 §3.4: counted up)."""
+        self.refused = False
+        """The PBX refused a remembered answer with a 403 where it would take a fresh
+        one: clients made from now on answer only their own challenges."""
 
 
 class DigestClient:
@@ -265,7 +274,7 @@ class DigestClient:
     ) -> None:
         self.credentials = credentials
         self._rng = rng
-        shared = memory if memory is not None else DigestMemory()
+        shared = memory if memory is not None and not memory.refused else DigestMemory()
         self._challenges = shared.challenges
         self._nc = shared.nc
         self._used: set[tuple[bool, str]] = set()
@@ -278,6 +287,20 @@ class DigestClient:
     def has_challenges(self) -> bool:
         """True once a challenge has been accepted."""
         return bool(self._challenges)
+
+    @property
+    def preemptive(self) -> bool:
+        """True while every answer this client gives is a remembered one (DigestMemory):
+        it has answers, and no challenge of its own yet."""
+        return bool(self._challenges) and not self._own
+
+    def forget_remembered(self) -> None:
+        """Leave the shared memory (untouched) for good: the next request goes bare, and
+        this client keeps the challenges it gets from now on to itself."""
+        self._challenges = {}
+        self._nc = {}
+        self._used.clear()
+        self._own.clear()
 
     def reset(self) -> None:
         """Forget every challenge and nonce count."""

@@ -19,6 +19,8 @@ Events (frozen dataclasses, named as facts; drained with the endpoint's
   it is followed by a BYE when we had already cancelled: a 2xx that crossed
   our CANCEL);
 - `CancelSent(at)`, `ByeSent(at)`;
+- `PreemptiveAuthRefused(at)` once, when this call found the PBX refusing the
+  account's remembered digest answers with a 403 (below);
 - `SessionEnded(at, status, reason, q850, cancelled_by_us, ended_by)` once,
   last: `status` is the INVITE's final code (None when none came, e.g.
   Timer B gives `status=408`, `local=True`), `ended_by` is one of
@@ -36,6 +38,20 @@ requests) are `sipclient.sip.dialog`'s: one `DialogSet` per INVITE sent (a
 retry after a challenge has its own CSeq, so its own dialogs). A request
 from the far end is answered in its dialog (481 outside any, 500 when its
 CSeq goes backwards, §12.2.2).
+
+Pre-emptive digest (`SessionSpec.digest_memory`) refused as Forbidden: a PBX
+should challenge a nonce it no longer takes (stale or not: auth.py answers
+that once as a fresh challenge), but one that refuses an expired or reused
+nonce with a 403 would turn every call after the first into a `restricted`
+verdict. So a 403 to an INVITE whose answers were all remembered, before any
+18x (an auth refusal comes at once; after a 180 the PBX had let the call
+through), sends the INVITE once more without them, as a call without
+pre-emptive digest would have gone. If that INVITE, after its own
+challenge, gets anything but a 403 (a provisional, an answer, another final),
+the PBX was refusing the remembered answer: the memory is marked `refused`
+and the account's later calls no longer answer ahead. A 403 again is the
+number's own (a barred number costs that extra round), and the memory is
+kept.
 
 Reliable provisionals (RFC 3262): the INVITE says `Supported: 100rel` unless
 `SessionSpec.prack` is off (a trunk that insists on them answers an INVITE
@@ -123,6 +139,14 @@ class CancelSent:
 
 @dataclass(frozen=True)
 class ByeSent:
+    at: float
+
+
+@dataclass(frozen=True)
+class PreemptiveAuthRefused:
+    """The PBX refused the account's remembered digest answers with a 403 and took this
+    call's own: its later calls answer only their own challenges (module docstring)."""
+
     at: float
 
 
@@ -216,6 +240,8 @@ class InviteSession:
         self._cancel_wanted: str | None = None  # why, when not sent yet
         self._cancel_sent = False
         self._got_provisional = False
+        self._early = False  # a 101-199 came for the latest INVITE
+        self._bare_retry = False  # sent again without remembered answers, outcome not yet seen
         self._rseqs: dict[tuple[int, str], int] = {}  # (INVITE CSeq, remote tag) -> last RSeq
         self._offer_100rel = spec.prack  # also after a 421 asking for it
         self._ring_at: float | None = None
@@ -316,6 +342,7 @@ class InviteSession:
         self._dialog_sets[self.cseq] = DialogSet(req)
         self.state = SessionState.CALLING
         self._got_provisional = False
+        self._early = False
         self._invite_tx = self.endpoint.start_transaction(req, self.spec.proxy, self, now)
         self.endpoint.emit(self, InviteSent(now, branch, self.cseq))
 
@@ -461,7 +488,15 @@ class InviteSession:
     def _on_invite_response(self, resp: Response, now: float) -> None:
         status = resp.status
         reason = resp.reason or ""
+        if self._bare_retry and status > 100 and status not in (401, 407):
+            self._bare_retry = False
+            if status != 403 and self.spec.digest_memory is not None:
+                # the PBX took this call's own answer where it refused the remembered one
+                self.spec.digest_memory.refused = True
+                self.endpoint.emit(self, PreemptiveAuthRefused(now))
         if status < 200:
+            if status > 100:
+                self._early = True
             dialog = self._dialog_for(resp)
             rseq = _rseq(resp) if dialog is not None else None
             if dialog is not None and rseq is not None:
@@ -495,6 +530,21 @@ class InviteSession:
                 self._end(now, "auth")
                 return
             # the challenge is not the call's outcome: the retry's final response will be
+            self.final_status = None
+            self.final_reason = ""
+            self._send_invite(now)
+            return
+        if (
+            status == 403
+            and self._auth is not None
+            and self._auth.preemptive
+            and not self._early
+            and self._may_invite_again()
+        ):
+            # Forbidden for a remembered answer: once more as plain digest would have
+            # gone (module docstring)
+            self._auth.forget_remembered()
+            self._bare_retry = True
             self.final_status = None
             self.final_reason = ""
             self._send_invite(now)

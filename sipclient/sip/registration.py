@@ -18,6 +18,11 @@ registered ("" when it is). Events, drained from the endpoint as
 
 Refresh: at half the granted expiry for short bindings, 30 s before it for
 long ones. A 423 Interval Too Brief retries at once with its Min-Expires.
+A refresh answers the last challenge again (nonce count up, as RFC 7616
+allows); a registrar that refuses such a remembered answer with a 403 instead
+of a new challenge (an expired or one-time nonce) gets the REGISTER once more
+at once without it, so the binding is not lost to that 403 and the back-off. A
+403 to an answer of a challenge just received is a refusal, as before.
 When the registrar tells us (Via received/rport) that it sees us at another
 address than our Contact, the next REGISTER corrects the Contact (RFC 3581,
 a NAT between us and the PBX).
@@ -111,6 +116,7 @@ class Registration:
         self._started = False
         self._fresh_auth_tried = False
         self._min_expires_retries = 0
+        self._remembered = False  # the REGISTER in flight answers an earlier REGISTER's challenge
 
     # ------------------------------------------------------------------ API
 
@@ -156,7 +162,8 @@ class Registration:
 
     # ----------------------------------------------------------- requests out
 
-    def _send(self, now: float, expires: int) -> None:
+    def _send(self, now: float, expires: int, *, answering: bool = False) -> None:
+        """REGISTER; `answering`: it answers the challenge the last one just got."""
         self.cseq += 1
         branch = self.endpoint.new_branch()
         req = Request("REGISTER", self.spec.registrar)
@@ -171,6 +178,7 @@ class Registration:
         req.headers.add("Expires", str(expires))
         req.headers.add("User-Agent", self.spec.user_agent)
         if self._auth is not None:
+            self._remembered = self._auth.has_challenges and not answering
             self._auth.sign(req)
         self.state = RegState.UNREGISTERING if expires == 0 else RegState.REGISTERING
         self._refresh_at = None
@@ -186,7 +194,7 @@ class Registration:
         status = response.status
         if self._stopping:
             if status in (401, 407) and self._answer_challenge(response):
-                self._send(now, 0)
+                self._send(now, 0, answering=True)
                 return
             self._stopped(now, status)
             return
@@ -195,9 +203,20 @@ class Registration:
             return
         if status in (401, 407):
             if self._answer_challenge(response):
-                self._send(now, self.expires)
+                self._send(now, self.expires, answering=True)
                 return
             self._fail(now, status, "authentication refused")
+            return
+        if (
+            status == 403
+            and self._remembered
+            and self._auth is not None
+            and not self._fresh_auth_tried
+        ):
+            # a remembered answer refused outright (module docstring): once more, bare
+            self._fresh_auth_tried = True
+            self._auth.reset()
+            self._send(now, self.expires)
             return
         if status == 423:
             min_expires = _int_header(response, "Min-Expires")

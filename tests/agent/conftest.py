@@ -1,17 +1,19 @@
 """Real peers for the agent tests: kamailio and sipp on 127.0.0.1, stopped by pid.
 
 `sipp_uas(name)` starts a sipp UAS running scenarios/<name>; `kamailio_for(routes,
-extensions)` starts a kamailio routing number prefixes to those UASes. Every
+extensions, **options)` starts a kamailio routing number prefixes to those UASes
+(options: other `KamailioConfig` fields). Every
 process a test starts is stopped in the fixture's teardown, also on failure.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 import pytest
 
-from sipclient.lab.kamailio import Kamailio, Route
+from sipclient.lab.kamailio import Kamailio, KamailioConfig, Route
 from sipclient.lab.sipp import Sipp
 
 EXTENSIONS = {"1001": "secret1001", "1002": "secret1002", "1003": "secret1003"}
@@ -35,8 +37,12 @@ def sipp_uas() -> Iterator[Callable[..., Sipp]]:
 def kamailio_for() -> Iterator[Callable[..., Kamailio]]:
     started: list[Kamailio] = []
 
-    def start(routes: Sequence[Route] = (), extensions: Mapping[str, str] = EXTENSIONS) -> Kamailio:
-        kam = Kamailio(extensions, routes)
+    def start(
+        routes: Sequence[Route] = (),
+        extensions: Mapping[str, str] = EXTENSIONS,
+        **options: Any,
+    ) -> Kamailio:
+        kam = Kamailio(config=KamailioConfig(extensions=dict(extensions), routes=routes, **options))
         started.append(kam)
         return kam.start()
 

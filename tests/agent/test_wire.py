@@ -40,6 +40,7 @@ async def agent(
     transport: str = "udp",
     prack: bool = True,
     preemptive_auth: bool = True,
+    expires: int = 60,
 ) -> AsyncIterator[tuple[SipStack, UserAgent]]:
     stack = await open_stack(
         transport=transport,
@@ -49,7 +50,7 @@ async def agent(
     )
     pw = EXTENSIONS.get(ext, "x") if password is None else password
     account = Account(ext, pw, HostPort("127.0.0.1", port), transport)
-    ua = UserAgent(stack, account, expires=60, prack=prack, preemptive_auth=preemptive_auth)
+    ua = UserAgent(stack, account, expires=expires, prack=prack, preemptive_auth=preemptive_auth)
     try:
         yield stack, ua
     finally:
@@ -403,6 +404,63 @@ async def test_later_calls_answer_the_last_challenge_in_their_first_invite(
         "2 INVITE",
         "1 INVITE",
     ]
+
+
+async def test_a_pbx_refusing_remembered_answers_with_403_gets_each_call_challenged(
+    sipp_uas: Callable[..., Sipp], kamailio_for: Callable[..., Kamailio]
+) -> None:
+    # a PBX with one-time nonces that answers a reused one 403, not with a challenge:
+    # the second call's pre-emptive INVITE is refused outright. It goes again bare
+    # (CSeq 2: 407; CSeq 3 through), busy as it is, and the extension's later calls
+    # are challenged each (the old code: the second call ended 403, `restricted`)
+    uas = sipp_uas("uas_486.xml")
+    kam = kamailio_for(
+        [Route("486", "127.0.0.1", uas.port)], one_time_nonce=True, refuse_stale_403=True
+    )
+    async with agent(kam.port) as (_, ua):
+        for _ in range(3):
+            _, out = await dial(ua, "4861234")
+            assert out.sip_code == 486
+        assert ua.digest_memory is not None and ua.digest_memory.refused
+    invites = [m for m in uas.messages() if m.method == "INVITE"]
+    assert [m.header("CSeq") for m in invites] == ["2 INVITE", "3 INVITE", "2 INVITE"]
+
+
+async def test_a_carriers_own_403_after_a_remembered_answer_stays_403(
+    sipp_uas: Callable[..., Sipp], kamailio_for: Callable[..., Kamailio]
+) -> None:
+    # a barred number's 403 from the far end, through a PBX that takes remembered
+    # answers: the retry without them (after its own 407) hears the same 403, so
+    # the call is the number's 403 and the extension keeps answering ahead
+    uas = sipp_uas("uas_403.xml")
+    kam = kamailio_for([Route("403", "127.0.0.1", uas.port)])
+    async with agent(kam.port) as (_, ua):
+        for _ in range(2):
+            _, out = await dial(ua, "4031234")
+            assert out.sip_code == 403
+        assert ua.digest_memory is not None and not ua.digest_memory.refused
+    invites = [m for m in uas.messages() if m.method == "INVITE"]
+    # the pre-emptive INVITE (1) reached the carrier; the retry's bare one (2) did not
+    assert [m.header("CSeq") for m in invites] == ["2 INVITE", "1 INVITE", "3 INVITE"]
+
+
+async def test_a_registrar_refusing_a_remembered_answer_with_403_keeps_the_binding(
+    kamailio_for: Callable[..., Kamailio],
+) -> None:
+    # a refresh answers the last challenge again; a registrar with one-time nonces
+    # that answers it 403 gets the REGISTER once more at once, bare: no
+    # registration_failed, no back-off (the old code: unregistered for ~2 s)
+    kam = kamailio_for(one_time_nonce=True, refuse_stale_403=True)
+    async with agent(kam.port, expires=10) as (_, ua):
+        assert await ua.register()
+        states: list[str] = []
+        ua.on_state = lambda u: states.append(u.state)
+        reg = ua.registration
+        cseq = reg.cseq
+        await asyncio.sleep(6.5)  # past the refresh, due at half of the 10 s granted
+        assert reg.cseq >= cseq + 3  # the refresh (403), bare (401), answered (200)
+        assert "registered" in states and "unregistered" not in states
+        assert ua.registered.is_set() and reg.failures == 0
 
 
 async def test_without_preemptive_auth_every_invite_is_challenged(

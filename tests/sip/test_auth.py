@@ -212,6 +212,31 @@ def test_a_memory_lets_the_next_client_answer_before_it_is_challenged() -> None:
         )
 
 
+def test_a_client_leaving_the_memory_goes_bare_and_a_refused_memory_is_not_used() -> None:
+    memory = DigestMemory()
+    creds = DigestCredentials("100", "pw")
+    first = DigestClient(creds, random.Random(3), memory)
+    assert not first.preemptive
+    first.handle_challenge(
+        _response(407, ("Proxy-Authenticate", 'Digest realm="pbx", nonce="n1", qop="auth"'))
+    )
+    assert not first.preemptive  # its answers are to its own challenge
+    second = DigestClient(creds, random.Random(4), memory)
+    assert second.preemptive
+    second.forget_remembered()
+    assert not second.preemptive
+    assert second.authorization_headers("INVITE", "sip:2@pbx") == []
+    second.handle_challenge(
+        _response(407, ("Proxy-Authenticate", 'Digest realm="pbx", nonce="n2", qop="auth"'))
+    )
+    # its own challenge stays its own: the memory still holds n1
+    assert memory.challenges[(True, "pbx")].nonce == "n1"
+    memory.refused = True
+    third = DigestClient(creds, random.Random(5), memory)
+    assert not third.preemptive
+    assert third.authorization_headers("INVITE", "sip:3@pbx") == []
+
+
 def test_without_a_memory_clients_share_nothing() -> None:
     creds = DigestCredentials("100", "pw")
     first = DigestClient(creds, random.Random(3))

@@ -17,6 +17,7 @@ from sipclient.sip.invite import (
     InviteSent,
     InviteSession,
     PrackSent,
+    PreemptiveAuthRefused,
     ProvisionalReceived,
     SessionEnded,
     SessionSpec,
@@ -180,6 +181,91 @@ def test_a_shared_digest_memory_answers_the_next_invite_before_any_challenge() -
     answer(ep, retry, 404, 1.2)
     requests(ep)
     assert ended(events(ep)).status == 404
+
+
+def _remembering_call(
+    ep: Endpoint, memory: DigestMemory, now: float
+) -> tuple[InviteSession, Request]:
+    spec = replace(new_session(ep, credentials=True).spec, digest_memory=memory)
+    session = InviteSession(ep, spec)
+    session.start(now)
+    (invite,) = requests(ep)
+    return session, invite
+
+
+def _first_call_teaches(ep: Endpoint, memory: DigestMemory) -> None:
+    _, invite = _remembering_call(ep, memory, 0.0)
+    answer(ep, invite, 407, 0.1, headers=[CHALLENGE])
+    _, retry = requests(ep)
+    answer(ep, retry, 486, 0.2)
+    requests(ep)
+    events(ep)
+
+
+def test_a_403_to_a_remembered_answer_is_tried_bare_and_then_never_answered_ahead() -> None:
+    ep = endpoint()
+    memory = DigestMemory()
+    _first_call_teaches(ep, memory)
+    _, invite = _remembering_call(ep, memory, 1.0)
+    assert "Proxy-Authorization" in invite.headers
+    answer(ep, invite, 403, 1.1)  # the PBX refuses a reused nonce outright
+    ack, bare = requests(ep)
+    assert ack.method == "ACK" and bare.method == "INVITE" and bare.cseq.seq == 2
+    assert "Proxy-Authorization" not in bare.headers
+    assert not any(isinstance(e, SessionEnded) for e in events(ep))
+    answer(ep, bare, 407, 1.2, headers=[("Proxy-Authenticate", 'Digest realm="pbx", nonce="n2"')])
+    _, own = requests(ep)
+    assert own.cseq.seq == 3 and 'nonce="n2"' in (own.headers.get("Proxy-Authorization") or "")
+    assert not memory.refused
+    answer(ep, own, 180, 1.3)  # through: it was the remembered answer the PBX refused
+    assert memory.refused
+    evs = events(ep)
+    assert sum(isinstance(e, PreemptiveAuthRefused) for e in evs) == 1
+    answer(ep, own, 486, 1.4)
+    requests(ep)
+    assert ended(events(ep)).status == 486
+    # later calls go bare, as without a memory
+    _, invite = _remembering_call(ep, memory, 2.0)
+    assert "Proxy-Authorization" not in invite.headers
+
+
+def test_a_403_again_after_the_bare_retry_is_the_numbers_own() -> None:
+    ep = endpoint()
+    memory = DigestMemory()
+    _first_call_teaches(ep, memory)
+    _, invite = _remembering_call(ep, memory, 1.0)
+    answer(ep, invite, 403, 1.1)
+    _, bare = requests(ep)
+    answer(ep, bare, 407, 1.2, headers=[CHALLENGE])
+    _, own = requests(ep)
+    answer(ep, own, 403, 1.3)  # answering its own challenge: no third INVITE
+    (ack,) = requests(ep)
+    assert ack.method == "ACK"
+    evs = events(ep)
+    assert not any(isinstance(e, PreemptiveAuthRefused) for e in evs)
+    assert ended(evs).status == 403
+    assert not memory.refused
+    _, invite = _remembering_call(ep, memory, 2.0)
+    assert "Proxy-Authorization" in invite.headers  # still answering ahead
+
+
+def test_a_403_after_a_provisional_or_a_cancel_is_not_tried_again() -> None:
+    ep = endpoint()
+    memory = DigestMemory()
+    _first_call_teaches(ep, memory)
+    # a 180 first: the PBX let the remembered answer through, the 403 is the far end's
+    _, invite = _remembering_call(ep, memory, 1.0)
+    answer(ep, invite, 180, 1.1)
+    answer(ep, invite, 403, 1.2)
+    (ack,) = requests(ep)
+    assert ack.method == "ACK" and ended(events(ep)).status == 403
+    # a CANCEL asked before the 403: no new INVITE
+    session, invite = _remembering_call(ep, memory, 2.0)
+    session.cancel(2.05)
+    answer(ep, invite, 403, 2.1)
+    (ack,) = requests(ep)
+    assert ack.method == "ACK" and ended(events(ep)).status == 403
+    assert not memory.refused
 
 
 def test_answer_is_acked_through_the_route_set_and_bye_ends_it() -> None:

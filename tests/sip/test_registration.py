@@ -65,6 +65,40 @@ def test_401_then_200_then_refresh_at_half_the_granted_time() -> None:
     assert "nc=00000002" in (refresh.headers.get("Authorization") or "")
 
 
+def test_a_refresh_refused_403_is_sent_again_bare_at_once() -> None:
+    # a registrar that takes each nonce once and refuses a reused one 403
+    ep = endpoint()
+    reg, first = start(ep)
+    answer(ep, first, 401, 0.1, headers=[CHALLENGE])
+    (second,) = requests(ep)
+    answer(ep, second, 200, 0.2, headers=[contact_ok(second, 120)])
+    events(ep)
+    ep.handle_timer(60.2)
+    (refresh,) = requests(ep)
+    assert "Authorization" in refresh.headers
+    answer(ep, refresh, 403, 60.3)
+    (bare,) = requests(ep)
+    assert bare.cseq.seq == refresh.cseq.seq + 1 and "Authorization" not in bare.headers
+    assert not any(isinstance(e, RegistrationFailed) for e in events(ep))
+    answer(ep, bare, 401, 60.4, headers=[CHALLENGE])
+    (own,) = requests(ep)
+    answer(ep, own, 403, 60.5)  # refused answering its own challenge: a refusal
+    evs = events(ep)
+    assert isinstance(evs[-1], RegistrationFailed) and evs[-1].status == 403
+    assert requests(ep) == [] and reg.state is RegState.UNREGISTERED
+
+
+def test_a_403_to_a_fresh_answer_is_a_refusal_without_a_retry() -> None:
+    ep = endpoint()
+    _, first = start(ep)
+    answer(ep, first, 401, 0.1, headers=[CHALLENGE])
+    (second,) = requests(ep)
+    answer(ep, second, 403, 0.2)
+    evs = events(ep)
+    assert isinstance(evs[-1], RegistrationFailed) and evs[-1].status == 403
+    assert requests(ep) == []
+
+
 def test_long_bindings_refresh_30_s_before_expiry() -> None:
     ep = endpoint()
     reg, req = start(ep)
