@@ -193,19 +193,21 @@ def _remembering_call(
     return session, invite
 
 
-def _first_call_teaches(ep: Endpoint, memory: DigestMemory) -> None:
+def _taught() -> tuple[Endpoint, DigestMemory]:
+    """An endpoint and a memory that an extension's first call (407, then 486) taught."""
+    ep = endpoint()
+    memory = DigestMemory()
     _, invite = _remembering_call(ep, memory, 0.0)
     answer(ep, invite, 407, 0.1, headers=[CHALLENGE])
     _, retry = requests(ep)
     answer(ep, retry, 486, 0.2)
     requests(ep)
     events(ep)
+    return ep, memory
 
 
 def test_a_403_to_a_remembered_answer_is_tried_bare_and_then_never_answered_ahead() -> None:
-    ep = endpoint()
-    memory = DigestMemory()
-    _first_call_teaches(ep, memory)
+    ep, memory = _taught()
     _, invite = _remembering_call(ep, memory, 1.0)
     assert "Proxy-Authorization" in invite.headers
     answer(ep, invite, 403, 1.1)  # the PBX refuses a reused nonce outright
@@ -230,9 +232,7 @@ def test_a_403_to_a_remembered_answer_is_tried_bare_and_then_never_answered_ahea
 
 
 def test_a_403_again_after_the_bare_retry_is_the_numbers_own() -> None:
-    ep = endpoint()
-    memory = DigestMemory()
-    _first_call_teaches(ep, memory)
+    ep, memory = _taught()
     _, invite = _remembering_call(ep, memory, 1.0)
     answer(ep, invite, 403, 1.1)
     _, bare = requests(ep)
@@ -250,9 +250,7 @@ def test_a_403_again_after_the_bare_retry_is_the_numbers_own() -> None:
 
 
 def test_a_403_after_a_provisional_or_a_cancel_is_not_tried_again() -> None:
-    ep = endpoint()
-    memory = DigestMemory()
-    _first_call_teaches(ep, memory)
+    ep, memory = _taught()
     # a 180 first: the PBX let the remembered answer through, the 403 is the far end's
     _, invite = _remembering_call(ep, memory, 1.0)
     answer(ep, invite, 180, 1.1)
