@@ -84,6 +84,7 @@ request_route {
 	}
 	# in-dialog requests follow the route set
 	if (has_totag()) {
+%%AUTH_BYE%%
 		if (loose_route()) {
 			t_relay();
 			exit;

@@ -61,6 +61,9 @@ class KamailioConfig:
     one_time_nonce: bool = False
     """Each nonce is taken once, in the answer to its own challenge (auth module's
     `one_time_nonce`): a request answering a remembered challenge is refused."""
+    auth_bye: bool = False
+    """Authenticate our extensions' in-dialog BYEs as their INVITEs are (a PBX that
+    challenges every request it may)."""
     refuse_stale_403: bool = False
     """Refuse an expired or reused nonce with 403 Forbidden instead of a new challenge
     (as some PBX configurations do: a pre-emptive answer then looks like a barred call)."""
@@ -100,6 +103,12 @@ def render_config(cfg: KamailioConfig, port: int) -> str:
         "MIN_EXPIRES": str(cfg.min_expires),
         "NONCE_EXPIRE": str(cfg.nonce_expire),
         "ONE_TIME_NONCE": "1" if cfg.one_time_nonce else "0",
+        "AUTH_BYE": (
+            '\t\tif (is_method("BYE") && $sht(users=>$fU) != $null) {\n'
+            "\t\t\troute(AUTH_INVITE);\n\t\t}"
+            if cfg.auth_bye
+            else "\t\t# in-dialog requests are not challenged"
+        ),
         # pv_*_authenticate: -4 nonce expired, -6 nonce reused
         "REFUSE_STALE": (
             '\t\tif ($rc == -4 || $rc == -6) {\n\t\t\tsl_send_reply("403", "Forbidden");\n'

@@ -19,7 +19,9 @@ Public API
     challenge (SHA-256 preferred over MD5, plain over -sess). Raises ``AuthError`` when no
     challenge is usable, or when a realm we already answered challenges again without
     ``stale=true`` (the credentials are wrong: do not loop). A stale challenge just replaces the
-    nonce (re-auth without asking for new credentials).
+    nonce (re-auth without asking for new credentials). ``handle_challenge(response,
+    fresh=True)``: the challenge is to another request than the one last answered (a BYE
+    after its INVITE's answer), not a refusal of that answer.
     ``sign(request)`` replaces the request's Authorization / Proxy-Authorization headers by a
     fresh answer to every kept challenge (nonce count incremented per nonce, new cnonce). Call
     it on every request sent after a challenge (the retried request with its new CSeq/branch,
@@ -309,8 +311,16 @@ class DigestClient:
         self._own.clear()
         self._nc.clear()
 
-    def handle_challenge(self, response: Response) -> None:
-        """Take the challenges of a 401/407; raises ``AuthError`` if we must give up."""
+    def handle_challenge(self, response: Response, *, fresh: bool = False) -> None:
+        """Take the challenges of a 401/407; raises ``AuthError`` if we must give up.
+
+        `fresh`: the challenged request is another than the one our last answer was
+        for (a BYE after the INVITE's answer): a realm already answered is not a
+        refusal this once. A challenge to the request re-sent with the answer is
+        handled without it, and raises as usual.
+        """
+        if fresh:
+            self._used.clear()
         best: dict[tuple[bool, str], Challenge] = {}
         for ch in parse_challenges(response):
             if not ch.supported:

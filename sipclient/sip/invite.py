@@ -53,6 +53,11 @@ and the account's later calls no longer answer ahead. A 403 again is the
 number's own (a barred number costs that extra round), and the memory is
 kept.
 
+A BYE challenged (401/407: a PBX may challenge any request but ACK and
+CANCEL) is sent once more with the answer; the session ends on that one's
+response. Only the BYE of our call's dialog ends the session: the BYE sent to
+another fork that answered too does not.
+
 Reliable provisionals (RFC 3262): the INVITE says `Supported: 100rel` unless
 `SessionSpec.prack` is off (a trunk that insists on them answers an INVITE
 without it 421 Extension Required: every number would fail; with it off, a 421
@@ -242,6 +247,7 @@ class InviteSession:
         self._got_provisional = False
         self._early = False  # a 101-199 came for the latest INVITE
         self._bare_retry = False  # sent again without remembered answers, outcome not yet seen
+        self._bye_challenged = False  # our BYE got a 401/407 (answered once)
         self._rseqs: dict[tuple[int, str], int] = {}  # (INVITE CSeq, remote tag) -> last RSeq
         self._offer_100rel = spec.prack  # also after a 421 asking for it
         self._ring_at: float | None = None
@@ -428,7 +434,9 @@ class InviteSession:
                 self._on_invite_response(response, now)
             elif 200 <= response.status < 300:
                 self._stray_2xx(response, now)
-        elif tx.method == "BYE" and response.status >= 200:
+        elif tx.method == "BYE" and response.status >= 200 and self._ends_call(tx):
+            if response.status in (401, 407) and self._bye_with_credentials(response, now):
+                return
             self._end(now, "local")
         # CANCEL responses carry nothing we act on: the INVITE's 487 ends the call
 
@@ -440,8 +448,36 @@ class InviteSession:
             self.final_status = 408
             self.final_reason = "No response (Timer B)"
             self._end(now, "timeout", local=True)
-        elif tx.method == "BYE":
+        elif tx.method == "BYE" and self._ends_call(tx):
             self._end(now, "timeout")
+
+    def _ends_call(self, tx: ClientTransaction) -> bool:
+        """Whether a BYE's outcome ends the session: the BYE of our call's dialog, not
+        the one sent to another fork that answered too (that fork's 200 is no word on
+        our call, which stays up until its own BYE)."""
+        if self._call is None:
+            return True
+        try:
+            return tx.request.to.tag == self._call.remote_tag
+        except ParseError:
+            return True
+
+    def _bye_with_credentials(self, response: Response, now: float) -> bool:
+        """A PBX that challenges in-dialog requests (some challenge every request) asked
+        our BYE for credentials: the BYE once more, answering it. Ending the session on
+        the 401/407 instead would leave the call up at the far end, billed. False when
+        it cannot be answered, or our answer was challenged again."""
+        if self._auth is None or self._call is None or self._bye_challenged:
+            return False
+        self._bye_challenged = True
+        try:
+            # the INVITE's realm was answered, but this is another request's challenge
+            self._auth.handle_challenge(response, fresh=True)
+        except AuthError:
+            return False
+        self._bye(self._call, now)
+        self._give_up_at = now + 64 * self.endpoint.t1
+        return True
 
     def on_stray_response(self, response: Response, addr: Addr, now: float) -> None:
         try:

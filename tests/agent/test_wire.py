@@ -499,6 +499,24 @@ async def test_200_then_our_bye_through_kamailio(
     assert bye.header("Route") is None  # kamailio consumed its own Route entry
 
 
+async def test_a_challenged_bye_is_answered_and_reaches_the_far_end(
+    sipp_uas: Callable[..., Sipp], kamailio_for: Callable[..., Kamailio]
+) -> None:
+    # a PBX that authenticates BYEs, with one-time nonces: the BYE's answer (the
+    # INVITE's nonce, counted up) is challenged, and the BYE goes again answering
+    # that. The old code ended the call on the 407: the far end never got a BYE and
+    # the call stayed up, billed
+    uas = sipp_uas("uas_200_bye.xml")
+    kam = kamailio_for([Route("200", "127.0.0.1", uas.port)], one_time_nonce=True, auth_bye=True)
+    async with agent(kam.port) as (_, ua):
+        _, out = await dial(ua, "2001234", hangup_after_answer=0.1)
+    assert out.answered and out.ended_by == "local"
+    far = await uas.wait_for_async("SIP/2.0 200", count=2)
+    assert len(far) == 2  # the INVITE's 200 and the BYE's
+    got = lines(uas.messages())
+    assert got[-2:] == [("received", "BYE"), ("sent", 200)]
+
+
 async def test_ring_timeout_cancels_through_kamailio(
     sipp_uas: Callable[..., Sipp], kamailio_for: Callable[..., Kamailio]
 ) -> None:

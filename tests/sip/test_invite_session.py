@@ -21,6 +21,7 @@ from sipclient.sip.invite import (
     ProvisionalReceived,
     SessionEnded,
     SessionSpec,
+    SessionState,
 )
 from sipclient.sip.message import URI, Request, make_response
 
@@ -292,9 +293,47 @@ def test_answer_is_acked_through_the_route_set_and_bye_ends_it() -> None:
     assert (end.status, end.ended_by, end.cancelled_by_us) == (200, "local", False)
 
 
+def test_a_challenged_bye_is_sent_again_with_credentials() -> None:
+    # a PBX that challenges every request: ending the session on the 407 would
+    # leave the call up at the far end (billed)
+    ep = endpoint()
+    session, invite = start(ep, credentials=True)
+    answer(ep, invite, 407, 0.1, headers=[CHALLENGE])
+    _, retry = requests(ep)
+    answer(ep, retry, 200, 0.2, headers=[CONTACT], body=SDP_ANSWER)
+    requests(ep)  # the ACK
+    session.hangup(1.0)
+    (bye,) = requests(ep)
+    assert 'nonce="n1"' in (bye.headers.get("Proxy-Authorization") or "")
+    new_nonce = ("Proxy-Authenticate", 'Digest realm="pbx", nonce="n2", algorithm=MD5')
+    answer(ep, bye, 407, 1.1, headers=[new_nonce])  # not stale: another request's challenge
+    (again,) = requests(ep)
+    assert again.method == "BYE" and again.cseq.seq == bye.cseq.seq + 1
+    assert 'nonce="n2"' in (again.headers.get("Proxy-Authorization") or "")
+    assert not any(isinstance(e, SessionEnded) for e in events(ep))
+    answer(ep, again, 200, 1.2)
+    assert ended(events(ep)).ended_by == "local"
+
+
+def test_a_bye_challenged_again_ends_the_session_without_a_loop() -> None:
+    ep = endpoint()
+    session, invite = start(ep, credentials=True)
+    answer(ep, invite, 407, 0.1, headers=[CHALLENGE])
+    _, retry = requests(ep)
+    answer(ep, retry, 200, 0.2, headers=[CONTACT], body=SDP_ANSWER)
+    requests(ep)
+    session.hangup(1.0)
+    (bye,) = requests(ep)
+    answer(ep, bye, 407, 1.1, headers=[CHALLENGE])
+    (again,) = requests(ep)
+    answer(ep, again, 407, 1.2, headers=[CHALLENGE])
+    assert requests(ep) == []
+    assert ended(events(ep)).ended_by == "local"
+
+
 def test_a_second_fork_answering_gets_ack_and_bye() -> None:
     ep = endpoint()
-    _, invite = start(ep)
+    session, invite = start(ep)
     answer(ep, invite, 183, 0.1, tag="a", headers=[CONTACT])
     answer(ep, invite, 200, 0.2, tag="b", headers=[CONTACT])
     (ack_b,) = requests(ep)
@@ -304,6 +343,15 @@ def test_a_second_fork_answering_gets_ack_and_bye() -> None:
     assert (ack_a.method, ack_a.to.tag, bye_a.method, bye_a.to.tag) == ("ACK", "a", "BYE", "a")
     answered = [e for e in events(ep) if isinstance(e, Answered)]
     assert [a.to_tag for a in answered] == ["b"]
+    # the other fork's BYE answered: our call (b) is still up, to be ended by us
+    answer(ep, bye_a, 200, 0.4)
+    assert not any(isinstance(e, SessionEnded) for e in events(ep))
+    assert session.state is SessionState.ANSWERED
+    session.hangup(0.5)
+    (bye_b,) = requests(ep)
+    assert (bye_b.method, bye_b.to.tag) == ("BYE", "b")
+    answer(ep, bye_b, 200, 0.6)
+    assert ended(events(ep)).ended_by == "local"
 
 
 def test_200_crossing_our_cancel_is_acked_then_byed() -> None:
