@@ -35,7 +35,7 @@ from collections.abc import Callable
 from sipclient.agent.leftovers import CallJournal
 from sipclient.config import HostPort
 from sipclient.logs import get_logger
-from sipclient.sip.endpoint import Addr, Endpoint, Usage
+from sipclient.sip.endpoint import ORPHANS, Addr, Endpoint, OrphanAnswer, Usage
 from sipclient.sip.message import ParseError, StreamParser
 from sipclient.udp import read_burst
 
@@ -343,4 +343,16 @@ async def open_stack(
     stack.endpoint = Endpoint(
         local=(host, int(port)), transport=transport, rng=rng, t1=t1, user_agent=user_agent
     )
+    stack.subscribe(ORPHANS, _log_orphan)
     return stack
+
+
+def _log_orphan(event: object) -> None:
+    """A 2xx came for a call already over (endpoint.OrphanAnswer): it was ACKed and BYEd."""
+    if isinstance(event, OrphanAnswer):
+        log.warning(
+            "orphan_answer_hung_up",
+            call_id=event.call_id,
+            status=event.status,
+            bye_to=f"{event.bye_to[0]}:{event.bye_to[1]}",
+        )

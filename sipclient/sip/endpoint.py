@@ -12,6 +12,14 @@ Routing of what comes in:
   method); a response matching none (a retransmitted 2xx after its INVITE
   transaction ended, RFC 3261 §13.2.2.4) goes to the usage that owns the
   Call-ID (`Usage.on_stray_response`), else is dropped;
+- a 2xx to one of our INVITEs whose transaction already ended with a non-2xx
+  final (a fork that answered as another branch's 487 for our CANCEL came
+  back: proxies forward every 2xx, RFC 3261 §16.7) and whose session is gone
+  is ACKed and BYEd here (§13.2.2.4: a UAC that does not want the dialog
+  ACKs and BYEs it), as the session would have: else that call stays up at
+  the far end, billed. The BYE carries no credentials (a PBX that challenges
+  BYEs keeps it up until its own timers). `OrphanAnswer` is emitted for the
+  `ORPHANS` owner and `orphan_answers` counts them;
 - a request goes to the usage owning its Call-ID (`Usage.on_request`, which
   returns the response to send: in-dialog BYE / OPTIONS / NOTIFY answered
   200, re-INVITE / UPDATE refused 488); a request for no usage is answered
@@ -41,10 +49,13 @@ from __future__ import annotations
 import heapq
 from collections import deque
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any, Protocol
 
+from sipclient.sip.dialog import Dialog, DialogError
 from sipclient.sip.message import (
     URI,
+    Address,
     ParseError,
     RandomSource,
     Request,
@@ -151,6 +162,44 @@ class _ServerEntry:
         return self.core.get_timer()
 
 
+@dataclass(frozen=True)
+class OrphanAnswer:
+    """A 2xx to an INVITE of ours whose call was over: ACKed and BYEd (module docstring)."""
+
+    at: float
+    call_id: str
+    status: int
+    bye_to: Addr
+
+
+class _Orphans:
+    """The owner of the BYEs sent for orphan 2xx responses: wants nothing back."""
+
+    call_id = ""
+
+    def on_response(self, tx: ClientTransaction, response: Response, now: float) -> None:
+        return
+
+    def on_timeout(self, tx: ClientTransaction, now: float) -> None:
+        return
+
+    def on_stray_response(self, response: Response, addr: Addr, now: float) -> None:
+        return
+
+    def on_request(self, request: Request, addr: Addr, now: float) -> Response | None:
+        return None
+
+    def get_timer(self) -> float | None:
+        return None
+
+    def handle_timer(self, now: float) -> None:
+        return
+
+
+ORPHANS: Usage = _Orphans()
+"""The owner of `OrphanAnswer` events (an adapter subscribes to it to log them)."""
+
+
 _Timed = Any  # ClientTransaction | _Completed | _ServerEntry | Usage: anything with get_timer()
 _LINGERING = frozenset({State.COMPLETED})
 """Client transaction states that only absorb retransmitted finals (`_Completed`)."""
@@ -197,6 +246,7 @@ class Endpoint:
         self.t1 = t1
         self.user_agent = user_agent
         self.parse_errors = 0
+        self.orphan_answers = 0
         self.public_addr: Addr | None = None
         """Our address as the far end saw it (Via received/rport of a response)."""
         self._client: dict[TransactionKey, ClientTransaction | _Completed] = {}
@@ -399,8 +449,16 @@ class Endpoint:
         self._learn_public_addr(via.received, via.rport)
         tx = self._client.get(transaction_key(resp))
         if isinstance(tx, _Completed):
-            if tx.ack is not None and resp.status >= 300:
-                self._out.append((tx.ack, tx.dest))  # the ACK got lost: send it again
+            if resp.status >= 300:
+                if tx.ack is not None:
+                    self._out.append((tx.ack, tx.dest))  # the ACK got lost: send it again
+            elif resp.status >= 200 and tx.ack is not None:  # a 2xx to our INVITE
+                usage = self._usages.get(resp.call_id)
+                if usage is not None:
+                    usage.on_stray_response(resp, addr, now)
+                    self.touch(usage)
+                else:
+                    self._hang_up_orphan(resp, tx.dest, now)
             return
         if tx is not None:
             tx.core.receive(resp, now)
@@ -410,6 +468,33 @@ class Endpoint:
         if usage is not None:
             usage.on_stray_response(resp, addr, now)
             self.touch(usage)
+
+    def _hang_up_orphan(self, resp: Response, dest: Addr, now: float) -> None:
+        """ACK and BYE a 2xx whose INVITE's session is gone (module docstring).
+
+        The dialog is rebuilt from the 2xx alone: our From and the Call-ID come
+        back in it, the remote target is its Contact, the route set its
+        Record-Route; the INVITE's own Request-URI only matters for a strict
+        router's route set, and then the target takes its place.
+        """
+        try:
+            target = Address.parse(resp.headers.get("Contact") or "").uri
+            invite = Request("INVITE", target)
+            for name in ("From", "Call-ID"):
+                invite.headers.add(name, resp.headers.get(name) or "")
+            invite.headers.add("CSeq", f"{resp.cseq.seq} INVITE")
+            dialog = Dialog.from_response(invite, resp)
+        except (ParseError, DialogError, ValueError):
+            return  # nothing we could route an ACK or a BYE with
+        first = dialog.route_set[0].uri if dialog.route_set else dialog.remote_target
+        to = uri_addr(first, dest)
+        ua = [("User-Agent", self.user_agent)]
+        self.send_stateless(dialog.make_ack(self.via(self.new_branch())), to)
+        self.start_transaction(
+            dialog.make_request("BYE", self.via(self.new_branch()), headers=ua), to, ORPHANS, now
+        )
+        self.orphan_answers += 1
+        self.emit(ORPHANS, OrphanAnswer(now, resp.call_id, resp.status, to))
 
     def _learn_public_addr(self, received: str | None, rport: int | None) -> None:
         if received is None and rport is None:

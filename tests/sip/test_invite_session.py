@@ -9,7 +9,7 @@ from dataclasses import replace
 import pytest
 
 from sipclient.sip.auth import DigestCredentials, DigestMemory
-from sipclient.sip.endpoint import Endpoint
+from sipclient.sip.endpoint import ORPHANS, Endpoint, OrphanAnswer
 from sipclient.sip.invite import (
     Answered,
     ByeSent,
@@ -789,7 +789,7 @@ def test_a_retransmitted_final_is_acked_again_until_timer_d_after_the_session_is
     ep.receive(final.serialize(), PBX, 5.0)
     ((again, dest),) = ep.datagrams_to_send()
     assert again == ack.serialize() and dest == PBX
-    # a 1xx or 2xx on that branch now is nobody's: nothing is sent
+    # a 1xx on that branch now is nobody's: nothing is sent (a 2xx: the next test)
     answer(ep, invite, 180, 5.1)
     assert ep.datagrams_to_send() == []
     assert ep.transactions == 1
@@ -797,4 +797,39 @@ def test_a_retransmitted_final_is_acked_again_until_timer_d_after_the_session_is
     ep.handle_timer(ep.get_timer() or 0.0)
     assert ep.transactions == 0 and ep.get_timer() is None
     ep.receive(final.serialize(), PBX, 40.0)
+    assert ep.datagrams_to_send() == []
+
+
+def test_a_fork_answering_after_the_487_of_a_session_gone_is_acked_and_byed() -> None:
+    # a forking proxy: one branch's 487 for our CANCEL came back, the session ended
+    # and is gone; another branch had answered and the proxy forwards its 2xx
+    # (RFC 3261 §16.7). Unanswered, that call would stay up at the far end, billed
+    ep = endpoint()
+    session, invite = start(ep)
+    answer(ep, invite, 180, 0.1, tag="a")
+    session.cancel(0.2)
+    (cancel,) = requests(ep)
+    answer(ep, cancel, 200, 0.25, tag=None)
+    answer(ep, invite, 487, 0.3, tag="a")
+    requests(ep)  # the 487's ACK
+    ended(events(ep))
+    session.close()
+    del session
+    rr = ("Record-Route", "<sip:10.0.0.7:5070;lr>")
+    answer(ep, invite, 200, 0.4, tag="b", headers=[rr, CONTACT], body=SDP_ANSWER)
+    (ack, ack_to), (bye, bye_to) = sent(ep)
+    assert isinstance(ack, Request) and isinstance(bye, Request)
+    assert (ack.method, bye.method) == ("ACK", "BYE")
+    for req, dest in ((ack, ack_to), (bye, bye_to)):
+        assert dest == ("10.0.0.7", 5070)  # the route set's first hop
+        assert str(req.uri) == "sip:far@10.0.0.3:5070"  # the 2xx's Contact
+        assert req.headers.get_all("Route") == ["<sip:10.0.0.7:5070;lr>"]
+        assert req.call_id == invite.call_id
+        assert (req.from_.tag, req.to.tag) == (invite.from_.tag, "b")
+    assert ack.cseq.seq == invite.cseq.seq and bye.cseq.seq == invite.cseq.seq + 1
+    (orphan,) = [e for u, e in ep.events() if u is ORPHANS]
+    assert isinstance(orphan, OrphanAnswer) and orphan.call_id == invite.call_id
+    assert ep.orphan_answers == 1
+    # the BYE's 200 ends its transaction; nothing else is sent
+    answer(ep, bye, 200, 0.5, tag="b")
     assert ep.datagrams_to_send() == []
