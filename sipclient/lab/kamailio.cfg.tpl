@@ -54,6 +54,7 @@ modparam("tm", "fr_inv_timer", 120000)
 modparam("auth", "nonce_expire", %%NONCE_EXPIRE%%)
 modparam("auth", "one_time_nonce", %%ONE_TIME_NONCE%%)
 modparam("htable", "htable", "users=>size=10;")
+modparam("htable", "htable", "seen=>size=10;autoexpire=120;")
 
 event_route[htable:mod-init] {
 %%USERS%%
@@ -84,7 +85,7 @@ request_route {
 	}
 	# in-dialog requests follow the route set
 	if (has_totag()) {
-%%AUTH_BYE%%
+%%AUTH_IN_DIALOG%%
 		if (loose_route()) {
 			t_relay();
 			exit;

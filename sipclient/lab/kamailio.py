@@ -61,9 +61,10 @@ class KamailioConfig:
     one_time_nonce: bool = False
     """Each nonce is taken once, in the answer to its own challenge (auth module's
     `one_time_nonce`): a request answering a remembered challenge is refused."""
-    auth_bye: bool = False
-    """Authenticate our extensions' in-dialog BYEs as their INVITEs are (a PBX that
-    challenges every request it may)."""
+    auth_in_dialog: bool = False
+    """Challenge our extensions' first in-dialog BYE and first PRACK of each call
+    whatever credentials they carry, then authenticate them as INVITEs are (a PBX
+    whose nonces serve one request, or that challenges every request it may)."""
     refuse_stale_403: bool = False
     """Refuse an expired or reused nonce with 403 Forbidden instead of a new challenge
     (as some PBX configurations do: a pre-emptive answer then looks like a barred call)."""
@@ -103,10 +104,14 @@ def render_config(cfg: KamailioConfig, port: int) -> str:
         "MIN_EXPIRES": str(cfg.min_expires),
         "NONCE_EXPIRE": str(cfg.nonce_expire),
         "ONE_TIME_NONCE": "1" if cfg.one_time_nonce else "0",
-        "AUTH_BYE": (
-            '\t\tif (is_method("BYE") && $sht(users=>$fU) != $null) {\n'
+        "AUTH_IN_DIALOG": (
+            '\t\tif (is_method("BYE|PRACK") && $sht(users=>$fU) != $null) {\n'
+            "\t\t\tif ($sht(seen=>$ci::$rm) == $null) {\n"
+            "\t\t\t\t$sht(seen=>$ci::$rm) = 1;\n"
+            '\t\t\t\tproxy_challenge("$fd", "0");\n'
+            "\t\t\t\texit;\n\t\t\t}\n"
             "\t\t\troute(AUTH_INVITE);\n\t\t}"
-            if cfg.auth_bye
+            if cfg.auth_in_dialog
             else "\t\t# in-dialog requests are not challenged"
         ),
         # pv_*_authenticate: -4 nonce expired, -6 nonce reused

@@ -53,8 +53,8 @@ and the account's later calls no longer answer ahead. A 403 again is the
 number's own (a barred number costs that extra round), and the memory is
 kept.
 
-A BYE challenged (401/407: a PBX may challenge any request but ACK and
-CANCEL) is sent once more with the answer; the session ends on that one's
+A BYE or PRACK challenged (401/407: a PBX may challenge any request but ACK
+and CANCEL) is sent once more with the answer; the session ends on that BYE's
 response. Only the BYE of our call's dialog ends the session: the BYE sent to
 another fork that answered too does not.
 
@@ -70,7 +70,8 @@ retransmits its 18x for 32 s and may then fail the call with a 5xx. Its
 retransmissions (RSeq not above the last one) and one out of order (above
 last + 1) are neither PRACKed nor reported (§4); each fork counts its own.
 Our INVITE always carries the SDP offer, so a PRACK never carries an answer.
-What the PRACK's own transaction answers (200, 481, nothing) changes nothing.
+What the PRACK's own transaction answers (200, 481, nothing) changes nothing,
+but a 401/407 (above).
 """
 
 from __future__ import annotations
@@ -248,6 +249,7 @@ class InviteSession:
         self._early = False  # a 101-199 came for the latest INVITE
         self._bare_retry = False  # sent again without remembered answers, outcome not yet seen
         self._bye_challenged = False  # our BYE got a 401/407 (answered once)
+        self._pracks_challenged: set[tuple[int, str, int]] = set()  # (INVITE CSeq, tag, RSeq)
         self._rseqs: dict[tuple[int, str], int] = {}  # (INVITE CSeq, remote tag) -> last RSeq
         self._offer_100rel = spec.prack  # also after a 421 asking for it
         self._ring_at: float | None = None
@@ -438,6 +440,8 @@ class InviteSession:
             if response.status in (401, 407) and self._bye_with_credentials(response, now):
                 return
             self._end(now, "local")
+        elif tx.method == "PRACK" and response.status in (401, 407):
+            self._prack_with_credentials(tx, response, now)
         # CANCEL responses carry nothing we act on: the INVITE's 487 ends the call
 
     def on_timeout(self, tx: ClientTransaction, now: float) -> None:
@@ -478,6 +482,29 @@ class InviteSession:
         self._bye(self._call, now)
         self._give_up_at = now + 64 * self.endpoint.t1
         return True
+
+    def _prack_with_credentials(
+        self, tx: ClientTransaction, response: Response, now: float
+    ) -> None:
+        """A challenged PRACK (a PBX that challenges in-dialog requests) once more with
+        the answer: unacknowledged, the far end retransmits its reliable 18x and then
+        may fail the call with a 5xx (RFC 3262 §3), judged as the PBX's word."""
+        if self._auth is None:
+            return
+        try:
+            rseq, invite_seq = (int(x) for x in (tx.request.headers.get("RAck") or "").split()[:2])
+            dialog = self._dialog_sets[invite_seq].get(tx.request.to.tag or "")
+        except (ParseError, ValueError, KeyError):
+            return
+        key = (invite_seq, tx.request.to.tag or "", rseq)
+        if dialog is None or key in self._pracks_challenged:
+            return  # our answer to its challenge was challenged again: no loop
+        self._pracks_challenged.add(key)
+        try:
+            self._auth.handle_challenge(response, fresh=True)
+        except AuthError:
+            return
+        self._prack(dialog, rseq, now)
 
     def on_stray_response(self, response: Response, addr: Addr, now: float) -> None:
         try:

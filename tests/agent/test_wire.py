@@ -275,6 +275,22 @@ async def test_with_prack_off_the_invite_offers_no_100rel_but_a_reliable_183_is_
     assert [m.header("RAck") for m in far if m.method == "PRACK"] == ["1 1 INVITE"]
 
 
+async def test_a_challenged_prack_is_answered_and_reaches_the_far_end(
+    sipp_uas: Callable[..., Sipp], kamailio_for: Callable[..., Kamailio]
+) -> None:
+    # a PBX that challenges the PRACK whatever it carries: the PRACK goes again
+    # answering that challenge (the old code left it unacknowledged: sipp's
+    # reliable 183 was never PRACKed, and kamailio's 407 was all it got)
+    uas = sipp_uas("uas_183_100rel_404.xml")
+    kam = kamailio_for([Route("404", "127.0.0.1", uas.port)], auth_in_dialog=True)
+    async with agent(kam.port) as (_, ua):
+        _, out = await dial(ua, "4045550002")
+    assert (out.sip_code, out.q850_cause) == (404, 1)
+    await uas.wait_for_async("ACK")
+    got = [x for x in lines(uas.messages()) if x != ("sent", 183)]
+    assert got[-4:] == [("received", "PRACK"), ("sent", 200), ("sent", 404), ("received", "ACK")]
+
+
 async def test_183_without_sdp_carries_the_cause(
     sipp_uas: Callable[..., Sipp], kamailio_for: Callable[..., Kamailio]
 ) -> None:
@@ -502,12 +518,13 @@ async def test_200_then_our_bye_through_kamailio(
 async def test_a_challenged_bye_is_answered_and_reaches_the_far_end(
     sipp_uas: Callable[..., Sipp], kamailio_for: Callable[..., Kamailio]
 ) -> None:
-    # a PBX that authenticates BYEs, with one-time nonces: the BYE's answer (the
-    # INVITE's nonce, counted up) is challenged, and the BYE goes again answering
-    # that. The old code ended the call on the 407: the far end never got a BYE and
-    # the call stayed up, billed
+    # a PBX that challenges the BYE whatever it carries (one-time nonces too): the
+    # BYE goes again answering that challenge. The old code ended the call on the
+    # 407: the far end never got a BYE and the call stayed up, billed
     uas = sipp_uas("uas_200_bye.xml")
-    kam = kamailio_for([Route("200", "127.0.0.1", uas.port)], one_time_nonce=True, auth_bye=True)
+    kam = kamailio_for(
+        [Route("200", "127.0.0.1", uas.port)], one_time_nonce=True, auth_in_dialog=True
+    )
     async with agent(kam.port) as (_, ua):
         _, out = await dial(ua, "2001234", hangup_after_answer=0.1)
     assert out.answered and out.ended_by == "local"

@@ -646,6 +646,27 @@ def test_each_fork_has_its_own_rseq_space() -> None:
     assert [(p.method, p.to.tag) for p in pracks] == [("PRACK", "far1"), ("PRACK", "far2")]
 
 
+def test_a_challenged_prack_is_sent_once_more_with_credentials() -> None:
+    ep = endpoint()
+    _, invite = start(ep, credentials=True)
+    answer(ep, invite, 407, 0.1, headers=[CHALLENGE])
+    _, retry = requests(ep)
+    answer(ep, retry, 183, 0.2, headers=[CONTACT, RELIABLE, ("RSeq", "1")])
+    (prack,) = requests(ep)
+    assert 'nonce="n1"' in (prack.headers.get("Proxy-Authorization") or "")
+    new_nonce = ("Proxy-Authenticate", 'Digest realm="pbx", nonce="n2", algorithm=MD5')
+    answer(ep, prack, 407, 0.3, headers=[new_nonce])
+    (again,) = requests(ep)
+    assert again.method == "PRACK" and again.headers.get("RAck") == prack.headers.get("RAck")
+    assert again.cseq.seq == prack.cseq.seq + 1 and again.to.tag == prack.to.tag
+    assert 'nonce="n2"' in (again.headers.get("Proxy-Authorization") or "")
+    # challenged again: no loop, and the call goes on (its 404 ends it)
+    answer(ep, again, 407, 0.4, headers=[new_nonce])
+    assert requests(ep) == []
+    answer(ep, retry, 404, 0.5)
+    assert ended(events(ep)).status == 404
+
+
 def test_unreliable_provisionals_are_not_pracked() -> None:
     ep = endpoint()
     _, invite = start(ep)
