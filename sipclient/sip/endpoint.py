@@ -19,7 +19,8 @@ Routing of what comes in:
   ACKs and BYEs it), as the session would have: else that call stays up at
   the far end, billed. The BYE carries no credentials (a PBX that challenges
   BYEs keeps it up until its own timers). `OrphanAnswer` is emitted for the
-  `ORPHANS` owner and `orphan_answers` counts them;
+  `ORPHANS` owner and `orphan_answers` counts them. Over TCP, where Timer D is
+  0, the INVITE's record is kept 64*T1 for this alone;
 - a request goes to the usage owning its Call-ID (`Usage.on_request`, which
   returns the response to send: in-dialog BYE / OPTIONS / NOTIFY answered
   200, re-INVITE / UPDATE refused 488); a request for no usage is answered
@@ -421,7 +422,20 @@ class Endpoint:
             elif isinstance(event, TimedOut | TransportFailed):
                 owner.on_timeout(tx, now)
             elif isinstance(event, Terminated) and self._client.get(tx.core.key) is tx:
-                del self._client[tx.core.key]
+                ended = tx.core
+                if (
+                    self.reliable
+                    and isinstance(ended, InviteClientTransaction)
+                    and ended.ack is not None
+                ):
+                    # over TCP Timer D is 0, but a fork's 2xx may still come after the
+                    # final (module docstring): a record for the 64*T1 a UDP one lasts
+                    until = now + 64 * self.t1
+                    kept = _Completed(ended.key, ended.ack.serialize(), tx.dest, until)
+                    self._client[ended.key] = kept
+                    self.touch(kept)
+                else:
+                    del self._client[ended.key]
         core = tx.core
         at = core.get_timer()
         if core.state in _LINGERING and at is not None and self._client.get(core.key) is tx:

@@ -821,11 +821,14 @@ def test_a_retransmitted_final_is_acked_again_until_timer_d_after_the_session_is
     assert ep.datagrams_to_send() == []
 
 
-def test_a_fork_answering_after_the_487_of_a_session_gone_is_acked_and_byed() -> None:
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+def test_a_fork_answering_after_the_487_of_a_session_gone_is_acked_and_byed(
+    transport: str,
+) -> None:
     # a forking proxy: one branch's 487 for our CANCEL came back, the session ended
     # and is gone; another branch had answered and the proxy forwards its 2xx
     # (RFC 3261 §16.7). Unanswered, that call would stay up at the far end, billed
-    ep = endpoint()
+    ep = endpoint(transport=transport)
     session, invite = start(ep)
     answer(ep, invite, 180, 0.1, tag="a")
     session.cancel(0.2)
