@@ -293,9 +293,8 @@ def test_answer_is_acked_through_the_route_set_and_bye_ends_it() -> None:
     assert (end.status, end.ended_by, end.cancelled_by_us) == (200, "local", False)
 
 
-def test_a_challenged_bye_is_sent_again_with_credentials() -> None:
-    # a PBX that challenges every request: ending the session on the 407 would
-    # leave the call up at the far end (billed)
+def _hung_up_after_a_challenged_answer() -> tuple[Endpoint, Request]:
+    """A call answered after its INVITE was challenged, then hung up: the BYE."""
     ep = endpoint()
     session, invite = start(ep, credentials=True)
     answer(ep, invite, 407, 0.1, headers=[CHALLENGE])
@@ -304,6 +303,13 @@ def test_a_challenged_bye_is_sent_again_with_credentials() -> None:
     requests(ep)  # the ACK
     session.hangup(1.0)
     (bye,) = requests(ep)
+    return ep, bye
+
+
+def test_a_challenged_bye_is_sent_again_with_credentials() -> None:
+    # a PBX that challenges every request: ending the session on the 407 would
+    # leave the call up at the far end (billed)
+    ep, bye = _hung_up_after_a_challenged_answer()
     assert 'nonce="n1"' in (bye.headers.get("Proxy-Authorization") or "")
     new_nonce = ("Proxy-Authenticate", 'Digest realm="pbx", nonce="n2", algorithm=MD5')
     answer(ep, bye, 407, 1.1, headers=[new_nonce])  # not stale: another request's challenge
@@ -316,14 +322,7 @@ def test_a_challenged_bye_is_sent_again_with_credentials() -> None:
 
 
 def test_a_bye_challenged_again_ends_the_session_without_a_loop() -> None:
-    ep = endpoint()
-    session, invite = start(ep, credentials=True)
-    answer(ep, invite, 407, 0.1, headers=[CHALLENGE])
-    _, retry = requests(ep)
-    answer(ep, retry, 200, 0.2, headers=[CONTACT], body=SDP_ANSWER)
-    requests(ep)
-    session.hangup(1.0)
-    (bye,) = requests(ep)
+    ep, bye = _hung_up_after_a_challenged_answer()
     answer(ep, bye, 407, 1.1, headers=[CHALLENGE])
     (again,) = requests(ep)
     answer(ep, again, 407, 1.2, headers=[CHALLENGE])
