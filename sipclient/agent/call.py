@@ -273,8 +273,8 @@ class Call:
             self._log.warning(
                 "preemptive_auth_refused",
                 number=out.number,
-                hint="the PBX answered a remembered digest answer 403, not with a"
-                " challenge: this extension's calls are challenged each from now on",
+                hint="the PBX refused a remembered digest answer with 403 instead of a"
+                " challenge: each call of this extension is challenged from now on",
             )
         elif isinstance(event, SessionEnded):
             self._finish(event)

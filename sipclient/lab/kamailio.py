@@ -60,7 +60,8 @@ class KamailioConfig:
     nonce_expire: int = 300
     one_time_nonce: bool = False
     """Each nonce is taken once, in the answer to its own challenge (auth module's
-    `one_time_nonce`): a request answering a remembered challenge is refused."""
+    `one_time_nonce`): a request answering a remembered challenge is challenged
+    again (stale), or refused with `refuse_stale_403`."""
     auth_in_dialog: bool = False
     """Challenge our extensions' first in-dialog BYE and first PRACK of each call
     whatever credentials they carry, then authenticate them as INVITEs are (a PBX

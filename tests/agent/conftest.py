@@ -2,8 +2,8 @@
 
 `sipp_uas(name)` starts a sipp UAS running scenarios/<name>; `kamailio_for(routes,
 extensions, **options)` starts a kamailio routing number prefixes to those UASes
-(options: other `KamailioConfig` fields). Every
-process a test starts is stopped in the fixture's teardown, also on failure.
+(options: other `KamailioConfig` fields). Every process a test starts is stopped
+in the fixture's teardown, also on failure.
 """
 
 from __future__ import annotations
