@@ -50,6 +50,12 @@ Figures (stdout and the JSON file):
   announcement's first phrase, CRBT and a silent 180 as long as the
   classifier's own rules require), with no overhead between calls.
 
+`--server-rtt-ms N` puts the server N ms of round trip away from the daemons:
+they reach it through a TCP proxy in this process that holds every chunk N/2
+ms in each direction (a WAN's distance without netem, which needs a network
+namespace and root). Every control call pays it: /status, /dialplan, the
+uploads, the heartbeat.
+
 `--profile DIR` runs py-spy (if installed: `.venv/bin/pip install py-spy`) on
 the daemon over the first 20 s after the push and writes a speedscope file
 per line count there.
@@ -76,6 +82,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -108,6 +115,68 @@ def _crbt_rule_s() -> float | None:
 
     default = inspect.signature(CallClassifier).parameters["crbt_ms"].default
     return None if default is inspect.Parameter.empty else float(default) / 1000
+
+
+class DelayProxy:
+    """127.0.0.1 TCP proxy to a port known only when a connection comes (the
+    server's), holding each chunk `one_way` seconds in each direction, in order."""
+
+    def __init__(self, target_port: Callable[[], int], one_way: float) -> None:
+        self._target_port = target_port
+        self._one_way = one_way
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.port = 0
+
+    async def start(self) -> int:
+        self._server = await asyncio.start_server(self._client, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self.port
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_r, up_w = await asyncio.open_connection("127.0.0.1", self._target_port())
+        except OSError:
+            writer.close()
+            return
+        for src, dst in ((reader, up_w), (up_r, writer)):
+            task = asyncio.ensure_future(self._pipe(src, dst))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _pipe(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+
+        async def late() -> None:
+            while True:
+                due, data = await queue.get()
+                await asyncio.sleep(max(0.0, due - loop.time()))
+                if not data:
+                    dst.close()
+                    return
+                dst.write(data)
+                await dst.drain()
+
+        sender = asyncio.ensure_future(late())
+        try:
+            while True:
+                data = await src.read(65536)
+                queue.put_nowait((loop.time() + self._one_way, data))
+                if not data:
+                    break
+            await sender
+        except (OSError, asyncio.IncompleteReadError):
+            dst.close()
+        finally:
+            sender.cancel()
 
 
 CPU_SAMPLE_S = 0.2
@@ -367,6 +436,7 @@ async def run(
     timeout: float,
     profile: Path | None,
     daemons: int = 1,
+    server_rtt_ms: float = 0.0,
 ) -> dict[str, Any]:
     options = WorldOptions(
         lines=lines,
@@ -378,6 +448,10 @@ async def run(
         client_timeout=60.0,
     )
     world = World(workdir, options)
+    proxy: DelayProxy | None = None
+    if server_rtt_ms > 0:
+        proxy = DelayProxy(lambda: world.server_port, server_rtt_ms / 2000)
+        options.daemon_server_url = f"http://127.0.0.1:{await proxy.start()}"
     phones = numbers_for(lines * per_line, CARRIERS)
     prof: subprocess.Popen[bytes] | None = None
     try:
@@ -434,12 +508,15 @@ async def run(
             classifier_crbt_s=_crbt_rule_s(),
             memory=memory_figures(rss),
             spool_backlog=backlog_figures(backlog),
+            server_rtt_ms=server_rtt_ms,
         )
     finally:
         if prof is not None:
             prof.kill()
             prof.wait()
         await world.stop()
+        if proxy is not None:
+            await proxy.stop()
     out["gc"] = _gc_pauses(world)  # logged by each daemon at its stop
     return out
 
@@ -464,7 +541,8 @@ def _print(r: dict[str, Any]) -> None:
         f" {r['finished_by_daemon']}/{r['numbers']} numbers"
         f" (callbacks {'complete' if r['callbacks_complete'] else 'MISSING'});"
         f" limit {r['limit_per_line_per_hour']:.0f}/line/h"
-        f" (mean {r['limit_mean_call_s']} s a call)",
+        f" (mean {r['limit_mean_call_s']} s a call)"
+        + (f"; server {r['server_rtt_ms']:g} ms away" if r.get("server_rtt_ms") else ""),
         flush=True,
     )
     if "numbers_per_line_per_hour" in s:
@@ -536,18 +614,40 @@ def main() -> int:
         default=1,
         help="daemon processes sharing the lines (CPU figures are their sum)",
     )
+    p.add_argument(
+        "--server-rtt-ms",
+        type=float,
+        default=0.0,
+        help="put the server this many ms of round trip away (a delaying proxy)",
+    )
     args = p.parse_args()
     results = []
     for lines in args.lines:
         if args.keep is not None:
             workdir = args.keep / f"lines{lines}"
             r = asyncio.run(
-                run(lines, args.per_line, workdir, args.timeout, args.profile, args.daemons)
+                run(
+                    lines,
+                    args.per_line,
+                    workdir,
+                    args.timeout,
+                    args.profile,
+                    args.daemons,
+                    args.server_rtt_ms,
+                )
             )
         else:
             with tempfile.TemporaryDirectory(prefix="sipclient-bench-e2e-") as tmp:
                 r = asyncio.run(
-                    run(lines, args.per_line, Path(tmp), args.timeout, args.profile, args.daemons)
+                    run(
+                        lines,
+                        args.per_line,
+                        Path(tmp),
+                        args.timeout,
+                        args.profile,
+                        args.daemons,
+                        args.server_rtt_ms,
+                    )
                 )
         results.append(r)
         _print(r)

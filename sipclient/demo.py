@@ -573,6 +573,9 @@ class WorldOptions:
     """The daemon's `classify.templates` (a folder); empty: the shipped library. The
     server always uses the shipped one and offers it: a daemon started on another
     mirrors it at its first heartbeat."""
+    daemon_server_url: str = ""
+    """The daemons' `server.url`; empty: the server's own. bench/e2e.py points it at a
+    proxy that delays every byte, to put the server at a WAN's distance."""
     daemons: int = 1
     """Daemon processes sharing the lines (`World.daemon_config`): one asyncio loop
     runs on one core, so a box with more cores runs a daemon per core (what
@@ -712,7 +715,7 @@ class World:
             share = (hi - lo + 1) // n
             ports = f"{lo + index * share}-{lo + (index + 1) * share - 1}"
         cfg = {
-            "server": {"url": self.server_url, "timeout": 5.0},
+            "server": {"url": o.daemon_server_url or self.server_url, "timeout": 5.0},
             "threads": threads,
             "pbx": {"host": f"{o.pbx_name}:{self.kamailio.port}", "transport": o.pbx_transport},
             "sip": {
