@@ -204,25 +204,7 @@ class ControlClient:
 
     async def dialplan(self, client_id: str) -> list[DialplanItem]:
         """Numbers to dial now; an empty list means nothing to do."""
-        data = await self._call("GET", f"/dialplan/{client_id}")
-        out = []
-        for d in data.get("dialplans") or []:
-            if not isinstance(d, dict) or not d.get("extensionNum") or not d.get("phoneNum"):
-                log.warning("dialplan_ignored", reason="incomplete", item=str(d)[:200])
-                continue
-            dp_id = d.get("dialplanId")
-            lease = d.get("leaseSeconds")
-            out.append(
-                DialplanItem(
-                    str(d["extensionNum"]),
-                    str(d["phoneNum"]),
-                    None if dp_id is None else str(dp_id),
-                    lease_s=float(lease)
-                    if isinstance(lease, int | float) and not isinstance(lease, bool) and lease > 0
-                    else None,
-                )
-            )
-        return out
+        return _dialplan_items(await self._call("GET", f"/dialplan/{client_id}"))
 
     async def heartbeat(
         self, client_id: str, health: dict[str, Any] | None = None
@@ -268,10 +250,29 @@ class ControlClient:
         """(ext) We stop: our lease ends now (accounts, numbers released)."""
         return await self._call("POST", f"/leave/{client_id}")
 
-    async def status(self, client_id: str, status: str, extension: str, phone: str = "") -> None:
-        """State change of one extension."""
+    async def status(
+        self,
+        client_id: str,
+        status: str,
+        extension: str,
+        phone: str = "",
+        *,
+        want_next: bool = False,
+    ) -> list[DialplanItem] | None:
+        """State change of one extension.
+
+        `want_next` (ext, with "idle"): the server hands the extension its next number
+        in the reply, saving the GET /dialplan round trip between two calls. Returns
+        those numbers (maybe none), or None when the reply has no `dialplans` (a server
+        that knows only the seed, or not asked).
+        """
         params = {"status": status, "extensionNum": extension, "phoneNum": phone}
-        await self._call("GET", f"/status/{client_id}", params=params)
+        if want_next:
+            params["next"] = "1"
+        data = await self._call("GET", f"/status/{client_id}", params=params)
+        if not want_next or "dialplans" not in data:
+            return None
+        return _dialplan_items(data)
 
     async def upload(self, client_id: str, entry: SpoolEntry) -> None:
         """POST /dial_wav with the entry's WAV and fields (`form_data`)."""
@@ -287,6 +288,28 @@ class ControlClient:
         await self._call(
             "POST", f"/dial_wav/{client_id}", data=body, headers={"Content-Type": content_type}
         )
+
+
+def _dialplan_items(data: dict[str, Any]) -> list[DialplanItem]:
+    """The numbers of a reply's `dialplans` (GET /dialplan, or GET /status with `next`)."""
+    out = []
+    for d in data.get("dialplans") or []:
+        if not isinstance(d, dict) or not d.get("extensionNum") or not d.get("phoneNum"):
+            log.warning("dialplan_ignored", reason="incomplete", item=str(d)[:200])
+            continue
+        dp_id = d.get("dialplanId")
+        lease = d.get("leaseSeconds")
+        out.append(
+            DialplanItem(
+                str(d["extensionNum"]),
+                str(d["phoneNum"]),
+                None if dp_id is None else str(dp_id),
+                lease_s=float(lease)
+                if isinstance(lease, int | float) and not isinstance(lease, bool) and lease > 0
+                else None,
+            )
+        )
+    return out
 
 
 async def _read_at_most(resp: aiohttp.ClientResponse, limit: int) -> bytes:
@@ -530,6 +553,10 @@ class StatusReporter:
         self.on_sent: Callable[[str, str], None] | None = None
         """Called with (extension, status) once the server took it (the daemon asks
         for the line's next number when an "idle" went in)."""
+        self.on_numbers: Callable[[list[DialplanItem]], None] | None = None
+        """Set: an "idle" asks the server for the line's next number in its reply
+        (`ControlClient.status` `want_next`), and the numbers handed that way are
+        given to it, before `on_sent` (which is then told "idle_served")."""
 
     def report(self, extension: str, status: str, phone: str = "") -> None:
         """Queue a state; an older unsent state of the same extension is replaced."""
@@ -559,8 +586,12 @@ class StatusReporter:
         client_id = self._client_id()
         if client_id is None:
             return False
+        want_next = status == "idle" and self.on_numbers is not None
+        handed: list[DialplanItem] | None = None
         try:
-            await self.client.status(client_id, status, extension, phone)
+            handed = await self.client.status(
+                client_id, status, extension, phone, want_next=want_next
+            )
         except UnknownClient:
             if self.on_unknown_client is not None:
                 self.on_unknown_client()
@@ -572,6 +603,10 @@ class StatusReporter:
         if self._pending.get(extension) == state:
             del self._pending[extension]
         self.sent += 1
+        if handed is not None and self.on_numbers is not None:
+            # the server took `next`: whatever the line gets next came in this reply
+            self.on_numbers(handed)
+            status = "idle_served"
         if self.on_sent is not None:
             self.on_sent(extension, status)
         return True

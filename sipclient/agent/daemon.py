@@ -61,7 +61,7 @@ import math
 import os
 import signal
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -467,6 +467,7 @@ class Daemon:
         self.uploader.on_uploaded = self._uploaded
         self.uploader.on_refused = lambda entry: self._record_sent(entry.fields)
         self.status.on_sent = self._status_sent_to_server
+        self.status.on_numbers = self._numbers_with_idle
 
     # ---------------------------------------------------------------- public
 
@@ -841,8 +842,19 @@ class Daemon:
             self.status.report(line.extension, "unregistered")
 
     def _status_sent_to_server(self, extension: str, status: str) -> None:
+        # "idle_served": the server handed the line's next number (if any) in the reply
+        # to its "idle" (`_numbers_with_idle`); asking /dialplan now would get none
         if status == "idle":
             self._wake_dialer.set()
+
+    def _numbers_with_idle(self, items: list[DialplanItem]) -> None:
+        """Numbers the server handed in its reply to a line's "idle" (ext): taken as
+        from GET /dialplan, one round trip sooner (docs/daemon.md, "Life of the daemon")."""
+        for item in items:
+            self._take(item)
+        lines = [line for item in items if (line := self.lines.get(item.extension))]
+        if lines:
+            self._start_pending(lines)  # those lines alone: a reply a call, at 100s a second
 
     def _set_status(self) -> None:
         """STATUS= at most once every STATUS_EVERY seconds, the latest state last.
@@ -1504,7 +1516,8 @@ class Daemon:
             " again",
         )
 
-    def _start_pending(self) -> None:
+    def _start_pending(self, only: Iterable[Line] | None = None) -> None:
+        """Start the numbers lines hold, on the lines free for them (`only`: of these)."""
         if self._stopping.is_set():
             return
         if self._canaries_wanted and not self.spool_failing and not self.draining:
@@ -1513,7 +1526,7 @@ class Daemon:
             self._start_own_canary()
         cps = self.config.dialplan.max_cps
         loop = asyncio.get_running_loop()
-        for line in self.lines.values():
+        for line in self.lines.values() if only is None else only:
             if line.pending:
                 self._let_go_stale(line, loop.time())
             if line.pending and self._free(line):

@@ -42,6 +42,7 @@ from sipclient.server.payloads import (
     parse_accounts,
     parse_health,
     parse_json,
+    parse_next,
     parse_positive_int,
     parse_push,
     parse_status,
@@ -348,10 +349,16 @@ async def heartbeat(request: web.Request) -> web.Response:
 
 async def status(request: web.Request) -> web.Response:
     state, extension, phone = parse_status(request.query)
-    ms = await request.app[DISPATCH].record_status(
-        request.match_info["clientId"], state, extension, phone
-    )
-    return envelope({"timestamp": str(ms)})
+    want_next = parse_next(request.query)
+    dispatch = request.app[DISPATCH]
+    client_id = request.match_info["clientId"]
+    ms = await dispatch.record_status(client_id, state, extension, phone)
+    data: JSON = {"timestamp": str(ms)}
+    if want_next and state == "idle":
+        # (ext) the line's next number in this reply: the daemon saves the round
+        # trip of a GET /dialplan between two calls (docs/server.md)
+        data["dialplans"] = await dispatch.lease_dialplans(client_id, extension=extension)
+    return envelope(data)
 
 
 async def dial_wav(request: web.Request) -> web.Response:

@@ -156,9 +156,13 @@ class Dispatch:
             raise self._gone(client_id)
         return accounts
 
-    async def lease_dialplans(self, client_id: str) -> list[JSON]:
+    async def lease_dialplans(self, client_id: str, extension: str | None = None) -> list[JSON]:
+        """GET /dialplan: a number for each free extension of the client; with
+        `extension`, for that one alone (GET /status idle with `next=1`)."""
         self._check(client_id)
-        plans = await self.store.lease_dialplans(client_id, self.clock(), self.leases.share)
+        plans = await self.store.lease_dialplans(
+            client_id, self.clock(), self.leases.share, extension
+        )
         if plans is None:
             raise self._gone(client_id)
         # (ext) how long the number is the client's: past it the sweep hands it out

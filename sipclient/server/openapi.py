@@ -80,6 +80,23 @@ _TASK_ID: JSON = {
     "schema": {"type": "integer", "minimum": 1},
 }
 
+_DIALPLANS: JSON = {
+    "type": "array",
+    "items": {
+        "type": "object",
+        "required": ["extensionNum", "phoneNum"],
+        "properties": {
+            "extensionNum": _STR,
+            "phoneNum": _STR,
+            "dialplanId": _INT,
+            "leaseSeconds": {
+                "type": "number",
+                "description": "(ext) the server's leases.number_timeout: past it the"
+                " number is handed out again",
+            },
+        },
+    },
+}
 _TIMESTAMP: JSON = {
     "type": "object",
     "required": ["timestamp"],
@@ -474,24 +491,7 @@ def openapi_document() -> JSON:
                                 "type": "object",
                                 "required": ["dialplans"],
                                 "properties": {
-                                    "dialplans": {
-                                        "type": "array",
-                                        "items": {
-                                            "type": "object",
-                                            "required": ["extensionNum", "phoneNum"],
-                                            "properties": {
-                                                "extensionNum": _STR,
-                                                "phoneNum": _STR,
-                                                "dialplanId": _INT,
-                                                "leaseSeconds": {
-                                                    "type": "number",
-                                                    "description": "(ext) the server's"
-                                                    " leases.number_timeout: past it the"
-                                                    " number is handed out again",
-                                                },
-                                            },
-                                        },
-                                    }
+                                    "dialplans": _DIALPLANS,
                                 },
                             }
                         ),
@@ -628,8 +628,29 @@ def openapi_document() -> JSON:
                         },
                         {"name": "extensionNum", "in": "query", "required": True, "schema": _STR},
                         {"name": "phoneNum", "in": "query", "required": False, "schema": _STR},
+                        {
+                            "name": "next",
+                            "in": "query",
+                            "required": False,
+                            "schema": {"type": "string", "enum": ["0", "1"]},
+                            "description": "(ext) with status=idle, 1: hand this extension"
+                            " its next number in the reply's `dialplans` (as GET /dialplan"
+                            " would, for it alone), saving the daemon that round trip",
+                        },
                     ],
-                    "responses": {"200": _ok(_TIMESTAMP), **_errors(400, 404)},
+                    "responses": {
+                        "200": _ok(
+                            {
+                                "type": "object",
+                                "required": ["timestamp"],
+                                "properties": {
+                                    "timestamp": {"type": "string"},
+                                    "dialplans": _DIALPLANS,
+                                },
+                            }
+                        ),
+                        **_errors(400, 404),
+                    },
                 }
             },
             "/dial_wav/{clientId}": {

@@ -136,6 +136,15 @@ def parse_positive_int(
     return value
 
 
+def parse_next(query: Any) -> bool:
+    """GET /status (ext) `next`: "1" asks for the extension's next number in the reply
+    (only with status=idle); absent or "0": no."""
+    value = str(query.get("next", "0"))
+    if value not in ("0", "1"):
+        raise bad_request("next", f"expected 0 or 1, got {value!r}")
+    return value == "1"
+
+
 def parse_status(query: Any) -> tuple[str, str, str]:
     """GET /status: (status, extensionNum, phoneNum)."""
     status = query.get("status")

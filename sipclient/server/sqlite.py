@@ -744,9 +744,11 @@ class SqliteStore(Store):
         return await self._writer.run(job)
 
     async def lease_dialplans(
-        self, client_id: str, now: float, share: str = "none"
+        self, client_id: str, now: float, share: str = "none", extension: str | None = None
     ) -> list[JSON] | None:
         stamp = iso_local(now)
+        only = "" if extension is None else " AND a.name = ?"
+        args = (client_id,) if extension is None else (client_id, extension)
 
         def job(conn: sqlite3.Connection) -> list[JSON] | None:
             if not _touch(conn, client_id, now):
@@ -761,8 +763,8 @@ class SqliteStore(Store):
                 " AND NOT EXISTS (SELECT 1 FROM dialplans d"
                 "   WHERE d.status = 'busy' AND d.account_id = a.id"
                 "   AND NOT (a.state = 'idle' AND a.state_at > d.leased_at))"
-                " ORDER BY a.id",
-                (client_id,),
+                f"{only} ORDER BY a.id",
+                args,
             ).fetchall()
             if not idle:
                 return []

@@ -191,9 +191,10 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def lease_dialplans(
-        self, client_id: str, now: float, share: str = "none"
+        self, client_id: str, now: float, share: str = "none", extension: str | None = None
     ) -> list[JSON] | None:
-        """One free number per free extension of the client; None: client not active.
+        """One free number per free extension of the client (of `extension` alone when
+        given); None: client not active.
 
         Free: no busy number on it, or its client reported it idle after the
         latest hand-out (docs/server.md). `share` (`leases.share`): "none" hands

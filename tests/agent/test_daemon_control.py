@@ -317,6 +317,41 @@ def test_the_upload_body_parses_back_to_every_field_and_the_wav() -> None:
     assert parts[-1][1] == wav
 
 
+async def test_an_idle_reported_with_next_brings_the_lines_next_number(
+    server: LiveServer,
+) -> None:
+    # (ext) the reporter asks the server for the line's next number in the reply to
+    # its "idle": the daemon takes it there, and the dialer is not woken for a
+    # GET /dialplan that would bring nothing ("idle_served")
+    await server.push(["2001", "2002"], ["13800000001", "13800000002"])
+    client = ControlClient(server.url)
+    try:
+        cid = await client.notify()
+        await client.accounts(cid, 2)
+        reporter = StatusReporter(client, lambda: cid)
+        handed: list[tuple[str, str]] = []
+        sent: list[tuple[str, str]] = []
+        reporter.on_numbers = lambda items: handed.extend((i.extension, i.phone) for i in items)
+        reporter.on_sent = lambda ext, status: sent.append((ext, status))
+        reporter.report("2001", "idle")
+        assert await reporter.flush()
+        assert handed == [("2001", "13800000001")]
+        assert sent == [("2001", "idle_served")]
+        assert [(p.extension, p.phone) for p in await client.dialplan(cid)] == [
+            ("2002", "13800000002")
+        ]
+        # other states ask nothing; without on_numbers an idle asks nothing either
+        reporter.report("2001", "during", "13800000001")
+        assert await reporter.flush()
+        reporter.on_numbers = None
+        reporter.report("2002", "idle")
+        assert await reporter.flush()
+        assert handed == [("2001", "13800000001")]
+        assert sent[1:] == [("2001", "during"), ("2002", "idle")]
+    finally:
+        await client.close()
+
+
 async def test_unknown_client_id_raises_unknown_client(server: LiveServer) -> None:
     client = ControlClient(server.url)
     try:
@@ -579,7 +614,9 @@ class _SlowStatus:
         self.most = 0
         self.got: list[tuple[str, str]] = []
 
-    async def status(self, _cid: str, status: str, extension: str, _phone: str = "") -> None:
+    async def status(
+        self, _cid: str, status: str, extension: str, _phone: str = "", *, want_next: bool = False
+    ) -> None:
         self.in_flight += 1
         self.most = max(self.most, self.in_flight)
         try:

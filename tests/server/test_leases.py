@@ -254,3 +254,38 @@ async def test_the_same_calls_upload_again_is_taken_once_another_call_is_refused
     task = await api.ok("GET", f"/api/tasks/{task_id}")
     tries = {p["phone"]: (p["status"], p["tries"]) for p in task["dialplans"]}
     assert tries == {"100": ("finish", 1), "200": ("free", 1)}
+
+
+async def test_an_idle_asking_next_gets_the_lines_next_number_in_its_reply(
+    api: Api, clock: FakeClock
+) -> None:
+    """(ext) GET /status idle with next=1: the extension's next number comes in the
+    reply (a daemon's round trip to GET /dialplan saved); only that extension's, only
+    for idle, and a line already served gets none from either call."""
+    await _push(api, ["11", "22", "33"])
+    a = await api.notify()
+    await api.ok("GET", f"/accounts/{a}?threadsNum=2")
+    clock.advance(1)
+    data = await api.ok("GET", f"/status/{a}?status=idle&extensionNum=1001&next=1")
+    [first] = data["dialplans"]
+    assert (first["extensionNum"], first["phoneNum"]) == ("1001", "11")
+    assert first["leaseSeconds"] > 0 and "timestamp" in data
+    clock.advance(1)
+    # GET /dialplan now serves only the other line: 1001 holds 11
+    [other] = (await api.ok("GET", f"/dialplan/{a}"))["dialplans"]
+    assert (other["extensionNum"], other["phoneNum"]) == ("1002", "22")
+    clock.advance(1)
+    # without next, or for another state, the reply carries no numbers
+    data = await api.ok("GET", f"/status/{a}?status=during&extensionNum=1001&next=1")
+    assert "dialplans" not in data
+    clock.advance(1)
+    data = await api.ok("GET", f"/status/{a}?status=idle&extensionNum=1001")
+    assert "dialplans" not in data
+    clock.advance(1)
+    # that idle freed 1001 (its result is in the spool): the next asks get 33, then none
+    data = await api.ok("GET", f"/status/{a}?status=idle&extensionNum=1002&next=1")
+    [third] = data["dialplans"]
+    assert (third["extensionNum"], third["phoneNum"]) == ("1002", "33")
+    assert (await api.ok("GET", f"/dialplan/{a}"))["dialplans"] == []
+    status, body = await api.call("GET", f"/status/{a}?status=idle&extensionNum=1001&next=2")
+    assert status == 400 and body["msg"].startswith("next:")
