@@ -544,6 +544,7 @@ class StatusReporter:
         self._client_id = client_id
         self._pending: dict[str, tuple[str, str]] = {}
         self._wake = asyncio.Event()
+        self._reported = asyncio.Event()  # a state came while `flush` runs
         self._retry_min = retry_min
         self._retry_max = retry_max
         self.concurrency = max(1, concurrency)
@@ -562,6 +563,7 @@ class StatusReporter:
         """Queue a state; an older unsent state of the same extension is replaced."""
         self._pending[extension] = (status, phone)
         self._wake.set()
+        self._reported.set()
 
     @property
     def pending(self) -> int:
@@ -569,15 +571,44 @@ class StatusReporter:
         return len(self._pending)
 
     async def flush(self) -> bool:
-        """Send what is pending; True when everything went.
+        """Send what is pending, and what is reported meanwhile; True when all went.
 
         Up to `concurrency` extensions at a time, one state each: a line's "idle"
         is what lets the server hand it the next number, and one request at a
-        time (each a server write) queued every line's behind the others'.
-        States of one extension stay in order: a newer one reported meanwhile is
-        sent by the next flush. The first "server away" stops starting new ones.
+        time (each a server write) queued every line's behind the others'. A
+        state reported while others are in flight starts at once if a slot is
+        free: until session 18 it waited for the whole batch it missed, up to a
+        round trip to the server between a line's calls. States of one extension
+        stay in order: a newer one starts when its older one is answered. The
+        first "server away" stops starting new ones (those running finish).
         """
-        return await _in_flight(list(self._pending.items()), self.concurrency, self._send)
+        running: dict[str, asyncio.Future[bool]] = {}
+        ok = True
+        failure: BaseException | None = None
+        while True:
+            self._reported.clear()
+            if ok:
+                for extension, state in list(self._pending.items()):
+                    if len(running) >= self.concurrency:
+                        break
+                    if extension not in running:
+                        running[extension] = asyncio.ensure_future(self._send((extension, state)))
+            if not running:
+                if failure is not None:
+                    raise failure
+                return ok
+            reported = asyncio.ensure_future(self._reported.wait())
+            waiting: list[asyncio.Future[Any]] = [*running.values(), reported]
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            reported.cancel()
+            for extension, task in list(running.items()):
+                if task.done():
+                    del running[extension]
+                    if task.exception() is not None:
+                        failure = failure or task.exception()
+                        ok = False
+                    elif task.result() is False:
+                        ok = False
 
     async def _send(self, item: tuple[str, tuple[str, str]]) -> bool:
         """One extension's state; False: stop (server away, unknown client)."""

@@ -628,6 +628,24 @@ class _SlowStatus:
             self.in_flight -= 1
 
 
+async def test_a_state_reported_during_a_flush_starts_without_waiting_for_it() -> None:
+    # the old flush sent a snapshot: a line's "idle" reported while another line's
+    # state was in flight waited for it, up to a round trip to the server per call
+    fake = _SlowStatus()
+    reporter = StatusReporter(cast(Any, fake), lambda: "cid", concurrency=4)
+    reporter.report("2001", "idle")
+    flushing = asyncio.ensure_future(reporter.flush())
+    await asyncio.sleep(0.005)  # 2001's status is on its way (it takes 20 ms)
+    assert fake.in_flight == 1
+    reporter.report("2002", "idle")
+    reporter.report("2001", "during", "1")  # after its idle: waits for that one
+    await asyncio.sleep(0.005)
+    assert fake.in_flight == 2  # 2002 went at once, beside 2001
+    assert await flushing
+    assert fake.got == [("2001", "idle"), ("2002", "idle"), ("2001", "during")]
+    assert reporter.pending == 0
+
+
 async def test_statuses_of_lines_overlap_and_each_is_announced_once_taken() -> None:
     fake = _SlowStatus()
     reporter = StatusReporter(cast(Any, fake), lambda: "cid", concurrency=4)
