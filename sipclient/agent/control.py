@@ -554,6 +554,10 @@ class StatusReporter:
         self.on_sent: Callable[[str, str], None] | None = None
         """Called with (extension, status) once the server took it (the daemon asks
         for the line's next number when an "idle" went in)."""
+        self.ask_next = True
+        """Whether an "idle" asks for the next number (with `on_numbers` set); turned off
+        for good by a server that refuses the question (a 400 for the `next` it does
+        not know: the state then goes again without it)."""
         self.on_numbers: Callable[[list[DialplanItem]], None] | None = None
         """Set: an "idle" asks the server for the line's next number in its reply
         (`ControlClient.status` `want_next`), and the numbers handed that way are
@@ -617,7 +621,7 @@ class StatusReporter:
         client_id = self._client_id()
         if client_id is None:
             return False
-        want_next = status == "idle" and self.on_numbers is not None
+        want_next = status == "idle" and self.on_numbers is not None and self.ask_next
         handed: list[DialplanItem] | None = None
         try:
             handed = await self.client.status(
@@ -630,6 +634,13 @@ class StatusReporter:
         except ServerUnavailable:
             return False
         except Refused as exc:
+            if want_next and exc.http_status == 400:
+                # a server that refuses what it does not know (a bad request, not an
+                # extension it does not lease us): ask plainly from now on, and this
+                # state again so (the flush sends it, still pending)
+                self.ask_next = False
+                log.warning("status_next_refused", reason=str(exc))
+                return True
             log.warning("status_refused", extension=extension, status=status, reason=str(exc))
         if self._pending.get(extension) == state:
             del self._pending[extension]

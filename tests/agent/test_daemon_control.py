@@ -646,6 +646,41 @@ async def test_a_state_reported_during_a_flush_starts_without_waiting_for_it() -
     assert reporter.pending == 0
 
 
+class _StrictStatus(_SlowStatus):
+    """A server that refuses a /status asking `next` with `http_status` (400: a
+    parameter it does not know; 404: an extension it does not lease us)."""
+
+    def __init__(self, http_status: int) -> None:
+        super().__init__()
+        self.http_status = http_status
+
+    async def status(
+        self, _cid: str, status: str, extension: str, _phone: str = "", *, want_next: bool = False
+    ) -> None:
+        if want_next:
+            raise Refused("refused", 1, self.http_status)
+        self.got.append((extension, status))
+
+
+async def test_a_server_refusing_next_gets_the_idle_again_without_it() -> None:
+    fake = _StrictStatus(400)
+    reporter = StatusReporter(cast(Any, fake), lambda: "cid", concurrency=4)
+    reporter.on_numbers = lambda items: None
+    sent: list[tuple[str, str]] = []
+    reporter.on_sent = lambda ext, status: sent.append((ext, status))
+    reporter.report("2001", "idle")
+    assert await reporter.flush()
+    assert fake.got == [("2001", "idle")] and sent == [("2001", "idle")]
+    assert not reporter.ask_next and reporter.pending == 0
+    # a refusal of the extension itself is that state's end, not the question's
+    fake = _StrictStatus(404)
+    reporter = StatusReporter(cast(Any, fake), lambda: "cid", concurrency=4)
+    reporter.on_numbers = lambda items: None
+    reporter.report("2001", "idle")
+    assert await reporter.flush()
+    assert fake.got == [] and reporter.ask_next and reporter.pending == 0
+
+
 async def test_statuses_of_lines_overlap_and_each_is_announced_once_taken() -> None:
     fake = _SlowStatus()
     reporter = StatusReporter(cast(Any, fake), lambda: "cid", concurrency=4)
