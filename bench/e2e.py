@@ -173,7 +173,7 @@ class DelayProxy:
                 if not data:
                     break
             await sender
-        except (OSError, asyncio.IncompleteReadError):
+        except OSError:  # (read() never raises IncompleteReadError)
             dst.close()
         finally:
             sender.cancel()

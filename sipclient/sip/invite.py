@@ -248,8 +248,8 @@ class InviteSession:
         self._got_provisional = False
         self._early = False  # a 101-199 came for the latest INVITE
         self._bare_retry = False  # sent again without remembered answers, outcome not yet seen
-        self._bye_challenged = False  # our BYE got a 401/407 (answered once)
-        self._pracks_challenged: set[tuple[int, str, int]] = set()  # (INVITE CSeq, tag, RSeq)
+        # in-dialog requests answered once after a 401/407: (method, its dialog, RSeq or 0)
+        self._rechallenged: set[tuple[str, str, int]] = set()
         self._rseqs: dict[tuple[int, str], int] = {}  # (INVITE CSeq, remote tag) -> last RSeq
         self._offer_100rel = spec.prack  # also after a 421 asking for it
         self._ring_at: float | None = None
@@ -471,9 +471,12 @@ class InviteSession:
         our BYE for credentials: the BYE once more, answering it. Ending the session on
         the 401/407 instead would leave the call up at the far end, billed. False when
         it cannot be answered, or our answer was challenged again."""
-        if self._auth is None or self._call is None or self._bye_challenged:
+        if self._auth is None or self._call is None:
             return False
-        self._bye_challenged = True
+        key = ("BYE", self._call.remote_tag, 0)
+        if key in self._rechallenged:
+            return False
+        self._rechallenged.add(key)
         try:
             # the INVITE's realm was answered, but this is another request's challenge
             self._auth.handle_challenge(response, fresh=True)
@@ -496,10 +499,10 @@ class InviteSession:
             dialog = self._dialog_sets[invite_seq].get(tx.request.to.tag or "")
         except (ParseError, ValueError, KeyError):
             return
-        key = (invite_seq, tx.request.to.tag or "", rseq)
-        if dialog is None or key in self._pracks_challenged:
+        key = ("PRACK", f"{invite_seq} {tx.request.to.tag or ''}", rseq)  # RSeq: per fork
+        if dialog is None or key in self._rechallenged:
             return  # our answer to its challenge was challenged again: no loop
-        self._pracks_challenged.add(key)
+        self._rechallenged.add(key)
         try:
             self._auth.handle_challenge(response, fresh=True)
         except AuthError:
