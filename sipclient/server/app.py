@@ -357,7 +357,13 @@ async def status(request: web.Request) -> web.Response:
     if want_next and state == "idle":
         # (ext) the line's next number in this reply: the daemon saves the round
         # trip of a GET /dialplan between two calls (docs/server.md)
-        data["dialplans"] = await dispatch.lease_dialplans(client_id, extension=extension)
+        data["dialplans"] = await dispatch.lease_dialplans(
+            client_id, extension=extension, during=True
+        )
+        # (ext) ...and records the extension `during` the number it hands: the daemon
+        # then leaves that state unsent. Sent, it was still in flight when a call ended
+        # at once (a 486), and the line's `idle` waited a round trip behind it.
+        data["duringRecorded"] = True
     return envelope(data)
 
 

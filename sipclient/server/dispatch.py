@@ -156,12 +156,15 @@ class Dispatch:
             raise self._gone(client_id)
         return accounts
 
-    async def lease_dialplans(self, client_id: str, extension: str | None = None) -> list[JSON]:
+    async def lease_dialplans(
+        self, client_id: str, extension: str | None = None, *, during: bool = False
+    ) -> list[JSON]:
         """GET /dialplan: a number for each free extension of the client; with
-        `extension`, for that one alone (GET /status idle with `next=1`)."""
+        `extension`, for that one alone (GET /status idle with `next=1`, which also
+        records the extension `during` the number it gets: `during`)."""
         self._check(client_id)
         plans = await self.store.lease_dialplans(
-            client_id, self.clock(), self.leases.share, extension
+            client_id, self.clock(), self.leases.share, extension, during
         )
         if plans is None:
             raise self._gone(client_id)

@@ -646,6 +646,12 @@ def openapi_document() -> JSON:
                                 "properties": {
                                     "timestamp": {"type": "string"},
                                     "dialplans": _DIALPLANS,
+                                    "duringRecorded": {
+                                        "type": "boolean",
+                                        "description": "(ext) with `dialplans`: the"
+                                        " extension is recorded `during` each number"
+                                        " handed, so the client need not say so",
+                                    },
                                 },
                             }
                         ),

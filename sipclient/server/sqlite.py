@@ -744,7 +744,12 @@ class SqliteStore(Store):
         return await self._writer.run(job)
 
     async def lease_dialplans(
-        self, client_id: str, now: float, share: str = "none", extension: str | None = None
+        self,
+        client_id: str,
+        now: float,
+        share: str = "none",
+        extension: str | None = None,
+        during: bool = False,
     ) -> list[JSON] | None:
         stamp = iso_local(now)
         only = "" if extension is None else " AND a.name = ?"
@@ -784,6 +789,12 @@ class SqliteStore(Store):
                 " VALUES (?, ?, ?, ?)",
                 [(plan["id"], client_id, acc["name"], now) for acc, plan in pairs],
             )
+            if during:
+                conn.executemany(
+                    "UPDATE accounts SET state = 'during', state_phone = ?, state_at = ?"
+                    " WHERE id = ?",
+                    [(plan["phone"], now, acc["id"]) for acc, plan in pairs],
+                )
             tasks = sorted({plan["task_id"] for _, plan in pairs})
             if tasks:
                 conn.execute(

@@ -191,10 +191,16 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def lease_dialplans(
-        self, client_id: str, now: float, share: str = "none", extension: str | None = None
+        self,
+        client_id: str,
+        now: float,
+        share: str = "none",
+        extension: str | None = None,
+        during: bool = False,
     ) -> list[JSON] | None:
         """One free number per free extension of the client (of `extension` alone when
-        given); None: client not active.
+        given); None: client not active. `during`: also record each extension handed
+        a number as `during` it, as if its client had said so (the idle's `next`).
 
         Free: no busy number on it, or its client reported it idle after the
         latest hand-out (docs/server.md). `share` (`leases.share`): "none" hands

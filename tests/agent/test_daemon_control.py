@@ -43,6 +43,7 @@ from sipclient.agent.control import (
     Unauthorized,
     UnknownClient,
     Uploader,
+    _dialplan_items,
     form_data,
 )
 from sipclient.agent.daemon import OWN_FAIL_TRIES_MAX, OWN_FAULT_AFTER, CallRecord, Daemon
@@ -341,13 +342,68 @@ async def test_an_idle_reported_with_next_brings_the_lines_next_number(
             ("2002", "13800000002")
         ]
         # other states ask nothing; without on_numbers an idle asks nothing either
-        reporter.report("2001", "during", "13800000001")
+        reporter.report("2001", "call", "13800000001")
         assert await reporter.flush()
         reporter.on_numbers = None
         reporter.report("2002", "idle")
         assert await reporter.flush()
         assert handed == [("2001", "13800000001")]
-        assert sent[1:] == [("2001", "during"), ("2002", "idle")]
+        assert sent[1:] == [("2001", "call"), ("2002", "idle")]
+    finally:
+        await client.close()
+
+
+async def test_a_during_the_server_recorded_with_the_number_is_not_sent(
+    server: LiveServer,
+) -> None:
+    """(ext) The server records the line `during` the number it hands with the idle
+    (`duringRecorded`): the call's "during" is left unsent, and the call's "idle"
+    waits behind nothing. A state reported in between, a number the server did not
+    hand so, or another phone: the "during" goes."""
+    await server.push(["2001", "2002"], ["13800000001", "13800000002", "13800000003"])
+    client = ControlClient(server.url)
+    try:
+        cid = await client.notify()
+        await client.accounts(cid, 2)
+        reporter = StatusReporter(client, lambda: cid)
+        handed: list[DialplanItem] = []
+        sent: list[tuple[str, str]] = []
+        reporter.on_numbers = handed.extend
+        reporter.on_sent = lambda ext, status: sent.append((ext, status))
+        reporter.report("2001", "idle")
+        reporter.report("2002", "idle")
+        assert await reporter.flush()
+        assert sorted(i.phone for i in handed) == ["13800000001", "13800000002"]
+        assert all(i.during_recorded for i in handed)
+        one = next(i for i in handed if i.extension == "2001")
+        two = next(i for i in handed if i.extension == "2002")
+        reporter.report("2001", "during", one.phone)
+        assert reporter.pending == 0 and reporter.unsent_during == 1
+        # 2002 went unregistered after its hand-out: its "during" is news to the server
+        reporter.report("2002", "unregistered")
+        assert await reporter.flush()
+        reporter.report("2002", "during", two.phone)
+        assert reporter.pending == 1
+        assert await reporter.flush()
+        assert [s for s in server.statuses if s[0] == "during"] == [("during", "2002", two.phone)]
+        # the call's end: its idle goes at once, and hands the third number
+        sent.clear()
+        reporter.report("2001", "idle")
+        assert await reporter.flush()
+        assert sent == [("2001", "idle_served")] and handed[-1].phone == "13800000003"
+        # its "during" stays unsent too; the same number again after another state
+        # (dialled anew on that line): that "during" goes
+        reporter.report("2001", "during", "13800000003")
+        assert reporter.pending == 0 and reporter.unsent_during == 2
+        reporter.report("2001", "idle")
+        reporter.report("2001", "during", "13800000003")
+        assert reporter.pending == 1 and reporter.unsent_during == 2
+        assert await reporter.flush()
+        assert server.statuses[-1] == ("during", "2001", "13800000003")
+        # a reply without the flag (a server of session 18): every "during" goes
+        assert not _dialplan_items({"dialplans": [{"extensionNum": "1", "phoneNum": "2"}]})[
+            0
+        ].during_recorded
     finally:
         await client.close()
 

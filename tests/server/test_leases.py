@@ -289,3 +289,36 @@ async def test_an_idle_asking_next_gets_the_lines_next_number_in_its_reply(
     assert (await api.ok("GET", f"/dialplan/{a}"))["dialplans"] == []
     status, body = await api.call("GET", f"/status/{a}?status=idle&extensionNum=1001&next=2")
     assert status == 400 and body["msg"].startswith("next:")
+
+
+async def _line_states(api: Api) -> dict[str, tuple[str, str]]:
+    [box] = (await api.ok("GET", "/api/clients"))["clients"]
+    return {e["extensionNum"]: (e["status"], e["phone"]) for e in box["extensions"]}
+
+
+async def test_the_number_handed_with_an_idle_records_its_line_during_it(
+    api: Api, clock: FakeClock
+) -> None:
+    """(ext) The extension handed a number in its idle's reply is recorded `during`
+    it (`duringRecorded`), so the daemon need not say so; without a number, or
+    without `next`, the idle stands; and that line's next idle frees it again."""
+    await _push(api, ["11"])
+    a = await api.notify()
+    await api.ok("GET", f"/accounts/{a}?threadsNum=2")
+    clock.advance(1)
+    data = await api.ok("GET", f"/status/{a}?status=idle&extensionNum=1001&next=1")
+    assert data["duringRecorded"] is True and len(data["dialplans"]) == 1
+    clock.advance(1)
+    data = await api.ok("GET", f"/status/{a}?status=idle&extensionNum=1002&next=1")
+    assert data["dialplans"] == []
+    clock.advance(1)
+    await api.ok("GET", f"/status/{a}?status=idle&extensionNum=1002")
+    assert await _line_states(api) == {"1001": ("during", "11"), "1002": ("idle", "")}
+    # 1001 is not free while 11 is out on it, as after a "during" it sent itself
+    await _push(api, ["22"])
+    clock.advance(1)
+    [plan] = (await api.ok("GET", f"/dialplan/{a}"))["dialplans"]
+    assert plan["extensionNum"] == "1002"
+    clock.advance(1)
+    data = await api.ok("GET", f"/status/{a}?status=idle&extensionNum=1001&next=1")
+    assert data["dialplans"] == [] and (await _line_states(api))["1001"] == ("idle", "")
