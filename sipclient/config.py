@@ -258,6 +258,14 @@ class DialplanSettings:
     server that knows only the seed states no lease: then keep this below that
     server's lease less a call; 0: no limit of our own."""
 
+    look_ahead: bool = True
+    """Each line holds its next number while it dials one (ext: the server hands it
+    in its reply to the call's "during"), and starts it the moment the call ends,
+    with no round trip to the server in between (docs/daemon.md, "Life of the
+    daemon"). A number is then leased a call's length sooner; a daemon killed holds
+    one undialled number a line, which the server's lease reclaim hands out again.
+    False: a line asks for its next number when its call has ended."""
+
     def __post_init__(self) -> None:
         _ordered("dialplan.poll_min", self.poll_min, "dialplan.poll_max", self.poll_max)
 

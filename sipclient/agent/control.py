@@ -265,9 +265,10 @@ class ControlClient:
         """State change of one extension.
 
         `want_next` (ext, with "idle"): the server hands the extension its next number
-        in the reply, saving the GET /dialplan round trip between two calls. Returns
-        those numbers (maybe none), or None when the reply has no `dialplans` (a server
-        that knows only the seed, or not asked).
+        in the reply, saving the GET /dialplan round trip between two calls; with
+        "during": a number for the line to hold while it dials `phone` (the
+        look-ahead). Returns those numbers (maybe none), or None when the reply has no
+        `dialplans` (a server that knows only the seed, or not asked).
         """
         params = {"status": status, "extensionNum": extension, "phoneNum": phone}
         if want_next:
@@ -571,6 +572,13 @@ class StatusReporter:
         """Set: an "idle" asks the server for the line's next number in its reply
         (`ControlClient.status` `want_next`), and the numbers handed that way are
         given to it, before `on_sent` (which is then told "idle_served")."""
+        self.may_hold: Callable[[str], bool] | None = None
+        """Set, with `on_numbers`: a "during" asks the server for a number for the
+        line to hold while it dials (ext, the look-ahead), when this says the
+        extension may hold one; the numbers go to `on_numbers` too."""
+        self.ask_ahead = True
+        """Turned off for good by a server whose reply to such a "during" hands nothing
+        (one that knows `next` with "idle" only: session 18's)."""
 
     def report(self, extension: str, status: str, phone: str = "") -> None:
         """Queue a state; an older unsent state of the same extension is replaced.
@@ -588,12 +596,22 @@ class StatusReporter:
             and recorded is not None
             and recorded == (self._client_id(), phone)
             and extension not in self._pending
+            and not self._asks_ahead(extension)  # that "during" carries a question
         ):
             self.unsent_during += 1
             return
         self._pending[extension] = (status, phone)
         self._wake.set()
         self._reported.set()
+
+    def _asks_ahead(self, extension: str) -> bool:
+        return (
+            self.ask_ahead
+            and self.ask_next
+            and self.on_numbers is not None
+            and self.may_hold is not None
+            and self.may_hold(extension)
+        )
 
     @property
     def pending(self) -> int:
@@ -647,7 +665,10 @@ class StatusReporter:
         client_id = self._client_id()
         if client_id is None:
             return False
-        want_next = status == "idle" and self.on_numbers is not None and self.ask_next
+        if status == "idle":
+            want_next = self.on_numbers is not None and self.ask_next
+        else:
+            want_next = status == "during" and bool(phone) and self._asks_ahead(extension)
         handed: list[DialplanItem] | None = None
         try:
             handed = await self.client.status(
@@ -671,13 +692,19 @@ class StatusReporter:
         if self._pending.get(extension) == state:
             del self._pending[extension]
         self.sent += 1
+        if want_next and status == "during" and handed is None:
+            # a server that knows `next` with "idle" only: the line's next number comes
+            # with its "idle" (or GET /dialplan), as before the look-ahead
+            self.ask_ahead = False
+            log.info("look_ahead_unsupported", hint="the server hands no number ahead")
         if handed is not None and self.on_numbers is not None:
             # the server took `next`: whatever the line gets next came in this reply
             for number in handed:
                 if number.during_recorded and number.extension not in self._pending:
                     self._recorded[number.extension] = (client_id, number.phone)
             self.on_numbers(handed)
-            status = "idle_served"
+            if status == "idle":
+                status = "idle_served"
         if self.on_sent is not None:
             self.on_sent(extension, status)
         return True

@@ -467,7 +467,8 @@ class Daemon:
         self.uploader.on_uploaded = self._uploaded
         self.uploader.on_refused = lambda entry: self._record_sent(entry.fields)
         self.status.on_sent = self._status_sent_to_server
-        self.status.on_numbers = self._numbers_with_idle
+        self.status.on_numbers = self._numbers_handed
+        self.status.may_hold = self._may_hold
 
     # ---------------------------------------------------------------- public
 
@@ -843,18 +844,41 @@ class Daemon:
 
     def _status_sent_to_server(self, extension: str, status: str) -> None:
         # "idle_served": the server handed the line's next number (if any) in the reply
-        # to its "idle" (`_numbers_with_idle`); asking /dialplan now would get none
+        # to its "idle" (`_numbers_handed`); asking /dialplan now would get none
         if status == "idle":
             self._wake_dialer.set()
 
-    def _numbers_with_idle(self, items: list[DialplanItem]) -> None:
-        """Numbers the server handed in its reply to a line's "idle" (ext): taken as
-        from GET /dialplan, one round trip sooner (docs/daemon.md, "Life of the daemon")."""
+    def _numbers_handed(self, items: list[DialplanItem]) -> None:
+        """Numbers the server handed in its reply to a line's "idle" or "during" (ext):
+        taken as from GET /dialplan, one round trip sooner; one handed with a
+        "during" waits on its busy line for that call's end (the look-ahead,
+        docs/daemon.md, "Life of the daemon")."""
         for item in items:
-            self._take(item)
+            self._take(item, quiet=True)
         lines = [line for item in items if (line := self.lines.get(item.extension))]
         if lines:
             self._start_pending(lines)  # those lines alone: a reply a call, at 100s a second
+
+    def _may_hold(self, extension: str) -> bool:
+        """Whether the line dialling on `extension` asks for a number to hold meanwhile
+        (`dialplan.look_ahead`): not when it holds one already, nor when its next
+        call could not start at once anyway (a stop, a drain, the spool failing, a
+        paused trunk...): such a number would only wait, leased, on the line."""
+        line = self.lines.get(extension)
+        if line is None or line.pending or not self.config.dialplan.look_ahead:
+            return False
+        now = asyncio.get_running_loop().time()
+        return (
+            not self._stopping.is_set()
+            and not self.spool_failing
+            and not self.draining
+            and line.registered
+            and not line.retired
+            and not line.rechecking
+            and line.hold_until <= now
+            and self._trunk(line).allows(now)
+            and self._own_allows_numbers(now)
+        )
 
     def _set_status(self) -> None:
         """STATUS= at most once every STATUS_EVERY seconds, the latest state last.
@@ -1459,8 +1483,9 @@ class Daemon:
         for h in held:
             await self._spool(*h)
 
-    def _take(self, item: DialplanItem) -> None:
-        """Put a number on its line (kept there until the line can dial it)."""
+    def _take(self, item: DialplanItem, *, quiet: bool = False) -> None:
+        """Put a number on its line (kept there until the line can dial it); `quiet`:
+        one asked for while the line dials, not worth a log line on a busy line."""
         line = self.lines.get(item.extension)
         if line is None:
             log.warning(
@@ -1487,7 +1512,7 @@ class Daemon:
                 reason=line.reason,
             )
             self.status.report(line.extension, "unregistered")
-        elif line.busy:
+        elif line.busy and not quiet:
             log.info("dialplan_for_busy_extension", extension=item.extension, phone=item.phone)
 
     def _check_lease(self, item: DialplanItem) -> None:
@@ -1681,9 +1706,14 @@ class Daemon:
             if line.retired:
                 asyncio.get_running_loop().create_task(self._drop_line(line))
             elif not self._stopping.is_set() and not no_port:
-                # (a line whose number waits for a port stays "during": not idle,
-                # or the server would hand it more numbers to hold)
-                self._report_line(line)
+                if line.pending:
+                    # the number it held while this call ran (the look-ahead) starts
+                    # now, with no round trip to the server: its own "during" tells it
+                    self._start_pending([line])
+                if not line.busy:
+                    # (a line whose number waits for a port stays "during": not idle,
+                    # or the server would hand it more numbers to hold)
+                    self._report_line(line)
             if line.pending or line.retired or not line.registered:
                 # a number already held for this line starts now; otherwise the
                 # next one is asked for once the "idle" above went in

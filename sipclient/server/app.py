@@ -352,18 +352,19 @@ async def status(request: web.Request) -> web.Response:
     want_next = parse_next(request.query)
     dispatch = request.app[DISPATCH]
     client_id = request.match_info["clientId"]
-    ms = await dispatch.record_status(client_id, state, extension, phone)
+    ms, plans = await dispatch.record_status(client_id, state, extension, phone, want_next)
     data: JSON = {"timestamp": str(ms)}
-    if want_next and state == "idle":
-        # (ext) the line's next number in this reply: the daemon saves the round
-        # trip of a GET /dialplan between two calls (docs/server.md)
-        data["dialplans"] = await dispatch.lease_dialplans(
-            client_id, extension=extension, during=True
-        )
-        # (ext) ...and records the extension `during` the number it hands: the daemon
-        # then leaves that state unsent. Sent, it was still in flight when a call ended
-        # at once (a 486), and the line's `idle` waited a round trip behind it.
-        data["duringRecorded"] = True
+    if plans is not None:
+        # (ext) with "idle", the line's next number in this reply: the daemon saves
+        # the round trip of a GET /dialplan between two calls; with "during", one for
+        # the line to hold while it dials, started the moment this call ends
+        # (docs/server.md)
+        data["dialplans"] = plans
+        if state == "idle":
+            # ...the extension recorded `during` the number handed: the daemon then
+            # leaves that state unsent. Sent, it was still in flight when a call ended
+            # at once (a 486), and the line's `idle` waited a round trip behind it.
+            data["duringRecorded"] = True
     return envelope(data)
 
 

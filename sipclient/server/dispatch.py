@@ -156,35 +156,43 @@ class Dispatch:
             raise self._gone(client_id)
         return accounts
 
-    async def lease_dialplans(
-        self, client_id: str, extension: str | None = None, *, during: bool = False
-    ) -> list[JSON]:
-        """GET /dialplan: a number for each free extension of the client; with
-        `extension`, for that one alone (GET /status idle with `next=1`, which also
-        records the extension `during` the number it gets: `during`)."""
+    async def lease_dialplans(self, client_id: str) -> list[JSON]:
+        """GET /dialplan: a number for each free extension of the client."""
         self._check(client_id)
-        plans = await self.store.lease_dialplans(
-            client_id, self.clock(), self.leases.share, extension, during
-        )
+        plans = await self.store.lease_dialplans(client_id, self.clock(), self.leases.share)
         if plans is None:
             raise self._gone(client_id)
+        return self._with_lease(plans)
+
+    def _with_lease(self, plans: list[JSON]) -> list[JSON]:
         # (ext) how long the number is the client's: past it the sweep hands it out
         # again, so a daemon holding it undialled lets it go well before (its
         # dialplan.hold_max, capped at half of this)
         lease = self.leases.number_timeout
         return [dict(plan, leaseSeconds=lease) for plan in plans]
 
-    async def record_status(self, client_id: str, status: str, extension: str, phone: str) -> int:
+    async def record_status(
+        self, client_id: str, status: str, extension: str, phone: str, want_next: bool = False
+    ) -> tuple[int, list[JSON] | None]:
+        """GET /status: (epoch ms, the numbers `next` handed: None when not asked).
+
+        (ext) `want_next`: with "idle", the line's next number, the extension then
+        recorded `during` it; with "during", a number to hold while it dials
+        `phone` (`Store.record_status`)."""
         self._check(client_id)
         now = self.clock()
-        known = await self.store.record_status(client_id, status, extension, phone, now)
+        asks = status == "idle" or (status == "during" and phone != "")
+        share = self.leases.share if want_next and asks else None
+        known, plans = await self.store.record_status(
+            client_id, status, extension, phone, now, share
+        )
         if known is None:
             raise self._gone(client_id)
         if not known:
             raise ApiError(
                 404, f"extensionNum: {extension!r} is not leased to client {client_id!r}"
             )
-        return int(now * 1000)
+        return int(now * 1000), None if plans is None else self._with_lease(plans)
 
     def check_uploader(self, client_id: str) -> None:
         """An upload is taken from an expired client too (a late /dial_wav)."""

@@ -635,7 +635,9 @@ def openapi_document() -> JSON:
                             "schema": {"type": "string", "enum": ["0", "1"]},
                             "description": "(ext) with status=idle, 1: hand this extension"
                             " its next number in the reply's `dialplans` (as GET /dialplan"
-                            " would, for it alone), saving the daemon that round trip",
+                            " would, for it alone), saving the daemon that round trip;"
+                            " with status=during, 1: a number for it to hold while it"
+                            " dials phoneNum, when that is the latest handed to it",
                         },
                     ],
                     "responses": {

@@ -138,7 +138,8 @@ def parse_positive_int(
 
 def parse_next(query: Any) -> bool:
     """GET /status (ext) `next`: "1" asks for the extension's next number in the reply
-    (only with status=idle); absent or "0": no."""
+    (with status=idle: to dial now; with status=during: to hold while it dials that
+    phone); absent or "0": no."""
     value = str(query.get("next", "0"))
     if value not in ("0", "1"):
         raise bad_request("next", f"expected 0 or 1, got {value!r}")

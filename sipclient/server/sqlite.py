@@ -744,70 +744,100 @@ class SqliteStore(Store):
         return await self._writer.run(job)
 
     async def lease_dialplans(
-        self,
-        client_id: str,
-        now: float,
-        share: str = "none",
-        extension: str | None = None,
-        during: bool = False,
+        self, client_id: str, now: float, share: str = "none", extension: str | None = None
     ) -> list[JSON] | None:
-        stamp = iso_local(now)
-        only = "" if extension is None else " AND a.name = ?"
-        args = (client_id,) if extension is None else (client_id, extension)
-
         def job(conn: sqlite3.Connection) -> list[JSON] | None:
             if not _touch(conn, client_id, now):
                 return None
+            return self._lease(conn, client_id, now, share, extension)
+
+        return await self._writer.run(job)
+
+    def _lease(
+        self,
+        conn: sqlite3.Connection,
+        client_id: str,
+        now: float,
+        share: str,
+        extension: str | None = None,
+        during: bool = False,
+        ahead_of: str | None = None,
+    ) -> list[JSON]:
+        """The hand-out of `lease_dialplans`, and of `record_status`'s `next` (`during`:
+        record each extension `during` its number; `ahead_of`: the number the
+        extension dials, see the Store's docstrings). In the writer's transaction."""
+        stamp = iso_local(now)
+        only = "" if extension is None else " AND a.name = ?"
+        args: tuple[str, ...] = (client_id,) if extension is None else (client_id, extension)
+        if ahead_of is None:
             # An extension is free when no number is out on it, or when its client
             # reported it idle after the latest hand-out: that number's result is in
             # the client's spool on its way here, and waiting for the upload (~40 ms
             # of writes and judging) left every line idle that long between calls.
-            idle = conn.execute(
-                "SELECT a.id, a.name FROM accounts a WHERE a.client_id = ?"
-                " AND COALESCE(a.state, '') != 'unregistered'"
+            free_when = (
                 " AND NOT EXISTS (SELECT 1 FROM dialplans d"
                 "   WHERE d.status = 'busy' AND d.account_id = a.id"
                 "   AND NOT (a.state = 'idle' AND a.state_at > d.leased_at))"
-                f"{only} ORDER BY a.id",
-                args,
-            ).fetchall()
-            if not idle:
+            )
+        else:
+            # (ext) Its next number, held while it dials `ahead_of`: only when that is
+            # the latest hand-out to the extension, so a line holds one at most; and
+            # only while free numbers outnumber the lines out: at a list's end a number
+            # held behind a call (seconds) would keep a line that is free waiting.
+            lines = conn.execute(
+                "SELECT COUNT(*) FROM accounts WHERE client_id IS NOT NULL"
+            ).fetchone()[0]
+            left = conn.execute(
+                "SELECT COUNT(*) FROM (SELECT 1 FROM dialplans WHERE status = 'free' LIMIT ?)",
+                (lines + 1,),
+            ).fetchone()[0]
+            if left <= lines:
                 return []
-            free = self._shared_plans(conn, now, len(idle), share)
-            pairs = list(zip(idle, free, strict=False))
-            conn.executemany(
-                "UPDATE dialplans SET status = 'busy', client_id = ?,"
-                " account_id = ?, extension = ?, leased_at = ?, updated_at = ? WHERE id = ?",
-                [
-                    (client_id, acc["id"], acc["name"], now, stamp, plan["id"])
-                    for acc, plan in pairs
-                ],
+            free_when = (
+                " AND EXISTS (SELECT 1 FROM dialplans d"
+                "   WHERE d.status = 'busy' AND d.account_id = a.id AND d.phone = ?"
+                "   AND NOT EXISTS (SELECT 1 FROM dialplans e"
+                "     WHERE e.status = 'busy' AND e.account_id = a.id AND e.id != d.id"
+                "     AND e.leased_at >= d.leased_at))"
             )
-            # Every hand-out is kept: a late upload is matched against it.
+            args = (*args, ahead_of)
+        idle = conn.execute(
+            "SELECT a.id, a.name FROM accounts a WHERE a.client_id = ?"
+            " AND COALESCE(a.state, '') != 'unregistered'"
+            f"{only}{free_when} ORDER BY a.id",
+            args,
+        ).fetchall()
+        if not idle:
+            return []
+        free = self._shared_plans(conn, now, len(idle), share)
+        pairs = list(zip(idle, free, strict=False))
+        conn.executemany(
+            "UPDATE dialplans SET status = 'busy', client_id = ?,"
+            " account_id = ?, extension = ?, leased_at = ?, updated_at = ? WHERE id = ?",
+            [(client_id, acc["id"], acc["name"], now, stamp, plan["id"]) for acc, plan in pairs],
+        )
+        # Every hand-out is kept: a late upload is matched against it.
+        conn.executemany(
+            "INSERT INTO handouts (dialplan_id, client_id, extension, leased_at)"
+            " VALUES (?, ?, ?, ?)",
+            [(plan["id"], client_id, acc["name"], now) for acc, plan in pairs],
+        )
+        if during:
             conn.executemany(
-                "INSERT INTO handouts (dialplan_id, client_id, extension, leased_at)"
-                " VALUES (?, ?, ?, ?)",
-                [(plan["id"], client_id, acc["name"], now) for acc, plan in pairs],
+                "UPDATE accounts SET state = 'during', state_phone = ?, state_at = ? WHERE id = ?",
+                [(plan["phone"], now, acc["id"]) for acc, plan in pairs],
             )
-            if during:
-                conn.executemany(
-                    "UPDATE accounts SET state = 'during', state_phone = ?, state_at = ?"
-                    " WHERE id = ?",
-                    [(plan["phone"], now, acc["id"]) for acc, plan in pairs],
-                )
-            tasks = sorted({plan["task_id"] for _, plan in pairs})
-            if tasks:
-                conn.execute(
-                    "UPDATE tasks SET status = 'running', updated_at = ?"
-                    f" WHERE status = 'free' AND id IN ({_placeholders(len(tasks))})",
-                    (stamp, *tasks),
-                )
-            return [
-                {"extensionNum": acc["name"], "phoneNum": plan["phone"], "dialplanId": plan["id"]}
-                for acc, plan in pairs
-            ]
-
-        return await self._writer.run(job)
+        tasks = sorted({plan["task_id"] for _, plan in pairs})
+        if tasks:
+            conn.execute(
+                "UPDATE tasks SET status = 'running', updated_at = ?"
+                f" WHERE status = 'free' AND id IN ({_placeholders(len(tasks))})",
+                (stamp, *tasks),
+            )
+        return [
+            {"extensionNum": acc["name"], "phoneNum": plan["phone"], "dialplanId": plan["id"]}
+            for acc, plan in pairs
+        ]
 
     def _shared_plans(
         self, conn: sqlite3.Connection, now: float, count: int, share: str
@@ -856,17 +886,29 @@ class SqliteStore(Store):
         return chosen
 
     async def record_status(
-        self, client_id: str, status: str, extension: str, phone: str, now: float
-    ) -> bool | None:
-        def job(conn: sqlite3.Connection) -> bool | None:
+        self,
+        client_id: str,
+        status: str,
+        extension: str,
+        phone: str,
+        now: float,
+        next_share: str | None = None,
+    ) -> tuple[bool | None, list[JSON] | None]:
+        def job(conn: sqlite3.Connection) -> tuple[bool | None, list[JSON] | None]:
             if not _touch(conn, client_id, now):
-                return None
+                return None, None
             cur = conn.execute(
                 "UPDATE accounts SET state = ?, state_phone = ?, state_at = ?"
                 " WHERE client_id = ? AND name = ?",
                 (status, phone, now, client_id, extension),
             )
-            return cur.rowcount > 0
+            if cur.rowcount == 0:
+                return False, None
+            if next_share is None or status not in ("idle", "during"):
+                return True, None
+            if status == "idle":
+                return True, self._lease(conn, client_id, now, next_share, extension, during=True)
+            return True, self._lease(conn, client_id, now, next_share, extension, ahead_of=phone)
 
         return await self._writer.run(job)
 

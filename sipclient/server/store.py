@@ -191,16 +191,10 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def lease_dialplans(
-        self,
-        client_id: str,
-        now: float,
-        share: str = "none",
-        extension: str | None = None,
-        during: bool = False,
+        self, client_id: str, now: float, share: str = "none", extension: str | None = None
     ) -> list[JSON] | None:
         """One free number per free extension of the client (of `extension` alone when
-        given); None: client not active. `during`: also record each extension handed
-        a number as `during` it, as if its client had said so (the idle's `next`).
+        given); None: client not active.
 
         Free: no busy number on it, or its client reported it idle after the
         latest hand-out (docs/server.md). `share` (`leases.share`): "none" hands
@@ -209,9 +203,27 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def record_status(
-        self, client_id: str, status: str, extension: str, phone: str, now: float
-    ) -> bool | None:
-        """Extension state; False: extension not leased to it; None: client not active."""
+        self,
+        client_id: str,
+        status: str,
+        extension: str,
+        phone: str,
+        now: float,
+        next_share: str | None = None,
+    ) -> tuple[bool | None, list[JSON] | None]:
+        """Extension state: (known, numbers). known: False: extension not leased to
+        it; None: client not active.
+
+        `next_share` (ext `next`; the `leases.share` to hand out with): in the same
+        transaction, so no GET /dialplan in between takes the number, hand the
+        extension a number (numbers: [] when none, None when not asked):
+        - with "idle", its next one by the free rule of `lease_dialplans`, and
+          record the extension `during` it (the daemon need not say so);
+        - with "during", one to hold while it dials `phone`, when that is the
+          latest number handed to it (a line holds one at most), and while more
+          numbers are free than lines are leased (a list's end goes to lines
+          that are free, not to lines that would hold it behind a call).
+        """
 
     @abc.abstractmethod
     async def finish_dialplan(

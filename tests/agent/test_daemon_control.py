@@ -884,6 +884,7 @@ def _daemon_config(
     trunk: TrunkSettings | None = None,
     max_cps: float = 0.0,
     hold_max: float = 300.0,
+    look_ahead: bool = True,
 ) -> DaemonConfig:
     return DaemonConfig(
         server=ServerLink(server.url, timeout=2.0),
@@ -891,7 +892,9 @@ def _daemon_config(
         recordings=RecordingSettings(dir=tmp_path / "rec"),
         spool=SpoolSettings(tmp_path / "spool"),
         heartbeat=HeartbeatSettings(0.5),
-        dialplan=DialplanSettings(poll_min=0.05, poll_max=0.2, max_cps=max_cps, hold_max=hold_max),
+        dialplan=DialplanSettings(
+            poll_min=0.05, poll_max=0.2, max_cps=max_cps, hold_max=hold_max, look_ahead=look_ahead
+        ),
         trunk=trunk or TrunkSettings(),
     )
 
@@ -902,13 +905,14 @@ def _daemon_noting(
     threads: int,
     trunk: TrunkSettings | None = None,
     max_cps: float = 0.0,
+    look_ahead: bool = True,
 ) -> tuple[Daemon, FakeWorld, list[str]]:
     """A daemon over fake lines whose systemd notifications land in the returned list."""
     world = FakeWorld(tmp_path)
     (tmp_path / "rec").mkdir()
     notes: list[str] = []
     daemon = Daemon(
-        _daemon_config(tmp_path, server, threads, trunk, max_cps),
+        _daemon_config(tmp_path, server, threads, trunk, max_cps, look_ahead=look_ahead),
         world.factory,
         notify=lambda *lines: notes.extend(lines) or True,
     )
@@ -1063,29 +1067,89 @@ async def test_a_daemon_with_uploads_left_in_its_spool_does_not_leave(
     assert kept["code"] == 200  # still a live client, its number still busy
 
 
+@pytest.mark.parametrize("look_ahead", [False, True])
 async def test_each_number_is_reported_during_then_call_if_answered_then_idle(
-    server: LiveServer, tmp_path: Path
+    server: LiveServer, tmp_path: Path, look_ahead: bool
 ) -> None:
-    # PROTOCOL.md's status table, as the server receives it: during (INVITE sent),
-    # call (2xx), idle (free again: phoneNum empty), per number
-    task_id = await server.push(["2001"], ["900", "901"])
-    daemon, world, _ = _daemon_noting(tmp_path, server, 1)
+    """PROTOCOL.md's status table, as the server receives it: during (INVITE sent),
+    call (2xx), idle (free again: phoneNum empty), per number.
+
+    Two of our extensions change it. The number handed in the reply to an idle
+    (`next`) is recorded `during` by the server itself, so that "during" is not
+    sent (without the look-ahead, 901 and 902 here). With the look-ahead
+    (`dialplan.look_ahead`), the line holds its next number through the call, so
+    it is never free: "during" the next one follows at once (901), and "idle"
+    only comes when it holds none; the server hands that number in its reply to
+    the "during", only while free numbers outnumber the lines (not 902)."""
+    await server.post(
+        "/api/account", {"account": [{"host": "127.0.0.1:5999", "name": "2001", "pwd": "pw"}]}
+    )
+    daemon, world, _ = _daemon_noting(tmp_path, server, 1, look_ahead=look_ahead)
     world.call_seconds = 0.2
     world.answer_for = {"900"}
     async with _running(daemon):
+        # pushed once the line said it is free: 900 comes from GET /dialplan
+        await _wait(lambda: server.statuses == [("idle", "2001", "")])
+        task_id = await server.push(["2001"], ["900", "901", "902"])
         await _wait(lambda: _finished(server, task_id), timeout=20)
         await _wait(lambda: server.statuses[-1:] == [("idle", "2001", "")])
-    said = [s for s in server.statuses if s[1] == "2001"]
-    assert said[0] == ("idle", "2001", "")  # registered, before any number
-    calls = said[1:]
-    dialled = world.dialled
-    assert set(dialled) == {"900", "901"}
-    expected: list[tuple[str, str, str]] = []
-    for phone in dialled:
-        expected += [("during", "2001", phone)]
-        expected += [("call", "2001", phone)] if phone == "900" else []
-        expected += [("idle", "2001", "")]
-    assert calls == expected, said
+    assert world.dialled == ["900", "901", "902"]
+    calls = [s for s in server.statuses if s[1] == "2001"][1:]
+    if look_ahead:
+        assert calls == [
+            ("during", "2001", "900"),
+            ("call", "2001", "900"),
+            ("during", "2001", "901"),
+            ("idle", "2001", ""),
+            ("during", "2001", "902"),
+            ("idle", "2001", ""),
+        ]
+        assert daemon.status.ask_ahead and daemon.status.unsent_during == 0
+    else:
+        assert calls == [
+            ("during", "2001", "900"),
+            ("call", "2001", "900"),
+            ("idle", "2001", ""),  # its reply hands 901, recorded during it
+            ("idle", "2001", ""),
+            ("idle", "2001", ""),
+        ]
+        assert daemon.status.unsent_during == 2
+
+
+async def test_a_server_handing_nothing_ahead_is_asked_no_more(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A server that knows `next` with "idle" only (session 18's) answers a "during"
+    that asks ahead without `dialplans`: the daemon stops asking (said once,
+    `look_ahead_unsupported`), and each line's next number comes with its idle."""
+    asked: list[str] = []
+
+    @web.middleware
+    async def idle_only(request: web.Request, handler: Any) -> web.StreamResponse:
+        q = request.query
+        if request.path.startswith("/status/") and q.get("status") == "during":
+            asked.append(q.get("next", "0"))
+            plain = {k: v for k, v in q.items() if k != "next"}
+            request = request.clone(rel_url=request.rel_url.with_query(plain))
+        return cast(web.StreamResponse, await handler(request))
+
+    server = LiveServer(tmp_path / "server")
+    server.folder.mkdir()
+    server.middlewares.append(idle_only)
+    await server.start()
+    try:
+        task_id = await server.push(["2001"], [f"9{i:02}" for i in range(5)])
+        daemon, world, _ = _daemon_noting(tmp_path, server, 1)
+        world.call_seconds = 0.05
+        async with _running(daemon):
+            await _wait(lambda: _finished(server, task_id), timeout=20)
+        assert sorted(world.dialled) == [f"9{i:02}" for i in range(5)]
+        assert not daemon.status.ask_ahead
+        # asked once; then each number came with the idle, its "during" the server's
+        assert asked.count("1") == 1 and daemon.status.unsent_during >= 1
+        assert capsys.readouterr().out.count("look_ahead_unsupported") == 1
+    finally:
+        await server.stop()
 
 
 async def test_kept_recordings_older_than_keep_days_are_pruned_at_start(

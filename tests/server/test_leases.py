@@ -322,3 +322,46 @@ async def test_the_number_handed_with_an_idle_records_its_line_during_it(
     clock.advance(1)
     data = await api.ok("GET", f"/status/{a}?status=idle&extensionNum=1001&next=1")
     assert data["dialplans"] == [] and (await _line_states(api))["1001"] == ("idle", "")
+
+
+async def test_a_during_asking_next_gets_one_number_to_hold_while_it_dials(
+    api: Api, clock: FakeClock
+) -> None:
+    """(ext) GET /status during with next=1: a number for the line to hold while it
+    dials phoneNum, only when that is the latest number handed to it (so a line
+    holds one at most), and while free numbers outnumber the lines leased; it stays
+    the line's alone: GET /dialplan passes it by."""
+    await _push(api, ["11", "22", "33", "44", "55", "66"])
+    a = await api.notify()
+    await api.ok("GET", f"/accounts/{a}?threadsNum=2")
+
+    async def during(ext: str, phone: str) -> list[str]:
+        clock.advance(1)
+        data = await api.ok(
+            "GET", f"/status/{a}?status=during&extensionNum={ext}&phoneNum={phone}&next=1"
+        )
+        assert "duringRecorded" not in data  # the held number is not being dialled
+        return [p["phoneNum"] for p in data["dialplans"]]
+
+    clock.advance(1)
+    [first] = (await api.ok("GET", f"/status/{a}?status=idle&extensionNum=1001&next=1"))[
+        "dialplans"
+    ]
+    assert first["phoneNum"] == "11"
+    assert await during("1001", "11") == ["22"]
+    assert await during("1001", "11") == []  # it holds 22 already
+    assert await during("1001", "22") == ["33"]  # 22 started: 33 to hold
+    clock.advance(1)
+    [other] = (await api.ok("GET", f"/dialplan/{a}"))["dialplans"]
+    assert (other["extensionNum"], other["phoneNum"]) == ("1002", "44")
+    assert await during("1002", "11") == []  # not a number out on 1002
+    # 55 and 66 are left for 2 lines: the list's end is not held behind a call
+    assert await during("1002", "44") == []
+    assert (await _line_states(api))["1001"] == ("during", "22")
+    clock.advance(1)
+    data = await api.ok("GET", f"/status/{a}?status=idle&extensionNum=1002&next=1")
+    assert [p["phoneNum"] for p in data["dialplans"]] == ["55"]
+    # without next, a during hands nothing
+    clock.advance(1)
+    data = await api.ok("GET", f"/status/{a}?status=during&extensionNum=1001&phoneNum=33")
+    assert "dialplans" not in data
