@@ -41,6 +41,10 @@ from sipclient.server.store import (
 log = get_logger(__name__)
 
 T = TypeVar("T")
+
+AHEAD_LINES = 2
+"""A number to hold (`next` with "during") only while free numbers are more than
+this many times the accounts leased to clients (`SqliteStore._lease`)."""
 Job = Callable[[sqlite3.Connection], Any]
 
 # Schema migrations, applied in order at start; PRAGMA user_version counts them.
@@ -782,16 +786,19 @@ class SqliteStore(Store):
         else:
             # (ext) Its next number, held while it dials `ahead_of`: only when that is
             # the latest hand-out to the extension, so a line holds one at most; and
-            # only while free numbers outnumber the lines out: at a list's end a number
-            # held behind a call (seconds) would keep a line that is free waiting.
+            # only while free numbers are more than twice the lines out: at a list's
+            # end a number held behind a call (seconds) would keep a free line
+            # waiting, and the numbers held before that are dialled by the time the
+            # last ones go (a batch of 1,000 numbers on 100 lines ended 0.7 s later
+            # than without the look-ahead with "more than the lines").
             lines = conn.execute(
                 "SELECT COUNT(*) FROM accounts WHERE client_id IS NOT NULL"
             ).fetchone()[0]
             left = conn.execute(
                 "SELECT COUNT(*) FROM (SELECT 1 FROM dialplans WHERE status = 'free' LIMIT ?)",
-                (lines + 1,),
+                (AHEAD_LINES * lines + 1,),
             ).fetchone()[0]
-            if left <= lines:
+            if left <= AHEAD_LINES * lines:
                 return []
             free_when = (
                 " AND EXISTS (SELECT 1 FROM dialplans d"

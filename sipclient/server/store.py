@@ -220,9 +220,9 @@ class Store(abc.ABC):
         - with "idle", its next one by the free rule of `lease_dialplans`, and
           record the extension `during` it (the daemon need not say so);
         - with "during", one to hold while it dials `phone`, when that is the
-          latest number handed to it (a line holds one at most), and while more
-          numbers are free than lines are leased (a list's end goes to lines
-          that are free, not to lines that would hold it behind a call).
+          latest number handed to it (a line holds one at most), and while free
+          numbers are more than twice the lines leased (a list's end goes to
+          lines that are free, not to lines that would hold it behind a call).
         """
 
     @abc.abstractmethod

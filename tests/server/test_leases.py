@@ -329,9 +329,9 @@ async def test_a_during_asking_next_gets_one_number_to_hold_while_it_dials(
 ) -> None:
     """(ext) GET /status during with next=1: a number for the line to hold while it
     dials phoneNum, only when that is the latest number handed to it (so a line
-    holds one at most), and while free numbers outnumber the lines leased; it stays
-    the line's alone: GET /dialplan passes it by."""
-    await _push(api, ["11", "22", "33", "44", "55", "66"])
+    holds one at most), and while free numbers are more than twice the lines leased;
+    it stays the line's alone: GET /dialplan passes it by."""
+    await _push(api, ["11", "22", "33", "44", "55", "66", "77", "88"])
     a = await api.notify()
     await api.ok("GET", f"/accounts/{a}?threadsNum=2")
 
@@ -355,7 +355,7 @@ async def test_a_during_asking_next_gets_one_number_to_hold_while_it_dials(
     [other] = (await api.ok("GET", f"/dialplan/{a}"))["dialplans"]
     assert (other["extensionNum"], other["phoneNum"]) == ("1002", "44")
     assert await during("1002", "11") == []  # not a number out on 1002
-    # 55 and 66 are left for 2 lines: the list's end is not held behind a call
+    # 55 to 88 are left for 2 lines: the list's end is not held behind a call
     assert await during("1002", "44") == []
     assert (await _line_states(api))["1001"] == ("during", "22")
     clock.advance(1)
