@@ -17,8 +17,10 @@ Routing of what comes in:
   back: proxies forward every 2xx, RFC 3261 §16.7) and whose session is gone
   is ACKed and BYEd here (§13.2.2.4: a UAC that does not want the dialog
   ACKs and BYEs it), as the session would have: else that call stays up at
-  the far end, billed. The BYE carries no credentials (a PBX that challenges
-  BYEs keeps it up until its own timers). `OrphanAnswer` is emitted for the
+  the far end, billed. The ACK and the BYE carry the INVITE's digest answers,
+  and a challenged BYE goes once more answering it (since session 19: before,
+  a PBX that challenges BYEs kept such a call up until its own timers).
+  `OrphanAnswer` is emitted for the
   `ORPHANS` owner and `orphan_answers` counts them. Over TCP, where Timer D is
   0, the INVITE's record is kept 64*T1 for this alone;
 - a request goes to the usage owning its Call-ID (`Usage.on_request`, which
@@ -53,6 +55,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from sipclient.sip.auth import AuthError
 from sipclient.sip.dialog import Dialog, DialogError
 from sipclient.sip.message import (
     URI,
@@ -102,6 +105,14 @@ class Usage(Protocol):
     def handle_timer(self, now: float) -> None: ...
 
 
+class Signer(Protocol):
+    """Digest answers for the requests of one extension (`auth.DigestClient`)."""
+
+    def sign(self, request: Request) -> None: ...
+
+    def handle_challenge(self, response: Response, *, fresh: bool = False) -> None: ...
+
+
 _ClientCore = InviteClientTransaction | NonInviteClientTransaction
 _ServerCore = InviteServerTransaction | NonInviteServerTransaction
 
@@ -109,14 +120,18 @@ _ServerCore = InviteServerTransaction | NonInviteServerTransaction
 class ClientTransaction:
     """A usage's handle on one core client transaction: where it goes, who owns it."""
 
-    __slots__ = ("core", "dest", "method", "owner", "request")
+    __slots__ = ("core", "dest", "method", "owner", "request", "signer")
 
-    def __init__(self, core: _ClientCore, dest: Addr, owner: Usage) -> None:
+    def __init__(
+        self, core: _ClientCore, dest: Addr, owner: Usage, signer: Signer | None = None
+    ) -> None:
         self.core = core
         self.request = core.request
         self.method = core.request.method
         self.dest = dest
         self.owner = owner
+        self.signer = signer
+        """The INVITE's credentials, for a BYE to an orphan 2xx (`_hang_up_orphan`)."""
 
     @property
     def terminated(self) -> bool:
@@ -138,13 +153,21 @@ class _Completed:
     deadline. A retransmitted final gets the same ACK as from the core.
     """
 
-    __slots__ = ("ack", "at", "dest", "key")
+    __slots__ = ("ack", "at", "dest", "key", "signer")
 
-    def __init__(self, key: TransactionKey, ack: bytes | None, dest: Addr, at: float) -> None:
+    def __init__(
+        self,
+        key: TransactionKey,
+        ack: bytes | None,
+        dest: Addr,
+        at: float,
+        signer: Signer | None = None,
+    ) -> None:
         self.key = key
         self.ack = ack
         self.dest = dest
         self.at = at
+        self.signer = signer
 
     def get_timer(self) -> float | None:
         return self.at
@@ -199,6 +222,38 @@ class _Orphans:
 
 ORPHANS: Usage = _Orphans()
 """The owner of `OrphanAnswer` events (an adapter subscribes to it to log them)."""
+
+
+class _OrphanBye(_Orphans):
+    """The BYE of an orphan 2xx (`Endpoint._hang_up_orphan`): sent with the INVITE's
+    digest answers, and once more answering a 401/407 (a PBX that challenges
+    in-dialog requests); unanswered, the call stays up at the far end, billed."""
+
+    def __init__(self, ep: Endpoint, dialog: Dialog, to: Addr, signer: Signer | None) -> None:
+        self._ep = ep
+        self._dialog = dialog
+        self._to = to
+        self._signer = signer
+        self._challenged = False
+
+    def send(self, now: float) -> None:
+        ep = self._ep
+        bye = self._dialog.make_request(
+            "BYE", ep.via(ep.new_branch()), headers=[("User-Agent", ep.user_agent)]
+        )
+        if self._signer is not None:
+            self._signer.sign(bye)
+        ep.start_transaction(bye, self._to, self, now)
+
+    def on_response(self, tx: ClientTransaction, response: Response, now: float) -> None:
+        if response.status not in (401, 407) or self._signer is None or self._challenged:
+            return  # our answer challenged again: no loop
+        self._challenged = True
+        try:
+            self._signer.handle_challenge(response, fresh=True)
+        except AuthError:
+            return
+        self.send(now)
 
 
 _Timed = Any  # ClientTransaction | _Completed | _ServerEntry | Usage: anything with get_timer()
@@ -303,15 +358,22 @@ class Endpoint:
             heapq.heappush(self._timers, (at, self._seq, *self._slot(owner)))
 
     def start_transaction(
-        self, request: Request, dest: Addr, owner: Usage, now: float
+        self,
+        request: Request,
+        dest: Addr,
+        owner: Usage,
+        now: float,
+        signer: Signer | None = None,
     ) -> ClientTransaction:
-        """Send `request` (its top Via already carries a fresh branch) reliably."""
+        """Send `request` (its top Via already carries a fresh branch) reliably.
+
+        `signer` (an INVITE's): the credentials a BYE to an orphan 2xx answers with."""
         core: _ClientCore
         if request.method == "INVITE":
             core = InviteClientTransaction(request, now, reliable=self.reliable, t1=self.t1)
         else:
             core = NonInviteClientTransaction(request, now, reliable=self.reliable, t1=self.t1)
-        tx = ClientTransaction(core, dest, owner)
+        tx = ClientTransaction(core, dest, owner, signer)
         self._client[core.key] = tx
         self._flush_client(tx, now)
         return tx
@@ -431,7 +493,7 @@ class Endpoint:
                     # over TCP Timer D is 0, but a fork's 2xx may still come after the
                     # final (module docstring): a record for the 64*T1 a UDP one lasts
                     until = now + 64 * self.t1
-                    kept = _Completed(ended.key, ended.ack.serialize(), tx.dest, until)
+                    kept = _Completed(ended.key, ended.ack.serialize(), tx.dest, until, tx.signer)
                     self._client[ended.key] = kept
                     self.touch(kept)
                 else:
@@ -441,7 +503,9 @@ class Endpoint:
         if core.state in _LINGERING and at is not None and self._client.get(core.key) is tx:
             # only retransmitted finals are left to absorb (Timer D or K runs)
             ack = core.ack if isinstance(core, InviteClientTransaction) else None
-            left = _Completed(core.key, None if ack is None else ack.serialize(), tx.dest, at)
+            left = _Completed(
+                core.key, None if ack is None else ack.serialize(), tx.dest, at, tx.signer
+            )
             self._client[core.key] = left
             self.touch(left)
         else:
@@ -472,7 +536,7 @@ class Endpoint:
                     usage.on_stray_response(resp, addr, now)
                     self.touch(usage)
                 else:
-                    self._hang_up_orphan(resp, tx.dest, now)
+                    self._hang_up_orphan(resp, tx.dest, now, tx.signer)
             return
         if tx is not None:
             tx.core.receive(resp, now)
@@ -483,13 +547,17 @@ class Endpoint:
             usage.on_stray_response(resp, addr, now)
             self.touch(usage)
 
-    def _hang_up_orphan(self, resp: Response, dest: Addr, now: float) -> None:
+    def _hang_up_orphan(
+        self, resp: Response, dest: Addr, now: float, signer: Signer | None
+    ) -> None:
         """ACK and BYE a 2xx whose INVITE's session is gone (module docstring).
 
         The dialog is rebuilt from the 2xx alone: our From and the Call-ID come
         back in it, the remote target is its Contact, the route set its
         Record-Route; the INVITE's own Request-URI only matters for a strict
-        router's route set, and then the target takes its place.
+        router's route set, and then the target takes its place. Both carry the
+        INVITE's digest answers (`signer`), as the session's would, and a
+        challenged BYE goes once more answering it (`_OrphanBye`).
         """
         try:
             target = Address.parse(resp.headers.get("Contact") or "").uri
@@ -502,11 +570,11 @@ class Endpoint:
             return  # nothing we could route an ACK or a BYE with
         first = dialog.route_set[0].uri if dialog.route_set else dialog.remote_target
         to = uri_addr(first, dest)
-        ua = [("User-Agent", self.user_agent)]
-        self.send_stateless(dialog.make_ack(self.via(self.new_branch())), to)
-        self.start_transaction(
-            dialog.make_request("BYE", self.via(self.new_branch()), headers=ua), to, ORPHANS, now
-        )
+        ack = dialog.make_ack(self.via(self.new_branch()))
+        if signer is not None:
+            signer.sign(ack)
+        self.send_stateless(ack, to)
+        _OrphanBye(self, dialog, to, signer).send(now)
         self.orphan_answers += 1
         self.emit(ORPHANS, OrphanAnswer(now, resp.call_id, resp.status, to))
 

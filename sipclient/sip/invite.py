@@ -351,7 +351,11 @@ class InviteSession:
         self.state = SessionState.CALLING
         self._got_provisional = False
         self._early = False
-        self._invite_tx = self.endpoint.start_transaction(req, self.spec.proxy, self, now)
+        # (the credentials stay with the transaction's record: a fork's 2xx after the
+        # session is gone gets a BYE the PBX takes, `Endpoint._hang_up_orphan`)
+        self._invite_tx = self.endpoint.start_transaction(
+            req, self.spec.proxy, self, now, signer=self._auth
+        )
         self.endpoint.emit(self, InviteSent(now, branch, self.cseq))
 
     def _send_cancel(self, now: float, why: str) -> None:

@@ -856,3 +856,39 @@ def test_a_fork_answering_after_the_487_of_a_session_gone_is_acked_and_byed(
     # the BYE's 200 ends its transaction; nothing else is sent
     answer(ep, bye, 200, 0.5, tag="b")
     assert ep.datagrams_to_send() == []
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+def test_an_orphan_2xx_gets_a_bye_with_credentials_answered_again_when_challenged(
+    transport: str,
+) -> None:
+    # the same fork's 2xx, for an INVITE the PBX had challenged: the orphan's ACK
+    # and BYE carry the INVITE's answers, and a PBX that challenges every in-dialog
+    # request gets the BYE once more answering it (once: no loop)
+    ep = endpoint(transport=transport)
+    session, invite = start(ep, credentials=True)
+    answer(ep, invite, 407, 0.05, headers=[CHALLENGE])
+    _, retry = requests(ep)
+    answer(ep, retry, 180, 0.1, tag="a")
+    session.cancel(0.2)
+    (cancel,) = requests(ep)
+    answer(ep, cancel, 200, 0.25, tag=None)
+    answer(ep, retry, 487, 0.3, tag="a")
+    requests(ep)  # the 487's ACK
+    ended(events(ep))
+    session.close()
+    del session
+    answer(ep, retry, 200, 0.4, tag="b", headers=[CONTACT], body=SDP_ANSWER)
+    ack, bye = requests(ep)
+    assert (ack.method, bye.method) == ("ACK", "BYE")
+    for req in (ack, bye):
+        assert 'nonce="n1"' in (req.headers.get("Proxy-Authorization") or "")
+    new_nonce = ("Proxy-Authenticate", 'Digest realm="pbx", nonce="n2", algorithm=MD5')
+    answer(ep, bye, 407, 0.5, tag="b", headers=[new_nonce])
+    (again,) = requests(ep)
+    assert again.method == "BYE" and again.cseq.seq == bye.cseq.seq + 1
+    assert again.call_id == invite.call_id and again.to.tag == "b"
+    assert 'nonce="n2"' in (again.headers.get("Proxy-Authorization") or "")
+    answer(ep, again, 407, 0.6, tag="b", headers=[new_nonce])
+    assert requests(ep) == []
+    assert ep.orphan_answers == 1
