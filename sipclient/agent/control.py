@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import urllib.parse
 import uuid
 from collections.abc import Awaitable, Callable
@@ -121,6 +122,21 @@ class ControlClient:
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._session: aiohttp.ClientSession | None = None
         self._auth = {"Authorization": f"Bearer {token}"} if token else {}
+        self.lease_seen_at: float | None = None
+        """Loop time at which the latest request was sent that the server answered
+        200 while knowing our clientId (anything but an upload, which it takes from
+        an expired id too): the numbers it handed us were still ours then."""
+        self.lease_trust_s = math.inf
+        """How long after `lease_seen_at` they are taken to be ours still
+        (`lease_alive`); the daemon sets it from its heartbeat interval."""
+        self.on_lease_back: Callable[[], None] | None = None
+        """Called when such an answer comes after `lease_trust_s` without one."""
+
+    def lease_alive(self, now: float) -> bool:
+        """Whether the server answered, within `lease_trust_s` of `now`, a request it
+        could only answer 200 while our clientId (and its leases) lived."""
+        seen = self.lease_seen_at
+        return seen is not None and now - seen <= self.lease_trust_s
 
     async def close(self) -> None:
         """Close the HTTP session."""
@@ -141,8 +157,10 @@ class ControlClient:
         params: dict[str, str] | None = None,
         data: bytes | None = None,
         headers: dict[str, str] | None = None,
+        proves_lease: bool = True,
     ) -> dict[str, Any]:
         url = self.base_url + path
+        sent = asyncio.get_running_loop().time()
         try:
             async with self._http().request(
                 method, url, params=params, data=data, headers=headers
@@ -165,6 +183,8 @@ class ControlClient:
             raise ServerUnavailable(f"{method} {path}: HTTP {status}, not the envelope")
         code: int = body["code"]
         if code == 200:
+            if proves_lease:
+                self._lease_seen(sent)
             data_obj = body.get("data")
             return data_obj if isinstance(data_obj, dict) else {}
         message = f"{method} {path}: code {code}: {body.get('msg')}"
@@ -175,6 +195,13 @@ class ControlClient:
         if status >= 500 or code >= 500:
             raise ServerUnavailable(message, code, status)
         raise Refused(message, code, status)
+
+    def _lease_seen(self, sent: float) -> None:
+        back = not self.lease_alive(sent)
+        if self.lease_seen_at is None or sent > self.lease_seen_at:
+            self.lease_seen_at = sent
+        if back and self.on_lease_back is not None:
+            self.on_lease_back()
 
     async def notify(self) -> str:
         """Register this daemon; its clientId."""
@@ -290,7 +317,11 @@ class ControlClient:
         """POST /dial_wav with `wav` (named `name`) and `fields` (`form_data`)."""
         body, content_type = form_data(fields, "file_name", name, wav)
         await self._call(
-            "POST", f"/dial_wav/{client_id}", data=body, headers={"Content-Type": content_type}
+            "POST",
+            f"/dial_wav/{client_id}",
+            data=body,
+            headers={"Content-Type": content_type},
+            proves_lease=False,  # a late upload from an expired clientId is taken
         )
 
 

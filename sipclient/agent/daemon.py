@@ -182,6 +182,15 @@ SESSION_RESTART_MAX = 30.0
 HEARTBEAT_REFUSED_MAX = 3
 """Heartbeats in a row answered with a non-200 `code` (not 401) before the daemon
 takes it for an unknown clientId and calls /notify again (`Daemon._heartbeat`)."""
+LEASE_TRUST_BEATS = 2.0
+"""A number waiting on a line starts only while the server answered, within this
+many heartbeat intervals, a request it answers only to a clientId it still knows
+(`ControlClient.lease_alive`; `Daemon._free`). Past its `leases.client_timeout` of
+silence (the box frozen, cut off, the server down) the server expires the id and
+hands its numbers out again: started then, the number was dialled twice (soak
+seed 35 of session 19: a 14 s SIGSTOP, 12 numbers held by the look-ahead). Keep
+the server's client_timeout above this many heartbeats (60 s against 2 x 10 s
+shipped)."""
 LAG_WARN = 0.1
 """Smoothed lag above which STATUS= and the log say the daemon is overloaded."""
 LAG_WARN_EVERY = 30.0
@@ -359,6 +368,8 @@ class Daemon:
         self.client = client or ControlClient(
             config.server.url, timeout=config.server.timeout, token=config.server.token
         )
+        self.client.lease_trust_s = LEASE_TRUST_BEATS * config.heartbeat.interval
+        self.client.on_lease_back = self._wake_dialer_soon
         self.spool = Spool(config.spool.dir)
         self.client_id: str | None = None
         self.lines: dict[str, Line] = {}
@@ -1138,10 +1149,15 @@ class Daemon:
         self._wake_dialer.clear()
         return woken
 
+    def _wake_dialer_soon(self) -> None:
+        # (the server answered again after a silence: numbers held on lines may start)
+        self._wake_dialer.set()
+
     def _free(self, line: Line) -> bool:
         now = asyncio.get_running_loop().time()
         return (
-            not self.spool_failing
+            self.client.lease_alive(now)
+            and not self.spool_failing
             and line.registered
             and not line.busy
             and not line.retired
@@ -1613,6 +1629,8 @@ class Daemon:
             return
         gone = {id(p) for p in stale}
         line.pending = [p for p in line.pending if id(p) not in gone]
+        if not line.pending and not line.busy and line.registered:
+            self._report_line(line)  # it held a number, so it had not said "idle" (`_call`)
         for item in stale:
             self.let_go += 1
             log.warning(
@@ -1710,9 +1728,10 @@ class Daemon:
                     # the number it held while this call ran (the look-ahead) starts
                     # now, with no round trip to the server: its own "during" tells it
                     self._start_pending([line])
-                if not line.busy:
-                    # (a line whose number waits for a port stays "during": not idle,
-                    # or the server would hand it more numbers to hold)
+                if not line.busy and not (line.pending and line.registered):
+                    # (a line holding a number it cannot start yet, waiting for its
+                    # max_cps turn or a paused trunk, or whose number waits for a port,
+                    # stays "during": not idle, or the server would hand it another)
                     self._report_line(line)
             if line.pending or line.retired or not line.registered:
                 # a number already held for this line starts now; otherwise the
