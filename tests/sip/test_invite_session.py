@@ -820,6 +820,19 @@ def test_a_retransmitted_final_is_acked_again_until_timer_d_after_the_session_is
     assert ep.datagrams_to_send() == []
 
 
+def _ended_by_our_cancel(ep: Endpoint, session: InviteSession, invite: Request) -> None:
+    """Ringing, then our CANCEL: its 487 came back, and the session ended and is
+    closed (a forking proxy may still forward another branch's 2xx)."""
+    answer(ep, invite, 180, 0.1, tag="a")
+    session.cancel(0.2)
+    (cancel,) = requests(ep)
+    answer(ep, cancel, 200, 0.25, tag=None)
+    answer(ep, invite, 487, 0.3, tag="a")
+    requests(ep)  # the 487's ACK
+    ended(events(ep))
+    session.close()
+
+
 @pytest.mark.parametrize("transport", ["udp", "tcp"])
 def test_a_fork_answering_after_the_487_of_a_session_gone_is_acked_and_byed(
     transport: str,
@@ -829,14 +842,7 @@ def test_a_fork_answering_after_the_487_of_a_session_gone_is_acked_and_byed(
     # (RFC 3261 §16.7). Unanswered, that call would stay up at the far end, billed
     ep = endpoint(transport=transport)
     session, invite = start(ep)
-    answer(ep, invite, 180, 0.1, tag="a")
-    session.cancel(0.2)
-    (cancel,) = requests(ep)
-    answer(ep, cancel, 200, 0.25, tag=None)
-    answer(ep, invite, 487, 0.3, tag="a")
-    requests(ep)  # the 487's ACK
-    ended(events(ep))
-    session.close()
+    _ended_by_our_cancel(ep, session, invite)
     del session
     rr = ("Record-Route", "<sip:10.0.0.7:5070;lr>")
     answer(ep, invite, 200, 0.4, tag="b", headers=[rr, CONTACT], body=SDP_ANSWER)
@@ -869,14 +875,7 @@ def test_an_orphan_2xx_gets_a_bye_with_credentials_answered_again_when_challenge
     session, invite = start(ep, credentials=True)
     answer(ep, invite, 407, 0.05, headers=[CHALLENGE])
     _, retry = requests(ep)
-    answer(ep, retry, 180, 0.1, tag="a")
-    session.cancel(0.2)
-    (cancel,) = requests(ep)
-    answer(ep, cancel, 200, 0.25, tag=None)
-    answer(ep, retry, 487, 0.3, tag="a")
-    requests(ep)  # the 487's ACK
-    ended(events(ep))
-    session.close()
+    _ended_by_our_cancel(ep, session, retry)
     del session
     answer(ep, retry, 200, 0.4, tag="b", headers=[CONTACT], body=SDP_ANSWER)
     ack, bye = requests(ep)
