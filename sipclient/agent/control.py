@@ -635,6 +635,12 @@ class StatusReporter:
         self._wake.set()
         self._reported.set()
 
+    def withdraw_idle(self, extension: str) -> None:
+        """Drop an unsent "idle" of the extension: its line holds a number after all
+        (an "idle" in flight is past recall)."""
+        if self._pending.get(extension) == ("idle", ""):
+            del self._pending[extension]
+
     def _asks_ahead(self, extension: str) -> bool:
         return (
             self.ask_ahead

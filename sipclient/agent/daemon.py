@@ -849,6 +849,13 @@ class Daemon:
         if line.busy and line.current is not None:
             self.status.report(line.extension, "during", line.current.phone)
         elif line.registered:
+            if line.pending:
+                # it holds a number it cannot start yet (its max_cps turn, a paused
+                # trunk, the server silent): not free, and an "idle" had the server hand
+                # it another to hold. Its "during" comes when it starts; if that number
+                # is let go instead, its "idle" then (`_let_go_stale`)
+                self.status.withdraw_idle(line.extension)
+                return
             self.status.report(line.extension, "idle")
         else:
             self.status.report(line.extension, "unregistered")
@@ -869,6 +876,10 @@ class Daemon:
         lines = [line for item in items if (line := self.lines.get(item.extension))]
         if lines:
             self._start_pending(lines)  # those lines alone: a reply a call, at 100s a second
+        for line in lines:
+            if line.pending and not line.busy:
+                # one it cannot start yet: an "idle" queued behind that reply goes
+                self._report_line(line)
 
     def _may_hold(self, extension: str) -> bool:
         """Whether the line dialling on `extension` asks for a number to hold meanwhile
@@ -1630,7 +1641,7 @@ class Daemon:
         gone = {id(p) for p in stale}
         line.pending = [p for p in line.pending if id(p) not in gone]
         if not line.pending and not line.busy and line.registered:
-            self._report_line(line)  # it held a number, so it had not said "idle" (`_call`)
+            self._report_line(line)  # it held a number, so it had not said "idle"
         for item in stale:
             self.let_go += 1
             log.warning(
@@ -1728,10 +1739,9 @@ class Daemon:
                     # the number it held while this call ran (the look-ahead) starts
                     # now, with no round trip to the server: its own "during" tells it
                     self._start_pending([line])
-                if not line.busy and not (line.pending and line.registered):
-                    # (a line holding a number it cannot start yet, waiting for its
-                    # max_cps turn or a paused trunk, or whose number waits for a port,
-                    # stays "during": not idle, or the server would hand it another)
+                if not line.busy:
+                    # (a line whose number waits for a port stays "during": not idle,
+                    # or the server would hand it more numbers to hold)
                     self._report_line(line)
             if line.pending or line.retired or not line.registered:
                 # a number already held for this line starts now; otherwise the
