@@ -128,7 +128,10 @@ class ControlClient:
         an expired id too): the numbers it handed us were still ours then."""
         self.lease_trust_s = math.inf
         """How long after `lease_seen_at` they are taken to be ours still
-        (`lease_alive`); the daemon sets it from its heartbeat interval."""
+        (`lease_alive`); the daemon sets it from its heartbeat interval. Never more
+        than half the server's `leases.client_timeout` when /notify said it."""
+        self.server_client_timeout: float | None = None
+        """(ext) `clientTimeout` of the latest /notify reply."""
         self.on_lease_back: Callable[[], None] | None = None
         """Called when such an answer comes after `lease_trust_s` without one."""
 
@@ -136,7 +139,12 @@ class ControlClient:
         """Whether the server answered, within `lease_trust_s` of `now`, a request it
         could only answer 200 while our clientId (and its leases) lived."""
         seen = self.lease_seen_at
-        return seen is not None and now - seen <= self.lease_trust_s
+        if seen is None:
+            return False
+        trust = self.lease_trust_s
+        if self.server_client_timeout is not None:
+            trust = min(trust, self.server_client_timeout / 2)
+        return now - seen <= trust
 
     async def close(self) -> None:
         """Close the HTTP session."""
@@ -209,6 +217,13 @@ class ControlClient:
         client_id = data.get("clientId")
         if client_id in (None, ""):
             raise ServerUnavailable("/notify: no clientId in the answer")
+        timeout = data.get("clientTimeout")
+        if isinstance(timeout, int | float) and not isinstance(timeout, bool) and timeout > 0:
+            # (ext) the server's own leases.client_timeout: its leases are trusted half
+            # that long at most, whatever our heartbeat (`lease_alive`)
+            self.server_client_timeout = float(timeout)
+        else:
+            self.server_client_timeout = None
         return str(client_id)
 
     async def accounts(self, client_id: str, threads: int) -> list[Account]:

@@ -188,9 +188,8 @@ many heartbeat intervals, a request it answers only to a clientId it still knows
 (`ControlClient.lease_alive`; `Daemon._free`). Past its `leases.client_timeout` of
 silence (the box frozen, cut off, the server down) the server expires the id and
 hands its numbers out again: started then, the number was dialled twice (soak
-seed 35 of session 19: a 14 s SIGSTOP, 12 numbers held by the look-ahead). Keep
-the server's client_timeout above this many heartbeats (60 s against 2 x 10 s
-shipped)."""
+seed 35 of session 19: a 14 s SIGSTOP, 12 numbers held by the look-ahead). Never
+longer than half the client_timeout the server's /notify states (ext)."""
 LAG_WARN = 0.1
 """Smoothed lag above which STATUS= and the log say the daemon is overloaded."""
 LAG_WARN_EVERY = 30.0

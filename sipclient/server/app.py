@@ -314,7 +314,11 @@ async def resend_callback(request: web.Request) -> web.Response:
 
 
 async def notify(request: web.Request) -> web.Response:
-    return envelope({"clientId": await request.app[DISPATCH].notify()})
+    dispatch = request.app[DISPATCH]
+    client_id = await dispatch.notify()
+    # (ext) how long a silent client keeps its id and leases: the daemon starts a
+    # number waiting on a line only within half of it of the server's last answer
+    return envelope({"clientId": client_id, "clientTimeout": dispatch.leases.client_timeout})
 
 
 async def lease_accounts(request: web.Request) -> web.Response:

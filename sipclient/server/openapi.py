@@ -436,7 +436,15 @@ def openapi_document() -> JSON:
                             {
                                 "type": "object",
                                 "required": ["clientId"],
-                                "properties": {"clientId": _STR},
+                                "properties": {
+                                    "clientId": _STR,
+                                    "clientTimeout": {
+                                        "type": "number",
+                                        "description": "(ext) leases.client_timeout:"
+                                        " seconds of silence after which the id and"
+                                        " its leases expire",
+                                    },
+                                },
                             }
                         )
                     },

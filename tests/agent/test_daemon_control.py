@@ -408,6 +408,36 @@ async def test_a_during_the_server_recorded_with_the_number_is_not_sent(
         await client.close()
 
 
+async def test_the_lease_is_trusted_half_the_servers_client_timeout_at_most(
+    server: LiveServer, tmp_path: Path
+) -> None:
+    """(ext) /notify says the server's client_timeout (30 s here): a number waiting on
+    a line starts only within half of it of a request the server answered
+    (`lease_alive`), even with a heartbeat that would trust it longer; an upload's
+    200 proves nothing (the server takes one from an expired id)."""
+    await server.push(["2001"], ["13800000001"])
+    client = ControlClient(server.url)
+    try:
+        assert not client.lease_alive(0.0)  # nothing heard yet
+        cid = await client.notify()
+        assert client.server_client_timeout == 30.0
+        await client.accounts(cid, 1)
+        [plan] = await client.dialplan(cid)
+        seen = client.lease_seen_at
+        assert seen is not None
+        assert client.lease_alive(seen + 14.9) and not client.lease_alive(seen + 15.1)
+        client.lease_trust_s = 2.0  # two heartbeats of 1 s: the shorter wins
+        assert not client.lease_alive(seen + 2.1)
+        fields = {"extensionNum": "2001", "phone": plan.phone, "dialplanId": plan.dialplan_id}
+        wav = _wav(tmp_path / "a.wav").read_bytes()
+        await client.upload_wav(
+            cid, {k: str(v) for k, v in (fields | _fields()).items()}, "a.wav", wav
+        )
+        assert client.lease_seen_at == seen
+    finally:
+        await client.close()
+
+
 async def test_unknown_client_id_raises_unknown_client(server: LiveServer) -> None:
     client = ControlClient(server.url)
     try:
