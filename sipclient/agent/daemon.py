@@ -396,6 +396,9 @@ class Daemon:
         """Calls that met a PBX fault (`_pbx_fault`)."""
         self.let_go = 0
         """Numbers held past `dialplan.hold_max` and left to the server (`_let_go_stale`)."""
+        self.started_held = 0
+        """Calls started the moment the line's call before ended, from the number it
+        held through that call (the look-ahead): said at the stop (`stopped`)."""
         self._short_lease: float | None = None
         """The shortest `leaseSeconds` shorter than a call can last, since the last
         lease long enough (`_check_lease`); None: no such lease."""
@@ -1738,6 +1741,7 @@ class Daemon:
                     # the number it held while this call ran (the look-ahead) starts
                     # now, with no round trip to the server: its own "during" tells it
                     self._start_pending([line])
+                    self.started_held += line.busy
                 if not line.busy:
                     # (a line whose number waits for a port stays "during": not idle,
                     # or the server would hand it more numbers to hold)
@@ -2043,7 +2047,12 @@ class Daemon:
         await asyncio.gather(*self._tasks, *self._rechecks, return_exceptions=True)
         await self._leave()
         await self.client.close()
-        log.info("stopped", spooled=len(self.spool), decided=self.decided)
+        log.info(
+            "stopped",
+            spooled=len(self.spool),
+            decided=self.decided,
+            started_held=self.started_held,
+        )
 
     async def _leave(self) -> None:
         """Tell the server we are gone (ext /leave), so the daemon started in our place

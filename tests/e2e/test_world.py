@@ -165,6 +165,51 @@ async def test_kill_9_mid_call_and_restart_every_number_finishes_once(
     assert _wrong(world, phones) == []
 
 
+async def test_numbers_held_ahead_through_a_kill_9_each_finish_once(
+    make_world: Callable[..., World],
+) -> None:
+    """The look-ahead with real peers: 2 lines and 14 numbers, so the server hands
+    each line its next number while it dials (more than twice the lines are free).
+    A kill -9 while lines hold such numbers: those were never dialled, the server
+    hands them out again once the dead client expires, and every number still
+    finishes once, right. Then the restarted daemon's own calls start from held
+    numbers too (its `stopped` line counts them)."""
+    world = make_world(lines=2, carriers=MEDIA + FAST)
+    await world.start()
+    phones = numbers_for(14, world.options.carriers)
+    await world.push_numbers(phones)
+    db = world.workdir / "server" / "sipclient.db"
+
+    def held() -> int:
+        # numbers handed to a line after the "during" of the call it dials: held ahead
+        with contextlib.closing(sqlite3.connect(db)) as conn:
+            (n,) = conn.execute(
+                "SELECT COUNT(*) FROM dialplans d JOIN accounts a ON d.account_id = a.id"
+                " WHERE d.status = 'busy' AND a.state = 'during'"
+                " AND d.phone != a.state_phone AND d.leased_at >= a.state_at"
+            ).fetchone()
+        return int(n)
+
+    async with asyncio.timeout(30):
+        while held() < 1:
+            await asyncio.sleep(0.02)
+    world.kill_daemon()
+    await asyncio.sleep(0.5)
+    world.start_daemon()
+    assert await world.wait_for(phones, 150), sorted(
+        set(phones) - set(world.receiver.verdicts.results)
+    )
+    assert world.receiver.verdicts.duplicates == []
+    assert all(world.receiver.verdicts.deliveries[p] == 1 for p in phones)
+    assert _wrong(world, phones) == []
+    later = numbers_for(28, world.options.carriers)[14:]
+    await world.push_numbers(later)
+    await _all_right_once(world, later, 90, earlier=phones)
+    assert await asyncio.to_thread(world.stop_daemon) == 0
+    (stopped,) = [e for e in _events(world) if e.get("event") == "stopped"]
+    assert isinstance(stopped["started_held"], int) and stopped["started_held"] >= 2, stopped
+
+
 async def test_server_away_mid_run_nothing_is_lost_and_the_spool_drains(
     make_world: Callable[..., World],
 ) -> None:
