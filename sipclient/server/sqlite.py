@@ -47,7 +47,10 @@ AHEAD_LINES = 2
 """A number to hold (`next` with "during") only while free numbers are more than
 this many times the accounts leased to clients (`SqliteStore._lease`)..."""
 AHEAD_PLENTY_S = 1.0
-"""...counted again at most this often while they are (`SqliteStore._plenty_until`)."""
+"""...counted again after this long, or once the hand-outs since used up what the
+count found beyond that margin (`SqliteStore._ahead_budget`)..."""
+AHEAD_COUNT_MORE = 1000
+"""...counting up to this many free numbers past the margin."""
 Job = Callable[[sqlite3.Connection], Any]
 
 # Schema migrations, applied in order at start; PRAGMA user_version counts them.
@@ -414,9 +417,11 @@ class SqliteStore(Store):
         hand-out starts with the group after it (`_shared_plans`; the writer
         thread's alone)."""
         self._plenty_until = -math.inf
-        """Until when free numbers are known plenty for the look-ahead (`_lease`):
-        counting up to twice the lines out at every "during" that asks was up to
-        thousands of index rows a call for a fleet; the writer thread's alone."""
+        self._ahead_budget = 0
+        """Free numbers past the look-ahead's margin at the last count, less those
+        handed out since (`_lease`), trusted until `_plenty_until`: counting up to
+        twice the lines out at every "during" that asks was up to thousands of
+        index rows a call for a fleet. The writer thread's alone."""
 
     def _open_writer(self) -> sqlite3.Connection:
         conn = _connect(self.path)
@@ -798,18 +803,19 @@ class SqliteStore(Store):
             # waiting, and the numbers held before that are dialled by the time the
             # last ones go (a batch of 1,000 numbers on 100 lines ended 0.7 s later
             # than without the look-ahead with "more than the lines").
-            if now >= self._plenty_until:
+            if now >= self._plenty_until or self._ahead_budget <= 0:
                 lines = conn.execute(
                     "SELECT COUNT(*) FROM accounts WHERE client_id IS NOT NULL"
                 ).fetchone()[0]
+                margin = AHEAD_LINES * lines
                 left = conn.execute(
                     "SELECT COUNT(*) FROM (SELECT 1 FROM dialplans WHERE status = 'free' LIMIT ?)",
-                    (AHEAD_LINES * lines + 1,),
+                    (margin + AHEAD_COUNT_MORE,),
                 ).fetchone()[0]
-                if left <= AHEAD_LINES * lines:
-                    return []
-                # plenty: a second at ~1,000 calls a second spends well under the margin
+                self._ahead_budget = left - margin
                 self._plenty_until = now + AHEAD_PLENTY_S
+                if self._ahead_budget <= 0:
+                    return []
             free_when = (
                 " AND EXISTS (SELECT 1 FROM dialplans d"
                 "   WHERE d.status = 'busy' AND d.account_id = a.id AND d.phone = ?"
@@ -828,6 +834,7 @@ class SqliteStore(Store):
             return []
         free = self._shared_plans(conn, now, len(idle), share)
         pairs = list(zip(idle, free, strict=False))
+        self._ahead_budget -= len(pairs)  # (every hand-out: GET /dialplan's too)
         conn.executemany(
             "UPDATE dialplans SET status = 'busy', client_id = ?,"
             " account_id = ?, extension = ?, leased_at = ?, updated_at = ? WHERE id = ?",

@@ -20,9 +20,9 @@ Routing of what comes in:
   the far end, billed. The ACK and the BYE carry the INVITE's digest answers,
   and a challenged BYE goes once more answering it (since session 19: before,
   a PBX that challenges BYEs kept such a call up until its own timers).
-  `OrphanAnswer` is emitted for the
-  `ORPHANS` owner and `orphan_answers` counts them. Over TCP, where Timer D is
-  0, the INVITE's record is kept 64*T1 for this alone;
+  `OrphanAnswer` is emitted for the `ORPHANS` owner and `orphan_answers`
+  counts them. Over TCP, where Timer D is 0, the INVITE's record is kept
+  64*T1 for this alone;
 - a request goes to the usage owning its Call-ID (`Usage.on_request`, which
   returns the response to send: in-dialog BYE / OPTIONS / NOTIFY answered
   200, re-INVITE / UPDATE refused 488); a request for no usage is answered
