@@ -139,6 +139,22 @@ async def test_every_verdict_class_arrives_at_the_return_url(
     assert not [x for x in lines if x.get("event") in per_call]
 
 
+async def _killed_and_restarted(
+    world: World, phones: list[str], down_s: float, timeout: float
+) -> None:
+    """kill -9 the daemon, start it again `down_s` later: every number of `phones`
+    still gets its verdict, right and delivered once."""
+    world.kill_daemon()
+    await asyncio.sleep(down_s)
+    world.start_daemon()
+    assert await world.wait_for(phones, timeout), sorted(
+        set(phones) - set(world.receiver.verdicts.results)
+    )
+    assert world.receiver.verdicts.duplicates == []
+    assert all(world.receiver.verdicts.deliveries[p] == 1 for p in phones)
+    assert _wrong(world, phones) == []
+
+
 async def test_kill_9_mid_call_and_restart_every_number_finishes_once(
     make_world: Callable[..., World],
 ) -> None:
@@ -154,15 +170,7 @@ async def test_kill_9_mid_call_and_restart_every_number_finishes_once(
         ):
             await asyncio.sleep(0.1)
     await asyncio.sleep(0.5)
-    world.kill_daemon()
-    await asyncio.sleep(1.0)
-    world.start_daemon()
-    assert await world.wait_for(phones, 120), sorted(
-        set(phones) - set(world.receiver.verdicts.results)
-    )
-    assert world.receiver.verdicts.duplicates == []
-    assert all(world.receiver.verdicts.deliveries[p] == 1 for p in phones)
-    assert _wrong(world, phones) == []
+    await _killed_and_restarted(world, phones, down_s=1.0, timeout=120)
 
 
 async def test_numbers_held_ahead_through_a_kill_9_each_finish_once(
@@ -193,15 +201,7 @@ async def test_numbers_held_ahead_through_a_kill_9_each_finish_once(
     async with asyncio.timeout(30):
         while held() < 1:
             await asyncio.sleep(0.02)
-    world.kill_daemon()
-    await asyncio.sleep(0.5)
-    world.start_daemon()
-    assert await world.wait_for(phones, 150), sorted(
-        set(phones) - set(world.receiver.verdicts.results)
-    )
-    assert world.receiver.verdicts.duplicates == []
-    assert all(world.receiver.verdicts.deliveries[p] == 1 for p in phones)
-    assert _wrong(world, phones) == []
+    await _killed_and_restarted(world, phones, down_s=0.5, timeout=150)
     later = numbers_for(28, world.options.carriers)[14:]
     await world.push_numbers(later)
     await _all_right_once(world, later, 90, earlier=phones)
