@@ -892,17 +892,7 @@ class Daemon:
         if line is None or line.pending or not self.config.dialplan.look_ahead:
             return False
         now = asyncio.get_running_loop().time()
-        return (
-            not self._stopping.is_set()
-            and not self.spool_failing
-            and not self.draining
-            and line.registered
-            and not line.retired
-            and not line.rechecking
-            and line.hold_until <= now
-            and self._trunk(line).allows(now)
-            and self._own_allows_numbers(now)
-        )
+        return not self._stopping.is_set() and self._may_dial(line, now)
 
     def _set_status(self) -> None:
         """STATUS= at most once every STATUS_EVERY seconds, the latest state last.
@@ -1167,12 +1157,16 @@ class Daemon:
         self._wake_dialer.set()
 
     def _free(self, line: Line) -> bool:
+        """Whether `line` may start a number now."""
         now = asyncio.get_running_loop().time()
+        return not line.busy and self.client.lease_alive(now) and self._may_dial(line, now)
+
+    def _may_dial(self, line: Line, now: float) -> bool:
+        """What lets a line dial, busy or not: registered, not held back, its trunk and
+        the daemon's own breaker closed, the spool writable, no drain."""
         return (
-            self.client.lease_alive(now)
-            and not self.spool_failing
+            not self.spool_failing
             and line.registered
-            and not line.busy
             and not line.retired
             and not line.rechecking
             and line.hold_until <= now
