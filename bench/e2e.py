@@ -72,6 +72,7 @@ import asyncio
 import bisect
 import contextlib
 import datetime as dt
+import itertools
 import json
 import os
 import shutil
@@ -336,6 +337,28 @@ def steady_window(spans: list[CallSpan]) -> tuple[float, float]:
     return start, end
 
 
+def between_calls(spans: list[CallSpan]) -> list[float]:
+    """Seconds each line waited between the end of a call and the start of its next
+    (the round trips to the server, the look-ahead's, the daemon's own work)."""
+    by_line: dict[str, list[CallSpan]] = defaultdict(list)
+    for s in spans:
+        by_line[s.extension].append(s)
+    gaps = []
+    for calls in by_line.values():
+        calls.sort(key=lambda c: c.start)
+        gaps += [b.start - a.end for a, b in itertools.pairwise(calls)]
+    return gaps
+
+
+def _mean_median_ms(seconds: list[float]) -> dict[str, float]:
+    if not seconds:
+        return {}
+    return {
+        "mean": round(1000 * statistics.mean(seconds), 1),
+        "median": round(1000 * statistics.median(seconds), 1),
+    }
+
+
 def figures(
     spans: list[CallSpan],
     lines: int,
@@ -359,6 +382,7 @@ def figures(
             numbers_per_line_per_hour=round(per_line_hour, 1),
             ratio_to_limit=round(per_line_hour / limit, 3),
             line_utilisation=round(busy / lines / window, 3),
+            between_calls_ms=_mean_median_ms(between_calls(spans)),
             daemon_cpu_percent_of_one_core=round(100 * cpu_s / window, 1),
             daemon_cpu_ms_per_call=round(1000 * cpu_s / max(ended, 1), 2),
         )
@@ -552,6 +576,12 @@ def _print(r: dict[str, Any]) -> None:
             f" daemon CPU {s['daemon_cpu_percent_of_one_core']} % of one core"
             f" ({s['daemon_cpu_ms_per_call']} ms a call)"
         )
+        gap = s.get("between_calls_ms") or {}
+        if gap:
+            print(
+                f"      a line waits between two calls: mean {gap['mean']} ms,"
+                f" median {gap['median']} ms"
+            )
     print(
         f"      batch  {b['wall_s']} s: {b['numbers_per_line_per_hour']:.0f}/line/h,"
         f" ratio {b['ratio_to_limit']:.2f}, daemon CPU {b['daemon_cpu_percent_of_one_core']} %"
