@@ -155,11 +155,14 @@ class LiveServer:
             data: dict[str, Any] = await r.json()
             return data
 
-    async def push(self, extensions: list[str], phones: list[str]) -> int:
+    async def add_accounts(self, extensions: list[str]) -> None:
         await self.post(
             "/api/account",
             {"account": [{"host": "127.0.0.1:5999", "name": e, "pwd": "pw"} for e in extensions]},
         )
+
+    async def push(self, extensions: list[str], phones: list[str]) -> int:
+        await self.add_accounts(extensions)
         data = await self.post(
             "/api/dialplan", {"phone": phones, "return_url": "http://127.0.0.1:9/none"}
         )
@@ -1112,9 +1115,7 @@ async def test_each_number_is_reported_during_then_call_if_answered_then_idle(
     only comes when it holds none; the server hands that number in its reply to
     the "during", only while free numbers are more than twice the lines (not 902
     or 903)."""
-    await server.post(
-        "/api/account", {"account": [{"host": "127.0.0.1:5999", "name": "2001", "pwd": "pw"}]}
-    )
+    await server.add_accounts(["2001"])
     daemon, world, _ = _daemon_noting(tmp_path, server, 1, look_ahead=look_ahead)
     world.call_seconds = 0.2
     world.answer_for = {"900"}
@@ -1474,8 +1475,7 @@ async def test_max_cps_starts_calls_paced_whatever_the_free_lines(
 ) -> None:
     phones = [f"90{i:02d}" for i in range(40)]  # the look-ahead's share: > 2 a line
     lines = ["2001", "2002", "2003", "2004"]
-    accounts = [{"host": "127.0.0.1:5999", "name": e, "pwd": "pw"} for e in lines]
-    await server.post("/api/account", {"account": accounts})
+    await server.add_accounts(lines)
     # (the world's calls all end 404 cause 1: no route guard for 40 in a row)
     trunk = TrunkSettings(same_rejections=0)
     daemon, world, _notes = _daemon_noting(tmp_path, server, 4, trunk, max_cps=20.0)
