@@ -95,13 +95,17 @@ class SipStack:
         self._handlers.pop(id(usage), None)
 
     def pump(self) -> None:
-        """Send what the core has, dispatch its events, re-arm the timer."""
+        """Dispatch the core's events, send what it has, re-arm the timer.
+
+        Events go first: a call journals what would end it (agent/leftovers.py)
+        when its INVITE is sent or its answer comes, and that line must be written
+        before the INVITE or the ACK is on the wire. Sent first, a kill -9 between
+        the two left an answered call up with only its CANCEL journalled, or a
+        ringing one with nothing (CI, session 20).
+        """
         ep = self.ep
         # events may make usages send more (e.g. a hang-up in a handler): loop until quiet
         for _ in range(100):
-            out = ep.datagrams_to_send()
-            for data, addr in out:
-                self._send(data, addr)
             events = list(ep.events())
             for usage, event in events:
                 handler = self._handlers.get(id(usage))
@@ -110,6 +114,9 @@ class SipStack:
                         handler(event)
                     except Exception:  # a subscriber's bug must not stop the stack
                         log.exception("sip_event_handler_failed", event=type(event).__name__)
+            out = ep.datagrams_to_send()
+            for data, addr in out:
+                self._send(data, addr)
             if not out and not events:
                 break
         self._arm(ep.get_timer())

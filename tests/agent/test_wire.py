@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import re
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import pytest
 
 from sipclient.agent.call import Call, CallOutcome
+from sipclient.agent.leftovers import JOURNAL, CallJournal
 from sipclient.agent.transport import SipStack, open_stack
 from sipclient.agent.useragent import Account, UserAgent, dial_string
 from sipclient.classify.signalling import from_signalling
@@ -513,6 +516,48 @@ async def test_200_then_our_bye_through_kamailio(
     invite_cseq = int((invite.header("CSeq") or "0").split()[0])
     assert bye.header("CSeq") == f"{invite_cseq + 1} BYE"
     assert bye.header("Route") is None  # kamailio consumed its own Route entry
+
+
+def _journalled(path: Path) -> dict[str, str]:
+    """Each call the journal file at `path` holds now, and the method that ends it."""
+    calls: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        row = json.loads(line)
+        if "data" in row:
+            calls[row["call"]] = row["method"]
+        else:
+            calls.pop(row["call"], None)
+    return calls
+
+
+async def test_the_journal_holds_a_calls_ending_before_its_invite_or_ack_is_sent(
+    sipp_uas: Callable[..., Sipp], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A kill -9 may come between any two instructions: what would end the call must
+    # be on file before the request that makes it needed is on the wire, or the
+    # next start has nothing (INVITE) or a CANCEL where a BYE is needed (ACK). CI
+    # caught the ACK case once in the e2e kill test (session 20).
+    uas = sipp_uas("uas_200_bye.xml")
+    journal, _ = CallJournal.open(tmp_path)
+    seen: list[tuple[str, dict[str, str]]] = []
+    async with agent(uas.port) as (stack, ua):
+        stack.journal = journal
+        send = stack._send
+
+        def watched(data: bytes, addr: tuple[str, int]) -> None:
+            method = data.split(b" ", 1)[0].decode()
+            if method in ("INVITE", "ACK"):
+                seen.append((method, _journalled(tmp_path / JOURNAL)))
+            send(data, addr)
+
+        monkeypatch.setattr(stack, "_send", watched)
+        call, out = await dial(ua, "2001234", hangup_after_answer=0.1)
+    journal.close()
+    assert out.answered and out.ended_by == "local"
+    assert seen[0] == ("INVITE", {call.call_id: "CANCEL"})
+    assert ("ACK", {call.call_id: "BYE"}) in seen
+    assert all(calls == {call.call_id: "CANCEL"} for m, calls in seen if m == "INVITE")
+    assert _journalled(tmp_path / JOURNAL) == {}  # ended: forgotten
 
 
 async def test_a_challenged_bye_is_answered_and_reaches_the_far_end(
