@@ -746,20 +746,30 @@ async def test_records_a_failing_spool_holds_survive_a_kill_9_with_the_server_aw
     phones = numbers_for(12, FAST + MEDIA)
     await _dialling(world, phones)
     await asyncio.to_thread(world.stop_server)
+
+    def ended() -> list[str]:
+        return [e["phone"] for e in _events(world) if e.get("event") == "call_classified"]
+
+    before_break = len(ended())
     mend = _break_spool(world)
     fallback = world.workdir / "daemon" / "run" / "spool"
+
+    def kept() -> set[str]:
+        return {json.loads(f.read_text())["phone"] for f in fallback.glob("*.json")}
+
     async with asyncio.timeout(30):  # a call in flight ends and is held
-        while not list(fallback.glob("*.json")):
+        while not kept():
             await asyncio.sleep(0.1)
     # the others in flight too (2.2 s each at most, longer on a loaded box): a call
     # still up at the kill would be dialled again, as documented, and this test is
-    # about the records held, so it waits for every INVITE to have its end
+    # about the records held, so it waits for every INVITE to have its end, and for
+    # the records of the calls ended since the break to be in the fallback (a kill
+    # between a call's end and its record's write also has it dialled again: CI
+    # ran into that once, session 20)
     async with asyncio.timeout(30):
-        while _invites(world) > len(
-            [e for e in _events(world) if e.get("event") == "call_classified"]
-        ):
+        while _invites(world) > len(ended()) or not set(ended()[before_break:]) <= kept():
             await asyncio.sleep(0.1)
-    kept = {json.loads(f.read_text())["phone"] for f in fallback.glob("*.json")}
+    held = kept()
     world.kill_daemon()
     mend()
     await asyncio.to_thread(world.start_server)
@@ -767,8 +777,7 @@ async def test_records_a_failing_spool_holds_survive_a_kill_9_with_the_server_aw
     await _all_right_once(world, phones, 120)
     # each number was dialled once: the kept records went up from the fallback,
     # none was left for the lease reclaim to hand out again
-    dialled = [e["phone"] for e in _events(world) if e.get("event") == "call_classified"]
-    assert sorted(dialled) == sorted(phones) and kept <= set(phones)
+    assert sorted(ended()) == sorted(phones) and held <= set(phones)
     assert '"spool_fallback_adopted"' in _daemon_log(world)
     assert not list(fallback.glob("*.json"))
 
