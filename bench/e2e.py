@@ -1,7 +1,8 @@
 """End-to-end throughput of the daemon against the demo's sipp carriers (sipclient.demo.World).
 
     .venv/bin/python bench/e2e.py [--lines 24 100 200] [--per-line 20] [--out bench/out/e2e.json]
-                                  [--profile DIR] [--daemons 1]
+                                  [--profile DIR] [--daemons 1] [--server-rtt-ms 0]
+                                  [--look-ahead 2]
 
 `--daemons K` splits the lines over K daemon processes (as K instances of
 systemd/sipclient@.service would): one asyncio loop is one core, and the CPU
@@ -461,6 +462,7 @@ async def run(
     profile: Path | None,
     daemons: int = 1,
     server_rtt_ms: float = 0.0,
+    look_ahead: int = 2,
 ) -> dict[str, Any]:
     options = WorldOptions(
         lines=lines,
@@ -470,6 +472,7 @@ async def run(
         poll_max=0.5,
         heartbeat=5.0,
         client_timeout=60.0,
+        look_ahead=look_ahead,
     )
     world = World(workdir, options)
     proxy: DelayProxy | None = None
@@ -533,6 +536,7 @@ async def run(
             memory=memory_figures(rss),
             spool_backlog=backlog_figures(backlog),
             server_rtt_ms=server_rtt_ms,
+            look_ahead=look_ahead,
         )
     finally:
         if prof is not None:
@@ -566,7 +570,8 @@ def _print(r: dict[str, Any]) -> None:
         f" (callbacks {'complete' if r['callbacks_complete'] else 'MISSING'});"
         f" limit {r['limit_per_line_per_hour']:.0f}/line/h"
         f" (mean {r['limit_mean_call_s']} s a call)"
-        + (f"; server {r['server_rtt_ms']:g} ms away" if r.get("server_rtt_ms") else ""),
+        + (f"; server {r['server_rtt_ms']:g} ms away" if r.get("server_rtt_ms") else "")
+        + f"; look-ahead {r.get('look_ahead')}",
         flush=True,
     )
     if "numbers_per_line_per_hour" in s:
@@ -650,34 +655,23 @@ def main() -> int:
         default=0.0,
         help="put the server this many ms of round trip away (a delaying proxy)",
     )
+    p.add_argument(
+        "--look-ahead",
+        type=int,
+        default=2,
+        help="the daemons' dialplan.look_ahead (numbers a line holds while it dials)",
+    )
     args = p.parse_args()
     results = []
     for lines in args.lines:
+        opts = (args.daemons, args.server_rtt_ms, args.look_ahead)
         if args.keep is not None:
             workdir = args.keep / f"lines{lines}"
-            r = asyncio.run(
-                run(
-                    lines,
-                    args.per_line,
-                    workdir,
-                    args.timeout,
-                    args.profile,
-                    args.daemons,
-                    args.server_rtt_ms,
-                )
-            )
+            r = asyncio.run(run(lines, args.per_line, workdir, args.timeout, args.profile, *opts))
         else:
             with tempfile.TemporaryDirectory(prefix="sipclient-bench-e2e-") as tmp:
                 r = asyncio.run(
-                    run(
-                        lines,
-                        args.per_line,
-                        Path(tmp),
-                        args.timeout,
-                        args.profile,
-                        args.daemons,
-                        args.server_rtt_ms,
-                    )
+                    run(lines, args.per_line, Path(tmp), args.timeout, args.profile, *opts)
                 )
         results.append(r)
         _print(r)

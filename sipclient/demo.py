@@ -573,6 +573,8 @@ class WorldOptions:
     """The daemon's `classify.templates` (a folder); empty: the shipped library. The
     server always uses the shipped one and offers it: a daemon started on another
     mirrors it at its first heartbeat."""
+    look_ahead: int = 2
+    """The daemon's `dialplan.look_ahead` (bench/e2e.py's `--look-ahead`)."""
     daemon_server_url: str = ""
     """The daemons' `server.url`; empty: the server's own. bench/e2e.py points it at a
     proxy that delays every byte, to put the server at a WAN's distance."""
@@ -730,7 +732,11 @@ class World:
             "spool": {"dir": str(folder / "spool")},
             "heartbeat": {"interval": o.heartbeat},
             # (hold_max: the default, capped at half the lease the server states)
-            "dialplan": {"poll_min": o.poll_min, "poll_max": o.poll_max},
+            "dialplan": {
+                "poll_min": o.poll_min,
+                "poll_max": o.poll_max,
+                "look_ahead": o.look_ahead,
+            },
             "log": {"level": o.log_level, "format": "json"},
         }
         if o.trunk:

@@ -302,19 +302,19 @@ class ControlClient:
         extension: str,
         phone: str = "",
         *,
-        want_next: bool = False,
+        want_next: int = 0,
     ) -> list[DialplanItem] | None:
         """State change of one extension.
 
         `want_next` (ext, with "idle"): the server hands the extension its next number
         in the reply, saving the GET /dialplan round trip between two calls; with
-        "during": a number for the line to hold while it dials `phone` (the
-        look-ahead). Returns those numbers (maybe none), or None when the reply has no
-        `dialplans` (a server that knows only the seed, or not asked).
+        "during": numbers for the line to hold while it dials `phone`, so that it
+        holds that many (the look-ahead). Returns those numbers (maybe none), or None when the reply
+        has no `dialplans` (a server that knows only the seed, or not asked).
         """
         params = {"status": status, "extensionNum": extension, "phoneNum": phone}
         if want_next:
-            params["next"] = "1"
+            params["next"] = str(want_next)
         data = await self._call("GET", f"/status/{client_id}", params=params)
         if not want_next or "dialplans" not in data:
             return None
@@ -618,13 +618,13 @@ class StatusReporter:
         """Set: an "idle" asks the server for the line's next number in its reply
         (`ControlClient.status` `want_next`), and the numbers handed that way are
         given to it, before `on_sent` (which is then told "idle_served")."""
-        self.may_hold: Callable[[str], bool] | None = None
-        """Set, with `on_numbers`: a "during" asks the server for a number for the
-        line to hold while it dials (ext, the look-ahead), when this says the
-        extension may hold one; the numbers go to `on_numbers` too."""
+        self.may_hold: Callable[[str], int] | None = None
+        """Set, with `on_numbers`: a "during" asks the server for numbers for the line
+        to hold while it dials, so that it holds as many as this says (ext `next`,
+        the look-ahead); the numbers go to `on_numbers` too."""
         self.ask_ahead = True
         """Turned off for good by a server whose reply to such a "during" hands nothing
-        (one that knows `next` with "idle" only: session 18's)."""
+        or refuses its `next` (one that knows `next` with "idle" only: session 18's)."""
 
     def report(self, extension: str, status: str, phone: str = "") -> None:
         """Queue a state; an older unsent state of the same extension is replaced.
@@ -656,14 +656,11 @@ class StatusReporter:
         if self._pending.get(extension) == ("idle", ""):
             del self._pending[extension]
 
-    def _asks_ahead(self, extension: str) -> bool:
-        return (
-            self.ask_ahead
-            and self.ask_next
-            and self.on_numbers is not None
-            and self.may_hold is not None
-            and self.may_hold(extension)
-        )
+    def _asks_ahead(self, extension: str) -> int:
+        """How many numbers a "during" of `extension` asks for (0: a plain one)."""
+        if not (self.ask_ahead and self.ask_next and self.on_numbers and self.may_hold):
+            return 0
+        return self.may_hold(extension)
 
     @property
     def pending(self) -> int:
@@ -717,10 +714,11 @@ class StatusReporter:
         client_id = self._client_id()
         if client_id is None:
             return False
+        want_next = 0
         if status == "idle":
-            want_next = self.on_numbers is not None and self.ask_next
-        else:
-            want_next = status == "during" and bool(phone) and self._asks_ahead(extension)
+            want_next = int(self.on_numbers is not None and self.ask_next)
+        elif status == "during" and phone:
+            want_next = self._asks_ahead(extension)
         handed: list[DialplanItem] | None = None
         try:
             handed = await self.client.status(
@@ -736,9 +734,15 @@ class StatusReporter:
             if want_next and exc.http_status == 400:
                 # a server that refuses what it does not know (a bad request, not an
                 # extension it does not lease us): ask plainly from now on, and this
-                # state again so (the flush sends it, still pending)
-                self.ask_next = False
-                log.warning("status_next_refused", reason=str(exc))
+                # state again so (the flush sends it, still pending). Session 18's
+                # server takes `next=1` with "idle" but refuses `next=2`, which only
+                # a "during" asks: then only the look-ahead is off.
+                if status == "during" and want_next > 1:
+                    self.ask_ahead = False
+                    log.info("look_ahead_unsupported", hint="the server refused next=N")
+                else:
+                    self.ask_next = False
+                    log.warning("status_next_refused", reason=str(exc))
                 return True
             log.warning("status_refused", extension=extension, status=status, reason=str(exc))
         if self._pending.get(extension) == state:

@@ -883,16 +883,18 @@ class Daemon:
                 # one it cannot start yet: an "idle" queued behind that reply goes
                 self._report_line(line)
 
-    def _may_hold(self, extension: str) -> bool:
-        """Whether the line dialling on `extension` asks for a number to hold meanwhile
-        (`dialplan.look_ahead`): not when it holds one already, nor when its next
-        call could not start at once anyway (a stop, a drain, the spool failing, a
-        paused trunk...): such a number would only wait, leased, on the line."""
+    def _may_hold(self, extension: str) -> int:
+        """How many numbers the line dialling on `extension` asks to hold behind its
+        call (`dialplan.look_ahead`: the server hands what it lacks of that). None
+        when it holds that many, nor when its next call could not start at once
+        anyway (a stop, a drain, the spool failing, a paused trunk...): such a number
+        would only wait, leased, on the line."""
         line = self.lines.get(extension)
-        if line is None or line.pending or not self.config.dialplan.look_ahead:
-            return False
+        depth = self.config.dialplan.look_ahead
+        if line is None or len(line.pending) >= depth:
+            return 0
         now = asyncio.get_running_loop().time()
-        return not self._stopping.is_set() and self._may_dial(line, now)
+        return depth if not self._stopping.is_set() and self._may_dial(line, now) else 0
 
     def _set_status(self) -> None:
         """STATUS= at most once every STATUS_EVERY seconds, the latest state last.

@@ -172,19 +172,19 @@ class Dispatch:
         return [dict(plan, leaseSeconds=lease) for plan in plans]
 
     async def record_status(
-        self, client_id: str, status: str, extension: str, phone: str, want_next: bool = False
+        self, client_id: str, status: str, extension: str, phone: str, want_next: int = 0
     ) -> tuple[int, list[JSON] | None]:
         """GET /status: (epoch ms, the numbers `next` handed: None when not asked).
 
         (ext) `want_next`: with "idle", the line's next number, the extension then
-        recorded `during` it; with "during", a number to hold while it dials
+        recorded `during` it; with "during", up to that many to hold while it dials
         `phone` (`Store.record_status`)."""
         self._check(client_id)
         now = self.clock()
         asks = status == "idle" or (status == "during" and phone != "")
         share = self.leases.share if want_next and asks else None
         known, plans = await self.store.record_status(
-            client_id, status, extension, phone, now, share
+            client_id, status, extension, phone, now, share, max(1, want_next)
         )
         if known is None:
             raise self._gone(client_id)

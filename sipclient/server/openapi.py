@@ -640,12 +640,13 @@ def openapi_document() -> JSON:
                             "name": "next",
                             "in": "query",
                             "required": False,
-                            "schema": {"type": "string", "enum": ["0", "1"]},
-                            "description": "(ext) with status=idle, 1: hand this extension"
-                            " its next number in the reply's `dialplans` (as GET /dialplan"
-                            " would, for it alone), saving the daemon that round trip;"
-                            " with status=during, 1: a number for it to hold while it"
-                            " dials phoneNum, when that is the latest handed to it",
+                            "schema": {"type": "string", "enum": ["0", "1", "2", "3"]},
+                            "description": "(ext) with status=idle, 1 or more: hand this"
+                            " extension its next number in the reply's `dialplans` (as GET"
+                            " /dialplan would, for it alone), saving the daemon that round"
+                            " trip; with status=during, N: numbers for it to hold while it"
+                            " dials phoneNum, so many that N were handed to it after"
+                            " phoneNum (asked again, none more)",
                         },
                     ],
                     "responses": {

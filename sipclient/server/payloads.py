@@ -10,7 +10,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from sipclient.classify.verdicts import Signalling
-from sipclient.config import HostPort
+from sipclient.config import LOOK_AHEAD_MAX, HostPort
 from sipclient.server.errors import bad_request
 from sipclient.server.store import AccountIn, iso_local
 from sipclient.text import readable
@@ -136,14 +136,15 @@ def parse_positive_int(
     return value
 
 
-def parse_next(query: Any) -> bool:
-    """GET /status (ext) `next`: "1" asks for the extension's next number in the reply
-    (with status=idle: to dial now; with status=during: to hold while it dials that
-    phone); absent or "0": no."""
+def parse_next(query: Any) -> int:
+    """GET /status (ext) `next`: N >= 1 asks for numbers in the reply (with
+    status=idle: the extension's next one, to dial now, whatever N; with
+    status=during: so many that the line holds N after that phone, to dial once
+    it is done); absent or "0": no."""
     value = str(query.get("next", "0"))
-    if value not in ("0", "1"):
-        raise bad_request("next", f"expected 0 or 1, got {value!r}")
-    return value == "1"
+    if value not in {str(n) for n in range(LOOK_AHEAD_MAX + 1)}:
+        raise bad_request("next", f"expected 0..{LOOK_AHEAD_MAX}, got {value!r}")
+    return int(value)
 
 
 def parse_status(query: Any) -> tuple[str, str, str]:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+from sipclient.config import LOOK_AHEAD_MAX
 from sipclient.logs import get_logger
 from sipclient.server.store import (
     JSON,
@@ -43,9 +44,10 @@ log = get_logger(__name__)
 
 T = TypeVar("T")
 
-AHEAD_LINES = 2
-"""A number to hold (`next` with "during") only while free numbers are more than
-this many times the accounts leased to clients (`SqliteStore._lease`)..."""
+AHEAD_LINES = 3
+"""Numbers to hold (`next` with "during") only while free numbers are more than
+this many times the accounts leased to clients (`SqliteStore._lease`): a line
+holding two has dialled them before three a line are gone..."""
 AHEAD_PLENTY_S = 1.0
 """...counted again after this long, or once the hand-outs since used up what the
 count found beyond that margin (`SqliteStore._ahead_budget`)..."""
@@ -778,31 +780,22 @@ class SqliteStore(Store):
         extension: str | None = None,
         during: bool = False,
         ahead_of: str | None = None,
+        ahead: int = 1,
     ) -> list[JSON]:
         """The hand-out of `lease_dialplans`, and of `record_status`'s `next` (`during`:
         record each extension `during` its number; `ahead_of`: the number the
-        extension dials, see the Store's docstrings). In the writer's transaction."""
-        stamp = iso_local(now)
-        only = "" if extension is None else " AND a.name = ?"
-        args: tuple[str, ...] = (client_id,) if extension is None else (client_id, extension)
-        if ahead_of is None:
-            # An extension is free when no number is out on it, or when its client
-            # reported it idle after the latest hand-out: that number's result is in
-            # the client's spool on its way here, and waiting for the upload (~40 ms
-            # of writes and judging) left every line idle that long between calls.
-            free_when = (
-                " AND NOT EXISTS (SELECT 1 FROM dialplans d"
-                "   WHERE d.status = 'busy' AND d.account_id = a.id"
-                "   AND NOT (a.state = 'idle' AND a.state_at > d.leased_at))"
-            )
-        else:
-            # (ext) Its next number, held while it dials `ahead_of`: only when that is
-            # the latest hand-out to the extension, so a line holds one at most; and
-            # only while free numbers are more than twice the lines out: at a list's
-            # end a number held behind a call (seconds) would keep a free line
-            # waiting, and the numbers held before that are dialled by the time the
-            # last ones go (a batch of 1,000 numbers on 100 lines ended 0.7 s later
-            # than without the look-ahead with "more than the lines").
+        extension dials, `ahead` how many it asks to hold, see the Store's
+        docstrings). In the writer's transaction."""
+        if ahead_of is not None:
+            # (ext) Its next numbers, held while it dials `ahead_of`: so many that the
+            # numbers handed to the extension after that one are `ahead` (and
+            # LOOK_AHEAD_MAX at most), so a question asked twice (a reply lost) gets
+            # nothing more the second time; and only while free numbers are more than
+            # AHEAD_LINES times the lines out: at a list's end a number held behind a
+            # call (seconds) would keep a free line waiting, and the numbers held
+            # before that are dialled by the time the last ones go (a batch of 1,000
+            # numbers on 100 lines ended 0.7 s later than without the look-ahead
+            # with "more than the lines").
             if now >= self._plenty_until or self._ahead_budget <= 0:
                 lines = conn.execute(
                     "SELECT COUNT(*) FROM accounts WHERE client_id IS NOT NULL"
@@ -816,14 +809,18 @@ class SqliteStore(Store):
                 self._plenty_until = now + AHEAD_PLENTY_S
                 if self._ahead_budget <= 0:
                     return []
-            free_when = (
-                " AND EXISTS (SELECT 1 FROM dialplans d"
-                "   WHERE d.status = 'busy' AND d.account_id = a.id AND d.phone = ?"
-                "   AND NOT EXISTS (SELECT 1 FROM dialplans e"
-                "     WHERE e.status = 'busy' AND e.account_id = a.id AND e.id != d.id"
-                "     AND e.leased_at >= d.leased_at))"
-            )
-            args = (*args, ahead_of)
+            return self._hand_ahead(conn, client_id, now, share, extension, ahead_of, ahead)
+        only = "" if extension is None else " AND a.name = ?"
+        args: tuple[str, ...] = (client_id,) if extension is None else (client_id, extension)
+        # An extension is free when no number is out on it, or when its client
+        # reported it idle after the latest hand-out: that number's result is in
+        # the client's spool on its way here, and waiting for the upload (~40 ms
+        # of writes and judging) left every line idle that long between calls.
+        free_when = (
+            " AND NOT EXISTS (SELECT 1 FROM dialplans d"
+            "   WHERE d.status = 'busy' AND d.account_id = a.id"
+            "   AND NOT (a.state = 'idle' AND a.state_at > d.leased_at))"
+        )
         idle = conn.execute(
             "SELECT a.id, a.name FROM accounts a WHERE a.client_id = ?"
             " AND COALESCE(a.state, '') != 'unregistered'"
@@ -833,7 +830,50 @@ class SqliteStore(Store):
         if not idle:
             return []
         free = self._shared_plans(conn, now, len(idle), share)
-        pairs = list(zip(idle, free, strict=False))
+        return self._hand(conn, client_id, now, list(zip(idle, free, strict=False)), during)
+
+    def _hand_ahead(
+        self,
+        conn: sqlite3.Connection,
+        client_id: str,
+        now: float,
+        share: str,
+        extension: str | None,
+        ahead_of: str,
+        ahead: int,
+    ) -> list[JSON]:
+        """`_lease`'s numbers to hold on `extension` while it dials `ahead_of`."""
+        # held: handed after d; one reply's numbers share a leased_at and go in
+        # the order of their ids (below), which the daemon dials them in
+        row = conn.execute(
+            "SELECT a.id, a.name, (SELECT COUNT(*) FROM dialplans e"
+            "   WHERE e.status = 'busy' AND e.account_id = a.id AND (e.leased_at > d.leased_at"
+            "   OR (e.leased_at = d.leased_at AND e.id > d.id))) AS held"
+            " FROM accounts a JOIN dialplans d ON d.account_id = a.id"
+            " WHERE a.client_id = ? AND a.name = ? AND COALESCE(a.state, '') != 'unregistered'"
+            " AND d.status = 'busy' AND d.phone = ?"
+            " ORDER BY d.leased_at DESC LIMIT 1",
+            (client_id, extension, ahead_of),
+        ).fetchone()
+        if row is None:
+            return []
+        # asked again: none more; and no more than the count left past the margin
+        want = min(min(ahead, LOOK_AHEAD_MAX) - row["held"], self._ahead_budget)
+        if want <= 0:
+            return []
+        free = sorted(self._shared_plans(conn, now, want, share), key=lambda plan: plan["id"])
+        return self._hand(conn, client_id, now, [(row, plan) for plan in free], False)
+
+    def _hand(
+        self,
+        conn: sqlite3.Connection,
+        client_id: str,
+        now: float,
+        pairs: list[tuple[sqlite3.Row, sqlite3.Row]],
+        during: bool,
+    ) -> list[JSON]:
+        """Lease each (account, dialplan) pair: the rows, the hand-outs, the tasks."""
+        stamp = iso_local(now)
         self._ahead_budget -= len(pairs)  # (every hand-out: GET /dialplan's too)
         conn.executemany(
             "UPDATE dialplans SET status = 'busy', client_id = ?,"
@@ -917,6 +957,7 @@ class SqliteStore(Store):
         phone: str,
         now: float,
         next_share: str | None = None,
+        ahead: int = 1,
     ) -> tuple[bool | None, list[JSON] | None]:
         def job(conn: sqlite3.Connection) -> tuple[bool | None, list[JSON] | None]:
             if not _touch(conn, client_id, now):
@@ -932,7 +973,9 @@ class SqliteStore(Store):
                 return True, None
             if status == "idle":
                 return True, self._lease(conn, client_id, now, next_share, extension, during=True)
-            return True, self._lease(conn, client_id, now, next_share, extension, ahead_of=phone)
+            return True, self._lease(
+                conn, client_id, now, next_share, extension, ahead_of=phone, ahead=ahead
+            )
 
         return await self._writer.run(job)
 

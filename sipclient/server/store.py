@@ -210,19 +210,22 @@ class Store(abc.ABC):
         phone: str,
         now: float,
         next_share: str | None = None,
+        ahead: int = 1,
     ) -> tuple[bool | None, list[JSON] | None]:
         """Extension state: (known, numbers). known: False: extension not leased to
         it; None: client not active.
 
         `next_share` (ext `next`; the `leases.share` to hand out with): in the same
         transaction, so no GET /dialplan in between takes the number, hand the
-        extension a number (numbers: [] when none, None when not asked):
+        extension numbers (numbers: [] when none, None when not asked):
         - with "idle", its next one by the free rule of `lease_dialplans`, and
           record the extension `during` it (the daemon need not say so);
-        - with "during", one to hold while it dials `phone`, when that is the
-          latest number handed to it (a line holds one at most), and while free
-          numbers are more than twice the lines leased (a list's end goes to
-          lines that are free, not to lines that would hold it behind a call).
+        - with "during", numbers to hold while it dials `phone`: so many that the
+          numbers handed to it after `phone` are `ahead` (LOOK_AHEAD_MAX at most;
+          none if `phone` is not out on it: asked twice, none more), and
+          only while free numbers are more than AHEAD_LINES times the lines leased
+          (a list's end goes to lines that are free, not to lines that would hold
+          it behind a call).
         """
 
     @abc.abstractmethod

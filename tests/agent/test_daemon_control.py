@@ -20,6 +20,7 @@ import inspect
 import itertools
 import os
 import re
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -917,7 +918,7 @@ def _daemon_config(
     trunk: TrunkSettings | None = None,
     max_cps: float = 0.0,
     hold_max: float = 300.0,
-    look_ahead: bool = True,
+    look_ahead: int = 2,
 ) -> DaemonConfig:
     return DaemonConfig(
         server=ServerLink(server.url, timeout=2.0),
@@ -938,7 +939,7 @@ def _daemon_noting(
     threads: int,
     trunk: TrunkSettings | None = None,
     max_cps: float = 0.0,
-    look_ahead: bool = True,
+    look_ahead: int = 2,
 ) -> tuple[Daemon, FakeWorld, list[str]]:
     """A daemon over fake lines whose systemd notifications land in the returned list."""
     world = FakeWorld(tmp_path)
@@ -1100,63 +1101,78 @@ async def test_a_daemon_with_uploads_left_in_its_spool_does_not_leave(
     assert kept["code"] == 200  # still a live client, its number still busy
 
 
-@pytest.mark.parametrize("look_ahead", [False, True])
+@pytest.mark.parametrize("look_ahead", [0, 1, 2])
 async def test_each_number_is_reported_during_then_call_if_answered_then_idle(
-    server: LiveServer, tmp_path: Path, look_ahead: bool
+    server: LiveServer, tmp_path: Path, look_ahead: int
 ) -> None:
     """PROTOCOL.md's status table, as the server receives it: during (INVITE sent),
     call (2xx), idle (free again: phoneNum empty), per number.
 
     Two of our extensions change it. The number handed in the reply to an idle
     (`next`) is recorded `during` by the server itself, so that "during" is not
-    sent (without the look-ahead, 901 to 903 here). With the look-ahead
-    (`dialplan.look_ahead`), the line holds its next number through the call, so
-    it is never free: "during" the next one follows at once (901), and "idle"
-    only comes when it holds none; the server hands that number in its reply to
-    the "during", only while free numbers are more than twice the lines (not 902
-    or 903)."""
+    sent (without the look-ahead, 901 to 904 here). With the look-ahead
+    (`dialplan.look_ahead`: 1 or 2), the line holds its next numbers through the
+    call, so it is never free: "during" the next one follows at once, and "idle"
+    only comes when it holds none; the server hands those in its reply to the
+    "during", only while free numbers are more than three times the lines (not
+    past 901 with 1, past 902 with 2)."""
     await server.add_accounts(["2001"])
     daemon, world, _ = _daemon_noting(tmp_path, server, 1, look_ahead=look_ahead)
     world.call_seconds = 0.2
     world.answer_for = {"900"}
+    numbers = ["900", "901", "902", "903", "904", "905"]
     async with _running(daemon):
         # pushed once the line said it is free: 900 comes from GET /dialplan
         await _wait(lambda: server.statuses == [("idle", "2001", "")])
-        task_id = await server.push(["2001"], ["900", "901", "902", "903"])
+        task_id = await server.push(["2001"], numbers)
         await _wait(lambda: _finished(server, task_id), timeout=20)
         await _wait(lambda: server.statuses[-1:] == [("idle", "2001", "")])
-    assert world.dialled == ["900", "901", "902", "903"]
+    assert world.dialled == numbers
     calls = [s for s in server.statuses if s[1] == "2001"][1:]
+    # the hand-outs, in the server's own table: which came in one reply
+    with contextlib.closing(sqlite3.connect(server.folder / server.db_name)) as db:
+        rows = db.execute(
+            "SELECT d.phone, h.leased_at FROM handouts h JOIN dialplans d"
+            " ON d.id = h.dialplan_id ORDER BY h.rowid"
+        ).fetchall()
+    replies = [[p for p, _ in g] for _, g in itertools.groupby(rows, key=lambda r: r[1])]
     if look_ahead:
         assert calls == [
             ("during", "2001", "900"),
             ("call", "2001", "900"),
             ("during", "2001", "901"),
-            ("idle", "2001", ""),
             ("during", "2001", "902"),
             ("idle", "2001", ""),
             ("during", "2001", "903"),
             ("idle", "2001", ""),
+            ("during", "2001", "904"),
+            ("idle", "2001", ""),
+            ("during", "2001", "905"),
+            ("idle", "2001", ""),
         ]
         assert daemon.status.ask_ahead and daemon.status.unsent_during == 0
+        # 900's "during" got 901 (and 902 with 2: held two behind the call); 901's
+        # got 902 with 1; then 903 to 905 each came with an idle
+        held = [["901", "902"]] if look_ahead == 2 else [["901"], ["902"]]
+        assert replies == [["900"], *held, ["903"], ["904"], ["905"]]
     else:
         assert calls == [
             ("during", "2001", "900"),
             ("call", "2001", "900"),
-            ("idle", "2001", ""),  # its reply hands 901, recorded during it
-            ("idle", "2001", ""),
-            ("idle", "2001", ""),
-            ("idle", "2001", ""),
+            *[("idle", "2001", "")] * 6,  # each reply hands the next, recorded during it
         ]
-        assert daemon.status.unsent_during == 3
+        assert daemon.status.unsent_during == 5
+        assert replies == [[p] for p in numbers]
 
 
+@pytest.mark.parametrize("refuses", [False, True])
 async def test_a_server_handing_nothing_ahead_is_asked_no_more(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], refuses: bool
 ) -> None:
     """A server that knows `next` with "idle" only (session 18's) answers a "during"
-    that asks ahead without `dialplans`: the daemon stops asking (said once,
-    `look_ahead_unsupported`), and each line's next number comes with its idle."""
+    that asks ahead without `dialplans`, or refuses its next=2 with a 400 (it takes
+    0 or 1): the daemon stops asking ahead (said once, `look_ahead_unsupported`),
+    and each line's next number comes with its idle, which still asks `next`."""
     asked: list[str] = []
 
     @web.middleware
@@ -1164,6 +1180,9 @@ async def test_a_server_handing_nothing_ahead_is_asked_no_more(
         q = request.query
         if request.path.startswith("/status/") and q.get("status") == "during":
             asked.append(q.get("next", "0"))
+            if refuses and q.get("next", "0") not in ("0", "1"):
+                msg = f"next: expected 0 or 1, got {q['next']!r}"
+                return web.json_response({"code": 400, "msg": msg, "data": None}, status=400)
             plain = {k: v for k, v in q.items() if k != "next"}
             request = request.clone(rel_url=request.rel_url.with_query(plain))
         return cast(web.StreamResponse, await handler(request))
@@ -1179,10 +1198,13 @@ async def test_a_server_handing_nothing_ahead_is_asked_no_more(
         async with _running(daemon):
             await _wait(lambda: _finished(server, task_id), timeout=20)
         assert sorted(world.dialled) == [f"9{i:02}" for i in range(5)]
-        assert not daemon.status.ask_ahead
-        # asked once; then each number came with the idle, its "during" the server's
-        assert asked.count("1") == 1 and daemon.status.unsent_during >= 1
-        assert capsys.readouterr().out.count("look_ahead_unsupported") == 1
+        assert not daemon.status.ask_ahead and daemon.status.ask_next
+        # asked once (again without it when refused); then each number came with
+        # the idle, its "during" the server's
+        assert asked.count("2") == 1 and daemon.status.unsent_during >= 1
+        out = capsys.readouterr().out
+        assert out.count("look_ahead_unsupported") == 1
+        assert "status_next_refused" not in out
     finally:
         await server.stop()
 
@@ -1473,7 +1495,7 @@ async def test_a_call_that_finds_no_rtp_port_keeps_its_number_and_dials_it_later
 async def test_max_cps_starts_calls_paced_whatever_the_free_lines(
     server: LiveServer, tmp_path: Path
 ) -> None:
-    phones = [f"90{i:02d}" for i in range(40)]  # the look-ahead's share: > 2 a line
+    phones = [f"90{i:02d}" for i in range(40)]  # the look-ahead's share: > 3 a line
     lines = ["2001", "2002", "2003", "2004"]
     await server.add_accounts(lines)
     # (the world's calls all end 404 cause 1: no route guard for 40 in a row)
@@ -1508,9 +1530,10 @@ async def test_max_cps_starts_calls_paced_whatever_the_free_lines(
     gaps = [b - a for a, b in itertools.pairwise(started)]
     # 20 a second: 0.05 s apart at least (a busy loop only makes the gaps longer)
     assert min(gaps) >= 0.05 - 1e-3, gaps
-    # a line waiting for its turn with a number held (the look-ahead) is not free:
-    # said "idle", it was handed another one to hold (2 held here before session 19)
-    assert max(held) == 1
+    # a line waiting for its turn with numbers held (the look-ahead: 2) is not free:
+    # said "idle", it was handed another one to hold (2 held here with a look-ahead
+    # of 1 before session 19)
+    assert max(held) <= 2
 
 
 async def test_transient_outcomes_in_a_row_pause_the_trunk_until_a_probe_decides_a_number(

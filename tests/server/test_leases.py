@@ -287,7 +287,7 @@ async def test_an_idle_asking_next_gets_the_lines_next_number_in_its_reply(
     [third] = data["dialplans"]
     assert (third["extensionNum"], third["phoneNum"]) == ("1002", "33")
     assert (await api.ok("GET", f"/dialplan/{a}"))["dialplans"] == []
-    status, body = await api.call("GET", f"/status/{a}?status=idle&extensionNum=1001&next=2")
+    status, body = await api.call("GET", f"/status/{a}?status=idle&extensionNum=1001&next=4")
     assert status == 400 and body["msg"].startswith("next:")
 
 
@@ -328,10 +328,10 @@ async def test_a_during_asking_next_gets_one_number_to_hold_while_it_dials(
     api: Api, clock: FakeClock
 ) -> None:
     """(ext) GET /status during with next=1: a number for the line to hold while it
-    dials phoneNum, only when that is the latest number handed to it (so a line
-    holds one at most), and while free numbers are more than twice the lines leased;
-    it stays the line's alone: GET /dialplan passes it by."""
-    await _push(api, ["11", "22", "33", "44", "55", "66", "77", "88"])
+    dials phoneNum, only when none was handed to it after that one (so a line
+    holds one at most), and while free numbers are more than three times the lines
+    leased; it stays the line's alone: GET /dialplan passes it by."""
+    await _push(api, ["11", "22", "33", "44", "55", "66", "77", "88", "99", "100"])
     a = await api.notify()
     await api.ok("GET", f"/accounts/{a}?threadsNum=2")
 
@@ -355,7 +355,7 @@ async def test_a_during_asking_next_gets_one_number_to_hold_while_it_dials(
     [other] = (await api.ok("GET", f"/dialplan/{a}"))["dialplans"]
     assert (other["extensionNum"], other["phoneNum"]) == ("1002", "44")
     assert await during("1002", "11") == []  # not a number out on 1002
-    # 55 to 88 are left for 2 lines: the list's end is not held behind a call
+    # 55 to 100 are left for 2 lines: the list's end is not held behind a call
     assert await during("1002", "44") == []
     assert (await _line_states(api))["1001"] == ("during", "22")
     clock.advance(1)
@@ -365,3 +365,38 @@ async def test_a_during_asking_next_gets_one_number_to_hold_while_it_dials(
     clock.advance(1)
     data = await api.ok("GET", f"/status/{a}?status=during&extensionNum=1001&phoneNum=33")
     assert "dialplans" not in data
+
+
+async def test_a_during_asking_next_2_keeps_two_numbers_held_behind_the_call(
+    api: Api, clock: FakeClock
+) -> None:
+    """(ext) next=N with "during": so many numbers that the line holds N after the
+    number it dials. Asked again (a reply lost, the state sent twice), nothing more;
+    never more than three held; a next the server does not know is a 400."""
+    await _push(api, [str(n) for n in range(10, 40)])
+    a = await api.notify()
+    await api.ok("GET", f"/accounts/{a}?threadsNum=1")
+
+    async def during(phone: str, want: int) -> list[str]:
+        clock.advance(1)
+        data = await api.ok(
+            "GET", f"/status/{a}?status=during&extensionNum=1001&phoneNum={phone}&next={want}"
+        )
+        return [p["phoneNum"] for p in data["dialplans"]]
+
+    clock.advance(1)
+    [first] = (await api.ok("GET", f"/status/{a}?status=idle&extensionNum=1001&next=1"))[
+        "dialplans"
+    ]
+    assert first["phoneNum"] == "10"
+    assert await during("10", 2) == ["11", "12"]
+    assert await during("10", 2) == []  # asked twice: it holds two already
+    assert await during("11", 2) == ["13"]  # 11 started: 12 and 13 held
+    assert await during("12", 3) == ["14", "15"]  # 13, 14, 15
+    assert await during("13", 1) == []  # 14 and 15 held: more than asked
+    status, body = await api.call(
+        "GET", f"/status/{a}?status=during&extensionNum=1001&phoneNum=13&next=4"
+    )
+    assert status == 400 and body["msg"].startswith("next:")
+    # the line's own: no other hand-out takes them
+    assert (await api.ok("GET", f"/dialplan/{a}"))["dialplans"] == []
