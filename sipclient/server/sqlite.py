@@ -842,18 +842,32 @@ class SqliteStore(Store):
         ahead_of: str,
         ahead: int,
     ) -> list[JSON]:
-        """`_lease`'s numbers to hold on `extension` while it dials `ahead_of`."""
-        # held: handed after d; one reply's numbers share a leased_at and go in
-        # the order of their ids (below), which the daemon dials them in
+        """`_lease`'s numbers to hold on `extension` while it dials `ahead_of`.
+
+        The latest hand-out of `ahead_of` to the extension, not its dialplan row:
+        after a call shorter than the round trip to the server the upload (on its
+        own connection) often finished the number before its "during" came, and the
+        row had left the account (24 lines at 100 ms from the server: such a
+        "during" got none, and the daemon then asked nothing ahead for a second).
+        """
+        account = conn.execute(
+            "SELECT id, name FROM accounts WHERE client_id = ? AND name = ?"
+            " AND COALESCE(state, '') != 'unregistered'",
+            (client_id, extension),
+        ).fetchone()
+        if account is None:
+            return []
+        # held: the numbers on it handed after that one; one reply's numbers share
+        # a leased_at and go in the order of their ids (below), which the daemon
+        # dials them in
         row = conn.execute(
-            "SELECT a.id, a.name, (SELECT COUNT(*) FROM dialplans e"
-            "   WHERE e.status = 'busy' AND e.account_id = a.id AND (e.leased_at > d.leased_at"
-            "   OR (e.leased_at = d.leased_at AND e.id > d.id))) AS held"
-            " FROM accounts a JOIN dialplans d ON d.account_id = a.id"
-            " WHERE a.client_id = ? AND a.name = ? AND COALESCE(a.state, '') != 'unregistered'"
-            " AND d.status = 'busy' AND d.phone = ?"
-            " ORDER BY d.leased_at DESC LIMIT 1",
-            (client_id, extension, ahead_of),
+            "SELECT (SELECT COUNT(*) FROM dialplans e"
+            "   WHERE e.status = 'busy' AND e.account_id = ? AND (e.leased_at > h.leased_at"
+            "   OR (e.leased_at = h.leased_at AND e.id > h.dialplan_id))) AS held"
+            " FROM dialplans d JOIN handouts h ON h.dialplan_id = d.id"
+            " AND h.client_id = ? AND h.extension = ?"
+            " WHERE d.phone = ? ORDER BY h.rowid DESC LIMIT 1",
+            (account["id"], client_id, extension, ahead_of),
         ).fetchone()
         if row is None:
             return []
@@ -862,7 +876,7 @@ class SqliteStore(Store):
         if want <= 0:
             return []
         free = sorted(self._shared_plans(conn, now, want, share), key=lambda plan: plan["id"])
-        return self._hand(conn, client_id, now, [(row, plan) for plan in free], False)
+        return self._hand(conn, client_id, now, [(account, plan) for plan in free], False)
 
     def _hand(
         self,
