@@ -40,13 +40,13 @@ from sipclient.logs import get_logger
 log = get_logger(__name__)
 
 REPLY_MAX_BYTES = 8 * 1024 * 1024
-AHEAD_REST_S = 1.0
-"""After a "during" that asked ahead got no number (the server keeps a list's end
-for free lines), no "during" asks ahead for this long (`StatusReporter`)."""
 """The most of an envelope reply read. The largest reply the contract has is the
 library listing: ~200 bytes a template, 8 MiB is ~40,000 templates, far past the
 mirror's own cap (`classify.mirror_max_mb`); a dialplan of 200 numbers is ~20 KB.
 A server sending more is broken or hostile: it gets no more of our memory."""
+AHEAD_REST_S = 1.0
+"""After a "during" that asked ahead got no number (the server keeps a list's end
+for free lines), no "during" asks ahead for this long (`StatusReporter`)."""
 
 
 class ControlError(Exception):
@@ -312,8 +312,9 @@ class ControlClient:
         `want_next` (ext, with "idle"): the server hands the extension its next number
         in the reply, saving the GET /dialplan round trip between two calls; with
         "during": numbers for the line to hold while it dials `phone`, so that it
-        holds that many (the look-ahead). Returns those numbers (maybe none), or None when the reply
-        has no `dialplans` (a server that knows only the seed, or not asked).
+        holds that many (the look-ahead). Returns those numbers (maybe none), or
+        None when the reply has no `dialplans` (a server that knows only the seed,
+        or not asked).
         """
         params = {"status": status, "extensionNum": extension, "phoneNum": phone}
         if want_next:

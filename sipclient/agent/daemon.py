@@ -885,8 +885,8 @@ class Daemon:
 
     def _may_hold(self, extension: str) -> int:
         """How many numbers the line dialling on `extension` asks to hold behind its
-        call (`dialplan.look_ahead`: the server hands what it lacks of that). None
-        when it holds that many, nor when its next call could not start at once
+        call (`dialplan.look_ahead`: the server hands what it lacks of that). 0
+        when it holds that many, and when its next call could not start at once
         anyway (a stop, a drain, the spool failing, a paused trunk...): such a number
         would only wait, leased, on the line."""
         line = self.lines.get(extension)

@@ -177,8 +177,8 @@ class Dispatch:
         """GET /status: (epoch ms, the numbers `next` handed: None when not asked).
 
         (ext) `want_next`: with "idle", the line's next number, the extension then
-        recorded `during` it; with "during", up to that many to hold while it dials
-        `phone` (`Store.record_status`)."""
+        recorded `during` it; with "during", numbers to hold while it dials `phone`,
+        so that it holds that many (`Store.record_status`)."""
         self._check(client_id)
         now = self.clock()
         asks = status == "idle" or (status == "during" and phone != "")

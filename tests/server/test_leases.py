@@ -324,6 +324,20 @@ async def test_the_number_handed_with_an_idle_records_its_line_during_it(
     assert data["dialplans"] == [] and (await _line_states(api))["1001"] == ("idle", "")
 
 
+async def _held_with_during(
+    api: Api, clock: FakeClock, client_id: str, ext: str, phone: str, want: int
+) -> list[str]:
+    """A second later, `ext` says it dials `phone`, asking to hold `want`: the numbers
+    handed."""
+    clock.advance(1)
+    data = await api.ok(
+        "GET",
+        f"/status/{client_id}?status=during&extensionNum={ext}&phoneNum={phone}&next={want}",
+    )
+    assert "duringRecorded" not in data  # the held number is not being dialled
+    return [p["phoneNum"] for p in data["dialplans"]]
+
+
 async def test_a_during_asking_next_gets_one_number_to_hold_while_it_dials(
     api: Api, clock: FakeClock
 ) -> None:
@@ -336,12 +350,7 @@ async def test_a_during_asking_next_gets_one_number_to_hold_while_it_dials(
     await api.ok("GET", f"/accounts/{a}?threadsNum=2")
 
     async def during(ext: str, phone: str) -> list[str]:
-        clock.advance(1)
-        data = await api.ok(
-            "GET", f"/status/{a}?status=during&extensionNum={ext}&phoneNum={phone}&next=1"
-        )
-        assert "duringRecorded" not in data  # the held number is not being dialled
-        return [p["phoneNum"] for p in data["dialplans"]]
+        return await _held_with_during(api, clock, a, ext, phone, 1)
 
     clock.advance(1)
     [first] = (await api.ok("GET", f"/status/{a}?status=idle&extensionNum=1001&next=1"))[
@@ -378,11 +387,7 @@ async def test_a_during_asking_next_2_keeps_two_numbers_held_behind_the_call(
     await api.ok("GET", f"/accounts/{a}?threadsNum=1")
 
     async def during(phone: str, want: int) -> list[str]:
-        clock.advance(1)
-        data = await api.ok(
-            "GET", f"/status/{a}?status=during&extensionNum=1001&phoneNum={phone}&next={want}"
-        )
-        return [p["phoneNum"] for p in data["dialplans"]]
+        return await _held_with_during(api, clock, a, "1001", phone, want)
 
     clock.advance(1)
     [first] = (await api.ok("GET", f"/status/{a}?status=idle&extensionNum=1001&next=1"))[
