@@ -255,10 +255,12 @@ class Call:
             first = not out.answered
             out.answered = True
             out.times.answer = epoch(event.at)
+            if first:
+                # a BYE now ends it, not the CANCEL: journalled before any hook runs,
+                # as a hook that ends the call pumps the stack, and the ACK goes then
+                self._keep_ending()
             if event.sdp is not None:
                 self._media(event.sdp)
-            if first:
-                self._keep_ending()  # a BYE now ends it, not the CANCEL
             if first and self._on_answered is not None:
                 self._run_hook(self._on_answered, event.status)
         elif isinstance(event, CancelSent):
