@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 
 from sipclient.lab.kamailio import Kamailio, KamailioConfig, LabError, Route
-from sipclient.lab.ports import free_port
+from sipclient.lab.ports import free_port, tcp_listening
 from sipclient.lab.sipp import Sipp
 from sipclient.server.payloads import MAX_PHONES
 
@@ -797,13 +797,21 @@ class World:
 
     @staticmethod
     def _wait_http(url: str, proc: subprocess.Popen[bytes], what: str) -> None:
+        """Until `url` answers below 500; connecting only once the port has a listener
+        (`tcp_listening`: a connect before that may connect to itself)."""
+        import http.client
         import urllib.error
+        import urllib.parse
         import urllib.request
 
+        port = urllib.parse.urlsplit(url).port or 80
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 raise LabError(f"{what} exited with {proc.returncode} at start")
+            if tcp_listening(port) is False:
+                time.sleep(0.05)
+                continue
             try:
                 with urllib.request.urlopen(url, timeout=1) as resp:
                     if resp.status < 500:
@@ -811,7 +819,7 @@ class World:
             except urllib.error.HTTPError as exc:
                 if exc.code < 500:
                     return
-            except (OSError, ValueError):
+            except (OSError, ValueError, http.client.HTTPException):
                 pass
             time.sleep(0.1)
         raise LabError(f"{what} did not answer at {url}")

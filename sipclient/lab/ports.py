@@ -29,6 +29,34 @@ def free_port(host: str = "127.0.0.1") -> int:
     raise OSError("no free UDP+TCP port on " + host)
 
 
+def tcp_listening(port: int) -> bool | None:
+    """Whether a socket listens on TCP `port` (any address), from /proc/net/tcp{,6};
+    None where those cannot be read (not Linux).
+
+    A connect to a loopback port nobody listens on yet can connect to itself: the
+    kernel may pick that very port as the source (both ends 127.0.0.1:P, a TCP
+    simultaneous open), and the client then reads its own request back, while
+    holding the port the peer is about to bind. A clean-clone run hit it once
+    polling the lab server (`BadStatusLine: GET /api/tasks...`, session 20), so
+    the lab waits for the listener before it connects.
+    """
+    found = False
+    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(name, encoding="ascii") as fh:
+                next(fh, None)  # the header
+                for line in fh:
+                    fields = line.split()
+                    # local_address is HEXIP:HEXPORT; state 0A is LISTEN
+                    listens = len(fields) > 3 and fields[3] == "0A"
+                    if listens and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                        return True
+            found = True
+        except (OSError, ValueError):
+            continue
+    return False if found else None
+
+
 def sip_host(host: str) -> str:
     """An IPv6 address in brackets, as SIP URIs and kamailio's listen= want it."""
     return f"[{host}]" if ":" in host else host

@@ -12,6 +12,7 @@ import pytest
 
 from sipclient.demo import CARRIERS, RETRANS_MS, render_scenario
 from sipclient.lab.kamailio import Kamailio, KamailioConfig, Route, render_config
+from sipclient.lab.ports import free_port, tcp_listening
 from sipclient.lab.sipp import Sipp, parse_trace
 
 pytestmark = pytest.mark.peers
@@ -182,3 +183,21 @@ def test_demo_scenarios_retransmit_finals_only() -> None:
         ("487", f'retrans="{RETRANS_MS}"'),
         ("486", f'retrans="{RETRANS_MS}"'),
     ]
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_tcp_listening_sees_a_listener_not_a_bound_or_connected_socket(host: str) -> None:
+    # the lab waits for this before it connects to a server it started: a connect to
+    # a port nobody listens on may connect to itself and hold the port (session 20)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    port = free_port(host)
+    assert tcp_listening(port) is False
+    with socket.socket(family, socket.SOCK_STREAM) as srv:
+        srv.bind((host, port))
+        assert tcp_listening(port) is False  # bound, not yet listening
+        srv.listen()
+        assert tcp_listening(port) is True
+        with socket.create_connection((host, port)) as client:
+            # the client's own port is connected, not listening
+            assert tcp_listening(client.getsockname()[1]) is False
+    assert tcp_listening(port) is False
