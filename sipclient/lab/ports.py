@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import socket
 import time
 
@@ -10,22 +11,41 @@ def _family(host: str) -> socket.AddressFamily:
     return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port free for both UDP and TCP on `host` right now (the kernel picks it).
+LAB_PORTS = (10000, 20000)
+"""Where `free_port` draws from: below the kernel's ephemeral range (Linux:
+32768-60999), from which a connect takes its source port, and below the RTP
+ports the demo and the tests give the daemon (30000 and up)."""
+_handed: set[int] = set()
+_rng = random.Random()
 
-    There is a small window before the caller binds it; the lab retries a start
-    that fails to bind.
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port free for both UDP and TCP on `host` right now, from LAB_PORTS, never
+    the same twice in one process.
+
+    Not the kernel's pick (bind to port 0): that is an ephemeral port, and a client
+    connecting to such a port while nobody listens on it (a daemon retrying a
+    server the test stopped, the lab polling one it starts) can be given that
+    very port as its source and connect to itself, holding the port the server
+    then fails to bind (`tcp_listening`; seen once, session 20). Drawn at random
+    from a range of 10,000, the set of ports handed keeps two peers of one run
+    from being given the same one. There is a small window before the caller
+    binds it; the lab retries a start that fails to bind.
     """
-    for _ in range(50):
-        with socket.socket(_family(host), socket.SOCK_DGRAM) as udp:
-            udp.bind((host, 0))
-            port = int(udp.getsockname()[1])
-            with socket.socket(_family(host), socket.SOCK_STREAM) as tcp:
-                try:
-                    tcp.bind((host, port))
-                except OSError:
-                    continue
-            return port
+    family = _family(host)
+    for _ in range(500):
+        port = _rng.randrange(*LAB_PORTS)
+        if port in _handed:
+            continue
+        try:
+            with socket.socket(family, socket.SOCK_DGRAM) as udp:
+                udp.bind((host, port))
+            with socket.socket(family, socket.SOCK_STREAM) as tcp:
+                tcp.bind((host, port))
+        except OSError:
+            continue
+        _handed.add(port)
+        return port
     raise OSError("no free UDP+TCP port on " + host)
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from sipclient.demo import CARRIERS, RETRANS_MS, render_scenario
 from sipclient.lab.kamailio import Kamailio, KamailioConfig, Route, render_config
-from sipclient.lab.ports import free_port, tcp_listening
+from sipclient.lab.ports import LAB_PORTS, free_port, tcp_listening
 from sipclient.lab.sipp import Sipp, parse_trace
 
 pytestmark = pytest.mark.peers
@@ -201,3 +201,18 @@ def test_tcp_listening_sees_a_listener_not_a_bound_or_connected_socket(host: str
             # the client's own port is connected, not listening
             assert tcp_listening(client.getsockname()[1]) is False
     assert tcp_listening(port) is False
+
+
+def test_free_ports_are_below_the_ephemeral_range_and_never_handed_twice() -> None:
+    # a connect takes its source port from the ephemeral range: a lab port there,
+    # polled while nobody listens, could be connected to by itself
+    with open("/proc/sys/net/ipv4/ip_local_port_range", encoding="ascii") as fh:
+        ephemeral_low = int(fh.read().split()[0])
+    ports = [free_port() for _ in range(200)]
+    assert len(set(ports)) == len(ports)
+    assert all(LAB_PORTS[0] <= p < LAB_PORTS[1] < ephemeral_low for p in ports)
+    for p in ports[:5]:  # free for both, as handed
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            u.bind(("127.0.0.1", p))
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+            t.bind(("127.0.0.1", p))
