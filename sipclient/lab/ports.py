@@ -58,7 +58,10 @@ def tcp_listening(port: int) -> bool | None:
     simultaneous open), and the client then reads its own request back, while
     holding the port the peer is about to bind. A clean-clone run hit it once
     polling the lab server (`BadStatusLine: GET /api/tasks...`, session 20), so
-    the lab waits for the listener before it connects.
+    the lab waits for the listener before it connects. (`free_port` now draws
+    below the ephemeral range, which rules that out where the range is Linux's
+    default; this still covers a machine whose range was widened to include
+    LAB_PORTS.)
     """
     found = False
     for name in ("/proc/net/tcp", "/proc/net/tcp6"):

@@ -422,8 +422,8 @@ class SqliteStore(Store):
         self._ahead_budget = 0
         """Free numbers past the look-ahead's margin at the last count, less those
         handed out since (`_lease`), trusted until `_plenty_until`: counting up to
-        twice the lines out at every "during" that asks was up to thousands of
-        index rows a call for a fleet. The writer thread's alone."""
+        AHEAD_LINES times the lines out at every "during" that asks was up to
+        thousands of index rows a call for a fleet. The writer thread's alone."""
 
     def _open_writer(self) -> sqlite3.Connection:
         conn = _connect(self.path)
