@@ -45,7 +45,7 @@ import soundfile as sf
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
 
-from sipclient.classify.decide import CallClassifier  # noqa: E402
+from sipclient.classify.decide import CallClassifier, analyse_many  # noqa: E402
 from sipclient.classify.fingerprint import Fingerprinter  # noqa: E402
 from sipclient.classify.frames import FrameSource  # noqa: E402
 from sipclient.classify.templates import TemplateLibrary  # noqa: E402
@@ -110,12 +110,58 @@ def streamed(pcms: list[Pcm], library: TemplateLibrary, repeat: int) -> tuple[fl
     return best, fed / 8000
 
 
+def together(
+    pcms: list[Pcm], library: TemplateLibrary, repeat: int, calls: int, turn: int = 1
+) -> tuple[float, float]:
+    """The same, the daemon's way since agent/analysis.py: `calls` captures at a time,
+    fed 160 samples a packet in lockstep (call j starting j % 5 packets late, so their
+    blocks end in different rounds), and after each round of packets the blocks
+    completed in it analysed together (`analyse_many`), as one loop turn does; with
+    `turn` > 1, after every `turn` rounds (a busy daemon's longer turns: more calls a
+    batch, and blocks a frame or two longer). (CPU s, audio s fed)."""
+    best, fed = float("inf"), 0
+    for _ in range(repeat):
+        fed = 0
+        t0 = time.process_time()
+        for first in range(0, len(pcms), calls):
+            group = pcms[first : first + calls]
+            cs = [CallClassifier(library) for _ in group]
+            for c in cs:
+                c.on_signalling(Signalling(early_media=True), 0)
+            at = [-(j % 5) * 160 for j in range(len(group))]
+            live = list(range(len(group)))
+            ready: list[CallClassifier] = []
+            rounds = 0
+            while live:
+                for j in live:
+                    if at[j] >= 0:
+                        piece = group[j][at[j] : at[j] + 160]
+                        fed += len(piece)
+                        if cs[j].take(piece) and cs[j] not in ready:
+                            ready.append(cs[j])
+                    at[j] += 160
+                rounds += 1
+                if ready and (rounds % turn == 0 or len(live) < len(group)):
+                    analyse_many(ready)
+                    ready = []
+                live = [j for j in live if at[j] < len(group[j]) and cs[j].decision is None]
+        best = min(best, time.process_time() - t0)
+    return best, fed / 8000
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--corpus", type=Path, default=ROOT / "corpus" / "out")
     ap.add_argument("--files", type=int, default=120, help="0: every test capture")
     ap.add_argument("--block", type=int, default=800, help="samples per push")
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument(
+        "--together",
+        type=int,
+        default=20,
+        help="calls streamed at once for the analyse_many line (0: leave it out)",
+    )
+    ap.add_argument("--turn", type=int, default=1, help="packet rounds per analyse_many")
     ap.add_argument(
         "--library",
         type=Path,
@@ -142,6 +188,10 @@ def main() -> None:
         f"{'CallClassifier.feed, 160 a push':32s} {s / fed:.6f} CPU s per audio s"
         f" ({fed:.0f} s fed until the decisions, library of {len(lib)})"
     )
+    if args.together:
+        s, fed = together(pcms, lib, args.repeat, args.together, args.turn)
+        name = f"analyse_many, {args.together} calls, {args.turn} round(s) a turn"
+        print(f"{name:32s} {s / fed:.6f} CPU s per audio s ({fed:.0f} s fed until the decisions)")
 
 
 if __name__ == "__main__":

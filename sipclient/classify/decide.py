@@ -36,6 +36,7 @@ and marks the evidence `fake_answer`); at the end of the window `tick` says
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -43,7 +44,7 @@ import numpy.typing as npt
 
 from sipclient.classify.announcements import AnnouncementHit, AnnouncementMatcher
 from sipclient.classify.audio import FRAME, RATE, to_8k_mono
-from sipclient.classify.fingerprint import HOP, Fingerprinter, Landmarks
+from sipclient.classify.fingerprint import HOP, Fingerprinter, Landmarks, push_many
 from sipclient.classify.frames import FrameSource, band
 from sipclient.classify.signalling import conclusive, from_signalling
 from sipclient.classify.templates import TemplateLibrary
@@ -132,6 +133,11 @@ class CallClassifier:
         return self._decision
 
     @property
+    def ready(self) -> bool:
+        """A complete block waits for `analyse_many` (`take`), undecided and unfinished."""
+        return self._decision is None and self._finished is None and self._block_complete()
+
+    @property
     def audio_ms(self) -> int:
         """Audio received so far, in ms (counted in samples, not wall time)."""
         return self._samples * 1000 // RATE
@@ -205,9 +211,20 @@ class CallClassifier:
         """
         if self._decision is not None:
             return self._decision
+        if not self.take(pcm):
+            return None  # the current block is not complete yet
+        return self._analyse(self._cut())
+
+    def take(self, pcm: npt.NDArray[np.int16]) -> bool:
+        """`feed` without the analysis: buffer the audio, and say whether a block is
+        complete. The daemon then analyses the blocks of every call that completed one
+        in a turn of its event loop together (`analyse_many`); the decisions are
+        `feed`'s (block ends depend only on the audio, `feed`)."""
+        if self._decision is not None:
+            return False
         pcm = np.asarray(pcm).astype(np.int16, copy=False).ravel()
         if len(pcm) == 0:
-            return None
+            return False
         self._samples += len(pcm)
         if self._clip_len < CLIP_SECONDS * RATE:
             part = pcm[: CLIP_SECONDS * RATE - self._clip_len].copy()
@@ -215,13 +232,18 @@ class CallClassifier:
             self._clip_len += len(part)
         self._buf.append(pcm)
         self._buffered += len(pcm)
-        if self._buffered < (self._check + 1 - self._frames.frames) * FRAME:
-            return None  # the current block is not complete yet
+        return self._block_complete()
+
+    def _block_complete(self) -> bool:
+        return self._buffered >= (self._check + 1 - self._frames.frames) * FRAME
+
+    def _cut(self) -> npt.NDArray[np.int16]:
+        """Every whole frame buffered (blocks are cut inside _analyse)."""
         x = np.concatenate(self._buf)
-        cut = len(x) // FRAME * FRAME  # every whole frame: blocks are cut inside _analyse
+        cut = len(x) // FRAME * FRAME
         self._buf = [x[cut:]]
         self._buffered = len(x) - cut
-        return self._analyse(x[:cut])
+        return x[:cut]
 
     def _without_tones(self, lm: Landmarks) -> Landmarks:
         """Drop landmarks anchored in tone frames: a ringback with lost packets splatters
@@ -257,13 +279,28 @@ class CallClassifier:
         end of the block counts).
         """
         landmarks = self._fp.push(x)
-        power = self._fp.frame_power  # the frames' spectra: the fingerprint's FFT, shared
         rms = self._frames.push_rms(x)
-        n = len(rms)
-        if n == 0:
+        if len(rms) == 0:
             return None
-        base = self._frames.frames - n
+        power = self._fp.frame_power  # the frames' spectra: the fingerprint's FFT, shared
         cls, freq = classify_frames(power, rms)
+        active = _active(power, rms) & (cls == OFF)
+        return self._frames_in(landmarks, rms, cls, freq, active, last=last)
+
+    def _frames_in(
+        self,
+        landmarks: Landmarks,
+        rms: npt.NDArray[np.float64],
+        cls: npt.NDArray[np.int8],
+        freq: npt.NDArray[np.float64],
+        active: npt.NDArray[np.bool_],
+        *,
+        last: bool,
+    ) -> Decision | None:
+        """The rest of `_analyse`, once the frames' features are known (the part
+        `analyse_many` cannot do for several calls at once: each call's own state)."""
+        n = len(rms)
+        base = self._frames.frames - n
         self._tone_frames.append(cls != OFF)
         self._cls_hist.extend(cls.astype(np.uint8).tobytes())
         lm = self._without_tones(landmarks)
@@ -271,7 +308,6 @@ class CallClassifier:
             self._hashes.append(lm.hashes)
             self._htimes.append(lm.times)
         self._ann.push(lm)
-        active = _active(power, rms) & (cls == OFF)
         self._ann.note_sound(active)
         tones, ann = self._tones, self._ann
         cls_l, rms_l, freq_l, act_l = cls.tolist(), rms.tolist(), freq.tolist(), active.tolist()
@@ -452,6 +488,59 @@ class CallClassifier:
             "active_ms": self._active * FRAME_MS,
         }
         return self.unknown_store.add(hashes, times, clip, meta)
+
+
+def analyse_many(
+    classifiers: Sequence[CallClassifier], errors: list[Exception] | None = None
+) -> list[Decision | None]:
+    """Analyse the complete blocks (`CallClassifier.take`) of several calls at once;
+    each one's decision, in order (None: not yet, or it had no block to analyse).
+
+    The daemon's budget is CPU per call, and a block's analysis is mostly the
+    fixed cost of its numpy calls (fingerprint.py): the fingerprints' FFT and
+    levels (`fingerprint.push_many`), the frames' tone labels and the sound
+    test run once for every row of every call; what keeps per-call state
+    (peaks and pairs, the tone cadences, the announcement votes) runs per
+    call. Each row's arithmetic is what `feed` does, so the decisions and
+    their `decided_ms` are `feed`'s (tests/classify/test_decide.py). A
+    classifier with no complete block, decided or finished is left alone.
+
+    `errors`: an exception raised in one call's own part is appended there and
+    the other calls go on (without it, it is raised); that call's block goes
+    unanalysed. One in the shared part (a bug) is raised: every block is lost.
+    """
+    todo = [c for c in classifiers if c.ready]
+    if len(todo) == 1:  # a quiet daemon's turns: `feed`'s path, without the batch's
+        try:
+            todo[0]._analyse(todo[0]._cut())
+        except Exception as e:
+            if errors is None:
+                raise
+            errors.append(e)
+        return [c.decision if c is todo[0] else None for c in classifiers]
+    xs = [c._cut() for c in todo]
+    landmarks = push_many([c._fp for c in todo], xs)
+    rmss = [c._frames.push_rms(x) for c, x in zip(todo, xs, strict=True)]
+    live = [i for i, r in enumerate(rmss) if len(r)]
+    if live:
+        power = np.concatenate([todo[i]._fp.frame_power for i in live])
+        rms = np.concatenate([rmss[i] for i in live])
+        cls, freq = classify_frames(power, rms)
+        active = _active(power, rms) & (cls == OFF)
+        at = 0
+        for i in live:
+            k = at + len(rmss[i])
+            try:
+                todo[i]._frames_in(
+                    landmarks[i], rmss[i], cls[at:k], freq[at:k], active[at:k], last=False
+                )
+            except Exception as e:
+                if errors is None:
+                    raise
+                errors.append(e)
+            at = k
+    analysed = {id(c) for c in todo}
+    return [c.decision if id(c) in analysed else None for c in classifiers]
 
 
 def _active(power: npt.NDArray[np.float64], rms: npt.NDArray[np.float64]) -> npt.NDArray[np.bool_]:

@@ -48,6 +48,13 @@ test_fingerprint_equivalence.py keeps the plain version and compares):
   make_hash(f1, df, dtq) = f1 * 1008 + (f2 + PAIR_DF) * 16 + dtq (disjoint
   bit fields), split with numpy at the end; a pair's `ready` is its partner's.
 
+- several calls at once (`push_many`, since session 21): the daemon pushes
+  the blocks of every call that completed one in a turn of its event loop
+  together (agent/analysis.py); their windows go through one rfft and one
+  log, and the peaks of all the buffers of one shape are picked at once
+  (the same calls on a stack of buffers: `_local_max` works on the last two
+  axes). The pairing stays per call.
+
 Figures: `.venv/bin/python bench/classify_cpu.py` (120 corpus captures,
 800-sample pushes, the shared 2-core box under load from other work): this
 module 0.0038-0.0041 -> 0.0025-0.0027 CPU s per audio s; per push, best of
@@ -57,6 +64,7 @@ FFT ~15 and log10 ~17; peaks ~50; pairing ~45).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -137,7 +145,8 @@ def fine_to_frame(t: int) -> int:
 
 def _local_max(q: npt.NDArray[np.float64], n: int) -> npt.NDArray[np.float64]:
     """Maximum of the (2 PEAK_DT + 1) x (2 PEAK_DF + 1) window around rows
-    PEAK_DT..PEAK_DT + n of q, bins PEAK_DF..-PEAK_DF (q's edges are -inf padding).
+    PEAK_DT..PEAK_DT + n of q, bins PEAK_DF..-PEAK_DF (q's edges are -inf padding);
+    over q's last two axes (one buffer, or a stack of them: `push_many`).
 
     Separable, by doubling: time over 2, 4, 8, then 13 rows as two
     overlapping 8s, then bins over 2, 4, 8, 9 columns. Padding with -inf is
@@ -145,15 +154,41 @@ def _local_max(q: npt.NDArray[np.float64], n: int) -> npt.NDArray[np.float64]:
     clipped at the spectrogram's edges): the first rows of a stream have
     nothing before them.
     """
-    m2 = np.maximum(q[:-1], q[1:])
-    m4 = np.maximum(m2[:-2], m2[2:])
-    m8 = np.maximum(m4[:-4], m4[4:])
+    m2 = np.maximum(q[..., :-1, :], q[..., 1:, :])
+    m4 = np.maximum(m2[..., :-2, :], m2[..., 2:, :])
+    m8 = np.maximum(m4[..., :-4, :], m4[..., 4:, :])
     # rows i..i+7 and i+5..i+12 overlap, which a maximum does not mind
-    mt = np.maximum(m8[:n], m8[2 * PEAK_DT - 7 : 2 * PEAK_DT - 7 + n])
-    c2 = np.maximum(mt[:, :-1], mt[:, 1:])
-    c4 = np.maximum(c2[:, :-2], c2[:, 2:])
-    c8 = np.maximum(c4[:, :-4], c4[:, 4:])
-    return np.maximum(c8[:, :-1], mt[:, 2 * PEAK_DF :])
+    mt = np.maximum(m8[..., :n, :], m8[..., 2 * PEAK_DT - 7 : 2 * PEAK_DT - 7 + n, :])
+    c2 = np.maximum(mt[..., :-1], mt[..., 1:])
+    c4 = np.maximum(c2[..., :-2], c2[..., 2:])
+    c8 = np.maximum(c4[..., :-4], c4[..., 4:])
+    return np.maximum(c8[..., :-1], mt[..., 2 * PEAK_DF :])
+
+
+def _peak_cells(bufs: npt.NDArray[np.float64], lo: int, hi: int) -> list[list[int] | None]:
+    """The peaks of rows lo..hi of each buffer of `bufs` (buffers x rows x _W), as flat
+    indices into those rows x the band's bins (time, then bin order); None for a
+    buffer whose rows are all under the floor (digital silence)."""
+    k = len(bufs)
+    seg = bufs[:, lo:hi, PEAK_DF:-PEAK_DF]
+    top = seg.max(axis=2, keepdims=True)
+    sound = top.max(axis=(1, 2)) > -20.0  # else every bin is under the floor
+    if not sound.any():
+        return [None] * k
+    part = np.partition(seg, _MID, axis=2)
+    med = (part[..., _MID[0] : _MID[0] + 1] + part[..., _MID[1] : _MID[1] + 1]) / 2
+    # (implies the definition's `seg > -20`: the median is >= -30 dB, and a
+    # bin over the floor is >= 31.9 dB)
+    ok = seg > med + MIN_PEAK_DB
+    ok &= seg >= top - REL_PEAK_DB
+    ok &= seg == _local_max(bufs[:, lo - PEAK_DT : hi + PEAK_DT], hi - lo)
+    if k == 1:
+        return [ok.ravel().nonzero()[0].tolist()]
+    which, flat = ok.reshape(k, -1).nonzero()
+    cells = flat.tolist()
+    bounds = np.searchsorted(which, np.arange(k + 1)).tolist()
+    loud = sound.tolist()
+    return [cells[bounds[j] : bounds[j + 1]] if loud[j] else None for j in range(k)]
 
 
 class Fingerprinter:
@@ -184,6 +219,23 @@ class Fingerprinter:
         the frame's end, the same Hann), so the classifier takes the frames'
         spectra from here instead of a second FFT of the same samples.
         """
+        taken = self._take(pcm)
+        if taken is None:
+            return _empty()
+        full, n, first_row = taken
+        buf, logs = self._grow(n)
+        if full.any():
+            whole = np.fft.rfft(_windows(full, n) * _HANN, axis=1)
+            self.frame_power = _power(whole[first_row::_FINE_PER_FRAME], 0, BINS)
+            _log_spectra(whole, out=logs)
+        else:  # digital silence: every bin is under the floor
+            logs[...] = _FLOOR_DB
+            self.frame_power = _silent_frames(n, first_row)
+        return self._peaks(buf)
+
+    def _take(self, pcm: npt.NDArray[np.int16]) -> tuple[npt.NDArray[np.float64], int, int] | None:
+        """Take the samples: (the n windows' samples, n, the first row that ends a
+        20 ms frame), or None (and no frames) when no fine frame was completed."""
         x = np.asarray(pcm, dtype=np.float64).ravel()
         if len(self._tail):
             x = np.concatenate([self._tail, x])
@@ -191,7 +243,7 @@ class Fingerprinter:
         if n == 0:
             self._tail = x.copy()  # never a view of the caller's array
             self.frame_power = _NO_FRAMES
-            return _empty()
+            return None
         m = n * HOP
         self._tail = x[m:].copy()
         full = np.concatenate([self._hist, x[:m]])
@@ -199,51 +251,37 @@ class Fingerprinter:
         # rows of this push that end a 20 ms frame: global fine frames 4 i + 3
         first_row = (_FINE_PER_FRAME - 1 - self._fine) % _FINE_PER_FRAME
         self._fine += n
+        return full, n, first_row
+
+    def _grow(self, n: int) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+        """The log-spectrum buffer with n new rows, and the view of their band."""
         old = self._logs
         buf = np.full((len(old) + n, _W), -np.inf)
         buf[: len(old)] = old
-        logs = buf[len(old) :, PEAK_DF:-PEAK_DF]
-        if full.any():
-            # the n windows as a strided view of `full` (no gather copy)
-            frames = np.ndarray((n, WIN), np.float64, full, 0, (HOP * 8, 8))
-            whole = np.fft.rfft(frames * _HANN, axis=1)
-            fsq = whole[first_row::_FINE_PER_FRAME].view(np.float64)
-            fsq = fsq * fsq
-            self.frame_power = fsq[:, 0::2] + fsq[:, 1::2]
-            spec = whole[:, LO_BIN:HI_BIN].view(np.float64)
-            sq = spec * spec  # re^2 and im^2, interleaved
-            power = sq[:, 0::2] + sq[:, 1::2]
-            floor = power < MIN_PEAK_POWER
-            np.add(power, 1e-3, out=power)
-            np.log10(power, out=power)
-            np.multiply(power, 10.0, out=logs)
-            logs[floor] = _FLOOR_DB
-        else:  # digital silence: every bin is under the floor
-            logs[...] = _FLOOR_DB
-            self.frame_power = np.zeros((len(range(first_row, n, _FINE_PER_FRAME)), BINS))
-        return self._peaks(buf)
+        return buf, buf[len(old) :, PEAK_DF:-PEAK_DF]
 
     def _peaks(self, buf: npt.NDArray[np.float64]) -> Landmarks:
+        span = self._span(len(buf))
+        cells = None if span is None else _peak_cells(buf[None], *span)[0]
+        return self._advance(buf, cells)
+
+    def _span(self, rows: int) -> tuple[int, int] | None:
+        """The rows of a buffer of `rows` rows whose peaks can be decided now (their
+        PEAK_DT frames of future are in), or None."""
+        decide_to = self._first + rows - PEAK_DT
+        if decide_to <= self._next:
+            return None
+        return self._next - self._first, decide_to - self._first
+
+    def _advance(self, buf: npt.NDArray[np.float64], cells: list[int] | None) -> Landmarks:
+        """Pair the peaks found in the decided rows (`_peak_cells`) and keep what the
+        next push needs: the last 2 PEAK_DT rows."""
         first = self._first
-        end = first + len(buf)
-        decide_to = end - PEAK_DT
+        decide_to = first + len(buf) - PEAK_DT
         out = None
         if decide_to > self._next:
-            lo = self._next - first
-            hi = decide_to - first
-            seg = buf[lo:hi, PEAK_DF:-PEAK_DF]
-            top = seg.max(axis=1, keepdims=True)
-            if top.max() > -20.0:  # else every bin is under the floor: digital silence
-                part = np.partition(seg, _MID, axis=1)
-                med = (part[:, _MID[0] : _MID[0] + 1] + part[:, _MID[1] : _MID[1] + 1]) / 2
-                # (implies the definition's `seg > -20`: the median is >= -30 dB, and a
-                # bin over the floor is >= 31.9 dB)
-                ok = seg > med + MIN_PEAK_DB
-                ok &= seg >= top - REL_PEAK_DB
-                ok &= seg == _local_max(buf[lo - PEAK_DT : hi + PEAK_DT], hi - lo)
-                at = ok.ravel().nonzero()[0].tolist()
-                if at:
-                    out = self._pair(at)
+            if cells:
+                out = self._pair(cells)
             self._next = decide_to
         keep = max(0, len(buf) - 2 * PEAK_DT)
         self._logs = buf[keep:]
@@ -312,6 +350,104 @@ class Fingerprinter:
 def _empty() -> Landmarks:
     z = np.zeros(0, dtype=np.int64)
     return Landmarks(z, z, z)
+
+
+def _windows(full: npt.NDArray[np.float64], n: int) -> npt.NDArray[np.float64]:
+    """The n windows of `full` as a strided view (no gather copy)."""
+    return np.ndarray((n, WIN), np.float64, full, 0, (HOP * 8, 8))
+
+
+def _power(spectra: npt.NDArray[np.complex128], lo: int, hi: int) -> npt.NDArray[np.float64]:
+    """|X|^2 of bins lo..hi, as re^2 + im^2 on the spectra viewed as float pairs."""
+    sq = spectra[:, lo:hi].view(np.float64)
+    sq = sq * sq
+    out: npt.NDArray[np.float64] = sq[:, 0::2] + sq[:, 1::2]
+    return out
+
+
+def _log_spectra(whole: npt.NDArray[np.complex128], *, out: npt.NDArray[np.float64]) -> None:
+    """The peak picking's levels of the band: 10 log10(power + 1e-3), _FLOOR_DB under
+    MIN_PEAK_POWER; written into `out` (in place: no temporary of that size)."""
+    power = _power(whole, LO_BIN, HI_BIN)
+    floor = power < MIN_PEAK_POWER
+    np.add(power, 1e-3, out=power)
+    np.log10(power, out=power)
+    np.multiply(power, 10.0, out=out)
+    out[floor] = _FLOOR_DB
+
+
+def _silent_frames(n: int, first_row: int) -> npt.NDArray[np.float64]:
+    return np.zeros((len(range(first_row, n, _FINE_PER_FRAME)), BINS))
+
+
+def push_many(
+    fingerprinters: Sequence[Fingerprinter], pcms: Sequence[npt.NDArray[np.int16]]
+) -> list[Landmarks]:
+    """`f.push(pcm)` for each pair, with one FFT, one log and few peak pickings for all.
+
+    What each push costs is mostly the fixed cost of its numpy calls (module
+    docstring), so the daemon pushes every call that completed a block in one
+    turn of its event loop together (agent/analysis.py): the windows of all
+    go through one rfft, the band's levels and the 20 ms frames' spectra are
+    taken once for all rows, and the peaks are picked once for all the
+    buffers of one shape (each fingerprinter keeps the last rows of its own).
+    Each row's arithmetic is the single push's, so the output is the same,
+    bit for bit (tests/classify/test_fingerprint_equivalence.py). The pairing
+    stays per fingerprinter: a Python loop over its own anchors.
+    """
+    if len(fingerprinters) == 1:
+        return [fingerprinters[0].push(pcms[0])]
+    # fingerprinter -> (its samples, its fine frames, its first row ending a 20 ms frame)
+    taken: dict[int, tuple[npt.NDArray[np.float64], int, int]] = {}
+    for i, (f, pcm) in enumerate(zip(fingerprinters, pcms, strict=True)):
+        t = f._take(pcm)
+        if t is not None:
+            taken[i] = t
+    logs: npt.NDArray[np.float64] = _NO_FRAMES
+    power: npt.NDArray[np.float64] = _NO_FRAMES
+    at: dict[int, tuple[int, int]] = {}  # fingerprinter -> its first row, its first frame
+    windows: list[npt.NDArray[np.float64]] = []
+    ends: list[npt.NDArray[np.intp]] = []
+    row = frame = 0
+    for i, (full, n, first_row) in taken.items():
+        if full.any():  # else digital silence: every bin is under the floor
+            windows.append(_windows(full, n))
+            ends.append(np.arange(row + first_row, row + n, _FINE_PER_FRAME))
+            at[i] = (row, frame)
+            row += n
+            frame += len(ends[-1])
+    if windows:
+        whole = np.fft.rfft(np.concatenate(windows) * _HANN, axis=1)
+        power = _power(whole[np.concatenate(ends)], 0, BINS)
+        logs = np.empty((row, _NB))
+        _log_spectra(whole, out=logs)
+    # the peak picking too, at once for the buffers of one shape (rows, decided rows):
+    # in the daemon most pushes are 100 ms. (Padding shorter buffers to one shape
+    # was measured slower: bench/classify_cpu.py --together 100 --turn 2.)
+    groups: dict[tuple[int, tuple[int, int] | None], list[int]] = {}
+    for i, (_, n, _) in taken.items():
+        rows = len(fingerprinters[i]._logs) + n
+        groups.setdefault((rows, fingerprinters[i]._span(rows)), []).append(i)
+    out: list[Landmarks] = [_empty()] * len(fingerprinters)
+    for (rows, span), members in groups.items():
+        bufs = np.full((len(members), rows, _W), -np.inf)
+        for j, i in enumerate(members):
+            f, (_, n, first_row) = fingerprinters[i], taken[i]
+            old = f._logs
+            bufs[j, : len(old)] = old
+            mine = bufs[j, len(old) :, PEAK_DF:-PEAK_DF]
+            if i in at:
+                row, frame = at[i]
+                mine[...] = logs[row : row + n]
+                k = len(range(first_row, n, _FINE_PER_FRAME))
+                f.frame_power = power[frame : frame + k]
+            else:
+                mine[...] = _FLOOR_DB
+                f.frame_power = _silent_frames(n, first_row)
+        cells = [None] * len(members) if span is None else _peak_cells(bufs, *span)
+        for j, i in enumerate(members):
+            out[i] = fingerprinters[i]._advance(bufs[j], cells[j])
+    return out
 
 
 def fingerprint_pcm(pcm: npt.NDArray[np.int16], *, variants: bool = False) -> Landmarks:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sipclient.classify.decide import NEAR_FRAMES, CallClassifier, classify_pcm
+from sipclient.classify.decide import NEAR_FRAMES, CallClassifier, analyse_many, classify_pcm
 from sipclient.classify.templates import TemplateLibrary
 from sipclient.classify.tones import ToneHit
 from sipclient.classify.verdicts import Decision, Signalling, Verdict
@@ -264,3 +264,54 @@ def test_a_decision_reached_in_the_last_frame_of_a_call_stands(
     final = c.finish(CANCELLED)
     assert final.verdict == Verdict.BUSY and final.evidence.get("tone") == "na_busy"
     assert final.decided_ms == len(pcm) // 8
+
+
+def test_calls_analysed_together_decide_as_each_fed_alone(
+    library: TemplateLibrary, speech_dir: dict[str, Pcm]
+) -> None:
+    """The daemon analyses the blocks of every call that completed one in a loop turn
+    together (`take` per RTP packet, then `analyse_many`, agent/analysis.py), and
+    packets arrive between a block's end and its turn: each call's decision, its
+    `decided_ms` and `finish` are what `feed` alone gives, whoever shares the batch."""
+    lead = np.zeros(4000)
+    calls: dict[str, tuple[Pcm, Signalling]] = {
+        "kong": (np.concatenate([lead, degrade(speech_dir["kong"], "all")]), EARLY),
+        "guanji": (np.concatenate([lead[:900], degrade(speech_dir["guanji"], "noise")]), EARLY),
+        "busy_en": (degrade(speech_dir["busy_en"], "g711"), EARLY),
+        "unknown": (speech_dir["unknown"], EARLY),
+        "crbt": (np.concatenate([lead, degrade(music(5.0), "all")]), RING),
+        "busy": (degrade(cadence((450.0,), [(0.35, 0.35)], 3.0), "all"), EARLY),
+        "ringback": (cadence((450.0,), [(1.0, 4.0)], 6.0), RING),
+        "silence": (np.zeros(16000), RING),
+    }
+    names = sorted(calls)
+    alone = {n: stream(calls[n][0], calls[n][1], library, final=CANCELLED) for n in names}
+    together = {n: CallClassifier(library) for n in names}
+    for n in names:
+        together[n].on_signalling(calls[n][1], 0)
+    pcms = {n: to_int16(calls[n][0]) for n in names}
+    first: dict[str, Decision | None] = dict.fromkeys(names)
+    waiting: list[CallClassifier] = []
+    rng = np.random.default_rng(3)
+    sizes: list[int] = []
+    at = 0
+    while at < max(len(p) for p in pcms.values()) or waiting:
+        for n in names:
+            c = together[n]
+            if first[n] is None and at < len(pcms[n]) and c.take(pcms[n][at : at + 160]):
+                if c not in waiting:
+                    waiting.append(c)
+        at += 160
+        if waiting and (rng.random() < 0.4 or at >= max(len(p) for p in pcms.values())):
+            sizes.append(len(waiting))
+            for c, d in zip(waiting, analyse_many(waiting), strict=True):
+                n = next(k for k, v in together.items() if v is c)
+                first[n] = first[n] or d
+            waiting = []
+    assert max(sizes) >= 4
+    for n in names:
+        assert first[n] == alone[n][0], n
+        assert together[n].finish(CANCELLED) == alone[n][1], n
+    verdicts = {n: alone[n][0].verdict for n in names if alone[n][0] is not None}
+    assert verdicts["kong"] == Verdict.EMPTY and verdicts["busy"] == Verdict.BUSY
+    assert len(set(verdicts.values())) >= 4

@@ -322,3 +322,42 @@ def test_tone_signals_are_classified_as_tones() -> None:
     power, rms = ref_frames(signal("sit"))
     cls, _ = classify_frames(power, rms)
     assert {3, 4, 5} <= set(cls.tolist())
+
+
+def test_fingerprinters_pushed_together_each_give_their_own_output() -> None:
+    """push_many (the daemon pushes every call that completed a block in one loop turn
+    together, agent/analysis.py) gives each fingerprinter what its own pushes give, bit
+    for bit, whichever others share the batch: loud, digitally silent, or with no fine
+    frame completed."""
+    names = sorted(SIGNALS)
+    pcms = {name: signal(name) for name in names}
+    hows = ("160", "800", "333", "random", "37")
+    cuts = {name: chunks(len(pcms[name]), hows[i % len(hows)]) for i, name in enumerate(names)}
+    fps = {name: fp.Fingerprinter(variants=True) for name in names}
+    got: dict[str, list[fp.Landmarks]] = {name: [] for name in names}
+    powers: dict[str, list[F64]] = {name: [] for name in names}
+    at = dict.fromkeys(names, 0)
+    rng = np.random.default_rng(7)
+    sizes: list[int] = []
+    mixed = 0  # batches with a silent or empty push beside a loud one
+    while any(at[name] < len(cuts[name]) - 1 for name in names):
+        batch = [n for n in names if at[n] < len(cuts[n]) - 1 and rng.random() < 0.7]
+        if not batch:
+            continue
+        pieces = [pcms[n][cuts[n][at[n]] : cuts[n][at[n] + 1]] for n in batch]
+        lms = fp.push_many([fps[n] for n in batch], pieces)
+        loud = [len(p) >= fp.HOP and np.any(p) for p in pieces]
+        mixed += any(loud) and not all(loud)
+        sizes.append(len(batch))
+        for n, lm in zip(batch, lms, strict=True):
+            got[n].append(lm)
+            powers[n].append(fps[n].frame_power)
+            at[n] += 1
+    assert max(sizes) == len(names) and mixed > 10
+    for name in names:
+        hashes, times, ready, _, peaks = reference(name, True)
+        for field, ref in (("hashes", hashes), ("times", times), ("ready", ready)):
+            mine = np.concatenate([getattr(g, field) for g in got[name]])
+            assert np.array_equal(mine, ref), f"{name}: {field} differ"
+        assert fps[name].peak_count == peaks
+        assert np.array_equal(np.concatenate(powers[name]), ref_frames(pcms[name])[0]), name
