@@ -42,6 +42,8 @@ Figures (stdout and the JSON file):
   pusher's callback, hear of a call at that load);
 - the garbage collector's pauses, per generation: collections, CPU ms in them and
   the longest pause (each daemon logs `gc_pauses` at its stop, agent/heap.py);
+- the audio blocks the daemons analysed, in how many batches (one per turn of
+  the event loop that completed a block: agent/analysis.py), the largest;
 - the daemon's CPU: (utime + stime) of its process over the steady window
   (sampled every 0.2 s from /proc and interpolated) and over the batch, as a
   percentage of one core, and per call in ms;
@@ -546,6 +548,7 @@ async def run(
         if proxy is not None:
             await proxy.stop()
     out["gc"] = _gc_pauses(world)  # logged by each daemon at its stop
+    out["analysis"] = _analysis(world)  # likewise
     return out
 
 
@@ -559,6 +562,22 @@ def _gc_pauses(world: World) -> dict[str, Any] | None:
         "collections": [sum(f["collections"][g] for f in found) for g in range(3)],
         "ms": [round(sum(f["ms"][g] for f in found), 1) for g in range(3)],
         "longest_ms": [max(f["longest_ms"][g] for f in found) for g in range(3)],
+    }
+
+
+def _analysis(world: World) -> dict[str, Any] | None:
+    """The daemons' `audio_analysis` (agent/analysis.py): audio blocks analysed, in
+    how many batches (one per loop turn with a block), the largest batch."""
+    found = _daemon_events(world, "audio_analysis")
+    if len(found) < max(1, world.options.daemons):
+        return None
+    blocks, batches = sum(f["blocks"] for f in found), sum(f["batches"] for f in found)
+    return {
+        "blocks": blocks,
+        "batches": batches,
+        "per_batch": round(blocks / batches, 2) if batches else 0.0,
+        "largest": max(f["largest"] for f in found),
+        "failures": sum(f["failures"] for f in found),
     }
 
 
@@ -620,6 +639,12 @@ def _print(r: dict[str, Any]) -> None:
         print(
             f"      garbage collector (young, middle, old): {g['collections']} collections,"
             f" {g['ms']} ms of CPU, longest pause {g['longest_ms']} ms"
+        )
+    a = r.get("analysis")
+    if a:
+        print(
+            f"      audio blocks analysed together: {a['blocks']} in {a['batches']} batches"
+            f" ({a['per_batch']} a batch, at most {a['largest']}; {a['failures']} failed)"
         )
     crbt = r.get("classifier_crbt_s")
     if crbt is not None and crbt != EVIDENCE_S["ringing_crbt"]:

@@ -2155,6 +2155,7 @@ async def _amain(config: DaemonConfig, config_path: Path | None) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
         log.info("gc_pauses", **heap.figures())
+        log.info("audio_analysis", **stack.analysis.figures())
         heap.remove()
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import structlog
 
+from sipclient.agent.analysis import BlockAnalysis
 from sipclient.agent.control import Account, DialplanItem
 from sipclient.agent.keeping import CallRecord
 from sipclient.agent.leftovers import CallJournal
@@ -130,6 +131,8 @@ class SipSide:
         self.drop = _test_drop()
         self.journal: CallJournal | None = None
         """The call journal every stack's calls write to (agent/leftovers.py)."""
+        self.analysis = BlockAnalysis()
+        """Every call's audio blocks, analysed together once per loop turn (analysis.py)."""
 
     async def start(self) -> None:
         """Load the template library and the media modules (off the loop).
@@ -577,6 +580,7 @@ async def _dial(
     t0 = loop.time()
     no_rtp_wait = cfg.rtp.no_rtp_wait
     tick_timer: asyncio.TimerHandle | None = None
+    analysis = side.analysis
 
     def at_ms() -> int:
         return int((loop.time() - t0) * 1000)
@@ -595,7 +599,7 @@ async def _dial(
     def sink(frame: AudioFrame) -> None:
         recorder.feed(frame)
         if state["decision"] is None:
-            decided(classifier.feed(frame.pcm))
+            analysis.feed(classifier, frame.pcm, decided)
 
     def tick_now() -> None:
         # The classifier's clock only decides before the first audio ("a 180/183 and

@@ -1,0 +1,104 @@
+"""The calls' audio analysis, done for every call at once once per turn of the event loop.
+
+A call's sink (agent/siplines.py) hands each decoded RTP frame to
+`BlockAnalysis.feed`, which only buffers it in the call's classifier
+(`CallClassifier.take`). When a call completes a block (100 ms of audio, 40
+ms near a decision), the call waits here, and one callback, scheduled with
+`call_soon` at the first such call of a turn, analyses the blocks of every
+call waiting (`decide.analyse_many`) and hands each call its decision.
+
+Why: a block's analysis is mostly the fixed cost of its numpy calls
+(classify/fingerprint.py), paid per call. Analysed together, the FFT, the
+levels, the tone labels and the sound test are paid once for all the calls
+of a turn. The busier the daemon, the longer its turns and the more calls
+share one: at 24 lines a turn rarely holds two, at 200 it holds tens.
+
+The decisions are those of `CallClassifier.feed`, to the millisecond of
+audio (`decided_ms`): block ends depend only on the audio, and frames that
+arrive between a block's end and its analysis are analysed with it. What
+moves is the wall-clock moment: a decision waits for the rest of the turn
+in which its block completed (what the turn still had to do, not a timer).
+
+A classifier that fails on its block (a bug of ours) is logged
+(`analysis_failed`, with the traceback, the first time and then every
+thousandth) and that block goes unanalysed; the other calls of the batch go
+on (`analyse_many`'s `errors`). A failure in the part the calls share loses
+the turn's blocks of all of them. Either way a call loses at most a
+streaming decision, never its number: it goes on to its final response or
+its limits, and the record carries the recording.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from sipclient.logs import get_logger
+
+if TYPE_CHECKING:
+    from sipclient.classify.decide import CallClassifier
+    from sipclient.classify.verdicts import Decision
+
+log = get_logger(__name__)
+
+Decided = Callable[["Decision | None"], None]
+
+
+class BlockAnalysis:
+    """The classifiers with a complete block, waiting for this turn's batch."""
+
+    def __init__(self) -> None:
+        self._waiting: dict[CallClassifier, Decided] = {}
+        self._handle: asyncio.Handle | None = None
+        self.batches = 0
+        self.blocks = 0
+        self.failures = 0
+        self.largest = 0
+
+    def feed(self, classifier: CallClassifier, pcm: Any, decided: Decided) -> None:
+        """Buffer a call's audio; once it completes a block, analyse it this turn and
+        hand the call's decision (or None) to `decided`."""
+        if not classifier.take(pcm) or classifier in self._waiting:
+            return
+        self._waiting[classifier] = decided
+        if self._handle is None:
+            self._handle = asyncio.get_running_loop().call_soon(self._run)
+
+    def figures(self) -> dict[str, int]:
+        """Batches run, blocks analysed in them, the largest batch, and failed batches
+        (the daemon logs them at its stop: `audio_analysis`)."""
+        return {
+            "batches": self.batches,
+            "blocks": self.blocks,
+            "largest": self.largest,
+            "failures": self.failures,
+        }
+
+    def _run(self) -> None:
+        from sipclient.classify.decide import analyse_many
+
+        self._handle = None
+        waiting, self._waiting = self._waiting, {}
+        self.batches += 1
+        self.blocks += len(waiting)
+        self.largest = max(self.largest, len(waiting))
+        errors: list[Exception] = []
+        try:
+            decisions = analyse_many(list(waiting), errors)
+        except Exception as shared:  # in the part all the calls share: the turn's blocks
+            decisions = [None] * len(waiting)
+            errors.append(shared)
+        for error in errors:
+            self.failures += 1
+            if self.failures % 1000 == 1:
+                log.error(
+                    "analysis_failed", calls=len(waiting), failures=self.failures, exc_info=error
+                )
+        for decided, d in zip(waiting.values(), decisions, strict=True):
+            if d is None:
+                continue
+            try:
+                decided(d)
+            except Exception:
+                log.exception("decided_failed")
