@@ -3,9 +3,24 @@
 A call's sink (agent/siplines.py) hands each decoded RTP frame to
 `BlockAnalysis.feed`, which only buffers it in the call's classifier
 (`CallClassifier.take`). When a call completes a block (100 ms of audio, 40
-ms near a decision), the call waits here, and one callback, scheduled with
-`call_soon` at the first such call of a turn, analyses the blocks of every
-call waiting (`decide.analyse_many`) and hands each call its decision.
+ms near a decision), the call waits here, and the blocks of every call
+waiting are analysed at once (`decide.analyse_many`) when the turn's last
+callback has run, and each call is handed its decision:
+
+- at once, if the callback that completed the block is the last one of its
+  turn (nothing else waits in the loop's ready queue but our own batch): a
+  quiet daemon's blocks, one at a time, as before batches, and a busy
+  turn's last block, with all the others of the turn;
+- else by one callback, scheduled with `call_soon` at the first block of
+  the turn, which runs first thing in the next turn, unless a last
+  callback ran the batch before it.
+
+The ready queue is asyncio's own (`BaseEventLoop._ready`, CPython's event
+loop, the daemon's): read, never written. On a loop without it every batch
+waits for the `call_soon`. Deferring every batch that way was measured
+first: at 24 lines, batches of 1.4 blocks and each one an extra turn of the
+loop (a select() more), the daemon's CPU a call read 3-8 % higher than
+without batches.
 
 Why: a block's analysis is mostly the fixed cost of its numpy calls
 (classify/fingerprint.py), paid per call. Analysed together, the FFT, the
@@ -62,8 +77,12 @@ class BlockAnalysis:
         if not classifier.take(pcm) or classifier in self._waiting:
             return
         self._waiting[classifier] = decided
-        if self._handle is None:
-            self._handle = asyncio.get_running_loop().call_soon(self._run)
+        loop = asyncio.get_running_loop()
+        ready = getattr(loop, "_ready", None)  # the handles still to run (module docstring)
+        if ready is not None and len(ready) == (self._handle is not None):
+            self._run()  # the turn's last callback: nothing else can join this batch
+        elif self._handle is None:
+            self._handle = loop.call_soon(self._scheduled)
 
     def figures(self) -> dict[str, int]:
         """Batches run, blocks analysed in them, the largest batch, and failed batches
@@ -75,11 +94,19 @@ class BlockAnalysis:
             "failures": self.failures,
         }
 
+    def _scheduled(self) -> None:
+        self._handle = None
+        self._run()
+
     def _run(self) -> None:
         from sipclient.classify.decide import analyse_many
 
-        self._handle = None
+        if self._handle is not None:
+            self._handle.cancel()  # run by the turn's last callback: the scheduled one is moot
+            self._handle = None
         waiting, self._waiting = self._waiting, {}
+        if not waiting:
+            return
         self.batches += 1
         self.blocks += len(waiting)
         self.largest = max(self.largest, len(waiting))
