@@ -60,12 +60,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import socket
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from sipclient.logs import get_logger
 from sipclient.media.decoders import encode
@@ -96,6 +99,12 @@ EARLY_WAIT = 1.0
 MAX_BURST = 64
 """Datagrams read per wake-up at most (then the loop serves the others)."""
 _MAX_DATAGRAM = 4096
+
+
+@functools.cache
+def _silence(codec: str) -> bytes:
+    """One packet of silence in `codec` (each call sends a few: encoded once a codec)."""
+    return encode(codec, np.zeros(_FRAME_SAMPLES, dtype=np.int16))
 
 
 @dataclass(frozen=True)
@@ -166,7 +175,7 @@ class RtpReceiver:
         self._seq = int.from_bytes(rnd[4:6], "big")
         self._ts0 = int.from_bytes(rnd[6:10], "big")
         self._t0 = self._loop.time()
-        self._silence = encode(fmt.codec, [0] * _FRAME_SAMPLES)
+        self._silence = _silence(fmt.codec)
         self._early: list[tuple[bytes, Any, float]] | None = None
         """Datagrams waiting for the SDP answer (`listen`); None once the stream runs."""
         self._first_heard: dict[Addr, float] = {}
@@ -234,7 +243,7 @@ class RtpReceiver:
         if fmt != self.fmt:
             stats = self.stream.stats
             self.fmt = fmt
-            self._silence = encode(fmt.codec, [0] * _FRAME_SAMPLES)
+            self._silence = _silence(fmt.codec)
             self.stream = self._new_stream(fmt, remote)
             self.stream.stats = stats
         else:
