@@ -45,7 +45,7 @@ import numpy.typing as npt
 from sipclient.classify.announcements import AnnouncementHit, AnnouncementMatcher
 from sipclient.classify.audio import FRAME, RATE, to_8k_mono
 from sipclient.classify.fingerprint import HOP, Fingerprinter, Landmarks, push_many
-from sipclient.classify.frames import FrameSource, band
+from sipclient.classify.frames import FrameSource, band, push_rms_many
 from sipclient.classify.signalling import conclusive, from_signalling
 from sipclient.classify.templates import TemplateLibrary
 from sipclient.classify.tones import LOW, OFF, ToneDetector, ToneHit, classify_frames
@@ -518,9 +518,13 @@ def analyse_many(
                 raise
             errors.append(e)
         return [c.decision if c is todo[0] else None for c in classifiers]
-    xs = [c._cut() for c in todo]
+    cuts = [c._cut() for c in todo]
+    # one conversion to float for all (both consumers take float64 as it is)
+    joined = np.concatenate(cuts).astype(np.float64)
+    ends = np.cumsum([len(x) for x in cuts]).tolist()
+    xs = [joined[a:b] for a, b in zip([0, *ends], ends, strict=False)]
     landmarks = push_many([c._fp for c in todo], xs)
-    rmss = [c._frames.push_rms(x) for c, x in zip(todo, xs, strict=True)]
+    rmss = push_rms_many([c._frames for c in todo], xs)
     live = [i for i, r in enumerate(rmss) if len(r)]
     if live:
         power = np.concatenate([todo[i]._fp.frame_power for i in live])

@@ -71,7 +71,7 @@ import numpy as np
 import numpy.typing as npt
 
 from sipclient.classify.audio import FRAME, RATE
-from sipclient.classify.frames import BINS, WINDOW
+from sipclient.classify.frames import BINS, WINDOW, Samples
 
 HOP = 40
 """Fine hop in samples (5 ms)."""
@@ -210,7 +210,7 @@ class Fingerprinter:
         self.frame_power: npt.NDArray[np.float64] = _NO_FRAMES
         """Power spectra of the 20 ms frames the last push completed (see `push`)."""
 
-    def push(self, pcm: npt.NDArray[np.int16]) -> Landmarks:
+    def push(self, pcm: Samples) -> Landmarks:
         """Add samples; return the hashes that became known.
 
         Also sets `frame_power`: the full power spectra (frames.FrameSource's
@@ -233,7 +233,7 @@ class Fingerprinter:
             self.frame_power = _silent_frames(n, first_row)
         return self._peaks(buf)
 
-    def _take(self, pcm: npt.NDArray[np.int16]) -> tuple[npt.NDArray[np.float64], int, int] | None:
+    def _take(self, pcm: Samples) -> tuple[npt.NDArray[np.float64], int, int] | None:
         """Take the samples: (the n windows' samples, n, the first row that ends a
         20 ms frame), or None (and no frames) when no fine frame was completed."""
         x = np.asarray(pcm, dtype=np.float64).ravel()
@@ -380,9 +380,7 @@ def _silent_frames(n: int, first_row: int) -> npt.NDArray[np.float64]:
     return np.zeros((len(range(first_row, n, _FINE_PER_FRAME)), BINS))
 
 
-def push_many(
-    fingerprinters: Sequence[Fingerprinter], pcms: Sequence[npt.NDArray[np.int16]]
-) -> list[Landmarks]:
+def push_many(fingerprinters: Sequence[Fingerprinter], pcms: Sequence[Samples]) -> list[Landmarks]:
     """`f.push(pcm)` for each pair, with one FFT, one log and few peak pickings for all.
 
     What each push costs is mostly the fixed cost of its numpy calls (module

@@ -298,9 +298,9 @@ def test_calls_analysed_together_decide_as_each_fed_alone(
     while at < max(len(p) for p in pcms.values()) or waiting:
         for n in names:
             c = together[n]
-            if first[n] is None and at < len(pcms[n]) and c.take(pcms[n][at : at + 160]):
-                if c not in waiting:
-                    waiting.append(c)
+            taken = first[n] is None and at < len(pcms[n]) and c.take(pcms[n][at : at + 160])
+            if taken and c not in waiting:
+                waiting.append(c)
         at += 160
         if waiting and (rng.random() < 0.4 or at >= max(len(p) for p in pcms.values())):
             sizes.append(len(waiting))

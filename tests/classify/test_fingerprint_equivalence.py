@@ -24,7 +24,7 @@ import pytest
 from scipy.ndimage import maximum_filter
 
 from sipclient.classify import fingerprint as fp
-from sipclient.classify.frames import BINS, WINDOW, FrameSource
+from sipclient.classify.frames import BINS, WINDOW, FrameSource, push_rms_many
 from sipclient.classify.tones import classify_frames
 from tests.classify.conftest import Pcm, cadence, degrade, music, sit, to_int16
 
@@ -361,3 +361,35 @@ def test_fingerprinters_pushed_together_each_give_their_own_output() -> None:
             assert np.array_equal(mine, ref), f"{name}: {field} differ"
         assert fps[name].peak_count == peaks
         assert np.array_equal(np.concatenate(powers[name]), ref_frames(pcms[name])[0]), name
+
+
+def test_frame_sources_pushed_together_each_give_their_own_rms() -> None:
+    """push_rms_many (decide.analyse_many) gives each source what its own push_rms
+    gives, bit for bit: whole frames in one batch, a source with samples carried over
+    or a piece of a frame pushed alone; int16 or already float64."""
+    names = sorted(SIGNALS)
+    pcms = {name: signal(name) for name in names}
+    hows = ("160", "800", "333", "random")
+    cuts = {name: chunks(len(pcms[name]), hows[i % len(hows)]) for i, name in enumerate(names)}
+    srcs = {name: FrameSource() for name in names}
+    got: dict[str, list[F64]] = {name: [] for name in names}
+    at = dict.fromkeys(names, 0)
+    rng = np.random.default_rng(11)
+    batched = alone = 0
+    while any(at[name] < len(cuts[name]) - 1 for name in names):
+        batch = [n for n in names if at[n] < len(cuts[n]) - 1 and rng.random() < 0.7]
+        pieces = [pcms[n][cuts[n][at[n]] : cuts[n][at[n] + 1]] for n in batch]
+        if rng.random() < 0.5:
+            pieces = [p.astype(np.float64) for p in pieces]
+        whole = [
+            not len(srcs[n]._tail) and len(p) % 160 == 0 for n, p in zip(batch, pieces, strict=True)
+        ]
+        batched += sum(whole)
+        alone += len(whole) - sum(whole)
+        for n, r in zip(batch, push_rms_many([srcs[n] for n in batch], pieces), strict=True):
+            got[n].append(r)
+            at[n] += 1
+    assert batched > 100 and alone > 100
+    for name in names:
+        assert np.array_equal(np.concatenate(got[name]), ref_frames(pcms[name])[1]), name
+        assert srcs[name].frames == len(ref_frames(pcms[name])[1])
