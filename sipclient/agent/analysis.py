@@ -1,4 +1,4 @@
-"""The calls' audio analysis, done for every call at once once per turn of the event loop.
+"""The calls' audio analysis: the blocks completed in a turn of the event loop, together.
 
 A call's sink (agent/siplines.py) hands each decoded RTP frame to
 `BlockAnalysis.feed`, which only buffers it in the call's classifier
@@ -18,15 +18,17 @@ callback has run, and each call is handed its decision:
 The ready queue is asyncio's own (`BaseEventLoop._ready`, CPython's event
 loop, the daemon's): read, never written. On a loop without it every batch
 waits for the `call_soon`. Deferring every batch that way was measured
-first: at 24 lines, batches of 1.4 blocks and each one an extra turn of the
-loop (a select() more), the daemon's CPU a call read 3-8 % higher than
-without batches.
+first: at 24 lines, where a batch holds 1.5 blocks on average, each one
+then cost a turn of the loop more (a select() more), and the daemon's CPU a
+call read higher than without batches in each of four alternated pairs
+(9.5-10.8 against 8.6-9.6 ms; docs/daemon.md, "Twenty-first round").
 
 Why: a block's analysis is mostly the fixed cost of its numpy calls
-(classify/fingerprint.py), paid per call. Analysed together, the FFT, the
-levels, the tone labels and the sound test are paid once for all the calls
-of a turn. The busier the daemon, the longer its turns and the more calls
-share one: at 24 lines a turn rarely holds two, at 200 it holds tens.
+(classify/fingerprint.py), paid per call. Analysed together, the float
+conversion, the FFT, the levels, the RMS, the tone labels and the sound
+test are paid once for all the calls of a turn, the peak picking once per
+buffer shape. The busier the daemon, the longer its turns and the more
+calls share one: 1.5 blocks a batch at 24 lines, 3 at 100, 12-22 at 200.
 
 The decisions are those of `CallClassifier.feed`, to the millisecond of
 audio (`decided_ms`): block ends depend only on the audio, and frames that
