@@ -1,11 +1,14 @@
 """CPU cost of the classifier's per-frame feature extraction, component by component.
 
     python bench/classify_cpu.py [--corpus bench/corpus/out] [--files 120] [--block 800]
-                                 [--library bench/out/library]
+                                 [--library bench/out/library] [--together 20] [--turn 1]
 
-The last line is the whole streaming path (`CallClassifier.feed` in 160-sample
-packets until it decides, as the daemon feeds it): the figure to compare two
-versions of decide.py with, run alternately in one hour (PYTHONPATH=<tree>).
+The `CallClassifier.feed` line is the whole streaming path (`feed` in
+160-sample packets until it decides, as the daemon fed it until session 21):
+the figure to compare two versions of decide.py with, run alternately in one
+hour (PYTHONPATH=<tree>). The last line is the daemon's path since then
+(agent/analysis.py): --together calls streamed in lockstep, the blocks
+completed in --turn rounds of packets analysed together (`analyse_many`).
 
 Streams test captures (all of them, or an even spread of --files) through
 `frames.FrameSource` + `tones.classify_frames` and `fingerprint.Fingerprinter`
@@ -141,10 +144,11 @@ def together(
                             ready.append(cs[j])
                     at[j] += 160
                 rounds += 1
-                if ready and (rounds % turn == 0 or len(live) < len(group)):
+                live = [j for j in live if at[j] < len(group[j]) and cs[j].decision is None]
+                if ready and (rounds % turn == 0 or not live):  # a turn's end, or the last
                     analyse_many(ready)
                     ready = []
-                live = [j for j in live if at[j] < len(group[j]) and cs[j].decision is None]
+                    live = [j for j in live if cs[j].decision is None]
         best = min(best, time.process_time() - t0)
     return best, fed / 8000
 
