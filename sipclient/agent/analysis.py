@@ -59,7 +59,8 @@ if TYPE_CHECKING:
 
 log = get_logger(__name__)
 
-Decided = Callable[["Decision | None"], None]
+Decided = Callable[["Decision"], None]
+"""Told a call's decision, once its classifier has one."""
 
 
 class BlockAnalysis:
@@ -74,8 +75,8 @@ class BlockAnalysis:
         self.largest = 0
 
     def feed(self, classifier: CallClassifier, pcm: Any, decided: Decided) -> None:
-        """Buffer a call's audio; once it completes a block, analyse it this turn and
-        hand the call's decision (or None) to `decided`."""
+        """Buffer a call's audio; once it completes a block, analyse it this turn and,
+        if that block decided, hand the decision to `decided`."""
         if not classifier.take(pcm) or classifier in self._waiting:
             return
         self._waiting[classifier] = decided

@@ -92,6 +92,9 @@ class FrameSource:
         return _rms(x[:m], n)
 
 
+_NONE = np.zeros(0)
+
+
 def push_rms_many(
     sources: Sequence[FrameSource], pcms: Sequence[Samples]
 ) -> list[npt.NDArray[np.float64]]:
@@ -104,7 +107,7 @@ def push_rms_many(
         for i, (s, x) in enumerate(zip(sources, pcms, strict=True))
         if not len(s._tail) and len(x) % FRAME == 0
     ]
-    out = [np.zeros(0) for _ in sources]
+    out: list[npt.NDArray[np.float64]] = [_NONE] * len(sources)  # each set below
     if whole:
         joined = np.concatenate([pcms[i] for i in whole]).astype(np.float64, copy=False)
         rms = _rms(joined, len(joined) // FRAME)
