@@ -16,6 +16,20 @@ there as well as in memory, so a kill -9 or a stop does not lose it. It
 survives the daemon's restarts, not a reboot. An entry moves from it into the
 spool under the same `seq` (`put(..., seq=)`), so a copy found in both after a
 crash between the two is one entry, not two uploads.
+
+Files are recycled: a removed entry's two files move into ``.free/``
+(up to FREE_MAX of them) and a new entry is written over one of those
+(truncated, written, fsynced, renamed into place) instead of a new file.
+Creating a file costs the file system an inode allocation, and on ext4
+without a journal (the bench box's root file system) that allocation scans
+past every inode freed in the last 5 s to 5 min (fs/ext4/ialloc.c,
+`recently_deleted`): at 200 lines, ~170 records a second, each made of two
+new files and each deleted after its upload, the daemon's worker threads
+spent 2.2 ms of CPU a call in it, against ~0.6 ms once the spool was moved
+to a tmpfs (docs/daemon.md, "Twenty-second round"). A file in ``.free/``
+is never read: a crash while one is being written leaves it there, not in
+the spool. While the server is away the spool only grows and new files are
+made as before; once the pool is full, a removed entry's files are deleted.
 """
 
 from __future__ import annotations
@@ -26,6 +40,7 @@ import itertools
 import json
 import os
 import shutil
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -51,8 +66,27 @@ class SpoolEntry:
     fields: dict[str, str]
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
+FREE_MAX = 64
+"""Files kept in ``.free/`` for new entries to be written over (two an entry):
+uploads keep pace with the calls within a few dozen entries, the rest is
+deleted (a spool draining after an outage frees thousands)."""
+
+
+def _place_via(path: Path, source: Path | bytes, tmp: Path) -> None:
+    """`source` (bytes, or a file to copy) written to `tmp` (truncated first:
+    it may be a recycled file), fsynced, renamed to `path`."""
+    if isinstance(source, bytes):
+        _write_atomic(path, source, tmp)
+        return
+    shutil.copyfile(source, tmp)  # opens tmp "wb"
+    with open(tmp, "rb+") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _write_atomic(path: Path, data: bytes, tmp: Path | None = None) -> None:
+    if tmp is None:
+        tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "wb") as fh:
         fh.write(data)
         fh.flush()
@@ -84,6 +118,48 @@ class Spool:
         folder.mkdir(parents=True, exist_ok=True)
         self._counter = itertools.count()
         self._clean_debris()
+        self.free_folder = folder / ".free"
+        """Files to write new entries over (module docstring)."""
+        self._free: list[Path] = []
+        self._free_lock = threading.Lock()  # put and remove run in different worker threads
+        self._adopt_free()
+
+    def _adopt_free(self) -> None:
+        """The pool an earlier run left: kept up to FREE_MAX, the rest deleted. A pool
+        that cannot be made leaves the spool making new files, as it did before."""
+        try:
+            self.free_folder.mkdir(exist_ok=True)
+            for path in sorted(self.free_folder.iterdir()):
+                if len(self._free) < FREE_MAX and path.is_file():
+                    self._free.append(path)
+                else:
+                    path.unlink()
+        except OSError:
+            pass  # a read-only spool: put fails and says so, not the constructor
+
+    def _take_free(self) -> Path | None:
+        with self._free_lock:
+            return self._free.pop() if self._free else None
+
+    def _recycle(self, path: Path) -> None:
+        """`path` (a removed entry's file) into the pool, or deleted when the pool is
+        full or cannot take it. Raises OSError as unlink does when the file can be
+        neither moved nor deleted (it then stays where it was)."""
+        with self._free_lock:
+            full = len(self._free) >= FREE_MAX  # (threads racing past it: a few more)
+        if not full:
+            spare = self.free_folder / f"{time.time_ns():020d}-{next(self._counter):06d}"
+            try:
+                os.replace(path, spare)
+                # emptied now: the pool holds no call's audio and no disk space
+                os.truncate(spare, 0)
+            except OSError:
+                pass  # gone meanwhile, or the pool folder is: deleted below as before
+            else:
+                with self._free_lock:
+                    self._free.append(spare)
+                return
+        path.unlink(missing_ok=True)
 
     def _clean_debris(self) -> None:
         for tmp in self.folder.glob(".*.tmp"):
@@ -102,17 +178,23 @@ class Spool:
             seq = f"{time.time_ns():020d}-{next(self._counter):06d}"
         wav = self.folder / f"{seq}.wav"
         meta = self.folder / f"{seq}.json"
-        if isinstance(wav_source, bytes):
-            _write_atomic(wav, wav_source)
-        else:
-            tmp = wav.with_name(f".{wav.name}.tmp")
-            shutil.copyfile(wav_source, tmp)
-            with open(tmp, "rb+") as fh:
-                os.fsync(fh.fileno())
-            os.replace(tmp, wav)
+        self._place(wav, wav_source)
         clean = clean_fields(fields)
-        _write_atomic(meta, json.dumps(clean, ensure_ascii=False).encode())
+        self._place(meta, json.dumps(clean, ensure_ascii=False).encode())
         return SpoolEntry(seq, wav, meta, clean)
+
+    def _place(self, path: Path, source: Path | bytes) -> None:
+        """`source` (bytes, or a file copied in) into `path` whole or not at all:
+        over a recycled file when the pool has one, else (or when that fails: the
+        spool's folder swapped under us) through a new temp file."""
+        spare = self._take_free()
+        if spare is not None:
+            try:
+                _place_via(path, source, spare)
+                return
+            except OSError:
+                pass  # the new file's try below says whether the spool can be written
+        _place_via(path, source, path.with_name(f".{path.name}.tmp"))
 
     def probe(self) -> None:
         """Raise (OSError) unless a file can be written in the spool now, as `put`
@@ -142,9 +224,10 @@ class Spool:
         return backlog(self.folder)
 
     def remove(self, entry: SpoolEntry) -> None:
-        """Forget an entry the server has accepted (WAV first: no orphan JSON)."""
-        entry.wav.unlink(missing_ok=True)
-        entry.meta.unlink(missing_ok=True)
+        """Forget an entry the server has accepted (WAV first: no orphan JSON); its
+        files go into the pool new entries are written over."""
+        self._recycle(entry.wav)
+        self._recycle(entry.meta)
 
     def quarantine(self, meta: Path) -> None:
         """Keep a broken entry aside for a person to look at."""

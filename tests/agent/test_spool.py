@@ -1,9 +1,10 @@
 """The upload spool: order, atomicity, crash debris, broken entries kept aside."""
 
 import json
+import shutil
 from pathlib import Path
 
-from sipclient.agent.spool import Spool
+from sipclient.agent.spool import FREE_MAX, Spool
 
 
 def test_entries_come_back_in_order_with_their_fields(tmp_path: Path) -> None:
@@ -47,3 +48,52 @@ def test_crash_debris_is_cleaned_and_broken_entries_are_kept_aside(tmp_path: Pat
     assert list(spool.entries()) == []
     kept = sorted(p.name for p in (folder / "bad").iterdir())
     assert kept == ["00000000000000000003-000000.json", "00000000000000000003-000000.wav"]
+
+
+def _inodes(*paths: Path) -> set[int]:
+    return {p.stat().st_ino for p in paths}
+
+
+def test_a_removed_entrys_files_are_written_over_by_the_next_entry(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    first = spool.put(b"RIFF" + b"x" * 5000, {"phone": "13800000001", "note": "y" * 300})
+    used = _inodes(first.wav, first.meta)
+    spool.remove(first)
+    assert not first.wav.exists() and not first.meta.exists()
+    # the pool holds the two files, emptied: no call's audio stays on disk
+    pool = list(spool.free_folder.iterdir())
+    assert _inodes(*pool) == used and all(p.stat().st_size == 0 for p in pool)
+    second = spool.put(b"RIFFab", {"phone": "2"})  # shorter than the first: truncated
+    assert _inodes(second.wav, second.meta) == used
+    assert second.wav.read_bytes() == b"RIFFab"
+    assert [e.fields for e in spool.entries()] == [{"phone": "2"}]
+    assert list(spool.free_folder.iterdir()) == []
+
+
+def test_the_pool_is_capped_and_kept_across_a_restart(tmp_path: Path) -> None:
+    folder = tmp_path / "spool"
+    spool = Spool(folder)
+    entries = [spool.put(b"RIFF", {"phone": str(i)}) for i in range(FREE_MAX // 2 + 8)]
+    for entry in entries:
+        spool.remove(entry)
+    assert len(list(spool.free_folder.iterdir())) == FREE_MAX  # the rest deleted
+    assert list(spool.entries()) == []
+    # an earlier run's pool, with a file written half-way when it was killed: never read
+    (spool.free_folder / "99999999999999999999-000000").write_bytes(b'{"phone": "x"}')
+    again = Spool(folder)
+    assert len(list(again.free_folder.iterdir())) == FREE_MAX
+    pool = _inodes(*again.free_folder.iterdir())
+    entry = again.put(b"RIFFnew", {"phone": "new"})
+    assert _inodes(entry.wav, entry.meta) <= pool
+    assert [e.fields["phone"] for e in again.entries()] == ["new"]
+
+
+def test_a_pool_gone_under_the_spool_falls_back_to_new_files(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    spool.remove(spool.put(b"RIFF", {"phone": "1"}))
+    shutil.rmtree(spool.free_folder)  # e.g. an operator clearing the folder's contents
+    entry = spool.put(b"RIFFok", {"phone": "2"})
+    assert entry.wav.read_bytes() == b"RIFFok"
+    assert [e.fields["phone"] for e in spool.entries()] == ["2"]
+    spool.remove(entry)  # the pool cannot take its files: deleted, as before the pool
+    assert list(spool.entries()) == [] and not entry.wav.exists()
