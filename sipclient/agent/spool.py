@@ -193,7 +193,11 @@ class Spool:
                 _place_via(path, source, spare)
                 return
             except OSError:
-                pass  # the new file's try below says whether the spool can be written
+                # the new file's try below says whether the spool can be written; the
+                # spare goes back unless it went with its folder (moved away, say)
+                if spare.exists():
+                    with self._free_lock:
+                        self._free.append(spare)
         _place_via(path, source, path.with_name(f".{path.name}.tmp"))
 
     def probe(self) -> None:
