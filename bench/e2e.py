@@ -46,7 +46,9 @@ Figures (stdout and the JSON file):
   the event loop that completed a block: agent/analysis.py), the largest;
 - the daemon's CPU: (utime + stime) of its process over the steady window
   (sampled every 0.2 s from /proc and interpolated) and over the batch, as a
-  percentage of one core, and per call in ms;
+  percentage of one core, and per call in ms; in the steady window also its
+  event loop's thread alone (the rest is the worker threads: the spool's
+  fsyncs, renames and reads);
 - the physical limit of the mix: numbers per line per hour if every call took
   only the time its carrier needs to make the outcome knowable (EVIDENCE_S:
   a final response at once, a busy-tone cycle, a ringback burst, an
@@ -202,8 +204,10 @@ class CallSpan:
         return self.end - self.start
 
 
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def _cpu_seconds(pid: int, thread: int | None = None) -> float:
+    """utime + stime of process `pid`, or of its thread `thread` alone."""
+    stat = f"/proc/{pid}/stat" if thread is None else f"/proc/{pid}/task/{thread}/stat"
+    fields = Path(stat).read_text().rsplit(")", 1)[1].split()
     ticks = os.sysconf("SC_CLK_TCK")
     return (int(fields[11]) + int(fields[12])) / ticks
 
@@ -367,8 +371,11 @@ def figures(
     lines: int,
     push_at: float,
     cpu: list[tuple[float, float]],
+    loop_cpu: list[tuple[float, float]] | None = None,
 ) -> dict[str, Any]:
-    """Every figure of one run from the calls' spans (pure: the tests can feed it)."""
+    """Every figure of one run from the calls' spans (pure: the tests can feed it).
+    `loop_cpu`: the CPU samples of the daemons' event-loop threads alone (the rest
+    of `cpu` is their worker threads: the spool's disk work)."""
     limit = _limit_per_line_hour(list(CARRIERS))
     last_end = max(s.end for s in spans)
     batch_s = last_end - push_at
@@ -389,6 +396,9 @@ def figures(
             daemon_cpu_percent_of_one_core=round(100 * cpu_s / window, 1),
             daemon_cpu_ms_per_call=round(1000 * cpu_s / max(ended, 1), 2),
         )
+        if loop_cpu:
+            loop_s = _cpu_at(loop_cpu, w1) - _cpu_at(loop_cpu, w0)
+            steady["daemon_loop_cpu_ms_per_call"] = round(1000 * loop_s / max(ended, 1), 2)
     batch_cpu = _cpu_at(cpu, last_end) - _cpu_at(cpu, push_at)
     batch_per_line_hour = len(spans) / lines / batch_s * 3600
     per_carrier: dict[str, Any] = {}
@@ -492,9 +502,13 @@ async def run(
         def cpu_now() -> float:  # every daemon's CPU seconds, summed
             return sum(_cpu_seconds(p) for p in pids)
 
+        def loop_cpu_now() -> float:  # ...of their event loops' threads (the main ones)
+            return sum(_cpu_seconds(p, p) for p in pids)
+
         # let every line register before the clock starts
         await asyncio.sleep(2.0)
         cpu: list[tuple[float, float]] = [(time.time(), cpu_now())]
+        loop_cpu: list[tuple[float, float]] = [(time.time(), loop_cpu_now())]
         push_at = time.time()
         await world.push_numbers(phones, one_task_each=False)
         if profile is not None:
@@ -507,6 +521,7 @@ async def run(
         while time.monotonic() < deadline:
             await asyncio.sleep(CPU_SAMPLE_S)
             cpu.append((time.time(), cpu_now()))
+            loop_cpu.append((time.time(), loop_cpu_now()))
             polls += 1
             # reading the log is the costly part: every second is enough
             if polls % 5 == 0:
@@ -517,6 +532,7 @@ async def run(
                     break
         events = _daemon_events(world)
         cpu.append((time.time(), cpu_now()))
+        loop_cpu.append((time.time(), loop_cpu_now()))
         # the server posts the callbacks after the uploads; under load it lags behind
         got_callbacks = await world.wait_for(phones, 90)
         await asyncio.to_thread(_stop_profile, prof)
@@ -524,7 +540,7 @@ async def run(
         spans = [_span(e) for e in events]
         if not spans:
             raise RuntimeError("the daemon finished no call")
-        out = figures(spans, lines, push_at, cpu)
+        out = figures(spans, lines, push_at, cpu, loop_cpu)
         log_bytes, log_lines = _log_volume(world)
         out.update(
             log_bytes_per_call=round(log_bytes / len(spans)),
@@ -600,6 +616,12 @@ def _print(r: dict[str, Any]) -> None:
             f" daemon CPU {s['daemon_cpu_percent_of_one_core']} % of one core"
             f" ({s['daemon_cpu_ms_per_call']} ms a call)"
         )
+        if "daemon_loop_cpu_ms_per_call" in s:
+            in_loop = s["daemon_loop_cpu_ms_per_call"]
+            print(
+                f"      of which the event loop's thread {in_loop} ms a call, the worker"
+                f" threads (the spool's disk work) {s['daemon_cpu_ms_per_call'] - in_loop:.2f} ms"
+            )
         gap = s.get("between_calls_ms") or {}
         if gap:
             print(
