@@ -97,3 +97,14 @@ def test_a_pool_gone_under_the_spool_falls_back_to_new_files(tmp_path: Path) -> 
     assert [e.fields["phone"] for e in spool.entries()] == ["2"]
     spool.remove(entry)  # the pool cannot take its files: deleted, as before the pool
     assert list(spool.entries()) == [] and not entry.wav.exists()
+
+
+def test_a_file_source_written_over_a_longer_recycled_file_is_whole(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    spool.remove(spool.put(b"RIFF" + b"z" * 9000, {"phone": "1", "long": "w" * 500}))
+    src = tmp_path / "kept.wav"  # recordings.keep: the spool copies the kept file in
+    src.write_bytes(b"RIFFshort")
+    entry = spool.put(src, {"phone": "2"})
+    assert entry.wav.read_bytes() == b"RIFFshort"
+    assert json.loads(entry.meta.read_text()) == {"phone": "2"}
+    assert list(spool.free_folder.iterdir()) == []  # both written over pool files
