@@ -73,25 +73,23 @@ uploads keep pace with the calls within a few dozen entries, the rest is
 deleted (a spool draining after an outage frees thousands)."""
 
 
+def _temp_for(path: Path) -> Path:
+    """The hidden name `path` is written under when no recycled file is at hand."""
+    return path.with_name(f".{path.name}.tmp")
+
+
 def _place_via(path: Path, source: Path | bytes, tmp: Path) -> None:
-    """`source` (bytes, or a file to copy) written to `tmp` (truncated first:
-    it may be a recycled file), fsynced, renamed to `path`."""
+    """`source` (bytes, or a file to copy) written to `tmp` (truncated first: it may
+    be a recycled file), fsynced, renamed to `path`: whole or not at all."""
     if isinstance(source, bytes):
-        _write_atomic(path, source, tmp)
-        return
-    shutil.copyfile(source, tmp)  # opens tmp "wb"
-    with open(tmp, "rb+") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def _write_atomic(path: Path, data: bytes, tmp: Path | None = None) -> None:
-    if tmp is None:
-        tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
+        with open(tmp, "wb") as fh:
+            fh.write(source)
+            fh.flush()
+            os.fsync(fh.fileno())
+    else:
+        shutil.copyfile(source, tmp)  # opens tmp "wb"
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
     os.replace(tmp, path)
 
 
@@ -200,13 +198,13 @@ class Spool:
                 if spare.exists():
                     with self._free_lock:
                         self._free.append(spare)
-        _place_via(path, source, path.with_name(f".{path.name}.tmp"))
+        _place_via(path, source, _temp_for(path))
 
     def probe(self) -> None:
         """Raise (OSError) unless a file can be written in the spool now, as `put`
         writes one."""
         path = self.folder / "probe"
-        _write_atomic(path, b"")
+        _place_via(path, b"", _temp_for(path))
         path.unlink()
 
     def entries(self) -> Iterator[SpoolEntry]:
